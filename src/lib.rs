@@ -1,0 +1,14 @@
+//! rack-reconciler: keeps a Convox rack's parameters where its operators want them.
+//!
+//! The design in one list:
+//! - [`params`]: desired state, parsed and validated from the params file;
+//! - [`model`]: what can be observed of a rack (no AWS types);
+//! - [`plan`]: the pure decision, (desired, observed) → next step;
+//! - [`reconcile`]: the loop that observes, plans, acts, and schedules the next run;
+//! - [`rack`]: the boundary to a rack, with the `sim` and `aws` adapters;
+//! - [`watch`], [`http`]: the other adapters (file watcher, HTTP endpoints);
+//! - [`status`], [`metrics`]: what the controller tells people and Prometheus.
+
+pub mod model;
+pub mod params;
+pub mod plan;

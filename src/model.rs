@@ -1,0 +1,233 @@
+//! Domain types: what the controller can observe of a rack.
+//!
+//! These types are shaped after the CloudFormation and ECS APIs (`DescribeStacks`,
+//! `DescribeStackResources`, `DescribeServices`, `DescribeTaskDefinition`, `DescribeTasks`)
+//! but carry no AWS SDK types, so the planner and its tests stay plain Rust. They carry no
+//! environment values, secrets or unrelated labels either: only what decisions need.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+/// A rack parameter that the controller manages through a Docker label on the rack API's
+/// task definitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManagedParam {
+    /// The rack parameter name, as in the params file and the CloudFormation stack.
+    pub name: &'static str,
+    /// The Docker label on the first container of the rack API task definitions.
+    pub label: &'static str,
+    /// The exact spellings the rack accepts.
+    pub allowed: &'static [&'static str],
+    /// The value the rack API assumes when the label is absent.
+    pub default: &'static str,
+}
+
+/// `ECSExec`: route `convox exec` through ECS Exec instead of the Docker daemon.
+pub const ECS_EXEC: ManagedParam = ManagedParam {
+    name: "ECSExec",
+    label: "rack.ECSExec",
+    allowed: &["Yes", "No"],
+    default: "No",
+};
+
+/// Every parameter the controller manages, in the order they are reconciled.
+pub const MANAGED_PARAMS: &[ManagedParam] = &[ECS_EXEC];
+
+/// Looks up a managed parameter by its rack name.
+pub fn managed_param(name: &str) -> Option<&'static ManagedParam> {
+    MANAGED_PARAMS.iter().find(|p| p.name == name)
+}
+
+/// The rack's CloudFormation stack as `DescribeStacks` and `DescribeStackResources` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StackSnapshot {
+    pub name: String,
+    /// E.g. `UPDATE_COMPLETE`, `UPDATE_IN_PROGRESS`.
+    pub status: String,
+    /// Parameter values as the stack holds them (`NoEcho` ones are masked by AWS).
+    pub parameters: BTreeMap<String, String>,
+    /// Logical resource id → physical resource id.
+    pub resources: BTreeMap<String, String>,
+}
+
+/// How the controller may treat the stack, derived from its status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StackState {
+    /// A settled, healthy state: the controller may act.
+    Stable,
+    /// `*_IN_PROGRESS`: CloudFormation owns the rack until it settles.
+    InProgress,
+    /// A state that needs a person (`*_FAILED`, `ROLLBACK_COMPLETE`, `DELETE_*`).
+    Unusable,
+}
+
+impl StackSnapshot {
+    pub fn state(&self) -> StackState {
+        stack_state(&self.status)
+    }
+}
+
+/// Classifies a CloudFormation stack status.
+pub fn stack_state(status: &str) -> StackState {
+    match status {
+        _ if status.ends_with("_IN_PROGRESS") => StackState::InProgress,
+        "CREATE_COMPLETE"
+        | "UPDATE_COMPLETE"
+        | "UPDATE_ROLLBACK_COMPLETE"
+        | "IMPORT_COMPLETE"
+        | "IMPORT_ROLLBACK_COMPLETE" => StackState::Stable,
+        _ => StackState::Unusable,
+    }
+}
+
+/// `Deployment.status` in ECS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeploymentStatus {
+    Primary,
+    Active,
+    Inactive,
+}
+
+/// `Deployment.rolloutState` in ECS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RolloutState {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+/// One deployment of an ECS service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Deployment {
+    pub id: String,
+    pub status: DeploymentStatus,
+    pub task_definition: String,
+    pub desired_count: u32,
+    pub running_count: u32,
+    pub pending_count: u32,
+    pub failed_tasks: u32,
+    pub rollout_state: Option<RolloutState>,
+    pub rollout_state_reason: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub created_at: SystemTime,
+}
+
+/// A task of a service that ECS wants running (`ListTasks` with `desiredStatus=RUNNING`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskSnapshot {
+    pub task_definition: String,
+    /// `lastStatus`: `PROVISIONING`, `PENDING`, `RUNNING`, ...
+    pub last_status: String,
+}
+
+/// An ECS service as `DescribeServices` (plus its running tasks) shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceSnapshot {
+    /// The service name (physical id of the stack resource).
+    pub name: String,
+    pub arn: String,
+    /// `ACTIVE`, `DRAINING`, `INACTIVE`.
+    pub status: String,
+    pub desired_count: u32,
+    pub running_count: u32,
+    pub minimum_healthy_percent: u32,
+    pub maximum_percent: u32,
+    pub deployments: Vec<Deployment>,
+    pub tasks: Vec<TaskSnapshot>,
+}
+
+impl ServiceSnapshot {
+    /// The PRIMARY deployment: the one ECS is rolling towards.
+    pub fn primary(&self) -> Option<&Deployment> {
+        self.deployments
+            .iter()
+            .find(|d| d.status == DeploymentStatus::Primary)
+    }
+
+    /// Deployments other than the primary that ECS still lists (draining or rolled back).
+    pub fn others(&self) -> impl Iterator<Item = &Deployment> {
+        self.deployments
+            .iter()
+            .filter(|d| d.status == DeploymentStatus::Active)
+    }
+
+    /// Every task definition ARN the service references right now.
+    pub fn task_definitions(&self) -> impl Iterator<Item = &str> {
+        self.deployments
+            .iter()
+            .map(|d| d.task_definition.as_str())
+            .chain(self.tasks.iter().map(|t| t.task_definition.as_str()))
+    }
+}
+
+/// A task definition revision, reduced to what decisions need: its identity and the managed
+/// labels of its first container. Revisions are immutable, so this can be cached by ARN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskDefinitionInfo {
+    pub arn: String,
+    pub family: String,
+    pub revision: u32,
+    /// Managed labels (see [`MANAGED_PARAMS`]) present on the first container.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A target service: the stack's logical ids for the service and its task definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ServiceTarget {
+    /// Logical id of the `AWS::ECS::Service`, e.g. `ServiceWebApi`.
+    pub service: String,
+    /// Logical id of the `AWS::ECS::TaskDefinition`, e.g. `ApiWebTasks`.
+    pub task_definition: String,
+}
+
+impl ServiceTarget {
+    pub fn new(service: &str, task_definition: &str) -> Self {
+        ServiceTarget {
+            service: service.to_string(),
+            task_definition: task_definition.to_string(),
+        }
+    }
+
+    /// The rack's API services, web first: the order they are rolled in.
+    pub fn rack_api() -> Vec<ServiceTarget> {
+        vec![
+            ServiceTarget::new("ServiceWebApi", "ApiWebTasks"),
+            ServiceTarget::new("ServiceMonitorApi", "ApiMonitorTasks"),
+        ]
+    }
+}
+
+/// One target service as observed, with the managed labels of every revision it references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedService {
+    pub target: ServiceTarget,
+    pub service: ServiceSnapshot,
+    /// Task definition ARN → its managed labels.
+    pub labels: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl ObservedService {
+    /// The effective value of `param` in the given revision: its label, or the rack's default
+    /// when the label is absent (the rack API falls back to the parameter default).
+    pub fn value_in(&self, task_definition: &str, param: &ManagedParam) -> Option<&str> {
+        self.labels.get(task_definition).map(|labels| {
+            labels
+                .get(param.label)
+                .map(String::as_str)
+                .unwrap_or(param.default)
+        })
+    }
+}
+
+/// Everything one reconcile observed of the rack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedRack {
+    pub stack: StackSnapshot,
+    pub cluster: String,
+    /// In target order (web first).
+    pub services: Vec<ObservedService>,
+}

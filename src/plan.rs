@@ -1,0 +1,970 @@
+//! The decision: given the desired value of a parameter and what was observed of the rack,
+//! what is the next step?
+//!
+//! Pure: no I/O, no clock (the caller passes `now`), no AWS types. Every input that matters
+//! is in [`PlanContext`] or [`ObservedRack`], so a decision can be replayed in a table test.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::model::{ManagedParam, ObservedRack, ObservedService, RolloutState, StackState};
+
+/// Where a managed parameter stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+pub enum Phase {
+    /// Every target service runs the desired value, rollouts completed, nothing draining.
+    Converged,
+    /// A rollout towards the desired value is under way (or about to start).
+    Progressing,
+    /// Something else owns the rack for now (a stack update, a deployment not ours).
+    Waiting,
+    /// The controller will not act until a person changes something.
+    Blocked,
+    /// A rollout failed, timed out, or an action errored; retried with backoff.
+    Failed,
+    /// Not observed yet, or the rack could not be observed.
+    Unknown,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Converged,
+        Phase::Progressing,
+        Phase::Waiting,
+        Phase::Blocked,
+        Phase::Failed,
+        Phase::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Converged => "Converged",
+            Phase::Progressing => "Progressing",
+            Phase::Waiting => "Waiting",
+            Phase::Blocked => "Blocked",
+            Phase::Failed => "Failed",
+            Phase::Unknown => "Unknown",
+        }
+    }
+
+    /// Phases after which `apply` stops waiting.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Converged | Phase::Blocked | Phase::Failed)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the controller remembers between reconciles, and its settings. Losing the remembered
+/// parts (a restart) is safe: at worst one more attempt, or one more correction, is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanContext {
+    pub now: SystemTime,
+    /// A rollout running longer than this is `Failed`.
+    pub rollout_timeout: Duration,
+    /// The value this parameter last converged to: a roll needed for that same value is a
+    /// correction of an out-of-band revert.
+    pub last_converged: Option<String>,
+    /// Corrections made in the last hour.
+    pub corrections_last_hour: u32,
+    pub max_corrections_per_hour: u32,
+    /// After a failure, writes wait until then (exponential backoff).
+    pub retry_not_before: Option<SystemTime>,
+}
+
+/// The one write the controller should make now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Roll {
+    /// Logical id of the service, e.g. `ServiceWebApi`.
+    pub service: String,
+    /// The ECS service name.
+    pub service_name: String,
+    pub cluster: String,
+    /// The revision the service runs now; the new one is a copy of it.
+    pub from_task_definition: String,
+    pub label: String,
+    pub value: String,
+    /// Whether this undoes an out-of-band revert of a converged value.
+    pub correction: bool,
+}
+
+/// A service the parameter still has to be rolled to, for `plan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingChange {
+    pub service: String,
+    pub from_task_definition: String,
+    pub from_value: Option<String>,
+    pub to_value: String,
+}
+
+/// Per-service progress, for status and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceProgress {
+    pub service: String,
+    pub state: ServiceState,
+    /// The value in the primary deployment's revision.
+    pub value: Option<String>,
+    pub task_definition: Option<String>,
+    pub running: u32,
+    pub desired: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ServiceState {
+    Converged,
+    RollingOut,
+    Pending,
+    Busy,
+    Failed,
+    Unknown,
+}
+
+/// The planner's answer for one parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub param: &'static str,
+    pub desired: String,
+    /// The value every service's primary revision agrees on; `None` while they differ.
+    pub observed: Option<String>,
+    pub phase: Phase,
+    /// A CamelCase reason, as in Kubernetes conditions.
+    pub reason: &'static str,
+    pub message: String,
+    /// Some service's primary revision does not hold the desired value.
+    pub drift: bool,
+    pub action: Option<Roll>,
+    pub pending: Vec<PendingChange>,
+    pub services: Vec<ServiceProgress>,
+}
+
+/// How one service stands with respect to the desired value.
+enum Eval {
+    Converged,
+    Rolling(String),
+    Failed(&'static str, String),
+    Busy(String),
+    NeedsRoll { from: String },
+    Unknown(String),
+}
+
+/// Decides the next step for one parameter.
+pub fn plan(
+    param: &ManagedParam,
+    desired: &str,
+    rack: &ObservedRack,
+    ctx: &PlanContext,
+) -> Decision {
+    let values: Vec<Option<&str>> = rack
+        .services
+        .iter()
+        .map(|s| primary_value(s, param))
+        .collect();
+    let observed = match values.first() {
+        Some(Some(first)) if values.iter().all(|v| v == &Some(*first)) => Some(first.to_string()),
+        _ => None,
+    };
+    let drift = values.iter().any(|v| *v != Some(desired));
+    let pending: Vec<PendingChange> = rack
+        .services
+        .iter()
+        .filter_map(|s| {
+            let primary = s.service.primary()?;
+            let value = s.value_in(&primary.task_definition, param);
+            (value != Some(desired)).then(|| PendingChange {
+                service: s.target.service.clone(),
+                from_task_definition: primary.task_definition.clone(),
+                from_value: value.map(str::to_string),
+                to_value: desired.to_string(),
+            })
+        })
+        .collect();
+
+    let mut services = Vec::with_capacity(rack.services.len());
+    let mut first_open: Option<(usize, Eval)> = None;
+    for (i, s) in rack.services.iter().enumerate() {
+        let eval = evaluate(s, param, desired, ctx);
+        services.push(progress(s, param, &eval));
+        if first_open.is_none() && !matches!(eval, Eval::Converged) {
+            first_open = Some((i, eval));
+        }
+    }
+
+    let mut d = Decision {
+        param: param.name,
+        desired: desired.to_string(),
+        observed,
+        phase: Phase::Converged,
+        reason: "Converged",
+        message: String::new(),
+        drift,
+        action: None,
+        pending,
+        services,
+    };
+
+    match rack.stack.state() {
+        StackState::InProgress => {
+            return d.with(
+                Phase::Waiting,
+                "StackUpdating",
+                format!(
+                    "stack {} is {}: CloudFormation owns the rack until it settles; no changes until then",
+                    rack.stack.name, rack.stack.status
+                ),
+            )
+        }
+        StackState::Unusable => {
+            return d.with(
+                Phase::Blocked,
+                "StackUnusable",
+                format!(
+                    "stack {} is {}: repair the stack (see its CloudFormation events) before the controller can act",
+                    rack.stack.name, rack.stack.status
+                ),
+            )
+        }
+        StackState::Stable => {}
+    }
+
+    let Some((index, eval)) = first_open else {
+        return converged(d, param, rack);
+    };
+    let s = &rack.services[index];
+    let name = &s.target.service;
+    match eval {
+        Eval::Converged => converged(d, param, rack),
+        Eval::Rolling(msg) => d.with(Phase::Progressing, "RollingOut", msg),
+        Eval::Failed(reason, msg) => d.with(Phase::Failed, reason, msg),
+        Eval::Busy(msg) => d.with(Phase::Waiting, "ServiceBusy", msg),
+        Eval::Unknown(msg) => d.with(Phase::Unknown, "NoPrimaryDeployment", msg),
+        Eval::NeedsRoll { from } => {
+            let correction = ctx.last_converged.as_deref() == Some(desired);
+            if correction && ctx.corrections_last_hour >= ctx.max_corrections_per_hour {
+                return d.with(
+                    Phase::Blocked,
+                    "CorrectionsCapped",
+                    format!(
+                        "{} on {name} was reverted out of band again after {} corrections in the last hour (cap {}): \
+                         something (a CloudFormation stack update?) keeps resetting it; set the rack parameter {} \
+                         to {desired} in the stack, or raise corrections.max_per_hour",
+                        param.label, ctx.corrections_last_hour, ctx.max_corrections_per_hour, param.name
+                    ),
+                );
+            }
+            if let Some(at) = ctx.retry_not_before.filter(|at| *at > ctx.now) {
+                let wait = at.duration_since(ctx.now).unwrap_or_default();
+                return d.with(
+                    Phase::Failed,
+                    "BackingOff",
+                    format!(
+                        "the last attempt to roll {name} failed; next attempt in {}",
+                        humantime::format_duration(round_secs(wait))
+                    ),
+                );
+            }
+            let verb = if correction {
+                "correcting an out-of-band revert: rolling"
+            } else {
+                "rolling"
+            };
+            let msg = format!("{verb} {name} to a revision with {}={desired}", param.label);
+            d.action = Some(Roll {
+                service: name.clone(),
+                service_name: s.service.name.clone(),
+                cluster: rack.cluster.clone(),
+                from_task_definition: from,
+                label: param.label.to_string(),
+                value: desired.to_string(),
+                correction,
+            });
+            d.with(Phase::Progressing, "RollingOut", msg)
+        }
+    }
+}
+
+fn converged(d: Decision, param: &ManagedParam, rack: &ObservedRack) -> Decision {
+    let names: Vec<&str> = rack
+        .services
+        .iter()
+        .map(|s| s.target.service.as_str())
+        .collect();
+    let message = format!(
+        "{}={} on {}: rollouts complete, every task runs it",
+        param.label,
+        d.desired,
+        names.join(", ")
+    );
+    d.with(Phase::Converged, "Converged", message)
+}
+
+impl Decision {
+    fn with(mut self, phase: Phase, reason: &'static str, message: String) -> Decision {
+        self.phase = phase;
+        self.reason = reason;
+        self.message = message;
+        self
+    }
+}
+
+fn round_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
+fn primary_value<'a>(s: &'a ObservedService, param: &ManagedParam) -> Option<&'a str> {
+    s.service
+        .primary()
+        .and_then(|p| s.value_in(&p.task_definition, param))
+}
+
+fn evaluate(s: &ObservedService, param: &ManagedParam, desired: &str, ctx: &PlanContext) -> Eval {
+    let name = &s.target.service;
+    let Some(primary) = s.service.primary() else {
+        return Eval::Unknown(format!("service {name} has no PRIMARY deployment"));
+    };
+    let value = s.value_in(&primary.task_definition, param);
+    let others: Vec<_> = s.service.others().collect();
+
+    if value == Some(desired) {
+        if primary.rollout_state == Some(RolloutState::Failed) {
+            return Eval::Failed(
+                "RolloutFailed",
+                format!(
+                    "rollout of {name} to {} failed: {}; fix the cause (see the service events), the service keeps its deployment",
+                    primary.task_definition,
+                    reason_or_default(primary.rollout_state_reason.as_deref())
+                ),
+            );
+        }
+        let rolling = match primary.rollout_state {
+            Some(RolloutState::InProgress) => true,
+            Some(_) => false,
+            None => primary.running_count < primary.desired_count,
+        };
+        let stale_tasks = s
+            .service
+            .tasks
+            .iter()
+            .filter(|t| t.task_definition != primary.task_definition)
+            .count();
+        if !rolling && others.is_empty() && stale_tasks == 0 {
+            return Eval::Converged;
+        }
+        let age = ctx
+            .now
+            .duration_since(primary.created_at)
+            .unwrap_or_default();
+        if rolling && age > ctx.rollout_timeout {
+            return Eval::Failed(
+                "RolloutTimedOut",
+                format!(
+                    "rollout of {name} to {} has run for {}, longer than the {} rollout timeout ({} of {} tasks running); \
+                     check the service events",
+                    primary.task_definition,
+                    humantime::format_duration(Duration::from_secs(age.as_secs())),
+                    humantime::format_duration(ctx.rollout_timeout),
+                    primary.running_count,
+                    primary.desired_count
+                ),
+            );
+        }
+        return Eval::Rolling(format!(
+            "{name}: rollout of {} in progress ({}/{} new tasks running, {} older deployment(s) draining, {} task(s) on older revisions)",
+            primary.task_definition,
+            primary.running_count,
+            primary.desired_count,
+            others.len(),
+            stale_tasks
+        ));
+    }
+
+    // The primary does not hold the desired value.
+    if let Some(failed) = s.service.deployments.iter().find(|d| {
+        d.rollout_state == Some(RolloutState::Failed)
+            && s.value_in(&d.task_definition, param) == Some(desired)
+    }) {
+        return Eval::Failed(
+            "RolloutFailed",
+            format!(
+                "rollout of {name} to {} failed and was rolled back: {}",
+                failed.task_definition,
+                reason_or_default(failed.rollout_state_reason.as_deref())
+            ),
+        );
+    }
+    if primary.rollout_state == Some(RolloutState::InProgress) || !others.is_empty() {
+        return Eval::Busy(format!(
+            "{name} is rolling out {} (not this change); waiting for it to finish before rolling {}={desired}",
+            primary.task_definition, param.label
+        ));
+    }
+    if value.is_none() {
+        return Eval::Unknown(format!(
+            "the labels of {} (primary of {name}) were not observed",
+            primary.task_definition
+        ));
+    }
+    Eval::NeedsRoll {
+        from: primary.task_definition.clone(),
+    }
+}
+
+fn reason_or_default(reason: Option<&str>) -> &str {
+    match reason {
+        Some(r) if !r.is_empty() => r,
+        _ => "ECS gave no reason",
+    }
+}
+
+fn progress(s: &ObservedService, param: &ManagedParam, eval: &Eval) -> ServiceProgress {
+    let primary = s.service.primary();
+    ServiceProgress {
+        service: s.target.service.clone(),
+        state: match eval {
+            Eval::Converged => ServiceState::Converged,
+            Eval::Rolling(_) => ServiceState::RollingOut,
+            Eval::Failed(..) => ServiceState::Failed,
+            Eval::Busy(_) => ServiceState::Busy,
+            Eval::NeedsRoll { .. } => ServiceState::Pending,
+            Eval::Unknown(_) => ServiceState::Unknown,
+        },
+        value: primary_value(s, param).map(str::to_string),
+        task_definition: primary.map(|p| p.task_definition.clone()),
+        running: primary.map(|p| p.running_count).unwrap_or(0),
+        desired: s.service.desired_count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        Deployment, DeploymentStatus, ServiceSnapshot, ServiceTarget, StackSnapshot, TaskSnapshot,
+        ECS_EXEC,
+    };
+    use std::collections::BTreeMap;
+
+    const T0: u64 = 1_800_000_000;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + secs)
+    }
+
+    /// Revisions used in the tables: `web:1`/`mon:1` have no label (the default, `No`),
+    /// `:2` carry `Yes`, `:3` carry `No` explicitly.
+    fn labels() -> BTreeMap<String, BTreeMap<String, String>> {
+        let mut m = BTreeMap::new();
+        for fam in ["web", "mon"] {
+            m.insert(format!("{fam}:1"), BTreeMap::new());
+            m.insert(
+                format!("{fam}:2"),
+                BTreeMap::from([("rack.ECSExec".to_string(), "Yes".to_string())]),
+            );
+            m.insert(
+                format!("{fam}:3"),
+                BTreeMap::from([("rack.ECSExec".to_string(), "No".to_string())]),
+            );
+        }
+        m
+    }
+
+    #[derive(Clone)]
+    struct Dep {
+        td: &'static str,
+        primary: bool,
+        state: Option<RolloutState>,
+        running: u32,
+        age: u64,
+    }
+
+    fn done(td: &'static str) -> Dep {
+        Dep {
+            td,
+            primary: true,
+            state: Some(RolloutState::Completed),
+            running: 2,
+            age: 3600,
+        }
+    }
+    fn rolling(td: &'static str, running: u32, age: u64) -> Dep {
+        Dep {
+            td,
+            primary: true,
+            state: Some(RolloutState::InProgress),
+            running,
+            age,
+        }
+    }
+    fn draining(td: &'static str) -> Dep {
+        Dep {
+            td,
+            primary: false,
+            state: Some(RolloutState::Completed),
+            running: 1,
+            age: 7200,
+        }
+    }
+    fn failed(td: &'static str) -> Dep {
+        Dep {
+            td,
+            primary: false,
+            state: Some(RolloutState::Failed),
+            running: 0,
+            age: 600,
+        }
+    }
+
+    fn svc(name: &str, deps: &[Dep], tasks: &[&str]) -> ObservedService {
+        let short = if name == "ServiceWebApi" {
+            "ApiWebTasks"
+        } else {
+            "ApiMonitorTasks"
+        };
+        let now = at(7200);
+        ObservedService {
+            target: ServiceTarget::new(name, short),
+            service: ServiceSnapshot {
+                name: format!("convox-{name}"),
+                arn: format!("arn:aws:ecs:us-east-1:1:service/convox/{name}"),
+                status: "ACTIVE".into(),
+                desired_count: 2,
+                running_count: deps.iter().map(|d| d.running).sum(),
+                minimum_healthy_percent: 50,
+                maximum_percent: 200,
+                deployments: deps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| Deployment {
+                        id: format!("ecs-svc/{i}"),
+                        status: if d.primary {
+                            DeploymentStatus::Primary
+                        } else {
+                            DeploymentStatus::Active
+                        },
+                        task_definition: d.td.into(),
+                        desired_count: 2,
+                        running_count: d.running,
+                        pending_count: 0,
+                        failed_tasks: 0,
+                        rollout_state: d.state,
+                        rollout_state_reason: (d.state == Some(RolloutState::Failed)).then(|| {
+                            "ECS deployment circuit breaker: tasks failed to start.".into()
+                        }),
+                        created_at: now - Duration::from_secs(d.age),
+                    })
+                    .collect(),
+                tasks: tasks
+                    .iter()
+                    .map(|t| TaskSnapshot {
+                        task_definition: t.to_string(),
+                        last_status: "RUNNING".into(),
+                    })
+                    .collect(),
+            },
+            labels: labels(),
+        }
+    }
+
+    fn rack(status: &str, web: ObservedService, mon: ObservedService) -> ObservedRack {
+        ObservedRack {
+            stack: StackSnapshot {
+                name: "convox".into(),
+                status: status.into(),
+                parameters: BTreeMap::new(),
+                resources: BTreeMap::new(),
+            },
+            cluster: "convox-Cluster-1".into(),
+            services: vec![web, mon],
+        }
+    }
+
+    fn ctx() -> PlanContext {
+        PlanContext {
+            now: at(7200),
+            rollout_timeout: Duration::from_secs(1800),
+            last_converged: None,
+            corrections_last_hour: 0,
+            max_corrections_per_hour: 3,
+            retry_not_before: None,
+        }
+    }
+
+    fn web(deps: &[Dep], tasks: &[&str]) -> ObservedService {
+        svc("ServiceWebApi", deps, tasks)
+    }
+    fn mon(deps: &[Dep], tasks: &[&str]) -> ObservedService {
+        svc("ServiceMonitorApi", deps, tasks)
+    }
+
+    struct Case {
+        name: &'static str,
+        desired: &'static str,
+        rack: ObservedRack,
+        ctx: PlanContext,
+        phase: Phase,
+        reason: &'static str,
+        /// (service, from) of the roll expected, if any.
+        roll: Option<(&'static str, &'static str)>,
+    }
+
+    #[test]
+    fn decisions() {
+        let stable = "UPDATE_COMPLETE";
+        let cases = vec![
+            Case {
+                name: "already converged: nothing to do",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[done("web:2")], &["web:2", "web:2"]),
+                    mon(&[done("mon:2")], &["mon:2"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Converged,
+                reason: "Converged",
+                roll: None,
+            },
+            Case {
+                name: "absent label counts as the default No",
+                desired: "No",
+                rack: rack(
+                    stable,
+                    web(&[done("web:1")], &["web:1"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Converged,
+                reason: "Converged",
+                roll: None,
+            },
+            Case {
+                name: "No to Yes starts with web",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[done("web:1")], &["web:1"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Progressing,
+                reason: "RollingOut",
+                roll: Some(("ServiceWebApi", "web:1")),
+            },
+            Case {
+                name: "monitor waits while web rolls",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(
+                        &[rolling("web:2", 1, 60), draining("web:1")],
+                        &["web:2", "web:1"],
+                    ),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Progressing,
+                reason: "RollingOut",
+                roll: None,
+            },
+            Case {
+                name: "completed rollout with a task still on the old revision is not converged",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[done("web:2")], &["web:2", "web:1"]),
+                    mon(&[done("mon:2")], &["mon:2"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Progressing,
+                reason: "RollingOut",
+                roll: None,
+            },
+            Case {
+                name: "completed primary with an old deployment draining is not converged",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[done("web:2"), draining("web:1")], &["web:2"]),
+                    mon(&[done("mon:2")], &["mon:2"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Progressing,
+                reason: "RollingOut",
+                roll: None,
+            },
+            Case {
+                name: "web done, monitor next",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[done("web:2")], &["web:2"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Progressing,
+                reason: "RollingOut",
+                roll: Some(("ServiceMonitorApi", "mon:1")),
+            },
+            Case {
+                name: "Yes back to No rolls from the Yes revision",
+                desired: "No",
+                rack: rack(
+                    stable,
+                    web(&[done("web:2")], &["web:2"]),
+                    mon(&[done("mon:2")], &["mon:2"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Progressing,
+                reason: "RollingOut",
+                roll: Some(("ServiceWebApi", "web:2")),
+            },
+            Case {
+                name: "stack update in progress: wait, no action",
+                desired: "Yes",
+                rack: rack(
+                    "UPDATE_IN_PROGRESS",
+                    web(&[done("web:1")], &["web:1"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Waiting,
+                reason: "StackUpdating",
+                roll: None,
+            },
+            Case {
+                name: "rollback in progress on the stack: wait",
+                desired: "Yes",
+                rack: rack(
+                    "UPDATE_ROLLBACK_IN_PROGRESS",
+                    web(&[done("web:1")], &["web:1"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Waiting,
+                reason: "StackUpdating",
+                roll: None,
+            },
+            Case {
+                name: "stack needs repair: blocked",
+                desired: "Yes",
+                rack: rack(
+                    "UPDATE_ROLLBACK_FAILED",
+                    web(&[done("web:1")], &["web:1"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Blocked,
+                reason: "StackUnusable",
+                roll: None,
+            },
+            Case {
+                name: "circuit breaker rolled back: failed with the reason, no action",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(
+                        &[rolling("web:1", 2, 30), failed("web:2")],
+                        &["web:1", "web:1"],
+                    ),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Failed,
+                reason: "RolloutFailed",
+                roll: None,
+            },
+            Case {
+                name: "after a failure the next attempt waits for the backoff",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[done("web:1")], &["web:1"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: PlanContext {
+                    retry_not_before: Some(at(7300)),
+                    ..ctx()
+                },
+                phase: Phase::Failed,
+                reason: "BackingOff",
+                roll: None,
+            },
+            Case {
+                name: "backoff elapsed: try again",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[done("web:1")], &["web:1"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: PlanContext {
+                    retry_not_before: Some(at(7200)),
+                    ..ctx()
+                },
+                phase: Phase::Progressing,
+                reason: "RollingOut",
+                roll: Some(("ServiceWebApi", "web:1")),
+            },
+            Case {
+                name: "rollout past its timeout is failed",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[rolling("web:2", 0, 1801), draining("web:1")], &["web:1"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Failed,
+                reason: "RolloutTimedOut",
+                roll: None,
+            },
+            Case {
+                name: "someone else's deployment running: wait for it",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(
+                        &[rolling("web:3", 1, 10), draining("web:1")],
+                        &["web:3", "web:1"],
+                    ),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Waiting,
+                reason: "ServiceBusy",
+                roll: None,
+            },
+            Case {
+                name: "out-of-band revert is corrected",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[done("web:3")], &["web:3"]),
+                    mon(&[done("mon:2")], &["mon:2"]),
+                ),
+                ctx: PlanContext {
+                    last_converged: Some("Yes".into()),
+                    corrections_last_hour: 2,
+                    ..ctx()
+                },
+                phase: Phase::Progressing,
+                reason: "RollingOut",
+                roll: Some(("ServiceWebApi", "web:3")),
+            },
+            Case {
+                name: "corrections past the hourly cap stop and report",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[done("web:3")], &["web:3"]),
+                    mon(&[done("mon:2")], &["mon:2"]),
+                ),
+                ctx: PlanContext {
+                    last_converged: Some("Yes".into()),
+                    corrections_last_hour: 3,
+                    ..ctx()
+                },
+                phase: Phase::Blocked,
+                reason: "CorrectionsCapped",
+                roll: None,
+            },
+            Case {
+                name: "primary failed without rollback: failed, nothing to roll",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(
+                        &[Dep {
+                            td: "web:2",
+                            primary: true,
+                            state: Some(RolloutState::Failed),
+                            running: 0,
+                            age: 60,
+                        }],
+                        &[],
+                    ),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Failed,
+                reason: "RolloutFailed",
+                roll: None,
+            },
+        ];
+
+        for c in cases {
+            let d = plan(&ECS_EXEC, c.desired, &c.rack, &c.ctx);
+            assert_eq!(
+                (d.phase, d.reason),
+                (c.phase, c.reason),
+                "{}: {}",
+                c.name,
+                d.message
+            );
+            let roll = d
+                .action
+                .as_ref()
+                .map(|r| (r.service.as_str(), r.from_task_definition.as_str()));
+            assert_eq!(roll, c.roll, "{}", c.name);
+            if let Some(r) = &d.action {
+                assert_eq!(
+                    (r.label.as_str(), r.value.as_str()),
+                    ("rack.ECSExec", c.desired),
+                    "{}",
+                    c.name
+                );
+                assert_eq!(
+                    r.correction,
+                    c.ctx.last_converged.as_deref() == Some(c.desired),
+                    "{}",
+                    c.name
+                );
+            }
+            assert!(!d.message.is_empty(), "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn observed_value_and_drift() {
+        let mixed = rack(
+            "UPDATE_COMPLETE",
+            web(&[done("web:2")], &["web:2"]),
+            mon(&[done("mon:1")], &["mon:1"]),
+        );
+        let d = plan(&ECS_EXEC, "Yes", &mixed, &ctx());
+        assert_eq!(d.observed, None);
+        assert!(d.drift);
+        assert_eq!(d.pending.len(), 1);
+        assert_eq!(d.pending[0].service, "ServiceMonitorApi");
+        assert_eq!(d.pending[0].from_value.as_deref(), Some("No"));
+
+        let same = rack(
+            "UPDATE_COMPLETE",
+            web(&[done("web:1")], &["web:1"]),
+            mon(&[done("mon:3")], &["mon:3"]),
+        );
+        let d = plan(&ECS_EXEC, "No", &same, &ctx());
+        assert_eq!(d.observed.as_deref(), Some("No"));
+        assert!(!d.drift);
+        assert!(d.pending.is_empty());
+    }
+
+    #[test]
+    fn failure_messages_carry_the_ecs_reason() {
+        let r = rack(
+            "UPDATE_COMPLETE",
+            web(&[rolling("web:1", 2, 30), failed("web:2")], &["web:1"]),
+            mon(&[done("mon:1")], &["mon:1"]),
+        );
+        let d = plan(&ECS_EXEC, "Yes", &r, &ctx());
+        assert!(
+            d.message.contains("circuit breaker: tasks failed to start"),
+            "{}",
+            d.message
+        );
+    }
+}
