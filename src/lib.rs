@@ -12,3 +12,6 @@
 pub mod model;
 pub mod params;
 pub mod plan;
+pub mod clock;
+pub mod metrics;
+pub mod rack;

@@ -1,0 +1,55 @@
+//! Wall-clock time derived from tokio's clock, so that a paused test clock moves timestamps
+//! (deployment creation times, condition transitions) as well as timers.
+
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    origin: Instant,
+    wall: SystemTime,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock {
+            origin: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+
+    /// Tokio's monotonic now.
+    pub fn instant(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// The wall-clock time now.
+    pub fn now(&self) -> SystemTime {
+        self.wall_at(Instant::now())
+    }
+
+    /// The wall-clock time at a tokio instant.
+    pub fn wall_at(&self, at: Instant) -> SystemTime {
+        if at >= self.origin {
+            self.wall + (at - self.origin)
+        } else {
+            self.wall - (self.origin - at)
+        }
+    }
+
+    /// The tokio instant at a wall-clock time (saturating at now for times in the past
+    /// beyond the origin).
+    pub fn instant_at(&self, at: SystemTime) -> Instant {
+        match at.duration_since(self.wall) {
+            Ok(ahead) => self.origin + ahead,
+            Err(e) => self.origin.checked_sub(e.duration()).unwrap_or(self.origin),
+        }
+    }
+}

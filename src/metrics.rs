@@ -1,0 +1,310 @@
+//! Prometheus metrics: one registry per controller, names prefixed `rack_reconciler_`.
+//!
+//! Labels only ever take values from small fixed sets (parameter names, phases, the target
+//! services' logical ids, result and outcome words, AWS operation names): never error text or
+//! ARNs. [`METRICS`] documents every metric; a test keeps it, the registry and the README's
+//! table in step.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::plan::Phase;
+
+/// A documented metric: name, type and meaning.
+pub struct MetricDoc {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub labels: &'static str,
+    pub help: &'static str,
+}
+
+macro_rules! docs {
+    ($( $name:literal, $kind:literal, $labels:literal, $help:literal; )*) => {
+        /// Every metric the controller exports.
+        pub const METRICS: &[MetricDoc] = &[
+            $( MetricDoc { name: $name, kind: $kind, labels: $labels, help: $help }, )*
+        ];
+    };
+}
+
+docs! {
+    "rack_reconciler_build_info", "gauge", "version", "Always 1; the version label says which build runs.";
+    "rack_reconciler_parameter_drift", "gauge", "parameter", "1 while the value observed on the rack differs from the desired value.";
+    "rack_reconciler_parameter_drift_start_timestamp_seconds", "gauge", "parameter", "Unix time the current drift was first seen; 0 when there is none.";
+    "rack_reconciler_parameter_converged", "gauge", "parameter", "1 when the parameter has fully converged (every service, rollout complete, all tasks).";
+    "rack_reconciler_parameter_phase", "gauge", "parameter, phase", "1 for the parameter's current phase, 0 for the others.";
+    "rack_reconciler_rollouts_in_progress", "gauge", "service", "1 while a rollout of the service is running.";
+    "rack_reconciler_rollout_failed", "gauge", "service", "1 while the service's latest rollout has failed or timed out.";
+    "rack_reconciler_rollouts_started_total", "counter", "service", "Rollouts started by the controller (UpdateService calls that succeeded).";
+    "rack_reconciler_rollout_failures_total", "counter", "service", "Rollouts seen to fail (circuit breaker, rollback or timeout).";
+    "rack_reconciler_corrections_total", "counter", "parameter", "Out-of-band reverts of a converged parameter that the controller corrected.";
+    "rack_reconciler_corrections_capped", "gauge", "parameter", "1 while corrections are stopped because the hourly cap was reached.";
+    "rack_reconciler_reconcile_total", "counter", "result", "Reconcile runs by result (converged, progressing, waiting, blocked, failed, unknown, error, no_params).";
+    "rack_reconciler_reconcile_duration_seconds", "histogram", "result", "Time a reconcile run took, by result.";
+    "rack_reconciler_last_reconcile_timestamp_seconds", "gauge", "", "Unix time the last reconcile run finished.";
+    "rack_reconciler_params_file_valid", "gauge", "", "1 when the params file was valid at the last read.";
+    "rack_reconciler_params_file_errors_total", "counter", "kind", "Params file reads rejected, by kind (missing, empty, syntax, not_mapping, duplicate_key, unknown_key, invalid_value, unreadable).";
+    "rack_reconciler_aws_api_calls_total", "counter", "service, operation, outcome", "Calls to AWS (or the simulated rack) by service, operation and outcome: the controller's cost.";
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    drift: IntGaugeVec,
+    drift_start: GaugeVec,
+    converged: IntGaugeVec,
+    phase: IntGaugeVec,
+    rollouts_in_progress: IntGaugeVec,
+    rollout_failed: IntGaugeVec,
+    rollouts_started: IntCounterVec,
+    rollout_failures: IntCounterVec,
+    corrections: IntCounterVec,
+    corrections_capped: IntGaugeVec,
+    reconciles: IntCounterVec,
+    reconcile_duration: HistogramVec,
+    last_reconcile: prometheus::Gauge,
+    params_valid: IntGauge,
+    params_errors: IntCounterVec,
+    api_calls: IntCounterVec,
+}
+
+fn doc(name: &str) -> &'static MetricDoc {
+    METRICS
+        .iter()
+        .find(|m| m.name == name)
+        .unwrap_or_else(|| panic!("metric {name} is not documented in METRICS"))
+}
+
+fn opts(name: &str) -> Opts {
+    Opts::new(name, doc(name).help)
+}
+
+fn labels(name: &str) -> Vec<&'static str> {
+    doc(name)
+        .labels
+        .split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+macro_rules! register {
+    ($registry:expr, $ty:ident, $name:literal) => {{
+        let m = $ty::new(opts($name), &labels($name)).expect($name);
+        $registry.register(Box::new(m.clone())).expect($name);
+        m
+    }};
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every documented metric registered.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let build = register!(r, IntGaugeVec, "rack_reconciler_build_info");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let duration = HistogramVec::new(
+            HistogramOpts::from(opts("rack_reconciler_reconcile_duration_seconds")).buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &labels("rack_reconciler_reconcile_duration_seconds"),
+        )
+        .expect("histogram");
+        r.register(Box::new(duration.clone())).expect("histogram");
+        let last = prometheus::Gauge::with_opts(opts("rack_reconciler_last_reconcile_timestamp_seconds"))
+            .expect("gauge");
+        r.register(Box::new(last.clone())).expect("gauge");
+        let valid = IntGauge::with_opts(opts("rack_reconciler_params_file_valid")).expect("gauge");
+        r.register(Box::new(valid.clone())).expect("gauge");
+        let inner = Inner {
+            drift: register!(r, IntGaugeVec, "rack_reconciler_parameter_drift"),
+            drift_start: register!(r, GaugeVec, "rack_reconciler_parameter_drift_start_timestamp_seconds"),
+            converged: register!(r, IntGaugeVec, "rack_reconciler_parameter_converged"),
+            phase: register!(r, IntGaugeVec, "rack_reconciler_parameter_phase"),
+            rollouts_in_progress: register!(r, IntGaugeVec, "rack_reconciler_rollouts_in_progress"),
+            rollout_failed: register!(r, IntGaugeVec, "rack_reconciler_rollout_failed"),
+            rollouts_started: register!(r, IntCounterVec, "rack_reconciler_rollouts_started_total"),
+            rollout_failures: register!(r, IntCounterVec, "rack_reconciler_rollout_failures_total"),
+            corrections: register!(r, IntCounterVec, "rack_reconciler_corrections_total"),
+            corrections_capped: register!(r, IntGaugeVec, "rack_reconciler_corrections_capped"),
+            reconciles: register!(r, IntCounterVec, "rack_reconciler_reconcile_total"),
+            reconcile_duration: duration,
+            last_reconcile: last,
+            params_valid: valid,
+            params_errors: register!(r, IntCounterVec, "rack_reconciler_params_file_errors_total"),
+            api_calls: register!(r, IntCounterVec, "rack_reconciler_aws_api_calls_total"),
+            registry: r,
+        };
+        Metrics {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Creates the series of a parameter and its services at zero, so dashboards and alerts
+    /// see them before the first event.
+    pub fn init_series(&self, params: &[&str], services: &[String]) {
+        let m = &self.inner;
+        for p in params {
+            m.drift.with_label_values(&[*p]);
+            m.drift_start.with_label_values(&[*p]);
+            m.converged.with_label_values(&[*p]);
+            m.corrections.with_label_values(&[*p]);
+            m.corrections_capped.with_label_values(&[*p]);
+            for phase in Phase::ALL {
+                m.phase.with_label_values(&[*p, phase.as_str()]);
+            }
+        }
+        for s in services {
+            m.rollouts_in_progress.with_label_values(&[s]);
+            m.rollout_failed.with_label_values(&[s]);
+            m.rollouts_started.with_label_values(&[s]);
+            m.rollout_failures.with_label_values(&[s]);
+        }
+        for kind in crate::params::ParamsError::KINDS {
+            m.params_errors.with_label_values(&[*kind]);
+        }
+    }
+
+    /// Records a parameter's state after a reconcile.
+    pub fn set_parameter(&self, param: &str, phase: Phase, drift: bool, drift_since: Option<SystemTime>) {
+        let m = &self.inner;
+        m.drift.with_label_values(&[param]).set(i64::from(drift));
+        let since = drift_since
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        m.drift_start.with_label_values(&[param]).set(since);
+        m.converged
+            .with_label_values(&[param])
+            .set(i64::from(phase == Phase::Converged));
+        for p in Phase::ALL {
+            m.phase
+                .with_label_values(&[param, p.as_str()])
+                .set(i64::from(p == phase));
+        }
+    }
+
+    pub fn set_service(&self, service: &str, rolling: bool, failed: bool) {
+        let m = &self.inner;
+        m.rollouts_in_progress
+            .with_label_values(&[service])
+            .set(i64::from(rolling));
+        m.rollout_failed
+            .with_label_values(&[service])
+            .set(i64::from(failed));
+    }
+
+    pub fn rollout_started(&self, service: &str) {
+        self.inner.rollouts_started.with_label_values(&[service]).inc();
+    }
+
+    pub fn rollout_failure(&self, service: &str) {
+        self.inner.rollout_failures.with_label_values(&[service]).inc();
+    }
+
+    pub fn correction(&self, param: &str) {
+        self.inner.corrections.with_label_values(&[param]).inc();
+    }
+
+    pub fn set_corrections_capped(&self, param: &str, capped: bool) {
+        self.inner
+            .corrections_capped
+            .with_label_values(&[param])
+            .set(i64::from(capped));
+    }
+
+    pub fn reconciled(&self, result: &str, started: Instant) {
+        let m = &self.inner;
+        m.reconciles.with_label_values(&[result]).inc();
+        m.reconcile_duration
+            .with_label_values(&[result])
+            .observe(started.elapsed().as_secs_f64());
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        m.last_reconcile.set(now);
+    }
+
+    pub fn params_valid(&self, valid: bool) {
+        self.inner.params_valid.set(i64::from(valid));
+    }
+
+    pub fn params_error(&self, kind: &str) {
+        self.inner.params_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// Counts one call to AWS (or to the simulated rack, under the AWS names it models).
+    pub fn api_call(&self, service: &'static str, operation: &'static str, outcome: &'static str) {
+        self.inner
+            .api_calls
+            .with_label_values(&[service, operation, outcome])
+            .inc();
+    }
+
+    /// The calls counted so far for one operation, all outcomes.
+    pub fn api_calls(&self, operation: &str) -> u64 {
+        self.inner
+            .registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "rack_reconciler_aws_api_calls_total")
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "operation" && l.value() == operation)
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.inner.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_metric_is_registered_and_named_by_convention() {
+        let m = Metrics::new();
+        m.init_series(&["ECSExec"], &["ServiceWebApi".to_string()]);
+        m.reconciled("converged", Instant::now());
+        m.api_call("ecs", "DescribeServices", "success");
+        let text = m.render();
+        for d in METRICS {
+            assert!(d.name.starts_with("rack_reconciler_"), "{}", d.name);
+            assert!(
+                text.contains(&format!("# TYPE {} {}", d.name, d.kind)),
+                "{} ({}) missing from:\n{text}",
+                d.name,
+                d.kind
+            );
+            assert_eq!(d.kind == "counter", d.name.ends_with("_total"), "{}", d.name);
+        }
+        assert_eq!(m.api_calls("DescribeServices"), 1);
+    }
+}

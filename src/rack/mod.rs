@@ -1,0 +1,138 @@
+//! The boundary: what the controller can observe of a rack and do to it.
+//!
+//! Each method maps onto the CloudFormation or ECS calls a real rack needs; the `aws` adapter
+//! makes those calls, the `sim` adapter answers from an embedded simulated rack.
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+use crate::model::{ServiceSnapshot, StackSnapshot, TaskDefinitionInfo};
+
+pub mod sim;
+
+/// The operations a rack offers the controller.
+#[async_trait]
+pub trait Rack: Send + Sync {
+    /// The stack's status, parameters and resources (`DescribeStacks`, `DescribeStackResources`).
+    async fn describe_stack(&self) -> Result<StackSnapshot, RackError>;
+
+    /// The named services of the cluster with their deployments and running tasks
+    /// (`DescribeServices` for all of them at once, then `ListTasks`/`DescribeTasks`).
+    async fn describe_services(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<Vec<ServiceSnapshot>, RackError>;
+
+    /// A revision's identity and managed labels (`DescribeTaskDefinition`).
+    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinitionInfo, RackError>;
+
+    /// An existing revision of `base`'s family that is identical to `base` except that
+    /// `label` holds `value` (left behind by an earlier run that stopped between registering
+    /// and updating the service).
+    async fn find_relabelled(
+        &self,
+        base: &str,
+        label: &str,
+        value: &str,
+    ) -> Result<Option<String>, RackError>;
+
+    /// Registers a copy of `base` with `label` set to `value` and returns its ARN
+    /// (`RegisterTaskDefinition`).
+    async fn register_relabelled(
+        &self,
+        base: &str,
+        label: &str,
+        value: &str,
+    ) -> Result<String, RackError>;
+
+    /// Points the service at `task_definition`, starting a rolling deployment (`UpdateService`).
+    async fn update_service(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition: &str,
+    ) -> Result<(), RackError>;
+}
+
+/// What kind of failure an AWS (or simulated) call had; decides retry and the operator hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiErrorKind {
+    /// Throttling or a server-side error: retried with backoff.
+    Transient,
+    /// The credentials lack a permission.
+    AccessDenied,
+    /// The resource does not exist.
+    NotFound,
+    /// The request was rejected; retrying as is will not help.
+    Rejected,
+}
+
+/// An error talking to the rack. Every variant says what failed, on which resource, and what
+/// to do about it.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum RackError {
+    #[error("stack {stack} not found: check `rack` in the config and the AWS region and account")]
+    StackNotFound { stack: String },
+
+    #[error("stack {stack} has no resource {logical}: is it a Convox rack? check `services` in the config")]
+    MissingResource { stack: String, logical: String },
+
+    #[error("service {service} not found in cluster {cluster}: the stack lists it, so check the cluster and region")]
+    ServiceNotFound { cluster: String, service: String },
+
+    #[error("{service} {operation} on {resource} failed: {message}{}", hint(*kind))]
+    Api {
+        service: &'static str,
+        operation: &'static str,
+        resource: String,
+        kind: ApiErrorKind,
+        message: String,
+    },
+
+    #[error("new revision {new} of {base} differs from it in {field}, not only in the label: not rolling it out; report this as a bug")]
+    RevisionMismatch {
+        base: String,
+        new: String,
+        field: String,
+    },
+}
+
+fn hint(kind: ApiErrorKind) -> &'static str {
+    match kind {
+        ApiErrorKind::Transient => " (transient; retrying with backoff)",
+        ApiErrorKind::AccessDenied => {
+            " (grant the permission to the controller's role: see deploy/iam-policy.json)"
+        }
+        ApiErrorKind::NotFound => " (the resource is gone: check the rack and the config)",
+        ApiErrorKind::Rejected => " (the request was rejected; fix the cause before it is retried)",
+    }
+}
+
+impl RackError {
+    /// A short, fixed identifier of the outcome (used as a metric label).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            RackError::Api {
+                kind: ApiErrorKind::Transient,
+                ..
+            } => "transient_error",
+            RackError::Api {
+                kind: ApiErrorKind::AccessDenied,
+                ..
+            } => "access_denied",
+            RackError::StackNotFound { .. }
+            | RackError::MissingResource { .. }
+            | RackError::ServiceNotFound { .. }
+            | RackError::Api {
+                kind: ApiErrorKind::NotFound,
+                ..
+            } => "not_found",
+            RackError::Api {
+                kind: ApiErrorKind::Rejected,
+                ..
+            }
+            | RackError::RevisionMismatch { .. } => "error",
+        }
+    }
+}

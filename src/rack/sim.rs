@@ -1,0 +1,876 @@
+//! An embedded simulated Convox rack.
+//!
+//! Modelled on the public rack template (`sim_rack.json`, beside this file): a stack with
+//! the template's parameters, the rack API task definitions with their `rack.*` labels and
+//! every other field a real one has, and the two API services with their deployment settings.
+//! `UpdateService` starts a rolling deployment that replaces tasks over (tokio) time while
+//! respecting minimum healthy and maximum percent; the ECS deployment circuit breaker rolls
+//! back deployments whose tasks fail to start. Faults can be injected for tests and demos.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use super::{ApiErrorKind, Rack, RackError};
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::model::{
+    Deployment, DeploymentStatus, RolloutState, ServiceSnapshot, StackSnapshot, TaskDefinitionInfo,
+    TaskSnapshot, MANAGED_PARAMS,
+};
+
+const FIXTURE: &str = include_str!("sim_rack.json");
+const ACCOUNT: &str = "123456789012";
+const CIRCUIT_BREAKER_REASON: &str = "ECS deployment circuit breaker: tasks failed to start.";
+
+/// The template facts the sim is built from.
+#[derive(Debug, Deserialize)]
+pub struct Fixture {
+    pub templates: BTreeMap<String, FixtureTemplate>,
+    pub task_definitions: BTreeMap<String, FixtureTaskDefinition>,
+    pub services: BTreeMap<String, FixtureService>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FixtureTemplate {
+    pub parameters: BTreeMap<String, FixtureParameter>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FixtureParameter {
+    pub default: Option<String>,
+    #[serde(default)]
+    pub allowed: Vec<String>,
+    #[serde(default)]
+    pub no_echo: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FixtureTaskDefinition {
+    pub family_suffix: String,
+    pub container: String,
+    pub docker_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FixtureService {
+    pub task_definition: String,
+    pub desired_count: u32,
+    pub minimum_healthy_percent: u32,
+    pub maximum_percent: u32,
+}
+
+/// The facts of the public rack template the sim is modelled on.
+pub fn fixture() -> Fixture {
+    // The fixture is compiled in and covered by tests; failing to parse it is a build defect.
+    serde_json::from_str(FIXTURE).expect("embedded sim_rack.json is valid")
+}
+
+/// How the simulated rack behaves.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimSettings {
+    /// The stack (rack) name.
+    pub rack: String,
+    pub region: String,
+    /// The rack version the stack runs.
+    pub version: String,
+    /// Initial `rack.ECSExec` label on the API task definitions; absent when `None`, as on
+    /// racks whose template predates the parameter.
+    pub initial_ecs_exec: Option<String>,
+    /// How long a new task takes to become healthy.
+    #[serde(with = "humantime_serde")]
+    pub task_start: Duration,
+    /// Failed task launches after which the circuit breaker rolls a deployment back.
+    pub circuit_breaker_threshold: u32,
+    /// Rollouts whose tasks fail to start (the circuit breaker rolls them back), counted
+    /// from the first `UpdateService`.
+    pub failing_rollouts: u32,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        SimSettings {
+            rack: "convox".into(),
+            region: "us-east-1".into(),
+            version: "20260418101514".into(),
+            initial_ecs_exec: None,
+            task_start: Duration::from_secs(20),
+            circuit_breaker_threshold: 3,
+            failing_rollouts: 0,
+        }
+    }
+}
+
+/// How the next deployments' tasks behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutFault {
+    /// Tasks fail to start; the circuit breaker fails the deployment and rolls back.
+    FailToStart,
+    /// Tasks never become healthy and nothing fails: the rollout never finishes.
+    NeverHealthy,
+}
+
+/// The simulated rack. Cheap to share behind an `Arc`; two controllers may use one.
+pub struct SimRack {
+    state: Mutex<State>,
+    clock: Clock,
+    metrics: Mutex<Option<Metrics>>,
+}
+
+struct State {
+    settings: SimSettings,
+    cluster: String,
+    stack_status: String,
+    /// When set, the stack settles to this status at that time.
+    stack_settles: Option<(Instant, String)>,
+    parameters: BTreeMap<String, String>,
+    /// Logical id → physical id, as CloudFormation last set them.
+    stack_resources: BTreeMap<String, String>,
+    task_definitions: BTreeMap<String, Value>,
+    latest_revision: BTreeMap<String, u32>,
+    services: Vec<SimService>,
+    rollout_faults: VecDeque<RolloutFault>,
+    api_faults: BTreeMap<&'static str, u32>,
+    calls: BTreeMap<&'static str, u64>,
+    next_id: u64,
+}
+
+struct SimService {
+    logical: String,
+    task_logical: String,
+    name: String,
+    arn: String,
+    desired: u32,
+    min_percent: u32,
+    max_percent: u32,
+    deployments: Vec<SimDeployment>,
+}
+
+struct SimDeployment {
+    id: String,
+    primary: bool,
+    task_definition: String,
+    rollout: RolloutState,
+    reason: Option<String>,
+    created: Instant,
+    running: u32,
+    /// Launches in flight and when each resolves.
+    starting: Vec<Instant>,
+    failed_tasks: u32,
+    fault: Option<RolloutFault>,
+}
+
+impl SimRack {
+    /// A rack as the fixture describes it, converged on its initial state.
+    pub fn new(settings: SimSettings) -> Self {
+        let clock = Clock::new();
+        let now = clock.instant();
+        let fx = fixture();
+        let rack = settings.rack.clone();
+        let cluster = format!("{rack}-Cluster-1P2Q3R4S5T6U");
+        let mut parameters: BTreeMap<String, String> = fx
+            .templates
+            .get(&settings.version)
+            .or_else(|| fx.templates.values().next_back())
+            .map(|t| {
+                t.parameters
+                    .iter()
+                    .map(|(k, p)| {
+                        let v = if p.no_echo { "****".to_string() } else { p.default.clone().unwrap_or_default() };
+                        (k.clone(), v)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        parameters.insert("Version".into(), settings.version.clone());
+
+        let mut state = State {
+            cluster: cluster.clone(),
+            stack_status: "UPDATE_COMPLETE".into(),
+            stack_settles: None,
+            parameters,
+            stack_resources: BTreeMap::from([("Cluster".to_string(), cluster.clone())]),
+            task_definitions: BTreeMap::new(),
+            latest_revision: BTreeMap::new(),
+            services: Vec::new(),
+            rollout_faults: std::iter::repeat_n(RolloutFault::FailToStart, settings.failing_rollouts as usize)
+                .collect(),
+            api_faults: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            next_id: 1,
+            settings: settings.clone(),
+        };
+
+        for (logical, svc) in &fx.services {
+            let Some(td) = fx.task_definitions.get(&svc.task_definition) else {
+                continue;
+            };
+            let family = format!("{rack}{}", td.family_suffix);
+            let mut labels = td.docker_labels.clone();
+            if let Some(v) = &settings.initial_ecs_exec {
+                labels.insert("rack.ECSExec".into(), v.clone());
+            }
+            let body = initial_task_definition(&rack, &settings, &family, &td.container, &labels);
+            let arn = state.register(&family, body);
+            state.stack_resources.insert(svc.task_definition.clone(), arn.clone());
+            let name = format!("{rack}-{logical}-{}", short_id(logical));
+            let mut deployment = SimDeployment::new(state.next_deployment_id(), arn, now, None);
+            deployment.rollout = RolloutState::Completed;
+            deployment.running = svc.desired_count;
+            let service_arn = format!("arn:aws:ecs:{}:{ACCOUNT}:service/{cluster}/{name}", settings.region);
+            state.stack_resources.insert(logical.clone(), service_arn.clone());
+            state.services.push(SimService {
+                logical: logical.clone(),
+                task_logical: svc.task_definition.clone(),
+                arn: service_arn,
+                name,
+                desired: svc.desired_count,
+                min_percent: svc.minimum_healthy_percent,
+                max_percent: svc.maximum_percent,
+                deployments: vec![deployment],
+            });
+        }
+        // Web first, as the rack lists them.
+        state.services.sort_by_key(|s| s.logical != "ServiceWebApi");
+
+        SimRack {
+            state: Mutex::new(state),
+            clock,
+            metrics: Mutex::new(None),
+        }
+    }
+
+    /// Counts this rack's calls in `metrics` as well as in its own counters.
+    pub fn set_metrics(&self, metrics: Metrics) {
+        *self.metrics.lock().unwrap_or_else(|e| e.into_inner()) = Some(metrics);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.advance(self.clock.instant());
+        s
+    }
+
+    /// Counts a call and applies an injected API fault, if any.
+    fn call(&self, s: &mut State, service: &'static str, op: &'static str, resource: &str) -> Result<(), RackError> {
+        *s.calls.entry(op).or_default() += 1;
+        let fault = match s.api_faults.get_mut(op) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        };
+        let outcome = if fault { "transient_error" } else { "success" };
+        if let Some(m) = self.metrics.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            m.api_call(service, op, outcome);
+        }
+        if fault {
+            return Err(RackError::Api {
+                service,
+                operation: op,
+                resource: resource.to_string(),
+                kind: ApiErrorKind::Transient,
+                message: "ThrottlingException: Rate exceeded".into(),
+            });
+        }
+        Ok(())
+    }
+
+    // ---- fault injection and inspection (tests, demos) ----
+
+    /// The next `UpdateService` deployments behave as `fault` says, in order.
+    pub fn inject_rollout_fault(&self, fault: RolloutFault) {
+        self.lock().rollout_faults.push_back(fault);
+    }
+
+    /// The next `count` calls of `operation` fail with a throttling error.
+    pub fn inject_api_errors(&self, operation: &'static str, count: u32) {
+        *self.lock().api_faults.entry(operation).or_default() += count;
+    }
+
+    /// Sets the stack status; with `settle_after`, it becomes `UPDATE_COMPLETE` then.
+    pub fn set_stack_status(&self, status: &str, settle_after: Option<Duration>) {
+        let now = self.clock.instant();
+        let mut s = self.lock();
+        s.stack_status = status.to_string();
+        s.stack_settles = settle_after.map(|d| (now + d, "UPDATE_COMPLETE".to_string()));
+    }
+
+    /// What a CloudFormation stack update does to the label: registers a revision of the
+    /// service's task definition with `label` set to `value` (removed when `None`) and rolls
+    /// the service to it, outside the controller.
+    pub fn revert_label_out_of_band(&self, service_logical: &str, label: &str, value: Option<&str>) {
+        let now = self.clock.instant();
+        let mut s = self.lock();
+        let Some(idx) = s.services.iter().position(|x| x.logical == service_logical) else {
+            return;
+        };
+        let Some(base) = s.services[idx].primary().map(|d| d.task_definition.clone()) else {
+            return;
+        };
+        let Some(mut body) = s.task_definitions.get(&base).cloned() else {
+            return;
+        };
+        set_label(&mut body, label, value);
+        let family = body["family"].as_str().unwrap_or_default().to_string();
+        let arn = s.register(&family, body);
+        let task_logical = s.services[idx].task_logical.clone();
+        s.stack_resources.insert(task_logical, arn.clone());
+        s.deploy(idx, arn, now);
+    }
+
+    /// Calls made so far, by operation.
+    pub fn calls(&self, operation: &str) -> u64 {
+        self.lock().calls.get(operation).copied().unwrap_or(0)
+    }
+
+    /// `RegisterTaskDefinition` plus `UpdateService` calls made so far.
+    pub fn writes(&self) -> u64 {
+        self.calls("RegisterTaskDefinition") + self.calls("UpdateService")
+    }
+
+    /// Revisions registered in the family of the given service's task definition.
+    pub fn revisions(&self, service_logical: &str) -> u32 {
+        let s = self.lock();
+        s.services
+            .iter()
+            .find(|x| x.logical == service_logical)
+            .and_then(|x| x.primary())
+            .and_then(|d| s.task_definitions.get(&d.task_definition))
+            .and_then(|b| b["family"].as_str())
+            .and_then(|f| s.latest_revision.get(f).copied())
+            .unwrap_or(0)
+    }
+
+    /// The full registered task definition (as `DescribeTaskDefinition` returns it).
+    pub fn task_definition_body(&self, arn: &str) -> Option<Value> {
+        self.lock().task_definitions.get(arn).cloned()
+    }
+
+    /// The stack's physical id of a logical resource.
+    pub fn resource(&self, logical: &str) -> Option<String> {
+        self.lock().resources().get(logical).cloned()
+    }
+}
+
+impl State {
+    fn next_deployment_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("ecs-svc/{:019}", 4_000_000_000_000_000_000u64 + self.next_id)
+    }
+
+    fn register(&mut self, family: &str, mut body: Value) -> String {
+        let rev = self.latest_revision.entry(family.to_string()).or_insert(0);
+        *rev += 1;
+        let arn = format!(
+            "arn:aws:ecs:{}:{ACCOUNT}:task-definition/{family}:{rev}",
+            self.settings.region
+        );
+        body["revision"] = json!(*rev);
+        body["taskDefinitionArn"] = json!(arn);
+        body["status"] = json!("ACTIVE");
+        self.task_definitions.insert(arn.clone(), body);
+        arn
+    }
+
+    fn resources(&self) -> BTreeMap<String, String> {
+        self.stack_resources.clone()
+    }
+
+    fn deploy(&mut self, idx: usize, task_definition: String, now: Instant) {
+        let fault = self.rollout_faults.pop_front();
+        let id = self.next_deployment_id();
+        let svc = &mut self.services[idx];
+        for d in &mut svc.deployments {
+            d.primary = false;
+        }
+        svc.deployments
+            .insert(0, SimDeployment::new(id, task_definition, now, fault));
+        let (task_start, threshold) = (self.settings.task_start, self.settings.circuit_breaker_threshold);
+        self.services[idx].step(now, task_start, threshold, &mut self.next_id);
+    }
+
+    /// Runs the simulation up to `now`.
+    fn advance(&mut self, now: Instant) {
+        if let Some((at, status)) = self.stack_settles.clone() {
+            if at <= now {
+                self.stack_status = status;
+                self.stack_settles = None;
+            }
+        }
+        let (task_start, threshold) = (self.settings.task_start, self.settings.circuit_breaker_threshold);
+        for svc in &mut self.services {
+            while let Some(t) = svc.next_event().filter(|t| *t <= now) {
+                svc.step(t, task_start, threshold, &mut self.next_id);
+            }
+        }
+    }
+}
+
+impl SimDeployment {
+    fn new(id: String, task_definition: String, now: Instant, fault: Option<RolloutFault>) -> Self {
+        SimDeployment {
+            id,
+            primary: true,
+            task_definition,
+            rollout: RolloutState::InProgress,
+            reason: Some("ECS deployment in progress.".into()),
+            created: now,
+            running: 0,
+            starting: Vec::new(),
+            failed_tasks: 0,
+            fault,
+        }
+    }
+}
+
+impl SimService {
+    fn primary(&self) -> Option<&SimDeployment> {
+        self.deployments.iter().find(|d| d.primary)
+    }
+
+    fn next_event(&self) -> Option<Instant> {
+        self.deployments
+            .iter()
+            .flat_map(|d| d.starting.iter().copied())
+            .min()
+    }
+
+    /// One scheduling step at time `t`: resolve launches due, trip the circuit breaker,
+    /// stop old tasks and launch new ones within the deployment configuration, complete.
+    fn step(&mut self, t: Instant, task_start: Duration, threshold: u32, next_id: &mut u64) {
+        let Some(p) = self.deployments.iter().position(|d| d.primary) else {
+            return;
+        };
+        {
+            let d = &mut self.deployments[p];
+            let due = d.starting.iter().filter(|s| **s <= t).count() as u32;
+            d.starting.retain(|s| *s > t);
+            match d.fault {
+                Some(RolloutFault::FailToStart) => d.failed_tasks += due,
+                _ => d.running += due,
+            }
+        }
+
+        if self.deployments[p].fault == Some(RolloutFault::FailToStart)
+            && self.deployments[p].failed_tasks >= threshold
+            && self.deployments[p].rollout == RolloutState::InProgress
+        {
+            self.roll_back(p, t, next_id);
+            return self.step(t, task_start, threshold, next_id);
+        }
+
+        let desired = self.desired;
+        let min_healthy = (desired * self.min_percent).div_ceil(100);
+        let max_total = (desired * self.max_percent / 100).max(desired);
+        let old_running: u32 = self.deployments.iter().filter(|d| !d.primary).map(|d| d.running).sum();
+        let new_running = self.deployments[p].running;
+        let launching = self.deployments[p].starting.len() as u32;
+        let healthy = new_running + old_running;
+
+        // Stop old tasks down to the minimum healthy, keeping no more than needed.
+        let mut stop = old_running.min(healthy.saturating_sub(min_healthy));
+        for d in self.deployments.iter_mut().filter(|d| !d.primary) {
+            let n = d.running.min(stop);
+            d.running -= n;
+            stop -= n;
+        }
+        let old_running: u32 = self.deployments.iter().filter(|d| !d.primary).map(|d| d.running).sum();
+
+        // Launch new tasks up to the desired count within the maximum percent.
+        let room = max_total.saturating_sub(new_running + old_running + launching);
+        let start = desired.saturating_sub(new_running + launching).min(room);
+        let ready_at = match self.deployments[p].fault {
+            Some(RolloutFault::NeverHealthy) => t + Duration::from_secs(100 * 365 * 86_400),
+            _ => t + task_start,
+        };
+        self.deployments[p]
+            .starting
+            .extend(std::iter::repeat_n(ready_at, start as usize));
+
+        let d = &self.deployments[p];
+        if d.rollout == RolloutState::InProgress && d.running >= desired && d.starting.is_empty() && old_running == 0 {
+            self.deployments[p].rollout = RolloutState::Completed;
+            self.deployments[p].reason = Some("ECS deployment completed.".into());
+            self.deployments.retain(|d| d.primary);
+        }
+    }
+
+    /// The circuit breaker: fail the primary and roll back to the last deployment that was
+    /// running, adopting its tasks.
+    fn roll_back(&mut self, p: usize, t: Instant, next_id: &mut u64) {
+        let failed = &mut self.deployments[p];
+        failed.rollout = RolloutState::Failed;
+        failed.reason = Some(CIRCUIT_BREAKER_REASON.into());
+        failed.primary = false;
+        failed.starting.clear();
+        let Some(prev) = self
+            .deployments
+            .iter()
+            .position(|d| !d.primary && d.rollout != RolloutState::Failed)
+        else {
+            // Nothing to roll back to: the failed deployment stays primary, failed.
+            self.deployments[p].primary = true;
+            return;
+        };
+        *next_id += 1;
+        let mut back = SimDeployment::new(
+            format!("ecs-svc/{:019}", 4_000_000_000_000_000_000u64 + *next_id),
+            self.deployments[prev].task_definition.clone(),
+            t,
+            None,
+        );
+        back.reason = Some(format!(
+            "ECS deployment circuit breaker: rolling back to deploymentId {}.",
+            self.deployments[prev].id
+        ));
+        // The rollback deployment takes over the tasks of the same revision.
+        let adopted: u32 = self
+            .deployments
+            .iter()
+            .filter(|d| d.task_definition == back.task_definition)
+            .map(|d| d.running)
+            .sum();
+        back.running = adopted;
+        let td = back.task_definition.clone();
+        self.deployments.retain(|d| d.task_definition != td || d.rollout == RolloutState::Failed);
+        self.deployments.insert(0, back);
+    }
+
+    fn snapshot(&self, clock: &Clock) -> ServiceSnapshot {
+        let deployments = self
+            .deployments
+            .iter()
+            .map(|d| Deployment {
+                id: d.id.clone(),
+                status: if d.primary { DeploymentStatus::Primary } else { DeploymentStatus::Active },
+                task_definition: d.task_definition.clone(),
+                desired_count: if d.primary { self.desired } else { d.running },
+                running_count: d.running,
+                pending_count: d.starting.len() as u32,
+                failed_tasks: d.failed_tasks,
+                rollout_state: Some(d.rollout),
+                rollout_state_reason: d.reason.clone(),
+                created_at: clock.wall_at(d.created),
+            })
+            .collect::<Vec<_>>();
+        let tasks = self
+            .deployments
+            .iter()
+            .flat_map(|d| {
+                let running = std::iter::repeat_n("RUNNING", d.running as usize);
+                let pending = std::iter::repeat_n("PENDING", d.starting.len());
+                running.chain(pending).map(move |st| TaskSnapshot {
+                    task_definition: d.task_definition.clone(),
+                    last_status: st.to_string(),
+                })
+            })
+            .collect();
+        ServiceSnapshot {
+            name: self.name.clone(),
+            arn: self.arn.clone(),
+            status: "ACTIVE".into(),
+            desired_count: self.desired,
+            running_count: self.deployments.iter().map(|d| d.running).sum(),
+            minimum_healthy_percent: self.min_percent,
+            maximum_percent: self.max_percent,
+            deployments,
+            tasks,
+        }
+    }
+}
+
+#[async_trait]
+impl Rack for SimRack {
+    async fn describe_stack(&self) -> Result<StackSnapshot, RackError> {
+        let mut s = self.lock();
+        let name = s.settings.rack.clone();
+        self.call(&mut s, "cloudformation", "DescribeStacks", &name)?;
+        self.call(&mut s, "cloudformation", "DescribeStackResources", &name)?;
+        Ok(StackSnapshot {
+            name,
+            status: s.stack_status.clone(),
+            parameters: s.parameters.clone(),
+            resources: s.resources(),
+        })
+    }
+
+    async fn describe_services(&self, cluster: &str, services: &[String]) -> Result<Vec<ServiceSnapshot>, RackError> {
+        let mut s = self.lock();
+        self.call(&mut s, "ecs", "DescribeServices", cluster)?;
+        let mut out = Vec::with_capacity(services.len());
+        for wanted in services {
+            let found = s
+                .services
+                .iter()
+                .find(|x| (&x.name == wanted || &x.arn == wanted) && s.cluster == cluster);
+            match found {
+                Some(svc) => out.push(svc.snapshot(&self.clock)),
+                None => {
+                    return Err(RackError::ServiceNotFound {
+                        cluster: cluster.to_string(),
+                        service: wanted.clone(),
+                    })
+                }
+            }
+        }
+        self.call(&mut s, "ecs", "ListTasks", cluster)?;
+        self.call(&mut s, "ecs", "DescribeTasks", cluster)?;
+        Ok(out)
+    }
+
+    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinitionInfo, RackError> {
+        let mut s = self.lock();
+        self.call(&mut s, "ecs", "DescribeTaskDefinition", arn)?;
+        let body = s.task_definitions.get(arn).ok_or_else(|| not_found("DescribeTaskDefinition", arn))?;
+        Ok(info(arn, body))
+    }
+
+    async fn find_relabelled(&self, base: &str, label: &str, value: &str) -> Result<Option<String>, RackError> {
+        let mut s = self.lock();
+        self.call(&mut s, "ecs", "ListTaskDefinitions", base)?;
+        let body = s.task_definitions.get(base).ok_or_else(|| not_found("DescribeTaskDefinition", base))?;
+        let mut want = body.clone();
+        set_label(&mut want, label, Some(value));
+        let want = comparable(&want);
+        let family = body["family"].clone();
+        Ok(s
+            .task_definitions
+            .iter()
+            .filter(|(_, b)| b["family"] == family)
+            .find(|(_, b)| comparable(b) == want)
+            .map(|(arn, _)| arn.clone()))
+    }
+
+    async fn register_relabelled(&self, base: &str, label: &str, value: &str) -> Result<String, RackError> {
+        let mut s = self.lock();
+        self.call(&mut s, "ecs", "RegisterTaskDefinition", base)?;
+        let mut body = s
+            .task_definitions
+            .get(base)
+            .cloned()
+            .ok_or_else(|| not_found("RegisterTaskDefinition", base))?;
+        set_label(&mut body, label, Some(value));
+        let family = body["family"].as_str().unwrap_or_default().to_string();
+        Ok(s.register(&family, body))
+    }
+
+    async fn update_service(&self, cluster: &str, service: &str, task_definition: &str) -> Result<(), RackError> {
+        let now = self.clock.instant();
+        let mut s = self.lock();
+        self.call(&mut s, "ecs", "UpdateService", service)?;
+        if !s.task_definitions.contains_key(task_definition) {
+            return Err(not_found("UpdateService", task_definition));
+        }
+        let idx = s
+            .services
+            .iter()
+            .position(|x| (x.name == service || x.arn == service) && s.cluster == cluster)
+            .ok_or_else(|| RackError::ServiceNotFound {
+                cluster: cluster.to_string(),
+                service: service.to_string(),
+            })?;
+        s.deploy(idx, task_definition.to_string(), now);
+        Ok(())
+    }
+}
+
+fn not_found(operation: &'static str, resource: &str) -> RackError {
+    RackError::Api {
+        service: "ecs",
+        operation,
+        resource: resource.to_string(),
+        kind: ApiErrorKind::NotFound,
+        message: "ClientException: Unable to describe task definition.".into(),
+    }
+}
+
+fn info(arn: &str, body: &Value) -> TaskDefinitionInfo {
+    let labels = &body["containerDefinitions"][0]["dockerLabels"];
+    TaskDefinitionInfo {
+        arn: arn.to_string(),
+        family: body["family"].as_str().unwrap_or_default().to_string(),
+        revision: body["revision"].as_u64().unwrap_or(0) as u32,
+        labels: MANAGED_PARAMS
+            .iter()
+            .filter_map(|p| labels[p.label].as_str().map(|v| (p.label.to_string(), v.to_string())))
+            .collect(),
+    }
+}
+
+fn set_label(body: &mut Value, label: &str, value: Option<&str>) {
+    let labels = &mut body["containerDefinitions"][0]["dockerLabels"];
+    if let Some(map) = labels.as_object_mut() {
+        match value {
+            Some(v) => {
+                map.insert(label.to_string(), json!(v));
+            }
+            None => {
+                map.remove(label);
+            }
+        }
+    }
+}
+
+/// The registered body without the fields ECS assigns at registration.
+fn comparable(body: &Value) -> Value {
+    let mut b = body.clone();
+    if let Some(o) = b.as_object_mut() {
+        for k in ["revision", "taskDefinitionArn", "status", "registeredAt"] {
+            o.remove(k);
+        }
+    }
+    b
+}
+
+fn short_id(seed: &str) -> String {
+    let h = seed
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    format!("{h:012X}").chars().take(12).collect()
+}
+
+/// A task definition as the rack template registers it, with every kind of field a real one
+/// carries (including environment values and secrets, which must never be logged).
+fn initial_task_definition(
+    rack: &str,
+    settings: &SimSettings,
+    family: &str,
+    container: &str,
+    labels: &BTreeMap<String, String>,
+) -> Value {
+    let region = &settings.region;
+    let role = |name: &str| format!("arn:aws:iam::{ACCOUNT}:role/{rack}-{name}-{}", short_id(name));
+    let mut c = json!({
+        "name": container,
+        "image": format!("convox/rack:{}", settings.version),
+        "command": ["api"],
+        "cpu": 128,
+        "essential": true,
+        "dockerLabels": labels,
+        "environment": [
+            {"name": "AWS_REGION", "value": region},
+            {"name": "PASSWORD", "value": format!("sim-password-{}", short_id(rack))},
+            {"name": "RACK", "value": rack},
+            {"name": "PROVIDER", "value": "aws"},
+        ],
+        "linuxParameters": {"initProcessEnabled": true},
+        "logConfiguration": {
+            "logDriver": "awslogs",
+            "options": {
+                "awslogs-region": region,
+                "awslogs-group": format!("{rack}-LogGroup-{}", short_id("logs")),
+                "awslogs-stream-prefix": "convox",
+            }
+        },
+        "mountPoints": [
+            {"sourceVolume": "docker", "containerPath": "/var/run/docker.sock", "readOnly": false}
+        ],
+        "readonlyRootFilesystem": false,
+    });
+    if container == "web" {
+        c["memoryReservation"] = json!(256);
+        c["portMappings"] = json!([{"containerPort": 5443, "hostPort": 0, "protocol": "tcp"}]);
+        c["secrets"] = json!([{
+            "name": "RACK_KEY",
+            "valueFrom": format!("arn:aws:ssm:{region}:{ACCOUNT}:parameter/{rack}/rack-key")
+        }]);
+    } else {
+        c["memory"] = json!(128);
+    }
+    let mut body = json!({
+        "family": family,
+        "containerDefinitions": [c],
+        "taskRoleArn": role("ApiRole"),
+        "volumes": [{"name": "docker", "host": {"sourcePath": "/var/run/docker.sock"}}],
+        "requiresCompatibilities": ["EC2"],
+        "networkMode": "bridge",
+        "placementConstraints": [],
+        "tags": [{"key": "Rack", "value": rack}],
+    });
+    if container == "web" {
+        body["executionRoleArn"] = json!(role("ApiExecutionRole"));
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixture_models_the_rack_api() {
+        let fx = fixture();
+        assert!(fx.templates.contains_key("20260418101514"));
+        assert!(fx.templates.contains_key("20240205000000"));
+        let web = &fx.task_definitions["ApiWebTasks"];
+        assert!(web.docker_labels.len() >= 40);
+        assert!(web.docker_labels.contains_key("rack.Cluster"));
+        assert!(!web.docker_labels.contains_key("rack.ECSExec"));
+        assert_eq!(fx.services["ServiceWebApi"].task_definition, "ApiWebTasks");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rollout_replaces_tasks_over_time_and_completes() {
+        let sim = SimRack::new(SimSettings::default());
+        let stack = sim.describe_stack().await.expect("stack");
+        let cluster = stack.resources["Cluster"].clone();
+        let web = stack.resources["ServiceWebApi"].clone();
+        let base = stack.resources["ApiWebTasks"].clone();
+        let new = sim.register_relabelled(&base, "rack.ECSExec", "Yes").await.expect("register");
+        assert_eq!(sim.find_relabelled(&base, "rack.ECSExec", "Yes").await.expect("find"), Some(new.clone()));
+        sim.update_service(&cluster, &web, &new).await.expect("update");
+
+        let s = &sim.describe_services(&cluster, &[web.clone()]).await.expect("describe")[0];
+        assert_eq!(s.deployments.len(), 2);
+        assert_eq!(s.primary().map(|d| d.rollout_state), Some(Some(RolloutState::InProgress)));
+
+        tokio::time::advance(Duration::from_secs(21)).await;
+        let s = &sim.describe_services(&cluster, &[web.clone()]).await.expect("describe")[0];
+        assert_eq!(s.deployments.len(), 1);
+        let p = s.primary().expect("primary");
+        assert_eq!((p.rollout_state, p.task_definition.as_str()), (Some(RolloutState::Completed), new.as_str()));
+        assert!(s.tasks.iter().all(|t| t.task_definition == new));
+
+        // Nothing but the label differs.
+        let mut a = sim.task_definition_body(&base).expect("base");
+        let b = sim.task_definition_body(&new).expect("new");
+        set_label(&mut a, "rack.ECSExec", Some("Yes"));
+        assert_eq!(comparable(&a), comparable(&b));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn circuit_breaker_fails_and_rolls_back() {
+        let sim = SimRack::new(SimSettings::default());
+        sim.inject_rollout_fault(RolloutFault::FailToStart);
+        let stack = sim.describe_stack().await.expect("stack");
+        let (cluster, web, base) = (
+            stack.resources["Cluster"].clone(),
+            stack.resources["ServiceWebApi"].clone(),
+            stack.resources["ApiWebTasks"].clone(),
+        );
+        let new = sim.register_relabelled(&base, "rack.ECSExec", "Yes").await.expect("register");
+        sim.update_service(&cluster, &web, &new).await.expect("update");
+        let mut saw_failed = false;
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            let s = &sim.describe_services(&cluster, &[web.clone()]).await.expect("describe")[0];
+            saw_failed |= s.deployments.iter().any(|d| {
+                d.rollout_state == Some(RolloutState::Failed)
+                    && d.rollout_state_reason.as_deref() == Some(CIRCUIT_BREAKER_REASON)
+            });
+        }
+        assert!(saw_failed);
+        let s = &sim.describe_services(&cluster, &[web]).await.expect("describe")[0];
+        let p = s.primary().expect("primary");
+        assert_eq!((p.task_definition.as_str(), p.rollout_state), (base.as_str(), Some(RolloutState::Completed)));
+        assert_eq!(s.running_count, 2);
+    }
+}
