@@ -9,9 +9,14 @@
 //! - [`watch`], [`http`]: the other adapters (file watcher, HTTP endpoints);
 //! - [`status`], [`metrics`]: what the controller tells people and Prometheus.
 
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod params;
 pub mod plan;
-pub mod clock;
-pub mod metrics;
 pub mod rack;
+pub mod reconcile;
+pub mod status;
+pub mod watch;

@@ -1,1 +1,407 @@
-fn main() {}
+//! `rack-reconciler`: command line → commands. Everything else lives in the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+
+use rack_reconciler::config::{Backend, Config, LogFormat};
+use rack_reconciler::metrics::Metrics;
+use rack_reconciler::params;
+use rack_reconciler::plan::{Decision, Phase};
+use rack_reconciler::rack::sim::SimRack;
+use rack_reconciler::rack::Rack;
+use rack_reconciler::reconcile::{Reconciler, Settings};
+use rack_reconciler::status::{Status, StatusHandle};
+
+/// Exit codes, documented in the README.
+mod exit {
+    pub const CONVERGED: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const CHANGES: u8 = 2;
+    pub const FAILED: u8 = 3;
+    pub const BLOCKED: u8 = 4;
+    pub const INVALID_PARAMS: u8 = 5;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "rack-reconciler",
+    version,
+    about = "Keeps a Convox rack's parameters where its operators want them"
+)]
+struct Cli {
+    /// The controller's config file.
+    #[arg(
+        long,
+        short,
+        env = "RACK_RECONCILER_CONFIG",
+        default_value = "config/rack-reconciler.yaml",
+        global = true
+    )]
+    config: PathBuf,
+    /// Log format; overrides `log_format` in the config.
+    #[arg(long, env = "RACK_RECONCILER_LOG_FORMAT", global = true)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller until SIGTERM or SIGINT.
+    Run,
+    /// Reconcile until converged, blocked or failed; the exit code says which.
+    Apply {
+        /// Give up after this many consecutive failures to observe the rack.
+        #[arg(long, default_value_t = 5)]
+        max_errors: u32,
+    },
+    /// Print what `apply` would do; change nothing.
+    Plan {
+        /// Exit 2 when there are changes to make, 0 when there are none.
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// Print the status of the running controller, or else of the rack.
+    Status {
+        /// Print the JSON document served at /status.
+        #[arg(long)]
+        json: bool,
+        /// The running controller's address (default: `listen` from the config).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Check a params file.
+    Validate {
+        /// The params file (default: `params_file` from the config).
+        file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<u8> {
+    if let Command::Validate { file: Some(file) } = &cli.command {
+        init_logging(cli.log_format.unwrap_or_default());
+        return Ok(validate(file));
+    }
+    let cfg = Config::load(&cli.config)?;
+    init_logging(cli.log_format.unwrap_or(cfg.log_format));
+    match cli.command {
+        Command::Run => run(cfg).await,
+        Command::Apply { max_errors } => apply(cfg, max_errors).await,
+        Command::Plan { detailed_exitcode } => plan(cfg, detailed_exitcode).await,
+        Command::Status { json, url } => status(cfg, json, url).await,
+        Command::Validate { file } => Ok(validate(file.as_deref().unwrap_or(&cfg.params_file))),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+async fn build_rack(cfg: &Config, metrics: &Metrics) -> Result<Arc<dyn Rack>> {
+    match cfg.backend {
+        Backend::Sim => {
+            let sim = SimRack::new(cfg.sim.clone());
+            sim.set_metrics(metrics.clone());
+            Ok(Arc::new(sim))
+        }
+        Backend::Aws => bail!(
+            "backend `aws` is not available in this build; use `backend: sim` in {}",
+            cfg.params_file.display()
+        ),
+    }
+}
+
+async fn reconciler(cfg: &Config) -> Result<Reconciler> {
+    let metrics = Metrics::new();
+    let rack = build_rack(cfg, &metrics).await?;
+    let status = StatusHandle::new(Status {
+        rack: cfg.rack.clone(),
+        backend: cfg.backend.as_str().to_string(),
+        ..Status::default()
+    });
+    Ok(Reconciler::new(rack, Settings::from(cfg), metrics, status))
+}
+
+/// A watch channel that turns true on SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<watch::Receiver<bool>> {
+    let (tx, rx) = watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received; finishing the current step"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received; finishing the current step"),
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+async fn run(cfg: Config) -> Result<u8> {
+    let rec = reconciler(&cfg).await?;
+    let shutdown = shutdown_signal()?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (`listen` in the config)", cfg.listen))?;
+    info!(
+        rack = %cfg.rack, backend = cfg.backend.as_str(), params = %cfg.params_file.display(),
+        listen = %cfg.listen, "rack-reconciler starting"
+    );
+    let mut http_shutdown = shutdown.clone();
+    let server = tokio::spawn(rack_reconciler::http::serve(
+        listener,
+        rec.status(),
+        rec.metrics(),
+        async move {
+            let _ = http_shutdown.wait_for(|stop| *stop).await;
+        },
+    ));
+    let (tx, rx) = mpsc::channel(1);
+    let _watcher =
+        rack_reconciler::watch::watch_params(&cfg.params_file, cfg.intervals.debounce, tx)?;
+    rec.run(rx, shutdown).await;
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(error = %e, "HTTP server failed"),
+        Err(e) => error!(error = %e, "HTTP server task failed"),
+    }
+    info!("stopped");
+    Ok(exit::CONVERGED)
+}
+
+async fn apply(cfg: Config, max_errors: u32) -> Result<u8> {
+    let mut rec = reconciler(&cfg).await?;
+    let shutdown = shutdown_signal()?;
+    let report = rec.apply(shutdown, max_errors.max(1)).await;
+    let status = rec.status().get();
+    print_status(&status);
+    if !report.has_desired {
+        return Ok(exit::INVALID_PARAMS);
+    }
+    if let Some(e) = &report.rack_error {
+        bail!("the rack could not be observed: {e}");
+    }
+    if report.params_error.is_some() {
+        eprintln!("warning: the params file is invalid; applied the last valid desired state");
+    }
+    Ok(match report.worst() {
+        None | Some(Phase::Converged) => exit::CONVERGED,
+        Some(Phase::Failed) => exit::FAILED,
+        Some(Phase::Blocked) => exit::BLOCKED,
+        Some(p) => {
+            eprintln!("interrupted while {p}");
+            exit::ERROR
+        }
+    })
+}
+
+async fn plan(cfg: Config, detailed: bool) -> Result<u8> {
+    let mut rec = reconciler(&cfg).await?;
+    let (observed, decisions) = rec.preview().await?;
+    if let Some(e) = rec.params_error() {
+        println!("{e}");
+        return Ok(exit::INVALID_PARAMS);
+    }
+    println!(
+        "rack {} (stack {}), params {}",
+        cfg.rack,
+        observed.stack.status,
+        cfg.params_file.display()
+    );
+    let mut changes = 0;
+    for d in &decisions {
+        changes += print_plan(d);
+    }
+    if decisions.is_empty() {
+        println!("the params file manages no parameter: nothing to do");
+    }
+    println!(
+        "\nPlan: {changes} service rollout(s). {}",
+        if changes == 0 {
+            "The rack matches the params file."
+        } else {
+            "Run `rack-reconciler apply` to make them."
+        }
+    );
+    Ok(if detailed && changes > 0 {
+        exit::CHANGES
+    } else {
+        exit::CONVERGED
+    })
+}
+
+fn print_plan(d: &Decision) -> usize {
+    let observed = d.observed.as_deref().unwrap_or("mixed");
+    println!(
+        "\n{}: desired {}, observed {} ({})",
+        d.param, d.desired, observed, d.phase
+    );
+    if !matches!(d.phase, Phase::Converged | Phase::Progressing) || d.pending.is_empty() {
+        println!("  {}", d.message);
+    }
+    for (i, c) in d.pending.iter().enumerate() {
+        println!(
+            "  {}. {}: {} → {}: register a copy of {} with only {}={} changed (or reuse an identical one), \
+             UpdateService, follow the rollout",
+            i + 1,
+            c.service,
+            c.from_value.as_deref().unwrap_or("?"),
+            c.to_value,
+            short_arn(&c.from_task_definition),
+            param_label(d.param),
+            c.to_value
+        );
+    }
+    d.pending.len()
+}
+
+fn param_label(name: &str) -> &'static str {
+    rack_reconciler::model::managed_param(name)
+        .map(|p| p.label)
+        .unwrap_or("label")
+}
+
+fn short_arn(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
+}
+
+async fn status(cfg: Config, json: bool, url: Option<String>) -> Result<u8> {
+    let base = url.unwrap_or_else(|| format!("http://{}", cfg.listen));
+    let url = format!("{}/status", base.trim_end_matches('/'));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("cannot build an HTTP client")?;
+    let from_controller = match client.get(&url).send().await {
+        Ok(resp) => Some(
+            resp.error_for_status()
+                .with_context(|| format!("GET {url}"))?
+                .json::<Status>()
+                .await
+                .with_context(|| format!("GET {url}: not a rack-reconciler status document"))?,
+        ),
+        Err(e) if e.is_connect() => None,
+        Err(e) => return Err(e).with_context(|| format!("GET {url}")),
+    };
+    let status = match from_controller {
+        Some(s) => s,
+        None => {
+            eprintln!("no controller answers at {url}; reading the rack directly");
+            let mut rec = reconciler(&cfg).await?;
+            let (observed, decisions) = rec.preview().await?;
+            let handle = rec.status();
+            let now = std::time::SystemTime::now();
+            handle.update(|s| {
+                s.stack_status = Some(observed.stack.status.clone());
+                s.ready = true;
+                for d in &decisions {
+                    s.record(d, None, now);
+                }
+            });
+            handle.get()
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_status(&status);
+    }
+    Ok(exit::CONVERGED)
+}
+
+fn print_status(s: &Status) {
+    println!(
+        "rack {} ({}), stack {}, params {}: {}",
+        s.rack,
+        s.backend,
+        s.stack_status.as_deref().unwrap_or("unknown"),
+        s.params_file.path,
+        match &s.params_file.error {
+            None => "valid".to_string(),
+            Some(e) => format!("INVALID: {e}"),
+        }
+    );
+    if let Some(e) = &s.rack_error {
+        println!("rack error: {e}");
+    }
+    for p in &s.parameters {
+        println!(
+            "{}: {} (desired {}, observed {}) — {}",
+            p.name,
+            p.phase,
+            p.desired.as_deref().unwrap_or("-"),
+            p.observed.as_deref().unwrap_or("mixed"),
+            p.message
+        );
+        for svc in &p.services {
+            println!(
+                "  {:<20} {:<11} value {:<4} {}/{} running  {}",
+                svc.service,
+                format!("{:?}", svc.state),
+                svc.value.as_deref().unwrap_or("-"),
+                svc.running,
+                svc.desired,
+                svc.task_definition.as_deref().map(short_arn).unwrap_or("-")
+            );
+        }
+    }
+}
+
+fn validate(file: &Path) -> u8 {
+    match params::load(file) {
+        Ok(d) => {
+            let values: Vec<String> = d.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "{}: valid ({})",
+                file.display(),
+                if values.is_empty() {
+                    "manages nothing".into()
+                } else {
+                    values.join(", ")
+                }
+            );
+            exit::CONVERGED
+        }
+        Err(e) => {
+            println!("{e}");
+            exit::INVALID_PARAMS
+        }
+    }
+}

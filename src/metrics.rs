@@ -125,14 +125,19 @@ impl Metrics {
         )
         .expect("histogram");
         r.register(Box::new(duration.clone())).expect("histogram");
-        let last = prometheus::Gauge::with_opts(opts("rack_reconciler_last_reconcile_timestamp_seconds"))
-            .expect("gauge");
+        let last =
+            prometheus::Gauge::with_opts(opts("rack_reconciler_last_reconcile_timestamp_seconds"))
+                .expect("gauge");
         r.register(Box::new(last.clone())).expect("gauge");
         let valid = IntGauge::with_opts(opts("rack_reconciler_params_file_valid")).expect("gauge");
         r.register(Box::new(valid.clone())).expect("gauge");
         let inner = Inner {
             drift: register!(r, IntGaugeVec, "rack_reconciler_parameter_drift"),
-            drift_start: register!(r, GaugeVec, "rack_reconciler_parameter_drift_start_timestamp_seconds"),
+            drift_start: register!(
+                r,
+                GaugeVec,
+                "rack_reconciler_parameter_drift_start_timestamp_seconds"
+            ),
             converged: register!(r, IntGaugeVec, "rack_reconciler_parameter_converged"),
             phase: register!(r, IntGaugeVec, "rack_reconciler_parameter_phase"),
             rollouts_in_progress: register!(r, IntGaugeVec, "rack_reconciler_rollouts_in_progress"),
@@ -180,7 +185,13 @@ impl Metrics {
     }
 
     /// Records a parameter's state after a reconcile.
-    pub fn set_parameter(&self, param: &str, phase: Phase, drift: bool, drift_since: Option<SystemTime>) {
+    pub fn set_parameter(
+        &self,
+        param: &str,
+        phase: Phase,
+        drift: bool,
+        drift_since: Option<SystemTime>,
+    ) {
         let m = &self.inner;
         m.drift.with_label_values(&[param]).set(i64::from(drift));
         let since = drift_since
@@ -209,11 +220,17 @@ impl Metrics {
     }
 
     pub fn rollout_started(&self, service: &str) {
-        self.inner.rollouts_started.with_label_values(&[service]).inc();
+        self.inner
+            .rollouts_started
+            .with_label_values(&[service])
+            .inc();
     }
 
     pub fn rollout_failure(&self, service: &str) {
-        self.inner.rollout_failures.with_label_values(&[service]).inc();
+        self.inner
+            .rollout_failures
+            .with_label_values(&[service])
+            .inc();
     }
 
     pub fn correction(&self, param: &str) {
@@ -303,7 +320,12 @@ mod tests {
                 d.name,
                 d.kind
             );
-            assert_eq!(d.kind == "counter", d.name.ends_with("_total"), "{}", d.name);
+            assert_eq!(
+                d.kind == "counter",
+                d.name.ends_with("_total"),
+                "{}",
+                d.name
+            );
         }
         assert_eq!(m.api_calls("DescribeServices"), 1);
     }

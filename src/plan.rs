@@ -6,12 +6,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{ManagedParam, ObservedRack, ObservedService, RolloutState, StackState};
 
 /// Where a managed parameter stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 pub enum Phase {
     /// Every target service runs the desired value, rollouts completed, nothing draining.
     Converged,
@@ -94,7 +94,8 @@ pub struct Roll {
 }
 
 /// A service the parameter still has to be rolled to, for `plan`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PendingChange {
     pub service: String,
     pub from_task_definition: String,
@@ -103,7 +104,8 @@ pub struct PendingChange {
 }
 
 /// Per-service progress, for status and metrics.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ServiceProgress {
     pub service: String,
     pub state: ServiceState,
@@ -114,7 +116,7 @@ pub struct ServiceProgress {
     pub desired: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServiceState {
     Converged,
     RollingOut,

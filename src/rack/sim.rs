@@ -75,8 +75,11 @@ pub fn fixture() -> Fixture {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SimSettings {
-    /// The stack (rack) name.
+    /// The stack (rack) name: the config's `rack`.
+    #[serde(skip)]
     pub rack: String,
+    /// The config's `region`.
+    #[serde(skip)]
     pub region: String,
     /// The rack version the stack runs.
     pub version: String,
@@ -182,7 +185,11 @@ impl SimRack {
                 t.parameters
                     .iter()
                     .map(|(k, p)| {
-                        let v = if p.no_echo { "****".to_string() } else { p.default.clone().unwrap_or_default() };
+                        let v = if p.no_echo {
+                            "****".to_string()
+                        } else {
+                            p.default.clone().unwrap_or_default()
+                        };
                         (k.clone(), v)
                     })
                     .collect()
@@ -199,8 +206,11 @@ impl SimRack {
             task_definitions: BTreeMap::new(),
             latest_revision: BTreeMap::new(),
             services: Vec::new(),
-            rollout_faults: std::iter::repeat_n(RolloutFault::FailToStart, settings.failing_rollouts as usize)
-                .collect(),
+            rollout_faults: std::iter::repeat_n(
+                RolloutFault::FailToStart,
+                settings.failing_rollouts as usize,
+            )
+            .collect(),
             api_faults: BTreeMap::new(),
             calls: BTreeMap::new(),
             next_id: 1,
@@ -218,13 +228,20 @@ impl SimRack {
             }
             let body = initial_task_definition(&rack, &settings, &family, &td.container, &labels);
             let arn = state.register(&family, body);
-            state.stack_resources.insert(svc.task_definition.clone(), arn.clone());
+            state
+                .stack_resources
+                .insert(svc.task_definition.clone(), arn.clone());
             let name = format!("{rack}-{logical}-{}", short_id(logical));
             let mut deployment = SimDeployment::new(state.next_deployment_id(), arn, now, None);
             deployment.rollout = RolloutState::Completed;
             deployment.running = svc.desired_count;
-            let service_arn = format!("arn:aws:ecs:{}:{ACCOUNT}:service/{cluster}/{name}", settings.region);
-            state.stack_resources.insert(logical.clone(), service_arn.clone());
+            let service_arn = format!(
+                "arn:aws:ecs:{}:{ACCOUNT}:service/{cluster}/{name}",
+                settings.region
+            );
+            state
+                .stack_resources
+                .insert(logical.clone(), service_arn.clone());
             state.services.push(SimService {
                 logical: logical.clone(),
                 task_logical: svc.task_definition.clone(),
@@ -258,7 +275,13 @@ impl SimRack {
     }
 
     /// Counts a call and applies an injected API fault, if any.
-    fn call(&self, s: &mut State, service: &'static str, op: &'static str, resource: &str) -> Result<(), RackError> {
+    fn call(
+        &self,
+        s: &mut State,
+        service: &'static str,
+        op: &'static str,
+        resource: &str,
+    ) -> Result<(), RackError> {
         *s.calls.entry(op).or_default() += 1;
         let fault = match s.api_faults.get_mut(op) {
             Some(n) if *n > 0 => {
@@ -268,7 +291,12 @@ impl SimRack {
             _ => false,
         };
         let outcome = if fault { "transient_error" } else { "success" };
-        if let Some(m) = self.metrics.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(m) = self
+            .metrics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             m.api_call(service, op, outcome);
         }
         if fault {
@@ -306,7 +334,12 @@ impl SimRack {
     /// What a CloudFormation stack update does to the label: registers a revision of the
     /// service's task definition with `label` set to `value` (removed when `None`) and rolls
     /// the service to it, outside the controller.
-    pub fn revert_label_out_of_band(&self, service_logical: &str, label: &str, value: Option<&str>) {
+    pub fn revert_label_out_of_band(
+        &self,
+        service_logical: &str,
+        label: &str,
+        value: Option<&str>,
+    ) {
         let now = self.clock.instant();
         let mut s = self.lock();
         let Some(idx) = s.services.iter().position(|x| x.logical == service_logical) else {
@@ -363,7 +396,10 @@ impl SimRack {
 impl State {
     fn next_deployment_id(&mut self) -> String {
         self.next_id += 1;
-        format!("ecs-svc/{:019}", 4_000_000_000_000_000_000u64 + self.next_id)
+        format!(
+            "ecs-svc/{:019}",
+            4_000_000_000_000_000_000u64 + self.next_id
+        )
     }
 
     fn register(&mut self, family: &str, mut body: Value) -> String {
@@ -393,7 +429,10 @@ impl State {
         }
         svc.deployments
             .insert(0, SimDeployment::new(id, task_definition, now, fault));
-        let (task_start, threshold) = (self.settings.task_start, self.settings.circuit_breaker_threshold);
+        let (task_start, threshold) = (
+            self.settings.task_start,
+            self.settings.circuit_breaker_threshold,
+        );
         self.services[idx].step(now, task_start, threshold, &mut self.next_id);
     }
 
@@ -405,7 +444,10 @@ impl State {
                 self.stack_settles = None;
             }
         }
-        let (task_start, threshold) = (self.settings.task_start, self.settings.circuit_breaker_threshold);
+        let (task_start, threshold) = (
+            self.settings.task_start,
+            self.settings.circuit_breaker_threshold,
+        );
         for svc in &mut self.services {
             while let Some(t) = svc.next_event().filter(|t| *t <= now) {
                 svc.step(t, task_start, threshold, &mut self.next_id);
@@ -470,7 +512,12 @@ impl SimService {
         let desired = self.desired;
         let min_healthy = (desired * self.min_percent).div_ceil(100);
         let max_total = (desired * self.max_percent / 100).max(desired);
-        let old_running: u32 = self.deployments.iter().filter(|d| !d.primary).map(|d| d.running).sum();
+        let old_running: u32 = self
+            .deployments
+            .iter()
+            .filter(|d| !d.primary)
+            .map(|d| d.running)
+            .sum();
         let new_running = self.deployments[p].running;
         let launching = self.deployments[p].starting.len() as u32;
         let healthy = new_running + old_running;
@@ -482,7 +529,12 @@ impl SimService {
             d.running -= n;
             stop -= n;
         }
-        let old_running: u32 = self.deployments.iter().filter(|d| !d.primary).map(|d| d.running).sum();
+        let old_running: u32 = self
+            .deployments
+            .iter()
+            .filter(|d| !d.primary)
+            .map(|d| d.running)
+            .sum();
 
         // Launch new tasks up to the desired count within the maximum percent.
         let room = max_total.saturating_sub(new_running + old_running + launching);
@@ -496,7 +548,11 @@ impl SimService {
             .extend(std::iter::repeat_n(ready_at, start as usize));
 
         let d = &self.deployments[p];
-        if d.rollout == RolloutState::InProgress && d.running >= desired && d.starting.is_empty() && old_running == 0 {
+        if d.rollout == RolloutState::InProgress
+            && d.running >= desired
+            && d.starting.is_empty()
+            && old_running == 0
+        {
             self.deployments[p].rollout = RolloutState::Completed;
             self.deployments[p].reason = Some("ECS deployment completed.".into());
             self.deployments.retain(|d| d.primary);
@@ -540,7 +596,8 @@ impl SimService {
             .sum();
         back.running = adopted;
         let td = back.task_definition.clone();
-        self.deployments.retain(|d| d.task_definition != td || d.rollout == RolloutState::Failed);
+        self.deployments
+            .retain(|d| d.task_definition != td || d.rollout == RolloutState::Failed);
         self.deployments.insert(0, back);
     }
 
@@ -550,7 +607,11 @@ impl SimService {
             .iter()
             .map(|d| Deployment {
                 id: d.id.clone(),
-                status: if d.primary { DeploymentStatus::Primary } else { DeploymentStatus::Active },
+                status: if d.primary {
+                    DeploymentStatus::Primary
+                } else {
+                    DeploymentStatus::Active
+                },
                 task_definition: d.task_definition.clone(),
                 desired_count: if d.primary { self.desired } else { d.running },
                 running_count: d.running,
@@ -602,7 +663,11 @@ impl Rack for SimRack {
         })
     }
 
-    async fn describe_services(&self, cluster: &str, services: &[String]) -> Result<Vec<ServiceSnapshot>, RackError> {
+    async fn describe_services(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<Vec<ServiceSnapshot>, RackError> {
         let mut s = self.lock();
         self.call(&mut s, "ecs", "DescribeServices", cluster)?;
         let mut out = Vec::with_capacity(services.len());
@@ -629,27 +694,42 @@ impl Rack for SimRack {
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinitionInfo, RackError> {
         let mut s = self.lock();
         self.call(&mut s, "ecs", "DescribeTaskDefinition", arn)?;
-        let body = s.task_definitions.get(arn).ok_or_else(|| not_found("DescribeTaskDefinition", arn))?;
+        let body = s
+            .task_definitions
+            .get(arn)
+            .ok_or_else(|| not_found("DescribeTaskDefinition", arn))?;
         Ok(info(arn, body))
     }
 
-    async fn find_relabelled(&self, base: &str, label: &str, value: &str) -> Result<Option<String>, RackError> {
+    async fn find_relabelled(
+        &self,
+        base: &str,
+        label: &str,
+        value: &str,
+    ) -> Result<Option<String>, RackError> {
         let mut s = self.lock();
         self.call(&mut s, "ecs", "ListTaskDefinitions", base)?;
-        let body = s.task_definitions.get(base).ok_or_else(|| not_found("DescribeTaskDefinition", base))?;
+        let body = s
+            .task_definitions
+            .get(base)
+            .ok_or_else(|| not_found("DescribeTaskDefinition", base))?;
         let mut want = body.clone();
         set_label(&mut want, label, Some(value));
         let want = comparable(&want);
         let family = body["family"].clone();
-        Ok(s
-            .task_definitions
+        Ok(s.task_definitions
             .iter()
             .filter(|(_, b)| b["family"] == family)
             .find(|(_, b)| comparable(b) == want)
             .map(|(arn, _)| arn.clone()))
     }
 
-    async fn register_relabelled(&self, base: &str, label: &str, value: &str) -> Result<String, RackError> {
+    async fn register_relabelled(
+        &self,
+        base: &str,
+        label: &str,
+        value: &str,
+    ) -> Result<String, RackError> {
         let mut s = self.lock();
         self.call(&mut s, "ecs", "RegisterTaskDefinition", base)?;
         let mut body = s
@@ -662,7 +742,12 @@ impl Rack for SimRack {
         Ok(s.register(&family, body))
     }
 
-    async fn update_service(&self, cluster: &str, service: &str, task_definition: &str) -> Result<(), RackError> {
+    async fn update_service(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition: &str,
+    ) -> Result<(), RackError> {
         let now = self.clock.instant();
         let mut s = self.lock();
         self.call(&mut s, "ecs", "UpdateService", service)?;
@@ -700,7 +785,11 @@ fn info(arn: &str, body: &Value) -> TaskDefinitionInfo {
         revision: body["revision"].as_u64().unwrap_or(0) as u32,
         labels: MANAGED_PARAMS
             .iter()
-            .filter_map(|p| labels[p.label].as_str().map(|v| (p.label.to_string(), v.to_string())))
+            .filter_map(|p| {
+                labels[p.label]
+                    .as_str()
+                    .map(|v| (p.label.to_string(), v.to_string()))
+            })
             .collect(),
     }
 }
@@ -731,9 +820,9 @@ fn comparable(body: &Value) -> Value {
 }
 
 fn short_id(seed: &str) -> String {
-    let h = seed
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     format!("{h:012X}").chars().take(12).collect()
 }
 
@@ -747,7 +836,12 @@ fn initial_task_definition(
     labels: &BTreeMap<String, String>,
 ) -> Value {
     let region = &settings.region;
-    let role = |name: &str| format!("arn:aws:iam::{ACCOUNT}:role/{rack}-{name}-{}", short_id(name));
+    let role = |name: &str| {
+        format!(
+            "arn:aws:iam::{ACCOUNT}:role/{rack}-{name}-{}",
+            short_id(name)
+        )
+    };
     let mut c = json!({
         "name": container,
         "image": format!("convox/rack:{}", settings.version),
@@ -824,19 +918,41 @@ mod tests {
         let cluster = stack.resources["Cluster"].clone();
         let web = stack.resources["ServiceWebApi"].clone();
         let base = stack.resources["ApiWebTasks"].clone();
-        let new = sim.register_relabelled(&base, "rack.ECSExec", "Yes").await.expect("register");
-        assert_eq!(sim.find_relabelled(&base, "rack.ECSExec", "Yes").await.expect("find"), Some(new.clone()));
-        sim.update_service(&cluster, &web, &new).await.expect("update");
+        let new = sim
+            .register_relabelled(&base, "rack.ECSExec", "Yes")
+            .await
+            .expect("register");
+        assert_eq!(
+            sim.find_relabelled(&base, "rack.ECSExec", "Yes")
+                .await
+                .expect("find"),
+            Some(new.clone())
+        );
+        sim.update_service(&cluster, &web, &new)
+            .await
+            .expect("update");
 
-        let s = &sim.describe_services(&cluster, &[web.clone()]).await.expect("describe")[0];
+        let s = &sim
+            .describe_services(&cluster, &[web.clone()])
+            .await
+            .expect("describe")[0];
         assert_eq!(s.deployments.len(), 2);
-        assert_eq!(s.primary().map(|d| d.rollout_state), Some(Some(RolloutState::InProgress)));
+        assert_eq!(
+            s.primary().map(|d| d.rollout_state),
+            Some(Some(RolloutState::InProgress))
+        );
 
         tokio::time::advance(Duration::from_secs(21)).await;
-        let s = &sim.describe_services(&cluster, &[web.clone()]).await.expect("describe")[0];
+        let s = &sim
+            .describe_services(&cluster, &[web.clone()])
+            .await
+            .expect("describe")[0];
         assert_eq!(s.deployments.len(), 1);
         let p = s.primary().expect("primary");
-        assert_eq!((p.rollout_state, p.task_definition.as_str()), (Some(RolloutState::Completed), new.as_str()));
+        assert_eq!(
+            (p.rollout_state, p.task_definition.as_str()),
+            (Some(RolloutState::Completed), new.as_str())
+        );
         assert!(s.tasks.iter().all(|t| t.task_definition == new));
 
         // Nothing but the label differs.
@@ -856,21 +972,35 @@ mod tests {
             stack.resources["ServiceWebApi"].clone(),
             stack.resources["ApiWebTasks"].clone(),
         );
-        let new = sim.register_relabelled(&base, "rack.ECSExec", "Yes").await.expect("register");
-        sim.update_service(&cluster, &web, &new).await.expect("update");
+        let new = sim
+            .register_relabelled(&base, "rack.ECSExec", "Yes")
+            .await
+            .expect("register");
+        sim.update_service(&cluster, &web, &new)
+            .await
+            .expect("update");
         let mut saw_failed = false;
         for _ in 0..20 {
             tokio::time::advance(Duration::from_secs(10)).await;
-            let s = &sim.describe_services(&cluster, &[web.clone()]).await.expect("describe")[0];
+            let s = &sim
+                .describe_services(&cluster, &[web.clone()])
+                .await
+                .expect("describe")[0];
             saw_failed |= s.deployments.iter().any(|d| {
                 d.rollout_state == Some(RolloutState::Failed)
                     && d.rollout_state_reason.as_deref() == Some(CIRCUIT_BREAKER_REASON)
             });
         }
         assert!(saw_failed);
-        let s = &sim.describe_services(&cluster, &[web]).await.expect("describe")[0];
+        let s = &sim
+            .describe_services(&cluster, &[web])
+            .await
+            .expect("describe")[0];
         let p = s.primary().expect("primary");
-        assert_eq!((p.task_definition.as_str(), p.rollout_state), (base.as_str(), Some(RolloutState::Completed)));
+        assert_eq!(
+            (p.task_definition.as_str(), p.rollout_state),
+            (base.as_str(), Some(RolloutState::Completed))
+        );
         assert_eq!(s.running_count, 2);
     }
 }

@@ -1,0 +1,262 @@
+//! The controller's configuration file (`config/rack-reconciler.yaml`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::model::ServiceTarget;
+use crate::rack::sim::SimSettings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The embedded simulated rack.
+    Sim,
+    /// A real rack, through the AWS SDK.
+    Aws,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sim => "sim",
+            Backend::Aws => "aws",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub backend: Backend,
+    /// The rack's CloudFormation stack name.
+    pub rack: String,
+    /// AWS region; when absent, the standard AWS environment decides.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The params file; relative paths are relative to the config file's directory.
+    pub params_file: PathBuf,
+    /// Address of `/metrics`, `/status`, `/healthz`, `/readyz`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Write `<params>.status.json` next to the params file.
+    #[serde(default = "yes")]
+    pub status_file: bool,
+    #[serde(default)]
+    pub intervals: Intervals,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub backoff: Backoff,
+    #[serde(default)]
+    pub corrections: Corrections,
+    /// The services to roll, in order.
+    #[serde(default = "ServiceTarget::rack_api")]
+    pub services: Vec<ServiceTarget>,
+    /// Logical id of the ECS cluster in the rack stack.
+    #[serde(default = "default_cluster_resource")]
+    pub cluster_resource: String,
+    #[serde(default)]
+    pub sim: SimSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Intervals {
+    /// Full re-read of params and rack when nothing is happening.
+    #[serde(with = "humantime_serde")]
+    pub resync: Duration,
+    /// Poll while a rollout or stack update runs.
+    #[serde(with = "humantime_serde")]
+    pub poll: Duration,
+    /// Fraction of the resync interval added or removed at random.
+    pub jitter: f64,
+    /// Quiet time after the last file event before the params file is re-read.
+    #[serde(with = "humantime_serde")]
+    pub debounce: Duration,
+}
+
+impl Default for Intervals {
+    fn default() -> Self {
+        Intervals {
+            resync: Duration::from_secs(60),
+            poll: Duration::from_secs(5),
+            jitter: 0.1,
+            debounce: Duration::from_millis(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// A rollout running longer than this is `Failed`.
+    #[serde(with = "humantime_serde")]
+    pub rollout: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            rollout: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backoff {
+    /// First delay after a failure; doubles on each further failure.
+    #[serde(with = "humantime_serde")]
+    pub min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            min: Duration::from_secs(30),
+            max: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Corrections {
+    /// Out-of-band reverts corrected per hour before the controller stops and reports.
+    pub max_per_hour: u32,
+}
+
+impl Default for Corrections {
+    fn default() -> Self {
+        Corrections { max_per_hour: 3 }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
+}
+
+fn default_cluster_resource() -> String {
+    "Cluster".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {detail}")]
+    Invalid { path: String, detail: String },
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut cfg: Config = serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: shown.clone(),
+            detail: e.to_string(),
+        })?;
+        if cfg.params_file.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            cfg.params_file = base.join(&cfg.params_file);
+        }
+        cfg.validate().map_err(|detail| ConfigError::Invalid {
+            path: shown,
+            detail,
+        })?;
+        cfg.sim.rack = cfg.rack.clone();
+        if let Some(r) = &cfg.region {
+            cfg.sim.region = r.clone();
+        }
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.rack.trim().is_empty() {
+            return Err("rack: the rack's stack name is required".into());
+        }
+        if self.services.is_empty() {
+            return Err("services: at least one target service is required".into());
+        }
+        if self.intervals.poll.is_zero() || self.intervals.resync.is_zero() {
+            return Err("intervals: poll and resync must be greater than zero".into());
+        }
+        if !(0.0..1.0).contains(&self.intervals.jitter) {
+            return Err("intervals.jitter: must be at least 0 and below 1".into());
+        }
+        if self.backoff.min.is_zero() || self.backoff.max < self.backoff.min {
+            return Err("backoff: min must be greater than zero and at most max".into());
+        }
+        Ok(())
+    }
+
+    /// Where the status file goes, if enabled.
+    pub fn status_path(&self) -> Option<PathBuf> {
+        self.status_file
+            .then(|| crate::status::status_file_for(&self.params_file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_loads_and_runs_the_sim() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rack-reconciler.yaml");
+        let cfg = Config::load(&path).expect("shipped config is valid");
+        assert_eq!(cfg.backend, Backend::Sim);
+        assert!(cfg.params_file.ends_with("config/params.yaml"));
+        assert!(cfg.listen.ip().is_loopback());
+        assert_eq!(cfg.services, ServiceTarget::rack_api());
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        for (text, needle) in [
+            (
+                "backend: sim\nrack: r\nparams_file: p.yaml\nbogus: 1\n",
+                "bogus",
+            ),
+            ("backend: gcp\nrack: r\nparams_file: p.yaml\n", "gcp"),
+            ("backend: sim\nrack: \"\"\nparams_file: p.yaml\n", "rack"),
+            (
+                "backend: sim\nrack: r\nparams_file: p.yaml\nintervals: {poll: 0s}\n",
+                "poll",
+            ),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let e = Config::load(&path).expect_err(text).to_string();
+            assert!(e.contains(needle) && e.contains("c.yaml"), "{e}");
+        }
+    }
+}

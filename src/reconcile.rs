@@ -1,0 +1,737 @@
+//! The loop: read the desired state, observe the rack, ask the planner, make at most one
+//! write, record status and metrics, and decide when to look again.
+//!
+//! Level-triggered: a run is not told what changed, it looks. Whatever the loop remembers
+//! between runs (the last valid params, backoff, recent corrections, a task definition
+//! cache) can be lost in a restart without harm.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::{
+    ObservedRack, ObservedService, ServiceTarget, TaskDefinitionInfo, MANAGED_PARAMS,
+};
+use crate::params::{self, DesiredParams, ParamsError};
+use crate::plan::{self, Decision, Phase, PlanContext, Roll, ServiceState};
+use crate::rack::{Rack, RackError};
+use crate::status::{write_status_file, ParamsFileStatus, Status, StatusHandle};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// The loop's settings, taken from the config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub targets: Vec<ServiceTarget>,
+    pub cluster_resource: String,
+    pub params_file: PathBuf,
+    pub status_file: Option<PathBuf>,
+    pub resync: Duration,
+    pub poll: Duration,
+    pub jitter: f64,
+    pub rollout_timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub max_corrections_per_hour: u32,
+}
+
+impl From<&Config> for Settings {
+    fn from(c: &Config) -> Self {
+        Settings {
+            targets: c.services.clone(),
+            cluster_resource: c.cluster_resource.clone(),
+            params_file: c.params_file.clone(),
+            status_file: c.status_path(),
+            resync: c.intervals.resync,
+            poll: c.intervals.poll,
+            jitter: c.intervals.jitter,
+            rollout_timeout: c.timeouts.rollout,
+            backoff_min: c.backoff.min,
+            backoff_max: c.backoff.max,
+            max_corrections_per_hour: c.corrections.max_per_hour,
+        }
+    }
+}
+
+/// Why a reconcile runs. Only for logs: a run does the same whatever the trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    ParamsChanged,
+    Timer,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::ParamsChanged => "params_changed",
+            Trigger::Timer => "timer",
+        }
+    }
+}
+
+/// What one reconcile run found and did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// `converged`, `progressing`, `waiting`, `blocked`, `failed`, `unknown`, `error`,
+    /// `no_params`.
+    pub result: &'static str,
+    pub phases: BTreeMap<&'static str, Phase>,
+    /// When to look again.
+    pub next: Duration,
+    /// The params file's error at this run, if it was invalid.
+    pub params_error: Option<ParamsError>,
+    /// The rack could not be observed.
+    pub rack_error: Option<RackError>,
+    /// Whether a valid desired state was (ever) loaded.
+    pub has_desired: bool,
+    /// Whether the run made a write.
+    pub acted: bool,
+}
+
+impl Report {
+    /// Every managed parameter is in a final phase (converged, blocked or failed).
+    pub fn is_final(&self) -> bool {
+        !self.phases.is_empty() && self.phases.values().all(|p| p.is_final())
+    }
+
+    /// The worst phase (failed over blocked over converged), for `apply`'s exit code.
+    pub fn worst(&self) -> Option<Phase> {
+        let rank = |p: &Phase| match p {
+            Phase::Failed => 5,
+            Phase::Blocked => 4,
+            Phase::Unknown => 3,
+            Phase::Waiting => 2,
+            Phase::Progressing => 1,
+            Phase::Converged => 0,
+        };
+        self.phases.values().copied().max_by_key(rank)
+    }
+}
+
+/// Per-parameter memory between runs.
+#[derive(Default)]
+struct Memory {
+    desired: Option<String>,
+    last_converged: Option<String>,
+    corrections: VecDeque<SystemTime>,
+    backoff: Option<ExponentialBackoff>,
+    retry_not_before: Option<SystemTime>,
+    drift_since: Option<SystemTime>,
+    last_phase: Option<Phase>,
+    last_logged: Option<(Phase, &'static str, String)>,
+}
+
+pub struct Reconciler {
+    rack: Arc<dyn Rack>,
+    settings: Settings,
+    metrics: Metrics,
+    status: StatusHandle,
+    clock: Clock,
+    cache: HashMap<String, TaskDefinitionInfo>,
+    desired: Option<DesiredParams>,
+    params_error: Option<ParamsError>,
+    memory: BTreeMap<&'static str, Memory>,
+    error_backoff: Option<ExponentialBackoff>,
+    consecutive_errors: u32,
+    last_written: Option<String>,
+}
+
+impl Reconciler {
+    pub fn new(
+        rack: Arc<dyn Rack>,
+        settings: Settings,
+        metrics: Metrics,
+        status: StatusHandle,
+    ) -> Self {
+        let services: Vec<String> = settings.targets.iter().map(|t| t.service.clone()).collect();
+        let params: Vec<&str> = MANAGED_PARAMS.iter().map(|p| p.name).collect();
+        metrics.init_series(&params, &services);
+        status.update(|s| {
+            s.params_file.path = settings.params_file.display().to_string();
+        });
+        Reconciler {
+            rack,
+            settings,
+            metrics,
+            status,
+            clock: Clock::new(),
+            cache: HashMap::new(),
+            desired: None,
+            params_error: None,
+            memory: BTreeMap::new(),
+            error_backoff: None,
+            consecutive_errors: 0,
+            last_written: None,
+        }
+    }
+
+    pub fn status(&self) -> StatusHandle {
+        self.status.clone()
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Consecutive runs that could not observe the rack.
+    pub fn consecutive_errors(&self) -> u32 {
+        self.consecutive_errors
+    }
+
+    fn backoff(&self) -> ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(self.settings.backoff_min)
+            .with_max_delay(self.settings.backoff_max)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// Observes everything the planner needs, reading each task definition revision once.
+    pub async fn observe(&mut self) -> Result<ObservedRack, RackError> {
+        let stack = self.rack.describe_stack().await?;
+        let missing = |logical: &str| RackError::MissingResource {
+            stack: stack.name.clone(),
+            logical: logical.to_string(),
+        };
+        let cluster = stack
+            .resources
+            .get(&self.settings.cluster_resource)
+            .cloned()
+            .ok_or_else(|| missing(&self.settings.cluster_resource))?;
+        let names = self
+            .settings
+            .targets
+            .iter()
+            .map(|t| {
+                stack
+                    .resources
+                    .get(&t.service)
+                    .cloned()
+                    .ok_or_else(|| missing(&t.service))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let snapshots = self.rack.describe_services(&cluster, &names).await?;
+
+        let mut referenced = HashSet::new();
+        let mut services = Vec::with_capacity(snapshots.len());
+        for (target, service) in self.settings.targets.iter().zip(snapshots) {
+            let mut labels = BTreeMap::new();
+            for arn in service.task_definitions() {
+                referenced.insert(arn.to_string());
+                if labels.contains_key(arn) {
+                    continue;
+                }
+                let info = match self.cache.get(arn) {
+                    Some(info) => info.clone(),
+                    None => {
+                        let info = self.rack.describe_task_definition(arn).await?;
+                        self.cache.insert(arn.to_string(), info.clone());
+                        info
+                    }
+                };
+                labels.insert(arn.to_string(), info.labels);
+            }
+            services.push(ObservedService {
+                target: target.clone(),
+                service,
+                labels,
+            });
+        }
+        // Revisions are immutable; keep only those still in use so the cache stays small.
+        self.cache.retain(|arn, _| referenced.contains(arn));
+        Ok(ObservedRack {
+            stack,
+            cluster,
+            services,
+        })
+    }
+
+    /// Reads the params file, keeping the last valid state when it is invalid.
+    fn reload_params(&mut self) {
+        match params::load(&self.settings.params_file) {
+            Ok(d) => {
+                if self.params_error.is_some() || self.desired.as_ref() != Some(&d) {
+                    info!(file = %self.settings.params_file.display(), desired = ?d.values, "params file loaded");
+                }
+                self.desired = Some(d);
+                self.params_error = None;
+                self.metrics.params_valid(true);
+            }
+            Err(e) => {
+                if self.params_error.as_ref() != Some(&e) {
+                    self.metrics.params_error(e.kind());
+                    if self.desired.is_some() {
+                        warn!(error = %e, "params file rejected; keeping the last valid desired state");
+                    } else {
+                        warn!(error = %e, "params file rejected; no valid desired state yet, nothing will be changed");
+                    }
+                }
+                self.params_error = Some(e);
+                self.metrics.params_valid(false);
+            }
+        }
+        let file = ParamsFileStatus {
+            path: self.settings.params_file.display().to_string(),
+            valid: self.params_error.is_none(),
+            error: self.params_error.as_ref().map(ToString::to_string),
+        };
+        self.status.update(|s| s.params_file = file);
+    }
+
+    /// The desired state and the planner's decisions, without acting (for `plan`).
+    pub async fn preview(&mut self) -> Result<(ObservedRack, Vec<Decision>), RackError> {
+        self.reload_params();
+        let observed = self.observe().await?;
+        let now = self.clock.now();
+        let decisions = MANAGED_PARAMS
+            .iter()
+            .filter_map(|p| {
+                let value = self.desired.as_ref()?.get(p)?.to_string();
+                let ctx = self.context(p.name, now);
+                Some(plan::plan(p, &value, &observed, &ctx))
+            })
+            .collect();
+        Ok((observed, decisions))
+    }
+
+    /// The last params file error, if the last read was rejected.
+    pub fn params_error(&self) -> Option<&ParamsError> {
+        self.params_error.as_ref()
+    }
+
+    fn context(&mut self, param: &'static str, now: SystemTime) -> PlanContext {
+        let mem = self.memory.entry(param).or_default();
+        while mem
+            .corrections
+            .front()
+            .is_some_and(|t| now.duration_since(*t).unwrap_or_default() >= HOUR)
+        {
+            mem.corrections.pop_front();
+        }
+        PlanContext {
+            now,
+            rollout_timeout: self.settings.rollout_timeout,
+            last_converged: mem.last_converged.clone(),
+            corrections_last_hour: mem.corrections.len() as u32,
+            max_corrections_per_hour: self.settings.max_corrections_per_hour,
+            retry_not_before: mem.retry_not_before,
+        }
+    }
+
+    /// One level-triggered run.
+    pub async fn reconcile(&mut self, trigger: Trigger) -> Report {
+        let span = info_span!("reconcile", trigger = trigger.as_str());
+        let started = std::time::Instant::now();
+        let report = self.reconcile_inner().instrument(span).await;
+        self.metrics.reconciled(report.result, started);
+        report
+    }
+
+    async fn reconcile_inner(&mut self) -> Report {
+        self.reload_params();
+        let now = self.clock.now();
+        let mut report = Report {
+            result: "no_params",
+            phases: BTreeMap::new(),
+            next: self.jittered(self.settings.resync),
+            params_error: self.params_error.clone(),
+            rack_error: None,
+            has_desired: self.desired.is_some(),
+            acted: false,
+        };
+        let Some(desired) = self.desired.clone() else {
+            let message = match &self.params_error {
+                Some(e) => format!("no valid params file yet, nothing is changed: {e}"),
+                None => "no valid params file yet, nothing is changed".to_string(),
+            };
+            self.status.update(|s| {
+                s.ready = false;
+                for p in MANAGED_PARAMS {
+                    s.record_phase(
+                        p.name,
+                        None,
+                        Phase::Unknown,
+                        "NoDesiredState",
+                        &message,
+                        now,
+                    );
+                }
+            });
+            self.write_status_file();
+            return report;
+        };
+        self.forget_changed_intents(&desired);
+
+        let observed = match self.observe().await {
+            Ok(o) => o,
+            Err(e) => {
+                self.consecutive_errors += 1;
+                let fresh = self.backoff();
+                let delay = self
+                    .error_backoff
+                    .get_or_insert(fresh)
+                    .next()
+                    .unwrap_or(self.settings.backoff_max);
+                warn!(error = %e, attempt = self.consecutive_errors, retry_in = %humantime::format_duration(round(delay)),
+                    "observing the rack failed");
+                let message = format!(
+                    "observing the rack failed ({} time(s) in a row), retrying in {}: {e}",
+                    self.consecutive_errors,
+                    humantime::format_duration(round(delay))
+                );
+                self.status.update(|s| {
+                    s.ready = false;
+                    s.rack_error = Some(e.to_string());
+                    for p in MANAGED_PARAMS {
+                        let value = desired.get(p);
+                        s.record_phase(
+                            p.name,
+                            value,
+                            Phase::Unknown,
+                            "RackUnreachable",
+                            &message,
+                            now,
+                        );
+                    }
+                });
+                for p in MANAGED_PARAMS.iter().filter(|p| desired.get(p).is_some()) {
+                    report.phases.insert(p.name, Phase::Unknown);
+                    self.metrics
+                        .set_parameter(p.name, Phase::Unknown, false, None);
+                }
+                self.write_status_file();
+                report.result = "error";
+                report.rack_error = Some(e);
+                report.next = delay;
+                return report;
+            }
+        };
+        self.consecutive_errors = 0;
+        self.error_backoff = None;
+        self.status.update(|s| {
+            s.ready = true;
+            s.rack_error = None;
+            s.stack_status = Some(observed.stack.status.clone());
+            s.last_reconcile = Some(crate::status::rfc3339(now));
+        });
+
+        for param in MANAGED_PARAMS {
+            let Some(value) = desired.get(param) else {
+                continue;
+            };
+            let ctx = self.context(param.name, now);
+            let mut d = plan::plan(param, value, &observed, &ctx);
+            self.account_failure(&d, now);
+            if d.phase == Phase::Converged {
+                let mem = self.memory.entry(param.name).or_default();
+                mem.last_converged = Some(value.to_string());
+                mem.backoff = None;
+                mem.retry_not_before = None;
+            }
+            if let Some(roll) = d.action.clone() {
+                if !report.acted {
+                    self.act(&roll, &mut d, now).await;
+                    report.acted = true;
+                }
+            }
+            self.publish(&d, now);
+            report.phases.insert(param.name, d.phase);
+        }
+
+        report.result = report.worst().map(phase_result).unwrap_or("converged");
+        let busy = report.acted
+            || report
+                .phases
+                .values()
+                .any(|p| matches!(p, Phase::Progressing | Phase::Waiting));
+        if busy {
+            report.next = self.settings.poll;
+        }
+        if let Some(retry) = self
+            .memory
+            .values()
+            .filter_map(|m| m.retry_not_before)
+            .min()
+        {
+            if let Ok(wait) = retry.duration_since(now) {
+                report.next = report.next.min(wait.max(Duration::from_millis(100)));
+            }
+        }
+        self.write_status_file();
+        report
+    }
+
+    /// A new desired value is a new intent: forget the backoff and convergence of the old.
+    fn forget_changed_intents(&mut self, desired: &DesiredParams) {
+        for p in MANAGED_PARAMS {
+            let value = desired.get(p).map(str::to_string);
+            let mem = self.memory.entry(p.name).or_default();
+            if mem.desired != value {
+                if mem.desired.is_some() {
+                    info!(parameter = p.name, from = ?mem.desired, to = ?value, "desired value changed");
+                }
+                *mem = Memory {
+                    desired: value,
+                    ..Memory::default()
+                };
+            }
+        }
+    }
+
+    /// On entering `Failed` because a rollout failed, count it and push the next attempt back.
+    fn account_failure(&mut self, d: &Decision, now: SystemTime) {
+        let fresh = matches!(d.reason, "RolloutFailed" | "RolloutTimedOut");
+        let backoff = self.backoff();
+        let mem = self.memory.entry(d.param).or_default();
+        if d.phase != Phase::Failed || !fresh || mem.last_phase == Some(Phase::Failed) {
+            return;
+        }
+        for s in d
+            .services
+            .iter()
+            .filter(|s| s.state == ServiceState::Failed)
+        {
+            self.metrics.rollout_failure(&s.service);
+        }
+        let delay = mem
+            .backoff
+            .get_or_insert(backoff)
+            .next()
+            .unwrap_or(self.settings.backoff_max);
+        mem.retry_not_before = Some(now + delay);
+        warn!(parameter = d.param, reason = d.reason, retry_in = %humantime::format_duration(round(delay)), "{}", d.message);
+    }
+
+    /// Makes the one write of a decision: reuse or register the relabelled revision, then
+    /// roll the service to it.
+    async fn act(&mut self, roll: &Roll, d: &mut Decision, now: SystemTime) {
+        let result = self.roll(roll).await;
+        let backoff = self.backoff();
+        let mem = self.memory.entry(d.param).or_default();
+        match result {
+            Ok(arn) => {
+                self.metrics.rollout_started(&roll.service);
+                if roll.correction {
+                    mem.corrections.push_back(now);
+                    mem.last_converged = None;
+                    self.metrics.correction(d.param);
+                }
+                d.message = format!("{}; {} now deploys {}", d.message, roll.service, arn);
+                if let Some(s) = d.services.iter_mut().find(|s| s.service == roll.service) {
+                    s.state = ServiceState::RollingOut;
+                }
+            }
+            Err(e) => {
+                let delay = mem
+                    .backoff
+                    .get_or_insert(backoff)
+                    .next()
+                    .unwrap_or(self.settings.backoff_max);
+                mem.retry_not_before = Some(now + delay);
+                d.phase = Phase::Failed;
+                d.reason = "ActionFailed";
+                d.message = format!(
+                    "rolling {} to {}={} failed, next attempt in {}: {e}",
+                    roll.service,
+                    roll.label,
+                    roll.value,
+                    humantime::format_duration(round(delay))
+                );
+            }
+        }
+    }
+
+    async fn roll(&self, roll: &Roll) -> Result<String, RackError> {
+        let existing = self
+            .rack
+            .find_relabelled(&roll.from_task_definition, &roll.label, &roll.value)
+            .await?;
+        let arn = match existing {
+            Some(arn) => {
+                info!(service = %roll.service, task_definition = %arn, "reusing a revision registered earlier");
+                arn
+            }
+            None => {
+                let arn = self
+                    .rack
+                    .register_relabelled(&roll.from_task_definition, &roll.label, &roll.value)
+                    .await?;
+                info!(service = %roll.service, from = %roll.from_task_definition, task_definition = %arn,
+                    label = %roll.label, value = %roll.value, "registered relabelled revision");
+                arn
+            }
+        };
+        self.rack
+            .update_service(&roll.cluster, &roll.service_name, &arn)
+            .await?;
+        info!(service = %roll.service, task_definition = %arn, correction = roll.correction, "rolling service");
+        Ok(arn)
+    }
+
+    /// Records a decision in status, metrics and (when it changed) the log.
+    fn publish(&mut self, d: &Decision, now: SystemTime) {
+        let mem = self.memory.entry(d.param).or_default();
+        let drift_since = if d.drift {
+            Some(*mem.drift_since.get_or_insert(now))
+        } else {
+            None
+        };
+        mem.drift_since = drift_since;
+        mem.last_phase = Some(d.phase);
+        let line = (d.phase, d.reason, d.message.clone());
+        if mem.last_logged.as_ref() != Some(&line) {
+            info!(parameter = d.param, desired = %d.desired, observed = d.observed.as_deref().unwrap_or("mixed"),
+                phase = %d.phase, reason = d.reason, "{}", d.message);
+            mem.last_logged = Some(line);
+        } else {
+            debug!(parameter = d.param, phase = %d.phase, reason = d.reason, "{}", d.message);
+        }
+        self.metrics
+            .set_parameter(d.param, d.phase, d.drift, drift_since);
+        self.metrics
+            .set_corrections_capped(d.param, d.reason == "CorrectionsCapped");
+        for s in &d.services {
+            self.metrics.set_service(
+                &s.service,
+                s.state == ServiceState::RollingOut,
+                s.state == ServiceState::Failed,
+            );
+        }
+        self.status.update(|s| s.record(d, drift_since, now));
+    }
+
+    /// Writes the status file when something a person would care about changed.
+    fn write_status_file(&mut self) {
+        let Some(path) = self.settings.status_file.clone() else {
+            return;
+        };
+        let status = self.status.get();
+        let key = significant(&status);
+        if self.last_written.as_ref() == Some(&key) {
+            return;
+        }
+        match write_status_file(&path, &status) {
+            Ok(()) => self.last_written = Some(key),
+            Err(e) => warn!(file = %path.display(), error = %e, "cannot write the status file"),
+        }
+    }
+
+    fn jittered(&self, d: Duration) -> Duration {
+        let j = self.settings.jitter;
+        d.mul_f64(1.0 + j * (2.0 * fastrand::f64() - 1.0))
+    }
+
+    /// Runs until `shutdown` turns true (or its sender is dropped), reconciling on startup,
+    /// on every trigger, and whenever the last run asked to look again. A run in progress is
+    /// always finished; nothing new starts after shutdown.
+    pub async fn run(
+        mut self,
+        triggers: mpsc::Receiver<Trigger>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut triggers = Some(triggers);
+        let mut trigger = Trigger::Startup;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let report = self.reconcile(trigger).await;
+            let deadline = tokio::time::Instant::now() + report.next;
+            loop {
+                tokio::select! {
+                    changed = shutdown.changed() => {
+                        if changed.is_err() || *shutdown.borrow() {
+                            info!("shutting down");
+                            return;
+                        }
+                    }
+                    t = recv(&mut triggers) => {
+                        match t {
+                            Some(t) => { trigger = t; break; }
+                            None => { triggers = None; }
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => { trigger = Trigger::Timer; break; }
+                }
+            }
+        }
+        info!("shutting down");
+    }
+
+    /// Reconciles until every managed parameter is converged, blocked or failed, the params
+    /// file is invalid with nothing valid to fall back on, the rack stays unreachable for
+    /// `max_errors` runs, or `shutdown` fires.
+    pub async fn apply(&mut self, mut shutdown: watch::Receiver<bool>, max_errors: u32) -> Report {
+        let mut trigger = Trigger::Startup;
+        loop {
+            let report = self.reconcile(trigger).await;
+            let give_up = !report.has_desired || self.consecutive_errors >= max_errors;
+            if report.is_final()
+                || give_up
+                || (report.phases.is_empty() && report.rack_error.is_none())
+            {
+                return report;
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return report,
+                _ = tokio::time::sleep(report.next) => trigger = Trigger::Timer,
+            }
+        }
+    }
+}
+
+async fn recv(rx: &mut Option<mpsc::Receiver<Trigger>>) -> Option<Trigger> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn phase_result(p: Phase) -> &'static str {
+    match p {
+        Phase::Converged => "converged",
+        Phase::Progressing => "progressing",
+        Phase::Waiting => "waiting",
+        Phase::Blocked => "blocked",
+        Phase::Failed => "failed",
+        Phase::Unknown => "unknown",
+    }
+}
+
+fn round(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs().max(1))
+}
+
+/// The parts of the status whose change is worth a status file write.
+fn significant(s: &Status) -> String {
+    let params: Vec<_> = s
+        .parameters
+        .iter()
+        .map(|p| {
+            (
+                &p.name,
+                &p.desired,
+                &p.observed,
+                p.phase,
+                &p.reason,
+                &p.services,
+            )
+        })
+        .collect();
+    format!(
+        "{:?}|{:?}|{:?}|{}",
+        s.params_file, params, s.rack_error, s.ready
+    )
+}

@@ -1,0 +1,307 @@
+//! What the controller tells people: per-parameter phase, message and Kubernetes-style
+//! conditions, served at `GET /status`, printed by `rack-reconciler status`, and written next
+//! to the params file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{Decision, PendingChange, Phase, ServiceProgress};
+
+/// A Kubernetes-style condition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339; changes only when `status` changes.
+    pub last_transition_time: String,
+}
+
+/// The condition types, and the phase that makes each `True`.
+pub const CONDITIONS: [(&str, Phase); 4] = [
+    ("Converged", Phase::Converged),
+    ("Progressing", Phase::Progressing),
+    ("Blocked", Phase::Blocked),
+    ("Failed", Phase::Failed),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParameterStatus {
+    pub name: String,
+    pub desired: Option<String>,
+    pub observed: Option<String>,
+    pub phase: Phase,
+    pub reason: String,
+    pub message: String,
+    pub drift: bool,
+    pub drift_since: Option<String>,
+    #[serde(default)]
+    pub services: Vec<ServiceProgress>,
+    #[serde(default)]
+    pub pending: Vec<PendingChange>,
+    pub conditions: Vec<Condition>,
+    pub last_reconcile: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ParamsFileStatus {
+    pub path: String,
+    pub valid: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub rack: String,
+    pub backend: String,
+    pub stack_status: Option<String>,
+    pub params_file: ParamsFileStatus,
+    pub parameters: Vec<ParameterStatus>,
+    /// The last error observing the rack, if the last attempt failed.
+    pub rack_error: Option<String>,
+    /// Params loaded and the rack reachable at the last reconcile.
+    pub ready: bool,
+    pub last_reconcile: Option<String>,
+}
+
+impl Status {
+    pub fn parameter(&self, name: &str) -> Option<&ParameterStatus> {
+        self.parameters.iter().find(|p| p.name == name)
+    }
+
+    fn parameter_mut(&mut self, name: &str) -> &mut ParameterStatus {
+        if let Some(i) = self.parameters.iter().position(|p| p.name == name) {
+            return &mut self.parameters[i];
+        }
+        self.parameters.push(ParameterStatus {
+            name: name.to_string(),
+            desired: None,
+            observed: None,
+            phase: Phase::Unknown,
+            reason: "NotObserved".into(),
+            message: "not reconciled yet".into(),
+            drift: false,
+            drift_since: None,
+            services: Vec::new(),
+            pending: Vec::new(),
+            conditions: Vec::new(),
+            last_reconcile: None,
+        });
+        let last = self.parameters.len() - 1;
+        &mut self.parameters[last]
+    }
+
+    /// Records a planner decision (possibly amended by what acting on it did).
+    pub fn record(&mut self, d: &Decision, drift_since: Option<SystemTime>, now: SystemTime) {
+        let p = self.parameter_mut(d.param);
+        p.desired = Some(d.desired.clone());
+        p.observed = d.observed.clone();
+        p.drift = d.drift;
+        p.drift_since = drift_since.map(rfc3339);
+        p.services = d.services.clone();
+        p.pending = d.pending.clone();
+        p.last_reconcile = Some(rfc3339(now));
+        set_phase(p, d.phase, d.reason, &d.message, now);
+    }
+
+    /// Records a phase without a decision (the rack could not be observed, or nothing is
+    /// desired for the parameter).
+    pub fn record_phase(
+        &mut self,
+        param: &str,
+        desired: Option<&str>,
+        phase: Phase,
+        reason: &str,
+        message: &str,
+        now: SystemTime,
+    ) {
+        let p = self.parameter_mut(param);
+        p.desired = desired.map(str::to_string);
+        p.last_reconcile = Some(rfc3339(now));
+        set_phase(p, phase, reason, message, now);
+    }
+}
+
+fn set_phase(p: &mut ParameterStatus, phase: Phase, reason: &str, message: &str, now: SystemTime) {
+    p.phase = phase;
+    p.reason = reason.to_string();
+    p.message = message.to_string();
+    for (kind, when) in CONDITIONS {
+        let status = if phase == Phase::Unknown {
+            "Unknown"
+        } else if phase == when {
+            "True"
+        } else {
+            "False"
+        };
+        match p.conditions.iter_mut().find(|c| c.kind == kind) {
+            Some(c) => {
+                if c.status != status {
+                    c.last_transition_time = rfc3339(now);
+                }
+                c.status = status.to_string();
+                c.reason = reason.to_string();
+                c.message = message.to_string();
+            }
+            None => p.conditions.push(Condition {
+                kind: kind.to_string(),
+                status: status.to_string(),
+                reason: reason.to_string(),
+                message: message.to_string(),
+                last_transition_time: rfc3339(now),
+            }),
+        }
+    }
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The status shared between the reconcile loop and the HTTP server.
+#[derive(Clone, Default)]
+pub struct StatusHandle(Arc<RwLock<Status>>);
+
+impl StatusHandle {
+    pub fn new(status: Status) -> Self {
+        StatusHandle(Arc::new(RwLock::new(status)))
+    }
+
+    pub fn get(&self) -> Status {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn update<T>(&self, f: impl FnOnce(&mut Status) -> T) -> T {
+        f(&mut self.0.write().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Where the status file of a params file goes: `params.yaml` → `params.status.json`.
+pub fn status_file_for(params: &Path) -> PathBuf {
+    let stem = params
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "params".into());
+    params.with_file_name(format!("{stem}.status.json"))
+}
+
+/// Writes the status atomically: a temporary file in the same directory, then a rename, so
+/// readers never see half a file.
+pub fn write_status_file(path: &Path, status: &Status) -> std::io::Result<()> {
+    let body = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn conditions_change_transition_time_only_when_status_flips() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let t1 = t0 + Duration::from_secs(60);
+        let t2 = t1 + Duration::from_secs(60);
+        let mut s = Status::default();
+        s.record_phase(
+            "ECSExec",
+            Some("Yes"),
+            Phase::Progressing,
+            "RollingOut",
+            "rolling web",
+            t0,
+        );
+        s.record_phase(
+            "ECSExec",
+            Some("Yes"),
+            Phase::Progressing,
+            "RollingOut",
+            "rolling monitor",
+            t1,
+        );
+        let p = s.parameter("ECSExec").expect("param");
+        let progressing = p
+            .conditions
+            .iter()
+            .find(|c| c.kind == "Progressing")
+            .expect("cond");
+        assert_eq!(
+            (
+                progressing.status.as_str(),
+                progressing.last_transition_time.clone()
+            ),
+            ("True", rfc3339(t0))
+        );
+        assert_eq!(progressing.message, "rolling monitor");
+
+        s.record_phase(
+            "ECSExec",
+            Some("Yes"),
+            Phase::Converged,
+            "Converged",
+            "done",
+            t2,
+        );
+        let p = s.parameter("ECSExec").expect("param");
+        for c in &p.conditions {
+            let want = if c.kind == "Converged" {
+                "True"
+            } else {
+                "False"
+            };
+            assert_eq!(c.status, want, "{}", c.kind);
+        }
+        let conv = p
+            .conditions
+            .iter()
+            .find(|c| c.kind == "Converged")
+            .expect("cond");
+        assert_eq!(conv.last_transition_time, rfc3339(t2));
+        let blocked = p
+            .conditions
+            .iter()
+            .find(|c| c.kind == "Blocked")
+            .expect("cond");
+        assert_eq!(blocked.last_transition_time, rfc3339(t0));
+    }
+
+    #[test]
+    fn status_file_sits_next_to_the_params_file_and_is_replaced_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let params = dir.path().join("params.yaml");
+        let path = status_file_for(&params);
+        assert_eq!(path, dir.path().join("params.status.json"));
+        let mut s = Status {
+            rack: "convox".into(),
+            ..Status::default()
+        };
+        write_status_file(&path, &s).expect("write");
+        s.ready = true;
+        write_status_file(&path, &s).expect("write");
+        let back: Status =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        assert_eq!(back, s);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+        assert_eq!(leftovers.len(), 1);
+    }
+}
