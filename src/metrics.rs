@@ -329,4 +329,25 @@ mod tests {
         }
         assert_eq!(m.api_calls("DescribeServices"), 1);
     }
+
+    /// The README's metrics table is exactly [`METRICS`], so the docs cannot drift.
+    #[test]
+    fn readme_table_matches_the_code() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("<!-- metrics:begin -->")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- metrics:end -->").next())
+            .expect("README has the metrics table markers");
+        let rows: Vec<String> = table
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(str::to_string)
+            .collect();
+        let expected: Vec<String> = METRICS
+            .iter()
+            .map(|m| format!("| `{}` | {} | {} | {} |", m.name, m.kind, m.labels, m.help))
+            .collect();
+        assert_eq!(rows, expected, "regenerate the README table from METRICS");
+    }
 }

@@ -141,7 +141,19 @@ struct State {
     rollout_faults: VecDeque<RolloutFault>,
     api_faults: BTreeMap<&'static str, u32>,
     calls: BTreeMap<&'static str, u64>,
+    updates: Vec<UpdateRecord>,
     next_id: u64,
+}
+
+/// One `UpdateService` the sim accepted, for tests that check ordering.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateRecord {
+    /// Logical id of the service.
+    pub service: String,
+    pub task_definition: String,
+    pub at: Instant,
+    /// Whether every other service had a single, completed deployment at that moment.
+    pub others_settled: bool,
 }
 
 struct SimService {
@@ -213,6 +225,7 @@ impl SimRack {
             .collect(),
             api_faults: BTreeMap::new(),
             calls: BTreeMap::new(),
+            updates: Vec::new(),
             next_id: 1,
             settings: settings.clone(),
         };
@@ -362,6 +375,11 @@ impl SimRack {
     /// Calls made so far, by operation.
     pub fn calls(&self, operation: &str) -> u64 {
         self.lock().calls.get(operation).copied().unwrap_or(0)
+    }
+
+    /// Every `UpdateService` accepted so far, in order.
+    pub fn updates(&self) -> Vec<UpdateRecord> {
+        self.lock().updates.clone()
     }
 
     /// `RegisterTaskDefinition` plus `UpdateService` calls made so far.
@@ -762,6 +780,21 @@ impl Rack for SimRack {
                 cluster: cluster.to_string(),
                 service: service.to_string(),
             })?;
+        let others_settled = s
+            .services
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != idx)
+            .all(|(_, x)| {
+                x.deployments.len() == 1 && x.deployments[0].rollout == RolloutState::Completed
+            });
+        let record = UpdateRecord {
+            service: s.services[idx].logical.clone(),
+            task_definition: task_definition.to_string(),
+            at: now,
+            others_settled,
+        };
+        s.updates.push(record);
         s.deploy(idx, task_definition.to_string(), now);
         Ok(())
     }
@@ -933,7 +966,7 @@ mod tests {
             .expect("update");
 
         let s = &sim
-            .describe_services(&cluster, &[web.clone()])
+            .describe_services(&cluster, std::slice::from_ref(&web))
             .await
             .expect("describe")[0];
         assert_eq!(s.deployments.len(), 2);
@@ -944,7 +977,7 @@ mod tests {
 
         tokio::time::advance(Duration::from_secs(21)).await;
         let s = &sim
-            .describe_services(&cluster, &[web.clone()])
+            .describe_services(&cluster, std::slice::from_ref(&web))
             .await
             .expect("describe")[0];
         assert_eq!(s.deployments.len(), 1);
@@ -983,7 +1016,7 @@ mod tests {
         for _ in 0..20 {
             tokio::time::advance(Duration::from_secs(10)).await;
             let s = &sim
-                .describe_services(&cluster, &[web.clone()])
+                .describe_services(&cluster, std::slice::from_ref(&web))
                 .await
                 .expect("describe")[0];
             saw_failed |= s.deployments.iter().any(|d| {

@@ -1,0 +1,113 @@
+//! Shared set-up for the integration tests: a simulated rack, a params file in a temporary
+//! directory, and a reconciler wired to both.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rack_reconciler::metrics::Metrics;
+use rack_reconciler::model::ServiceTarget;
+use rack_reconciler::rack::sim::{SimRack, SimSettings};
+use rack_reconciler::reconcile::{Reconciler, Report, Settings, Trigger};
+use rack_reconciler::status::{Status, StatusHandle};
+
+pub struct Harness {
+    pub sim: Arc<SimRack>,
+    pub dir: tempfile::TempDir,
+    pub params: PathBuf,
+}
+
+impl Harness {
+    pub fn new(initial: &str) -> Harness {
+        Self::with_sim(initial, SimSettings::default())
+    }
+
+    pub fn with_sim(initial: &str, mut settings: SimSettings) -> Harness {
+        settings.rack = "convox".into();
+        settings.region = "us-east-1".into();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let params = dir.path().join("params.yaml");
+        std::fs::write(&params, initial).expect("write params");
+        Harness {
+            sim: Arc::new(SimRack::new(settings)),
+            dir,
+            params,
+        }
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings {
+            targets: ServiceTarget::rack_api(),
+            cluster_resource: "Cluster".into(),
+            params_file: self.params.clone(),
+            status_file: Some(self.dir.path().join("params.status.json")),
+            resync: Duration::from_secs(60),
+            poll: Duration::from_secs(5),
+            jitter: 0.1,
+            rollout_timeout: Duration::from_secs(30 * 60),
+            backoff_min: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(15 * 60),
+            max_corrections_per_hour: 3,
+        }
+    }
+
+    pub fn reconciler(&self) -> Reconciler {
+        self.reconciler_with(self.settings())
+    }
+
+    pub fn reconciler_with(&self, settings: Settings) -> Reconciler {
+        let metrics = Metrics::new();
+        self.sim.set_metrics(metrics.clone());
+        let status = StatusHandle::new(Status {
+            rack: "convox".into(),
+            backend: "sim".into(),
+            ..Status::default()
+        });
+        Reconciler::new(self.sim.clone(), settings, metrics, status)
+    }
+
+    pub fn write_params(&self, text: &str) {
+        std::fs::write(&self.params, text).expect("write params");
+    }
+}
+
+/// Reconciles, waiting between runs as the loop would (on tokio's paused clock), until
+/// `done` holds or `max_runs` runs were made. Returns every report.
+pub async fn drive(
+    rec: &mut Reconciler,
+    max_runs: usize,
+    done: impl Fn(&Report) -> bool,
+) -> Vec<Report> {
+    let mut reports = Vec::new();
+    let mut trigger = Trigger::Startup;
+    for _ in 0..max_runs {
+        let r = rec.reconcile(trigger).await;
+        let next = r.next;
+        let stop = done(&r);
+        reports.push(r);
+        if stop {
+            break;
+        }
+        tokio::time::sleep(next).await;
+        trigger = Trigger::Timer;
+    }
+    reports
+}
+
+/// Runs the loop for a stretch of (paused-clock) time, whatever happens.
+pub async fn run_for(rec: &mut Reconciler, span: Duration) -> Vec<Report> {
+    let end = tokio::time::Instant::now() + span;
+    let mut reports = Vec::new();
+    while tokio::time::Instant::now() < end {
+        let r = rec.reconcile(Trigger::Timer).await;
+        let next = r.next;
+        reports.push(r);
+        tokio::time::sleep(next).await;
+    }
+    reports
+}
+
+pub fn ecs_exec(r: &Report) -> Option<rack_reconciler::plan::Phase> {
+    r.phases.get("ECSExec").copied()
+}
