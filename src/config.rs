@@ -239,6 +239,14 @@ mod tests {
     }
 
     #[test]
+    fn deploy_config_loads_with_the_aws_backend() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rack-reconciler.yaml");
+        let cfg = Config::load(&path).expect("deploy config is valid");
+        assert_eq!(cfg.backend, Backend::Aws);
+        assert!(cfg.params_file.ends_with("deploy/params.yaml"));
+    }
+
+    #[test]
     fn rejects_unknown_keys_and_bad_values() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("c.yaml");

@@ -14,6 +14,7 @@ use rack_reconciler::config::{Backend, Config, LogFormat};
 use rack_reconciler::metrics::Metrics;
 use rack_reconciler::params;
 use rack_reconciler::plan::{Decision, Phase};
+use rack_reconciler::rack::aws::AwsRack;
 use rack_reconciler::rack::sim::SimRack;
 use rack_reconciler::rack::Rack;
 use rack_reconciler::reconcile::{Reconciler, Settings};
@@ -76,6 +77,9 @@ enum Command {
         /// The running controller's address (default: `listen` from the config).
         #[arg(long)]
         url: Option<String>,
+        /// Fail (exit 1) when no controller answers instead of reading the rack.
+        #[arg(long)]
+        controller_only: bool,
     },
     /// Check a params file.
     Validate {
@@ -117,7 +121,11 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Command::Run => run(cfg).await,
         Command::Apply { max_errors } => apply(cfg, max_errors).await,
         Command::Plan { detailed_exitcode } => plan(cfg, detailed_exitcode).await,
-        Command::Status { json, url } => status(cfg, json, url).await,
+        Command::Status {
+            json,
+            url,
+            controller_only,
+        } => status(cfg, json, url, controller_only).await,
         Command::Validate { file } => Ok(validate(file.as_deref().unwrap_or(&cfg.params_file))),
     }
 }
@@ -141,10 +149,9 @@ async fn build_rack(cfg: &Config, metrics: &Metrics) -> Result<Arc<dyn Rack>> {
             sim.set_metrics(metrics.clone());
             Ok(Arc::new(sim))
         }
-        Backend::Aws => bail!(
-            "backend `aws` is not available in this build; use `backend: sim` in {}",
-            cfg.params_file.display()
-        ),
+        Backend::Aws => Ok(Arc::new(
+            AwsRack::from_env(&cfg.rack, cfg.region.clone(), metrics.clone()).await,
+        )),
     }
 }
 
@@ -302,7 +309,7 @@ fn short_arn(arn: &str) -> &str {
     arn.rsplit('/').next().unwrap_or(arn)
 }
 
-async fn status(cfg: Config, json: bool, url: Option<String>) -> Result<u8> {
+async fn status(cfg: Config, json: bool, url: Option<String>, controller_only: bool) -> Result<u8> {
     let base = url.unwrap_or_else(|| format!("http://{}", cfg.listen));
     let url = format!("{}/status", base.trim_end_matches('/'));
     let client = reqwest::Client::builder()
@@ -317,7 +324,7 @@ async fn status(cfg: Config, json: bool, url: Option<String>) -> Result<u8> {
                 .await
                 .with_context(|| format!("GET {url}: not a rack-reconciler status document"))?,
         ),
-        Err(e) if e.is_connect() => None,
+        Err(e) if e.is_connect() && !controller_only => None,
         Err(e) => return Err(e).with_context(|| format!("GET {url}")),
     };
     let status = match from_controller {

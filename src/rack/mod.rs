@@ -8,6 +8,7 @@ use thiserror::Error;
 
 use crate::model::{ServiceSnapshot, StackSnapshot, TaskDefinitionInfo};
 
+pub mod aws;
 pub mod sim;
 
 /// The operations a rack offers the controller.

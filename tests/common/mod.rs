@@ -111,3 +111,24 @@ pub async fn run_for(rec: &mut Reconciler, span: Duration) -> Vec<Report> {
 pub fn ecs_exec(r: &Report) -> Option<rack_reconciler::plan::Phase> {
     r.phases.get("ECSExec").copied()
 }
+
+pub mod moto;
+pub mod proxy;
+pub mod rack_fixture;
+
+/// Loop settings for a reconciler over a params file in `dir`, with `targets`.
+pub fn aws_settings(dir: &std::path::Path, targets: Vec<ServiceTarget>) -> Settings {
+    Settings {
+        targets,
+        cluster_resource: "Cluster".into(),
+        params_file: dir.join("params.yaml"),
+        status_file: Some(dir.join("params.status.json")),
+        resync: Duration::from_secs(60),
+        poll: Duration::from_secs(5),
+        jitter: 0.1,
+        rollout_timeout: Duration::from_secs(30 * 60),
+        backoff_min: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(10),
+        max_corrections_per_hour: 3,
+    }
+}

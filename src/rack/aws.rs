@@ -1,0 +1,823 @@
+//! The AWS adapter: the rack boundary implemented with the AWS SDK for Rust.
+//!
+//! Region, credentials and endpoint come from the standard AWS environment (`AWS_REGION`,
+//! the credentials chain, `AWS_ENDPOINT_URL`), as in every AWS SDK. Throttling and server
+//! errors are retried by the SDK's standard retry first, then by the reconcile backoff.
+//!
+//! Task definitions carry environment values and secrets. This module copies them between
+//! AWS calls but never formats them: no `Debug` of an SDK task definition type reaches a log,
+//! an error or the status.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_cloudformation::Client as CfnClient;
+use aws_sdk_ecs::config::http::HttpResponse;
+use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ecs::types::{
+    ContainerDefinition, DesiredStatus, SortOrder, Tag, TaskDefinition, TaskDefinitionField,
+    TaskDefinitionStatus,
+};
+use aws_sdk_ecs::Client as EcsClient;
+
+use super::{ApiErrorKind, Rack, RackError};
+use crate::metrics::Metrics;
+use crate::model::{
+    Deployment, DeploymentStatus, RolloutState, ServiceSnapshot, StackSnapshot, TaskDefinitionInfo,
+    TaskSnapshot, MANAGED_PARAMS,
+};
+
+/// How many of a family's most recent revisions are checked for one to reuse.
+const REUSE_CANDIDATES: usize = 10;
+
+pub struct AwsRack {
+    stack: String,
+    cfn: CfnClient,
+    ecs: EcsClient,
+    metrics: Metrics,
+}
+
+impl AwsRack {
+    /// Clients from the standard AWS environment, with `region` overriding it when given.
+    pub async fn from_env(stack: &str, region: Option<String>, metrics: Metrics) -> AwsRack {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = region {
+            loader = loader.region(aws_config::Region::new(region));
+        }
+        let config = loader.load().await;
+        AwsRack::new(
+            stack,
+            CfnClient::new(&config),
+            EcsClient::new(&config),
+            metrics,
+        )
+    }
+
+    pub fn new(stack: &str, cfn: CfnClient, ecs: EcsClient, metrics: Metrics) -> AwsRack {
+        AwsRack {
+            stack: stack.to_string(),
+            cfn,
+            ecs,
+            metrics,
+        }
+    }
+
+    /// Runs one AWS call, counting it and mapping its error.
+    async fn call<T, E, F>(
+        &self,
+        service: &'static str,
+        operation: &'static str,
+        resource: &str,
+        fut: F,
+    ) -> Result<T, RackError>
+    where
+        F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match fut.await {
+            Ok(v) => {
+                self.metrics.api_call(service, operation, "success");
+                Ok(v)
+            }
+            Err(e) => {
+                let err = map_error(service, operation, resource, &e);
+                self.metrics.api_call(service, operation, err.outcome());
+                Err(err)
+            }
+        }
+    }
+
+    async fn describe_full(&self, arn: &str) -> Result<(TaskDefinition, Vec<Tag>), RackError> {
+        let out = self
+            .call(
+                "ecs",
+                "DescribeTaskDefinition",
+                arn,
+                self.ecs
+                    .describe_task_definition()
+                    .task_definition(arn)
+                    .include(TaskDefinitionField::Tags)
+                    .send(),
+            )
+            .await?;
+        let tags = out.tags.clone().unwrap_or_default();
+        let td = out.task_definition.ok_or_else(|| RackError::Api {
+            service: "ecs",
+            operation: "DescribeTaskDefinition",
+            resource: arn.to_string(),
+            kind: ApiErrorKind::NotFound,
+            message: "the response carried no task definition".into(),
+        })?;
+        Ok((td, tags))
+    }
+}
+
+#[async_trait]
+impl Rack for AwsRack {
+    async fn describe_stack(&self) -> Result<StackSnapshot, RackError> {
+        let out = self
+            .call(
+                "cloudformation",
+                "DescribeStacks",
+                &self.stack,
+                self.cfn.describe_stacks().stack_name(&self.stack).send(),
+            )
+            .await
+            .map_err(|e| match e {
+                RackError::Api { ref message, .. } if message.contains("does not exist") => {
+                    RackError::StackNotFound {
+                        stack: self.stack.clone(),
+                    }
+                }
+                other => other,
+            })?;
+        let stack = out
+            .stacks
+            .unwrap_or_default()
+            .into_iter()
+            .next()
+            .ok_or_else(|| RackError::StackNotFound {
+                stack: self.stack.clone(),
+            })?;
+        let parameters = stack
+            .parameters
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| Some((p.parameter_key?, p.parameter_value.unwrap_or_default())))
+            .collect();
+
+        // ListStackResources pages through every resource; DescribeStackResources stops at
+        // 100, fewer than a rack has.
+        let mut resources = BTreeMap::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .call(
+                    "cloudformation",
+                    "ListStackResources",
+                    &self.stack,
+                    self.cfn
+                        .list_stack_resources()
+                        .stack_name(&self.stack)
+                        .set_next_token(token.clone())
+                        .send(),
+                )
+                .await?;
+            for r in page.stack_resource_summaries.unwrap_or_default() {
+                if let (Some(logical), Some(physical)) =
+                    (r.logical_resource_id, r.physical_resource_id)
+                {
+                    resources.insert(logical, physical);
+                }
+            }
+            token = page.next_token;
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(StackSnapshot {
+            name: stack.stack_name.unwrap_or_else(|| self.stack.clone()),
+            status: stack
+                .stack_status
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|| "UNKNOWN".into()),
+            parameters,
+            resources,
+        })
+    }
+
+    async fn describe_services(
+        &self,
+        cluster: &str,
+        services: &[String],
+    ) -> Result<Vec<ServiceSnapshot>, RackError> {
+        let mut snapshots = Vec::with_capacity(services.len());
+        for chunk in services.chunks(10) {
+            let out = self
+                .call(
+                    "ecs",
+                    "DescribeServices",
+                    cluster,
+                    self.ecs
+                        .describe_services()
+                        .cluster(cluster)
+                        .set_services(Some(chunk.to_vec()))
+                        .send(),
+                )
+                .await?;
+            if let Some(f) = out.failures.unwrap_or_default().into_iter().next() {
+                return Err(RackError::ServiceNotFound {
+                    cluster: cluster.to_string(),
+                    service: f.arn.unwrap_or_default(),
+                });
+            }
+            for wanted in chunk {
+                let found = out
+                    .services
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .find(|s| {
+                        s.service_arn.as_deref() == Some(wanted.as_str())
+                            || s.service_name.as_deref() == Some(wanted.as_str())
+                    });
+                let Some(s) = found else {
+                    return Err(RackError::ServiceNotFound {
+                        cluster: cluster.to_string(),
+                        service: wanted.clone(),
+                    });
+                };
+                snapshots.push(service_snapshot(s));
+            }
+        }
+
+        // The tasks ECS wants running, per service, then their revisions in one call per 100.
+        let mut task_arns: Vec<(usize, String)> = Vec::new();
+        for (i, s) in snapshots.iter().enumerate() {
+            let mut token: Option<String> = None;
+            loop {
+                let page = self
+                    .call(
+                        "ecs",
+                        "ListTasks",
+                        &s.name,
+                        self.ecs
+                            .list_tasks()
+                            .cluster(cluster)
+                            .service_name(&s.name)
+                            .desired_status(DesiredStatus::Running)
+                            .set_next_token(token.clone())
+                            .send(),
+                    )
+                    .await?;
+                task_arns.extend(
+                    page.task_arns
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|a| (i, a)),
+                );
+                token = page.next_token;
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        for chunk in task_arns.chunks(100) {
+            let arns: Vec<String> = chunk.iter().map(|(_, a)| a.clone()).collect();
+            let out = self
+                .call(
+                    "ecs",
+                    "DescribeTasks",
+                    cluster,
+                    self.ecs
+                        .describe_tasks()
+                        .cluster(cluster)
+                        .set_tasks(Some(arns))
+                        .send(),
+                )
+                .await?;
+            for task in out.tasks.unwrap_or_default() {
+                let owner = chunk
+                    .iter()
+                    .find(|(_, a)| task.task_arn.as_deref() == Some(a.as_str()))
+                    .map(|(i, _)| *i);
+                if let (Some(i), Some(td)) = (owner, task.task_definition_arn) {
+                    snapshots[i].tasks.push(TaskSnapshot {
+                        task_definition: td,
+                        last_status: task.last_status.unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        Ok(snapshots)
+    }
+
+    async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinitionInfo, RackError> {
+        let out = self
+            .call(
+                "ecs",
+                "DescribeTaskDefinition",
+                arn,
+                self.ecs
+                    .describe_task_definition()
+                    .task_definition(arn)
+                    .send(),
+            )
+            .await?;
+        let td = out.task_definition.ok_or_else(|| RackError::Api {
+            service: "ecs",
+            operation: "DescribeTaskDefinition",
+            resource: arn.to_string(),
+            kind: ApiErrorKind::NotFound,
+            message: "the response carried no task definition".into(),
+        })?;
+        Ok(info(arn, &td))
+    }
+
+    async fn find_relabelled(
+        &self,
+        base: &str,
+        label: &str,
+        value: &str,
+    ) -> Result<Option<String>, RackError> {
+        let (base_td, base_tags) = self.describe_full(base).await?;
+        let want = relabelled(&base_td, label, value)?;
+        let family = base_td.family.clone().unwrap_or_default();
+        let listed = self
+            .call(
+                "ecs",
+                "ListTaskDefinitions",
+                &family,
+                self.ecs
+                    .list_task_definitions()
+                    .family_prefix(&family)
+                    .status(TaskDefinitionStatus::Active)
+                    .sort(SortOrder::Desc)
+                    .max_results(REUSE_CANDIDATES as i32 + 1)
+                    .send(),
+            )
+            .await?;
+        for arn in listed
+            .task_definition_arns
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a != base)
+            .take(REUSE_CANDIDATES)
+        {
+            let (td, tags) = self.describe_full(&arn).await?;
+            // A prefix also matches other families (`convox-web` and `convox-webhooks`).
+            if td.family != base_td.family {
+                continue;
+            }
+            if difference(&want, &base_tags, &td, &tags).is_none() {
+                return Ok(Some(arn));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn register_relabelled(
+        &self,
+        base: &str,
+        label: &str,
+        value: &str,
+    ) -> Result<String, RackError> {
+        let (base_td, tags) = self.describe_full(base).await?;
+        let want = relabelled(&base_td, label, value)?;
+        let family = want.family.clone().unwrap_or_default();
+        let out = self
+            .call(
+                "ecs",
+                "RegisterTaskDefinition",
+                &family,
+                self.ecs
+                    .register_task_definition()
+                    .family(&family)
+                    .set_task_role_arn(want.task_role_arn.clone())
+                    .set_execution_role_arn(want.execution_role_arn.clone())
+                    .set_network_mode(want.network_mode.clone())
+                    .set_container_definitions(want.container_definitions.clone())
+                    .set_volumes(want.volumes.clone())
+                    .set_placement_constraints(want.placement_constraints.clone())
+                    .set_requires_compatibilities(want.requires_compatibilities.clone())
+                    .set_cpu(want.cpu.clone())
+                    .set_memory(want.memory.clone())
+                    .set_tags((!tags.is_empty()).then(|| tags.clone()))
+                    .set_pid_mode(want.pid_mode.clone())
+                    .set_ipc_mode(want.ipc_mode.clone())
+                    .set_proxy_configuration(want.proxy_configuration.clone())
+                    .set_ephemeral_storage(want.ephemeral_storage.clone())
+                    .set_runtime_platform(want.runtime_platform.clone())
+                    .set_enable_fault_injection(want.enable_fault_injection)
+                    // Not idempotent: a retry after a lost response would register a
+                    // duplicate. The next reconcile finds and reuses the revision instead.
+                    .customize()
+                    .config_override(
+                        aws_sdk_ecs::config::Config::builder()
+                            .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled()),
+                    )
+                    .send(),
+            )
+            .await?;
+        let new = out
+            .task_definition
+            .and_then(|t| t.task_definition_arn)
+            .ok_or_else(|| RackError::Api {
+                service: "ecs",
+                operation: "RegisterTaskDefinition",
+                resource: family.clone(),
+                kind: ApiErrorKind::Rejected,
+                message: "the response carried no task definition ARN".into(),
+            })?;
+
+        // Prove that what ECS stored is the running revision with only the label changed.
+        let (stored, stored_tags) = self.describe_full(&new).await?;
+        if let Some(field) = difference(&want, &tags, &stored, &stored_tags) {
+            return Err(RackError::RevisionMismatch {
+                base: base.to_string(),
+                new,
+                field,
+            });
+        }
+        Ok(new)
+    }
+
+    async fn update_service(
+        &self,
+        cluster: &str,
+        service: &str,
+        task_definition: &str,
+    ) -> Result<(), RackError> {
+        self.call(
+            "ecs",
+            "UpdateService",
+            service,
+            self.ecs
+                .update_service()
+                .cluster(cluster)
+                .service(service)
+                .task_definition(task_definition)
+                .send(),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+fn service_snapshot(s: &aws_sdk_ecs::types::Service) -> ServiceSnapshot {
+    let dc = s.deployment_configuration.as_ref();
+    ServiceSnapshot {
+        name: s.service_name.clone().unwrap_or_default(),
+        arn: s.service_arn.clone().unwrap_or_default(),
+        status: s.status.clone().unwrap_or_default(),
+        desired_count: count(s.desired_count),
+        running_count: count(s.running_count),
+        minimum_healthy_percent: dc
+            .and_then(|d| d.minimum_healthy_percent)
+            .map(count)
+            .unwrap_or(100),
+        maximum_percent: dc.and_then(|d| d.maximum_percent).map(count).unwrap_or(200),
+        deployments: s
+            .deployments
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|d| Deployment {
+                id: d.id.clone().unwrap_or_default(),
+                status: match d.status.as_deref() {
+                    Some("PRIMARY") => DeploymentStatus::Primary,
+                    Some("ACTIVE") => DeploymentStatus::Active,
+                    _ => DeploymentStatus::Inactive,
+                },
+                task_definition: d.task_definition.clone().unwrap_or_default(),
+                desired_count: count(d.desired_count),
+                running_count: count(d.running_count),
+                pending_count: count(d.pending_count),
+                failed_tasks: count(d.failed_tasks),
+                rollout_state: d.rollout_state.as_ref().and_then(|r| match r.as_str() {
+                    "IN_PROGRESS" => Some(RolloutState::InProgress),
+                    "COMPLETED" => Some(RolloutState::Completed),
+                    "FAILED" => Some(RolloutState::Failed),
+                    _ => None,
+                }),
+                rollout_state_reason: d.rollout_state_reason.clone(),
+                created_at: d
+                    .created_at
+                    .map(system_time)
+                    .unwrap_or(SystemTime::UNIX_EPOCH),
+            })
+            .collect(),
+        tasks: Vec::new(),
+    }
+}
+
+fn count(n: i32) -> u32 {
+    u32::try_from(n).unwrap_or(0)
+}
+
+fn system_time(t: aws_sdk_ecs::primitives::DateTime) -> SystemTime {
+    let secs = u64::try_from(t.secs()).unwrap_or(0);
+    SystemTime::UNIX_EPOCH + Duration::new(secs, t.subsec_nanos())
+}
+
+fn info(arn: &str, td: &TaskDefinition) -> TaskDefinitionInfo {
+    let labels = td
+        .container_definitions
+        .as_deref()
+        .and_then(|c| c.first())
+        .and_then(|c| c.docker_labels.as_ref());
+    TaskDefinitionInfo {
+        arn: arn.to_string(),
+        family: td.family.clone().unwrap_or_default(),
+        revision: count(td.revision),
+        labels: MANAGED_PARAMS
+            .iter()
+            .filter_map(|p| Some((p.label.to_string(), labels?.get(p.label)?.clone())))
+            .collect(),
+    }
+}
+
+/// The revision to register: `base` with `label` set on its first container, and without the
+/// fields ECS assigns at registration.
+fn relabelled(
+    base: &TaskDefinition,
+    label: &str,
+    value: &str,
+) -> Result<TaskDefinition, RackError> {
+    let mut td = registered_fields(base);
+    let first = td
+        .container_definitions
+        .as_mut()
+        .and_then(|c| c.first_mut())
+        .ok_or_else(|| RackError::RevisionMismatch {
+            base: base.task_definition_arn.clone().unwrap_or_default(),
+            new: String::new(),
+            field: "containerDefinitions (the revision has no container)".into(),
+        })?;
+    first
+        .docker_labels
+        .get_or_insert_with(Default::default)
+        .insert(label.to_string(), value.to_string());
+    Ok(td)
+}
+
+/// A task definition without the fields ECS sets at registration.
+fn registered_fields(td: &TaskDefinition) -> TaskDefinition {
+    let mut t = td.clone();
+    t.task_definition_arn = None;
+    t.revision = 0;
+    t.status = None;
+    t.requires_attributes = None;
+    t.compatibilities = None;
+    t.registered_at = None;
+    t.deregistered_at = None;
+    t.delete_requested_at = None;
+    t.registered_by = None;
+    t
+}
+
+macro_rules! first_difference {
+    ($a:expr, $b:expr, $prefix:expr; $($field:ident => $name:literal),* $(,)?) => {{
+        let (a, b) = ($a, $b);
+        None$(.or_else(|| (a.$field != b.$field).then(|| format!("{}{}", $prefix, $name))))*
+    }};
+}
+
+/// The first field (by its ECS name) in which `stored` differs from `want`, if any. Values
+/// are never included: they may be secrets.
+fn difference(
+    want: &TaskDefinition,
+    want_tags: &[Tag],
+    stored: &TaskDefinition,
+    stored_tags: &[Tag],
+) -> Option<String> {
+    let stored = registered_fields(stored);
+    let task = first_difference!(want, &stored, "";
+        family => "family",
+        task_role_arn => "taskRoleArn",
+        execution_role_arn => "executionRoleArn",
+        network_mode => "networkMode",
+        volumes => "volumes",
+        placement_constraints => "placementConstraints",
+        requires_compatibilities => "requiresCompatibilities",
+        runtime_platform => "runtimePlatform",
+        cpu => "cpu",
+        memory => "memory",
+        pid_mode => "pidMode",
+        ipc_mode => "ipcMode",
+        proxy_configuration => "proxyConfiguration",
+        ephemeral_storage => "ephemeralStorage",
+        enable_fault_injection => "enableFaultInjection",
+    );
+    if task.is_some() {
+        return task;
+    }
+    let (a, b) = (
+        want.container_definitions.as_deref().unwrap_or_default(),
+        stored.container_definitions.as_deref().unwrap_or_default(),
+    );
+    if a.len() != b.len() {
+        return Some("containerDefinitions (number of containers)".into());
+    }
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        if let Some(field) = container_difference(i, x, y) {
+            return Some(field);
+        }
+    }
+    let tags = |t: &[Tag]| -> HashSet<(Option<String>, Option<String>)> {
+        t.iter().map(|t| (t.key.clone(), t.value.clone())).collect()
+    };
+    if tags(want_tags) != tags(stored_tags) {
+        return Some("tags".into());
+    }
+    (want != &stored).then(|| "a field of the task definition".into())
+}
+
+fn container_difference(
+    i: usize,
+    a: &ContainerDefinition,
+    b: &ContainerDefinition,
+) -> Option<String> {
+    let prefix = format!("containerDefinitions[{i}].");
+    let found: Option<String> = first_difference!(a, b, prefix;
+        name => "name", image => "image", repository_credentials => "repositoryCredentials",
+        cpu => "cpu", memory => "memory", memory_reservation => "memoryReservation", links => "links",
+        port_mappings => "portMappings", essential => "essential", restart_policy => "restartPolicy",
+        entry_point => "entryPoint", command => "command", environment => "environment",
+        environment_files => "environmentFiles", mount_points => "mountPoints", volumes_from => "volumesFrom",
+        linux_parameters => "linuxParameters", secrets => "secrets", depends_on => "dependsOn",
+        start_timeout => "startTimeout", stop_timeout => "stopTimeout", version_consistency => "versionConsistency",
+        hostname => "hostname", user => "user", working_directory => "workingDirectory",
+        disable_networking => "disableNetworking", privileged => "privileged",
+        readonly_root_filesystem => "readonlyRootFilesystem", dns_servers => "dnsServers",
+        dns_search_domains => "dnsSearchDomains", extra_hosts => "extraHosts",
+        docker_security_options => "dockerSecurityOptions", interactive => "interactive",
+        pseudo_terminal => "pseudoTerminal", docker_labels => "dockerLabels", ulimits => "ulimits",
+        log_configuration => "logConfiguration", health_check => "healthCheck", system_controls => "systemControls",
+        resource_requirements => "resourceRequirements", firelens_configuration => "firelensConfiguration",
+        credential_specs => "credentialSpecs",
+    );
+    found.or_else(|| (a != b).then(|| format!("containerDefinitions[{i}]")))
+}
+
+/// Maps an SDK error to a rack error: what failed, on which resource, and the kind, which
+/// decides the hint and the metric outcome. The message is AWS's, never request data.
+fn map_error<E>(
+    service: &'static str,
+    operation: &'static str,
+    resource: &str,
+    e: &SdkError<E, HttpResponse>,
+) -> RackError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let (kind, message) = match e {
+        SdkError::TimeoutError(_) => (ApiErrorKind::Transient, "timed out".to_string()),
+        SdkError::DispatchFailure(_) => (
+            ApiErrorKind::Transient,
+            format!("could not reach the endpoint: {}", error_chain(e)),
+        ),
+        SdkError::ResponseError(_) => (ApiErrorKind::Transient, "malformed response".to_string()),
+        SdkError::ConstructionFailure(_) => (
+            ApiErrorKind::Rejected,
+            format!("could not build the request: {}", error_chain(e)),
+        ),
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = e.code().unwrap_or("");
+            let msg = e.message().unwrap_or("");
+            let kind = classify(code, msg, status);
+            let text = match (code.is_empty(), msg.is_empty()) {
+                (false, false) => format!("{code}: {msg}"),
+                (false, true) => code.to_string(),
+                (true, false) => msg.to_string(),
+                (true, true) => format!("HTTP {status}"),
+            };
+            (kind, text)
+        }
+        _ => (ApiErrorKind::Transient, error_chain(e)),
+    };
+    RackError::Api {
+        service,
+        operation,
+        resource: resource.to_string(),
+        kind,
+        message,
+    }
+}
+
+fn classify(code: &str, message: &str, status: u16) -> ApiErrorKind {
+    const TRANSIENT: &[&str] = &[
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestThrottled",
+        "ServerException",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "InternalError",
+    ];
+    const DENIED: &[&str] = &[
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnauthorizedOperation",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "SignatureDoesNotMatch",
+    ];
+    const NOT_FOUND: &[&str] = &[
+        "ServiceNotFoundException",
+        "ClusterNotFoundException",
+        "ResourceNotFoundException",
+    ];
+    if TRANSIENT.contains(&code) || status >= 500 {
+        ApiErrorKind::Transient
+    } else if DENIED.contains(&code) || status == 403 {
+        ApiErrorKind::AccessDenied
+    } else if NOT_FOUND.contains(&code)
+        || message.contains("does not exist")
+        || message.contains("Unable to describe task definition")
+    {
+        ApiErrorKind::NotFound
+    } else {
+        ApiErrorKind::Rejected
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_errors() {
+        assert_eq!(
+            classify("ThrottlingException", "Rate exceeded", 400),
+            ApiErrorKind::Transient
+        );
+        assert_eq!(classify("", "", 503), ApiErrorKind::Transient);
+        assert_eq!(
+            classify("AccessDeniedException", "not authorized", 400),
+            ApiErrorKind::AccessDenied
+        );
+        assert_eq!(
+            classify("ValidationError", "Stack with id x does not exist", 400),
+            ApiErrorKind::NotFound
+        );
+        assert_eq!(
+            classify("ClientException", "Invalid revision", 400),
+            ApiErrorKind::Rejected
+        );
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use std::collections::BTreeSet;
+
+    /// The AWS operations this adapter calls, read from its own source.
+    fn called_operations() -> BTreeSet<String> {
+        let src = include_str!("aws.rs");
+        let mut ops = BTreeSet::new();
+        for service in ["cloudformation", "ecs"] {
+            for part in src.split(&format!("\"{service}\",")).skip(1) {
+                let op: String = part
+                    .trim_start()
+                    .strip_prefix('"')
+                    .map(|r| {
+                        r.chars()
+                            .take_while(|c| c.is_ascii_alphanumeric())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if op.chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
+                    ops.insert(format!("{service}:{op}"));
+                }
+            }
+        }
+        ops
+    }
+
+    /// deploy/iam-policy.json grants exactly the calls the controller makes, plus what AWS
+    /// requires around them (passing the API roles, tagging on registration).
+    #[test]
+    fn the_shipped_policy_grants_exactly_what_the_adapter_calls() {
+        let policy: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/iam-policy.json"))
+                .expect("policy is JSON");
+        let mut granted = BTreeSet::new();
+        for st in policy["Statement"].as_array().expect("statements") {
+            assert_eq!(st["Effect"], "Allow");
+            match &st["Action"] {
+                serde_json::Value::String(a) => {
+                    granted.insert(a.clone());
+                }
+                serde_json::Value::Array(a) => {
+                    granted.extend(a.iter().filter_map(|x| x.as_str().map(String::from)))
+                }
+                other => panic!("unexpected Action {other}"),
+            }
+        }
+        let mut wanted = called_operations();
+        assert!(wanted.len() >= 9, "{wanted:?}");
+        wanted.insert("iam:PassRole".into());
+        wanted.insert("ecs:TagResource".into());
+        assert_eq!(granted, wanted);
+    }
+}

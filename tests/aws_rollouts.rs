@@ -1,0 +1,411 @@
+//! Rollout states through the real AWS adapter, fed canned SDK responses (aws-smithy-mocks):
+//! what moto cannot show because it never runs service tasks.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_cloudformation::operation::describe_stacks::DescribeStacksOutput;
+use aws_sdk_cloudformation::operation::list_stack_resources::ListStackResourcesOutput;
+use aws_sdk_cloudformation::types::{Stack, StackResourceSummary, StackStatus};
+use aws_sdk_ecs::operation::describe_services::DescribeServicesOutput;
+use aws_sdk_ecs::operation::describe_task_definition::DescribeTaskDefinitionOutput;
+use aws_sdk_ecs::operation::describe_tasks::DescribeTasksOutput;
+use aws_sdk_ecs::operation::list_tasks::ListTasksOutput;
+use aws_sdk_ecs::primitives::DateTime;
+use aws_sdk_ecs::types::{
+    ContainerDefinition, Deployment, DeploymentConfiguration, DeploymentRolloutState, Service,
+    Task, TaskDefinition,
+};
+use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
+use rack_reconciler::metrics::Metrics;
+use rack_reconciler::model::{RolloutState, ServiceTarget};
+use rack_reconciler::plan::Phase;
+use rack_reconciler::rack::aws::AwsRack;
+use rack_reconciler::rack::Rack;
+use rack_reconciler::reconcile::{Reconciler, Trigger};
+use rack_reconciler::status::{Status, StatusHandle};
+
+const CLUSTER: &str = "convox-Cluster-1";
+const WEB_ARN: &str = "arn:aws:ecs:us-east-1:123456789012:service/convox-Cluster-1/convox-web";
+const MON_ARN: &str = "arn:aws:ecs:us-east-1:123456789012:service/convox-Cluster-1/convox-monitor";
+
+fn td(family: &str, rev: u32) -> String {
+    format!("arn:aws:ecs:us-east-1:123456789012:task-definition/convox-{family}:{rev}")
+}
+
+#[derive(Clone)]
+struct Dep {
+    primary: bool,
+    td: String,
+    state: DeploymentRolloutState,
+    reason: &'static str,
+    running: i32,
+    age: Duration,
+}
+
+/// What DescribeServices and the task listing return for each service.
+#[derive(Clone)]
+struct Scenario {
+    web: Vec<Dep>,
+    monitor: Vec<Dep>,
+    web_tasks: Vec<String>,
+    monitor_tasks: Vec<String>,
+}
+
+fn done(td: String) -> Dep {
+    Dep {
+        primary: true,
+        td,
+        state: DeploymentRolloutState::Completed,
+        reason: "ECS deployment completed.",
+        running: 2,
+        age: Duration::from_secs(3600),
+    }
+}
+
+fn service(name: &str, arn: &str, deps: &[Dep]) -> Service {
+    Service::builder()
+        .service_name(name)
+        .service_arn(arn)
+        .status("ACTIVE")
+        .desired_count(2)
+        .running_count(deps.iter().map(|d| d.running).sum())
+        .deployment_configuration(
+            DeploymentConfiguration::builder()
+                .minimum_healthy_percent(50)
+                .maximum_percent(200)
+                .build(),
+        )
+        .set_deployments(Some(
+            deps.iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let created = SystemTime::now() - d.age;
+                    Deployment::builder()
+                        .id(format!("ecs-svc/{i}"))
+                        .status(if d.primary { "PRIMARY" } else { "ACTIVE" })
+                        .task_definition(d.td.clone())
+                        .desired_count(2)
+                        .running_count(d.running)
+                        .pending_count(0)
+                        .failed_tasks(if d.state == DeploymentRolloutState::Failed {
+                            3
+                        } else {
+                            0
+                        })
+                        .rollout_state(d.state.clone())
+                        .rollout_state_reason(d.reason)
+                        .created_at(DateTime::from(created))
+                        .build()
+                })
+                .collect(),
+        ))
+        .build()
+}
+
+struct Mocked {
+    scenario: Arc<Mutex<Scenario>>,
+    updates: Rule,
+    registers: Rule,
+    rack: AwsRack,
+}
+
+fn mocked(initial: Scenario) -> Mocked {
+    let scenario = Arc::new(Mutex::new(initial));
+    let stacks = mock!(aws_sdk_cloudformation::Client::describe_stacks).then_compute_output(|_| {
+        DescribeStacksOutput::builder()
+            .stacks(
+                Stack::builder()
+                    .stack_name("convox")
+                    .stack_status(StackStatus::UpdateComplete)
+                    .creation_time(DateTime::from_secs(0))
+                    .build(),
+            )
+            .build()
+    });
+    let resources = mock!(aws_sdk_cloudformation::Client::list_stack_resources)
+        .then_compute_output(|_| {
+            let r = |logical: &str, physical: &str| {
+                StackResourceSummary::builder()
+                    .logical_resource_id(logical)
+                    .physical_resource_id(physical)
+                    .resource_type("AWS::ECS::Service")
+                    .last_updated_timestamp(DateTime::from_secs(0))
+                    .resource_status(aws_sdk_cloudformation::types::ResourceStatus::CreateComplete)
+                    .build()
+            };
+            ListStackResourcesOutput::builder()
+                .stack_resource_summaries(r("Cluster", CLUSTER))
+                .stack_resource_summaries(r("ServiceWebApi", WEB_ARN))
+                .stack_resource_summaries(r("ServiceMonitorApi", MON_ARN))
+                .build()
+        });
+    let cfn = mock_client!(
+        aws_sdk_cloudformation,
+        RuleMode::MatchAny,
+        &[&stacks, &resources]
+    );
+
+    let s = scenario.clone();
+    let services = mock!(aws_sdk_ecs::Client::describe_services).then_compute_output(move |_| {
+        let sc = s.lock().expect("scenario").clone();
+        DescribeServicesOutput::builder()
+            .services(service("convox-web", WEB_ARN, &sc.web))
+            .services(service("convox-monitor", MON_ARN, &sc.monitor))
+            .build()
+    });
+    let s = scenario.clone();
+    let list = mock!(aws_sdk_ecs::Client::list_tasks).then_compute_output(move |req| {
+        let sc = s.lock().expect("scenario").clone();
+        let (prefix, tasks) = if req.service_name() == Some("convox-web") {
+            ("web", sc.web_tasks)
+        } else {
+            ("mon", sc.monitor_tasks)
+        };
+        ListTasksOutput::builder()
+            .set_task_arns(Some(
+                (0..tasks.len())
+                    .map(|i| format!("arn:task/{prefix}/{i}"))
+                    .collect(),
+            ))
+            .build()
+    });
+    let s = scenario.clone();
+    let describe_tasks =
+        mock!(aws_sdk_ecs::Client::describe_tasks).then_compute_output(move |req| {
+            let sc = s.lock().expect("scenario").clone();
+            let tasks = req
+                .tasks()
+                .iter()
+                .filter_map(|arn| {
+                    let mut parts = arn.rsplit('/');
+                    let i: usize = parts.next()?.parse().ok()?;
+                    let list = if parts.next()? == "web" {
+                        &sc.web_tasks
+                    } else {
+                        &sc.monitor_tasks
+                    };
+                    Some(
+                        Task::builder()
+                            .task_arn(arn)
+                            .task_definition_arn(list.get(i)?)
+                            .last_status("RUNNING")
+                            .build(),
+                    )
+                })
+                .collect();
+            DescribeTasksOutput::builder()
+                .set_tasks(Some(tasks))
+                .build()
+        });
+    let describe_td =
+        mock!(aws_sdk_ecs::Client::describe_task_definition).then_compute_output(|req| {
+            let arn = req.task_definition().unwrap_or_default().to_string();
+            let rev: i32 = arn
+                .rsplit(':')
+                .next()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            let mut c = ContainerDefinition::builder()
+                .name("web")
+                .docker_labels("rack.Version", "20260418101514");
+            if rev == 2 {
+                c = c.docker_labels("rack.ECSExec", "Yes");
+            }
+            DescribeTaskDefinitionOutput::builder()
+                .task_definition(
+                    TaskDefinition::builder()
+                        .task_definition_arn(&arn)
+                        .family(if arn.contains("web") {
+                            "convox-web"
+                        } else {
+                            "convox-monitor"
+                        })
+                        .revision(rev)
+                        .container_definitions(c.build())
+                        .build(),
+                )
+                .build()
+        });
+    let updates = mock!(aws_sdk_ecs::Client::update_service).then_compute_output(|_| {
+        aws_sdk_ecs::operation::update_service::UpdateServiceOutput::builder().build()
+    });
+    let registers =
+        mock!(aws_sdk_ecs::Client::register_task_definition).then_compute_output(|_| {
+            aws_sdk_ecs::operation::register_task_definition::RegisterTaskDefinitionOutput::builder(
+            )
+            .build()
+        });
+    let ecs = mock_client!(
+        aws_sdk_ecs,
+        RuleMode::MatchAny,
+        &[
+            &services,
+            &list,
+            &describe_tasks,
+            &describe_td,
+            &updates,
+            &registers
+        ]
+    );
+    Mocked {
+        scenario,
+        updates,
+        registers,
+        rack: AwsRack::new("convox", cfn, ecs, Metrics::new()),
+    }
+}
+
+fn reconciler(rack: AwsRack) -> (Reconciler, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("params.yaml"), "ECSExec: \"Yes\"\n").expect("params");
+    let status = StatusHandle::new(Status::default());
+    let rec = Reconciler::new(
+        Arc::new(rack),
+        common::aws_settings(dir.path(), ServiceTarget::rack_api()),
+        Metrics::new(),
+        status,
+    );
+    (rec, dir)
+}
+
+fn converged_monitor() -> (Vec<Dep>, Vec<String>) {
+    (vec![done(td("monitor", 2))], vec![td("monitor", 2)])
+}
+
+#[tokio::test]
+async fn in_progress_with_two_deployments_then_completed() {
+    let (monitor, monitor_tasks) = converged_monitor();
+    let rolling = Scenario {
+        web: vec![
+            Dep {
+                primary: true,
+                td: td("web", 2),
+                state: DeploymentRolloutState::InProgress,
+                reason: "ECS deployment ecs-svc/0 in progress.",
+                running: 1,
+                age: Duration::from_secs(60),
+            },
+            Dep {
+                primary: false,
+                ..done(td("web", 1))
+            },
+        ],
+        monitor,
+        web_tasks: vec![td("web", 2), td("web", 1)],
+        monitor_tasks,
+    };
+    let m = mocked(rolling);
+    // The adapter maps the deployments as ECS reports them.
+    let services = m
+        .rack
+        .describe_services(CLUSTER, &[WEB_ARN.into(), MON_ARN.into()])
+        .await
+        .expect("describe");
+    assert_eq!(services[0].deployments.len(), 2);
+    assert_eq!(
+        services[0].primary().and_then(|d| d.rollout_state),
+        Some(RolloutState::InProgress)
+    );
+    assert_eq!(services[0].tasks.len(), 2);
+    assert_eq!(services[1].tasks[0].task_definition, td("monitor", 2));
+
+    let scenario = m.scenario.clone();
+    let (updates, registers) = (m.updates.clone(), m.registers.clone());
+    let (mut rec, _dir) = reconciler(m.rack);
+    let r = rec.reconcile(Trigger::Startup).await;
+    assert_eq!(r.phases.get("ECSExec"), Some(&Phase::Progressing));
+    assert!(!r.acted);
+
+    // The old deployment drained but a task still runs the old revision: not yet.
+    scenario.lock().expect("scenario").web = vec![done(td("web", 2))];
+    let r = rec.reconcile(Trigger::Timer).await;
+    assert_eq!(r.phases.get("ECSExec"), Some(&Phase::Progressing));
+
+    scenario.lock().expect("scenario").web_tasks = vec![td("web", 2), td("web", 2)];
+    let r = rec.reconcile(Trigger::Timer).await;
+    assert_eq!(r.phases.get("ECSExec"), Some(&Phase::Converged));
+    assert_eq!((updates.num_calls(), registers.num_calls()), (0, 0));
+}
+
+#[tokio::test]
+async fn failed_after_a_circuit_breaker_rollback() {
+    let (monitor, monitor_tasks) = converged_monitor();
+    let m = mocked(Scenario {
+        web: vec![
+            Dep {
+                primary: true,
+                td: td("web", 1),
+                state: DeploymentRolloutState::InProgress,
+                reason: "ECS deployment circuit breaker: rolling back to deploymentId ecs-svc/9.",
+                running: 2,
+                age: Duration::from_secs(30),
+            },
+            Dep {
+                primary: false,
+                td: td("web", 2),
+                state: DeploymentRolloutState::Failed,
+                reason: "ECS deployment circuit breaker: tasks failed to start.",
+                running: 0,
+                age: Duration::from_secs(600),
+            },
+        ],
+        monitor,
+        web_tasks: vec![td("web", 1), td("web", 1)],
+        monitor_tasks,
+    });
+    let updates = m.updates.clone();
+    let (mut rec, _dir) = reconciler(m.rack);
+    let r = rec.reconcile(Trigger::Startup).await;
+    assert_eq!(r.phases.get("ECSExec"), Some(&Phase::Failed));
+    let p = rec
+        .status()
+        .get()
+        .parameter("ECSExec")
+        .cloned()
+        .expect("status");
+    assert_eq!(p.reason, "RolloutFailed");
+    assert!(p.message.contains("tasks failed to start"), "{}", p.message);
+    assert_eq!(updates.num_calls(), 0);
+    let text = rec.metrics().render();
+    assert!(
+        text.contains("rack_reconciler_rollout_failed{service=\"ServiceWebApi\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_rollout_stuck_past_its_timeout_is_failed() {
+    let (monitor, monitor_tasks) = converged_monitor();
+    let m = mocked(Scenario {
+        web: vec![
+            Dep {
+                primary: true,
+                td: td("web", 2),
+                state: DeploymentRolloutState::InProgress,
+                reason: "ECS deployment ecs-svc/0 in progress.",
+                running: 0,
+                age: Duration::from_secs(2 * 3600),
+            },
+            Dep {
+                primary: false,
+                ..done(td("web", 1))
+            },
+        ],
+        monitor,
+        web_tasks: vec![td("web", 1), td("web", 1)],
+        monitor_tasks,
+    });
+    let (mut rec, _dir) = reconciler(m.rack);
+    let r = rec.reconcile(Trigger::Startup).await;
+    assert_eq!(r.phases.get("ECSExec"), Some(&Phase::Failed));
+    let p = rec
+        .status()
+        .get()
+        .parameter("ECSExec")
+        .cloned()
+        .expect("status");
+    assert_eq!(p.reason, "RolloutTimedOut");
+}

@@ -1,0 +1,87 @@
+//! A moto server (the AWS emulator, installed by `scripts/test` into `.venv`) started on a
+//! free loopback port for one test and stopped when dropped.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use aws_sdk_cloudformation::Client as CfnClient;
+use aws_sdk_ecs::Client as EcsClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+fn moto_server() -> String {
+    std::env::var("MOTO_SERVER")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/moto_server", env!("CARGO_MANIFEST_DIR")))
+}
+
+impl Moto {
+    /// Starts a fresh server; panics with the fix when moto is not installed.
+    pub async fn start() -> Moto {
+        let bin = moto_server();
+        assert!(
+            std::path::Path::new(&bin).exists(),
+            "moto is not installed at {bin}: run scripts/test (it creates .venv with moto[server]==5.2.5) \
+             or set MOTO_SERVER"
+        );
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            l.local_addr().expect("addr").port()
+        };
+        let mut child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("moto_server starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("Running on") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(ready, Ok(true), "moto_server did not start on port {port}");
+        // Keep draining its log so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub async fn sdk_config(&self, endpoint: &str) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+                "testing", "testing", None, None, "moto",
+            ))
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_initial_backoff(Duration::from_millis(50)),
+            )
+            .load()
+            .await
+    }
+
+    pub async fn clients(&self) -> (CfnClient, EcsClient) {
+        let c = self.sdk_config(&self.endpoint).await;
+        (CfnClient::new(&c), EcsClient::new(&c))
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}

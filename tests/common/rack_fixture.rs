@@ -1,0 +1,294 @@
+//! A Convox rack in moto: rich API task definitions registered through ECS (moto's
+//! CloudFormation drops task-level fields), then the rack stack created with `create_stack`,
+//! every parameter given explicitly, explicit cluster and service names.
+
+use aws_sdk_cloudformation::types::Parameter;
+use aws_sdk_cloudformation::Client as CfnClient;
+use aws_sdk_ecs::types::{
+    Compatibility, ContainerDefinition, CpuArchitecture, EphemeralStorage, HealthCheck,
+    HostVolumeProperties, IpcMode, KernelCapabilities, KeyValuePair, LinuxParameters,
+    LogConfiguration, LogDriver, MountPoint, NetworkMode, OsFamily, PidMode, PortMapping,
+    ProxyConfiguration, ProxyConfigurationType, RuntimePlatform, Secret, Tag,
+    TaskDefinitionPlacementConstraint, TaskDefinitionPlacementConstraintType, TransportProtocol,
+    Ulimit, UlimitName, Volume,
+};
+use aws_sdk_ecs::Client as EcsClient;
+use serde_json::json;
+
+/// A secret-looking environment value that must never show up in logs, status or errors.
+pub const SECRET: &str = "sk-live-7f9aQ3c1ZZ-do-not-log";
+pub const STACK: &str = "convox";
+pub const CLUSTER: &str = "convox-Cluster-1P2Q3R4S5T6U";
+pub const WEB: &str = "convox-ServiceWebApi-1A2B3C4D";
+pub const MONITOR: &str = "convox-ServiceMonitorApi-5E6F7G8H";
+
+pub struct Rack {
+    pub web_task_definition: String,
+    pub monitor_task_definition: String,
+}
+
+fn labels() -> std::collections::HashMap<String, String> {
+    let fx = rack_reconciler::rack::sim::fixture();
+    fx.task_definitions["ApiWebTasks"]
+        .docker_labels
+        .clone()
+        .into_iter()
+        .collect()
+}
+
+fn container(name: &str) -> ContainerDefinition {
+    ContainerDefinition::builder()
+        .name(name)
+        .image("convox/rack:20260418101514")
+        .cpu(128)
+        .memory_reservation(256)
+        .essential(true)
+        .command("api")
+        .set_docker_labels(Some(labels()))
+        .environment(
+            KeyValuePair::builder()
+                .name("PASSWORD")
+                .value(SECRET)
+                .build(),
+        )
+        .environment(KeyValuePair::builder().name("RACK").value("convox").build())
+        .secrets(
+            Secret::builder()
+                .name("RACK_KEY")
+                .value_from("arn:aws:ssm:us-east-1:123456789012:parameter/convox/rack-key")
+                .build()
+                .expect("secret"),
+        )
+        .port_mappings(
+            PortMapping::builder()
+                .container_port(5443)
+                .host_port(0)
+                .protocol(TransportProtocol::Tcp)
+                .build(),
+        )
+        .log_configuration(
+            LogConfiguration::builder()
+                .log_driver(LogDriver::Awslogs)
+                .options("awslogs-group", "convox-LogGroup-ABC")
+                .options("awslogs-region", "us-east-1")
+                .options("awslogs-stream-prefix", "convox")
+                .build()
+                .expect("log configuration"),
+        )
+        .ulimits(
+            Ulimit::builder()
+                .name(UlimitName::Nofile)
+                .soft_limit(65536)
+                .hard_limit(65536)
+                .build()
+                .expect("ulimit"),
+        )
+        .health_check(
+            HealthCheck::builder()
+                .command("CMD-SHELL")
+                .command("curl -fsk https://localhost:5443/check")
+                .interval(10)
+                .timeout(5)
+                .retries(3)
+                .start_period(30)
+                .build()
+                .expect("health check"),
+        )
+        .linux_parameters(
+            LinuxParameters::builder()
+                .init_process_enabled(true)
+                .capabilities(KernelCapabilities::builder().add("SYS_PTRACE").build())
+                .build(),
+        )
+        .mount_points(
+            MountPoint::builder()
+                .source_volume("docker")
+                .container_path("/var/run/docker.sock")
+                .build(),
+        )
+        .readonly_root_filesystem(false)
+        .build()
+}
+
+async fn register_rich(ecs: &EcsClient, family: &str, first: &str) -> String {
+    let envoy = ContainerDefinition::builder()
+        .name("envoy")
+        .image("public.ecr.aws/appmesh/aws-appmesh-envoy:v1.29")
+        .memory(128)
+        .essential(true)
+        .docker_labels("rack.ECSExec", "untouched")
+        .build();
+    let out = ecs
+        .register_task_definition()
+        .family(family)
+        .task_role_arn("arn:aws:iam::123456789012:role/convox-ApiRole-XYZ")
+        .execution_role_arn("arn:aws:iam::123456789012:role/convox-ApiExecutionRole-XYZ")
+        .network_mode(NetworkMode::Bridge)
+        .container_definitions(container(first))
+        .container_definitions(envoy)
+        .volumes(
+            Volume::builder()
+                .name("docker")
+                .host(
+                    HostVolumeProperties::builder()
+                        .source_path("/var/run/docker.sock")
+                        .build(),
+                )
+                .build(),
+        )
+        .placement_constraints(
+            TaskDefinitionPlacementConstraint::builder()
+                .r#type(TaskDefinitionPlacementConstraintType::MemberOf)
+                .expression("attribute:ecs.os-type == linux")
+                .build(),
+        )
+        .requires_compatibilities(Compatibility::Ec2)
+        .cpu("512")
+        .memory("1024")
+        .pid_mode(PidMode::Task)
+        .ipc_mode(IpcMode::Task)
+        .runtime_platform(
+            RuntimePlatform::builder()
+                .cpu_architecture(CpuArchitecture::X8664)
+                .operating_system_family(OsFamily::Linux)
+                .build(),
+        )
+        .ephemeral_storage(EphemeralStorage::builder().size_in_gib(30).build())
+        .proxy_configuration(
+            ProxyConfiguration::builder()
+                .r#type(ProxyConfigurationType::Appmesh)
+                .container_name("envoy")
+                .properties(
+                    KeyValuePair::builder()
+                        .name("IgnoredUID")
+                        .value("1337")
+                        .build(),
+                )
+                .properties(
+                    KeyValuePair::builder()
+                        .name("ProxyIngressPort")
+                        .value("15000")
+                        .build(),
+                )
+                .build()
+                .expect("proxy"),
+        )
+        .tags(Tag::builder().key("Rack").value("convox").build())
+        .tags(Tag::builder().key("System").value("convox").build())
+        .send()
+        .await
+        .expect("register rich task definition");
+    out.task_definition
+        .and_then(|t| t.task_definition_arn)
+        .expect("arn")
+}
+
+/// Creates the rack; returns the ARNs of the revisions its services run.
+pub async fn create(cfn: &CfnClient, ecs: &EcsClient) -> Rack {
+    let web_td = register_rich(ecs, "convox-web", "web").await;
+    let monitor_td = register_rich(ecs, "convox-monitor", "monitor").await;
+
+    let fx = rack_reconciler::rack::sim::fixture();
+    let declared = &fx.templates["20260418101514"].parameters;
+    let mut parameters = serde_json::Map::new();
+    let mut given = Vec::new();
+    for (name, p) in declared {
+        let mut decl = json!({"Type": "String"});
+        if let Some(d) = &p.default {
+            decl["Default"] = json!(d);
+        }
+        if !p.allowed.is_empty() {
+            decl["AllowedValues"] = json!(p.allowed);
+        }
+        if p.no_echo {
+            decl["NoEcho"] = json!(true);
+        }
+        parameters.insert(name.clone(), decl);
+        let value = match name.as_str() {
+            "Version" => "20260418101514".to_string(),
+            "Password" => "rack-password-not-a-secret-here".to_string(),
+            _ => p.default.clone().unwrap_or_default(),
+        };
+        given.push(
+            Parameter::builder()
+                .parameter_key(name)
+                .parameter_value(value)
+                .build(),
+        );
+    }
+    let cfn_container = json!([{
+        "Name": "web",
+        "Image": {"Fn::Sub": "convox/rack:${Version}"},
+        "Memory": 256,
+        "DockerLabels": {"rack.Version": {"Ref": "Version"}, "rack.Cluster": {"Ref": "Cluster"}}
+    }]);
+    let template = json!({
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Parameters": parameters,
+        "Resources": {
+            "Cluster": {"Type": "AWS::ECS::Cluster", "Properties": {"ClusterName": CLUSTER}},
+            "ApiWebTasks": {"Type": "AWS::ECS::TaskDefinition",
+                "Properties": {"Family": "convox-web", "ContainerDefinitions": cfn_container}},
+            "ApiMonitorTasks": {"Type": "AWS::ECS::TaskDefinition",
+                "Properties": {"Family": "convox-monitor", "ContainerDefinitions": cfn_container}},
+            "ServiceWebApi": {"Type": "AWS::ECS::Service", "Properties": {
+                "ServiceName": WEB, "Cluster": {"Ref": "Cluster"}, "TaskDefinition": web_td,
+                "DesiredCount": 0,
+                "DeploymentConfiguration": {"MinimumHealthyPercent": 50, "MaximumPercent": 200}}},
+            "ServiceMonitorApi": {"Type": "AWS::ECS::Service", "Properties": {
+                "ServiceName": MONITOR, "Cluster": {"Ref": "Cluster"}, "TaskDefinition": monitor_td,
+                "DesiredCount": 0,
+                "DeploymentConfiguration": {"MinimumHealthyPercent": 100, "MaximumPercent": 200}}}
+        }
+    });
+    cfn.create_stack()
+        .stack_name(STACK)
+        .template_body(template.to_string())
+        .set_parameters(Some(given))
+        .send()
+        .await
+        .expect("create_stack");
+    Rack {
+        web_task_definition: web_td,
+        monitor_task_definition: monitor_td,
+    }
+}
+
+/// The ARN of the revision a service points at (moto keeps its PRIMARY deployment frozen,
+/// but updates the service's task definition).
+pub async fn service_task_definition(ecs: &EcsClient, service: &str) -> String {
+    let out = ecs
+        .describe_services()
+        .cluster(CLUSTER)
+        .services(service)
+        .send()
+        .await
+        .expect("describe_services");
+    out.services
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .and_then(|s| s.task_definition)
+        .expect("service")
+}
+
+/// ARNs of a family's revisions, oldest first.
+pub async fn revisions(ecs: &EcsClient, family: &str) -> Vec<String> {
+    let out = ecs
+        .list_task_definitions()
+        .family_prefix(family)
+        .send()
+        .await
+        .expect("list_task_definitions");
+    out.task_definition_arns
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| {
+            a.rsplit('/')
+                .next()
+                .and_then(|r| r.rsplit_once(':'))
+                .map(|(f, _)| f)
+                == Some(family)
+        })
+        .collect()
+}
