@@ -4,6 +4,7 @@
 //! Pure: no I/O, no clock (the caller passes `now`), no AWS types. Every input that matters
 //! is in [`PlanContext`] or [`ObservedRack`], so a decision can be replayed in a table test.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,10 @@ pub struct PlanContext {
     pub max_corrections_per_hour: u32,
     /// After a failure, writes wait until then (exponential backoff).
     pub retry_not_before: Option<SystemTime>,
+    /// Services this controller rolled for the current desired value that have not been
+    /// seen converged since, with the revision they were rolled to. A service found back on
+    /// another revision was rolled back (or replaced) even if ECS no longer shows a failure.
+    pub rolled_to: BTreeMap<String, String>,
 }
 
 /// The one write the controller should make now.
@@ -404,6 +409,16 @@ fn evaluate(s: &ObservedService, param: &ManagedParam, desired: &str, ctx: &Plan
             primary.task_definition, param.label
         ));
     }
+    if let Some(rolled) = ctx.rolled_to.get(name) {
+        return Eval::Failed(
+            "RolloutReverted",
+            format!(
+                "the rollout of {name} to {rolled} did not stick: {name} runs {} again (rolled back by the ECS \
+                 deployment circuit breaker, or replaced); see the service events",
+                primary.task_definition
+            ),
+        );
+    }
     if value.is_none() {
         return Eval::Unknown(format!(
             "the labels of {} (primary of {name}) were not observed",
@@ -592,6 +607,7 @@ mod tests {
             corrections_last_hour: 0,
             max_corrections_per_hour: 3,
             retry_not_before: None,
+            rolled_to: BTreeMap::new(),
         }
     }
 
@@ -810,6 +826,22 @@ mod tests {
                 phase: Phase::Progressing,
                 reason: "RollingOut",
                 roll: Some(("ServiceWebApi", "web:1")),
+            },
+            Case {
+                name: "a rollout rolled back before it was seen failing is failed, not retried",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[done("web:1")], &["web:1"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: PlanContext {
+                    rolled_to: BTreeMap::from([("ServiceWebApi".to_string(), "web:2".to_string())]),
+                    ..ctx()
+                },
+                phase: Phase::Failed,
+                reason: "RolloutReverted",
+                roll: None,
             },
             Case {
                 name: "rollout past its timeout is failed",

@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{
-    ObservedRack, ObservedService, ServiceTarget, TaskDefinitionInfo, MANAGED_PARAMS,
+    ManagedParam, ObservedRack, ObservedService, ServiceTarget, TaskDefinitionInfo, MANAGED_PARAMS,
 };
 use crate::params::{self, DesiredParams, ParamsError};
 use crate::plan::{self, Decision, Phase, PlanContext, Roll, ServiceState};
@@ -127,6 +127,10 @@ struct Memory {
     backoff: Option<ExponentialBackoff>,
     retry_not_before: Option<SystemTime>,
     drift_since: Option<SystemTime>,
+    /// Services whose latest rollout failed, until one is started again or all converge.
+    failed_services: std::collections::BTreeSet<String>,
+    /// Services rolled for the current intent and not yet seen converged → revision.
+    rolled_to: BTreeMap<String, String>,
     last_phase: Option<Phase>,
     last_logged: Option<(Phase, &'static str, String)>,
 }
@@ -327,6 +331,7 @@ impl Reconciler {
             corrections_last_hour: mem.corrections.len() as u32,
             max_corrections_per_hour: self.settings.max_corrections_per_hour,
             retry_not_before: mem.retry_not_before,
+            rolled_to: mem.rolled_to.clone(),
         }
     }
 
@@ -431,23 +436,12 @@ impl Reconciler {
             let Some(value) = desired.get(param) else {
                 continue;
             };
-            let ctx = self.context(param.name, now);
-            let mut d = plan::plan(param, value, &observed, &ctx);
-            self.account_failure(&d, now);
-            if d.phase == Phase::Converged {
-                let mem = self.memory.entry(param.name).or_default();
-                mem.last_converged = Some(value.to_string());
-                mem.backoff = None;
-                mem.retry_not_before = None;
-            }
-            if let Some(roll) = d.action.clone() {
-                if !report.acted {
-                    self.act(&roll, &mut d, now).await;
-                    report.acted = true;
-                }
-            }
-            self.publish(&d, now);
-            report.phases.insert(param.name, d.phase);
+            let span = info_span!("parameter", parameter = param.name, desired = value);
+            let phase = self
+                .reconcile_param(param, value, &observed, now, &mut report.acted)
+                .instrument(span)
+                .await;
+            report.phases.insert(param.name, phase);
         }
 
         report.result = report.worst().map(phase_result).unwrap_or("converged");
@@ -473,6 +467,44 @@ impl Reconciler {
         report
     }
 
+    /// Plans one parameter, makes its write if it has one (and none was made this run), and
+    /// publishes the outcome.
+    async fn reconcile_param(
+        &mut self,
+        param: &'static ManagedParam,
+        value: &str,
+        observed: &ObservedRack,
+        now: SystemTime,
+        acted: &mut bool,
+    ) -> Phase {
+        let ctx = self.context(param.name, now);
+        let mut d = plan::plan(param, value, observed, &ctx);
+        let mem = self.memory.entry(param.name).or_default();
+        for s in d
+            .services
+            .iter()
+            .filter(|s| s.state == ServiceState::Converged)
+        {
+            mem.rolled_to.remove(&s.service);
+        }
+        self.account_failure(&d, now);
+        if d.phase == Phase::Converged {
+            let mem = self.memory.entry(param.name).or_default();
+            mem.last_converged = Some(value.to_string());
+            mem.backoff = None;
+            mem.retry_not_before = None;
+            mem.failed_services.clear();
+        }
+        if let Some(roll) = d.action.clone() {
+            if !*acted {
+                self.act(&roll, &mut d, now).await;
+                *acted = true;
+            }
+        }
+        self.publish(&d, now);
+        d.phase
+    }
+
     /// A new desired value is a new intent: forget the backoff and convergence of the old.
     fn forget_changed_intents(&mut self, desired: &DesiredParams) {
         for p in MANAGED_PARAMS {
@@ -492,7 +524,10 @@ impl Reconciler {
 
     /// On entering `Failed` because a rollout failed, count it and push the next attempt back.
     fn account_failure(&mut self, d: &Decision, now: SystemTime) {
-        let fresh = matches!(d.reason, "RolloutFailed" | "RolloutTimedOut");
+        let fresh = matches!(
+            d.reason,
+            "RolloutFailed" | "RolloutTimedOut" | "RolloutReverted"
+        );
         let backoff = self.backoff();
         let mem = self.memory.entry(d.param).or_default();
         if d.phase != Phase::Failed || !fresh || mem.last_phase == Some(Phase::Failed) {
@@ -504,6 +539,9 @@ impl Reconciler {
             .filter(|s| s.state == ServiceState::Failed)
         {
             self.metrics.rollout_failure(&s.service);
+            mem.failed_services.insert(s.service.clone());
+            // Counted once: the retry after the backoff is a new attempt.
+            mem.rolled_to.remove(&s.service);
         }
         let delay = mem
             .backoff
@@ -523,6 +561,8 @@ impl Reconciler {
         match result {
             Ok(arn) => {
                 self.metrics.rollout_started(&roll.service);
+                mem.failed_services.remove(&roll.service);
+                mem.rolled_to.insert(roll.service.clone(), arn.clone());
                 if roll.correction {
                     mem.corrections.push_back(now);
                     mem.last_converged = None;
@@ -606,7 +646,7 @@ impl Reconciler {
             self.metrics.set_service(
                 &s.service,
                 s.state == ServiceState::RollingOut,
-                s.state == ServiceState::Failed,
+                s.state == ServiceState::Failed || mem.failed_services.contains(&s.service),
             );
         }
         self.status.update(|s| s.record(d, drift_since, now));

@@ -3,10 +3,11 @@
 //! to the params file.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::plan::{Decision, PendingChange, Phase, ServiceProgress};
 
@@ -168,21 +169,38 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// The status shared between the reconcile loop and the HTTP server.
-#[derive(Clone, Default)]
-pub struct StatusHandle(Arc<RwLock<Status>>);
+/// The status shared between the reconcile loop, the HTTP server and anyone waiting for a
+/// change (`subscribe`).
+#[derive(Clone)]
+pub struct StatusHandle(Arc<watch::Sender<Status>>);
+
+impl Default for StatusHandle {
+    fn default() -> Self {
+        Self::new(Status::default())
+    }
+}
 
 impl StatusHandle {
     pub fn new(status: Status) -> Self {
-        StatusHandle(Arc::new(RwLock::new(status)))
+        StatusHandle(Arc::new(watch::Sender::new(status)))
     }
 
     pub fn get(&self) -> Status {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.borrow().clone()
     }
 
     pub fn update<T>(&self, f: impl FnOnce(&mut Status) -> T) -> T {
-        f(&mut self.0.write().unwrap_or_else(|e| e.into_inner()))
+        let mut out = None;
+        self.0.send_modify(|s| out = Some(f(s)));
+        match out {
+            Some(v) => v,
+            None => unreachable!("send_modify always runs the closure"),
+        }
+    }
+
+    /// A receiver that sees every update.
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.0.subscribe()
     }
 }
 

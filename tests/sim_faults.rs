@@ -277,3 +277,31 @@ async fn corrections_past_the_hourly_cap_stop_and_report() {
         Some(Phase::Converged)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_finished_before_the_next_poll_still_counts_as_a_failure() {
+    let settings = SimSettings {
+        failing_rollouts: 10_000,
+        ..SimSettings::default()
+    };
+    let h = Harness::with_sim("ECSExec: \"Yes\"\n", settings);
+    // Polls far apart: ECS has failed and rolled back long before the controller looks again.
+    let mut loop_settings = h.settings();
+    loop_settings.poll = Duration::from_secs(600);
+    let mut rec = h.reconciler_with(loop_settings);
+    let reports = drive(&mut rec, 3, |r| ecs_exec(r) == Some(Phase::Failed)).await;
+    assert_eq!(
+        ecs_exec(reports.last().expect("report")),
+        Some(Phase::Failed)
+    );
+    let p = rec
+        .status()
+        .get()
+        .parameter("ECSExec")
+        .cloned()
+        .expect("status");
+    assert_eq!(p.reason, "RolloutReverted", "{}", p.message);
+    run_for(&mut rec, Duration::from_secs(6 * 3600)).await;
+    let attempts = h.sim.calls("UpdateService");
+    assert!(attempts <= 30, "{attempts} attempts in six hours");
+}

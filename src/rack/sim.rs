@@ -443,7 +443,9 @@ impl State {
         let id = self.next_deployment_id();
         let svc = &mut self.services[idx];
         for d in &mut svc.deployments {
+            // ECS stops launching tasks for a deployment that is no longer primary.
             d.primary = false;
+            d.starting.clear();
         }
         svc.deployments
             .insert(0, SimDeployment::new(id, task_definition, now, fault));
@@ -506,6 +508,10 @@ impl SimService {
     /// One scheduling step at time `t`: resolve launches due, trip the circuit breaker,
     /// stop old tasks and launch new ones within the deployment configuration, complete.
     fn step(&mut self, t: Instant, task_start: Duration, threshold: u32, next_id: &mut u64) {
+        // Launches only ever belong to the primary; drop any others so time always advances.
+        for d in self.deployments.iter_mut().filter(|d| !d.primary) {
+            d.starting.clear();
+        }
         let Some(p) = self.deployments.iter().position(|d| d.primary) else {
             return;
         };

@@ -29,6 +29,25 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub async fn start(upstream: &str, every: usize, faults: Vec<Fault>) -> FaultProxy {
+        Self::start_with(upstream, every, faults, None).await
+    }
+
+    /// Faults only the first `faults.len()` requests whose head contains `needle` (e.g. an
+    /// `X-Amz-Target` operation name), one fault each; everything else passes through.
+    pub async fn start_matching(
+        upstream: &str,
+        needle: &'static str,
+        faults: Vec<Fault>,
+    ) -> FaultProxy {
+        Self::start_with(upstream, 1, faults, Some(needle)).await
+    }
+
+    async fn start_with(
+        upstream: &str,
+        every: usize,
+        faults: Vec<Fault>,
+        needle: Option<&'static str>,
+    ) -> FaultProxy {
         let upstream = upstream.trim_start_matches("http://").to_string();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
@@ -37,15 +56,29 @@ impl FaultProxy {
         let (r, inj) = (requests.clone(), injected.clone());
         let faults = Arc::new(faults);
         let task = tokio::spawn(async move {
+            let matched = Arc::new(AtomicUsize::new(0));
             while let Ok((conn, _)) = listener.accept().await {
-                let n = r.fetch_add(1, Ordering::SeqCst) + 1;
-                let fault = (n % every == 0).then(|| faults[(n / every - 1) % faults.len()]);
-                if fault.is_some() {
-                    inj.fetch_add(1, Ordering::SeqCst);
-                }
+                let (r, inj, faults, matched) =
+                    (r.clone(), inj.clone(), faults.clone(), matched.clone());
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
-                    let _ = handle(conn, &upstream, fault).await;
+                    let choose = move |head: &str| -> Option<Fault> {
+                        let n = r.fetch_add(1, Ordering::SeqCst) + 1;
+                        let fault = match needle {
+                            None => {
+                                (n % every == 0).then(|| faults[(n / every - 1) % faults.len()])
+                            }
+                            Some(needle) if head.contains(needle) => {
+                                faults.get(matched.fetch_add(1, Ordering::SeqCst)).copied()
+                            }
+                            Some(_) => None,
+                        };
+                        if fault.is_some() {
+                            inj.fetch_add(1, Ordering::SeqCst);
+                        }
+                        fault
+                    };
+                    let _ = handle(conn, &upstream, choose).await;
                 });
             }
         });
@@ -113,8 +146,13 @@ fn canned(status: &str, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn handle(mut conn: TcpStream, upstream: &str, fault: Option<Fault>) -> std::io::Result<()> {
+async fn handle(
+    mut conn: TcpStream,
+    upstream: &str,
+    choose: impl FnOnce(&str) -> Option<Fault>,
+) -> std::io::Result<()> {
     let (head, body) = read_request(&mut conn).await?;
+    let fault = choose(&head);
     let json_protocol = head.to_ascii_lowercase().contains("x-amz-target:");
     match fault {
         Some(Fault::Throttle) => {
