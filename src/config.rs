@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::model::ServiceTarget;
 use crate::rack::sim::SimSettings;
+use crate::templates::TemplateSource;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -69,6 +70,9 @@ pub struct Config {
     /// Logical id of the ECS cluster in the rack stack.
     #[serde(default = "default_cluster_resource")]
     pub cluster_resource: String,
+    /// Where rack templates come from, for version changes.
+    #[serde(default)]
+    pub templates: TemplateSource,
     #[serde(default)]
     pub sim: SimSettings,
 }
@@ -183,9 +187,12 @@ impl Config {
             path: shown.clone(),
             detail: e.to_string(),
         })?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if cfg.params_file.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
             cfg.params_file = base.join(&cfg.params_file);
+        }
+        if let Some(dir) = cfg.templates.dir.as_mut().filter(|d| d.is_relative()) {
+            *dir = base.join(&*dir);
         }
         cfg.validate().map_err(|detail| ConfigError::Invalid {
             path: shown,

@@ -19,4 +19,5 @@ pub mod plan;
 pub mod rack;
 pub mod reconcile;
 pub mod status;
+pub mod templates;
 pub mod watch;

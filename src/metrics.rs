@@ -44,6 +44,8 @@ docs! {
     "rack_reconciler_rollout_failures_total", "counter", "service", "Rollouts seen to fail (circuit breaker, rollback or timeout).";
     "rack_reconciler_corrections_total", "counter", "parameter", "Out-of-band reverts of a converged parameter that the controller corrected.";
     "rack_reconciler_corrections_capped", "gauge", "parameter", "1 while corrections are stopped because the hourly cap was reached.";
+    "rack_reconciler_downgrade_blocked", "gauge", "", "1 while a downgrade to a version that predates ECSExec is refused or held by the gate.";
+    "rack_reconciler_stack_updates_started_total", "counter", "", "Stack updates (version changes) started by the controller.";
     "rack_reconciler_reconcile_total", "counter", "result", "Reconcile runs by result (converged, progressing, waiting, blocked, failed, unknown, error, no_params).";
     "rack_reconciler_reconcile_duration_seconds", "histogram", "result", "Time a reconcile run took, by result.";
     "rack_reconciler_last_reconcile_timestamp_seconds", "gauge", "", "Unix time the last reconcile run finished.";
@@ -74,6 +76,8 @@ struct Inner {
     last_reconcile: prometheus::Gauge,
     params_valid: IntGauge,
     params_errors: IntCounterVec,
+    downgrade_blocked: IntGauge,
+    stack_updates: prometheus::IntCounter,
     api_calls: IntCounterVec,
 }
 
@@ -131,6 +135,15 @@ impl Metrics {
         r.register(Box::new(last.clone())).expect("gauge");
         let valid = IntGauge::with_opts(opts("rack_reconciler_params_file_valid")).expect("gauge");
         r.register(Box::new(valid.clone())).expect("gauge");
+        let downgrade_blocked =
+            IntGauge::with_opts(opts("rack_reconciler_downgrade_blocked")).expect("gauge");
+        r.register(Box::new(downgrade_blocked.clone()))
+            .expect("gauge");
+        let stack_updates =
+            prometheus::IntCounter::with_opts(opts("rack_reconciler_stack_updates_started_total"))
+                .expect("counter");
+        r.register(Box::new(stack_updates.clone()))
+            .expect("counter");
         let inner = Inner {
             drift: register!(r, IntGaugeVec, "rack_reconciler_parameter_drift"),
             drift_start: register!(
@@ -150,6 +163,8 @@ impl Metrics {
             reconcile_duration: duration,
             last_reconcile: last,
             params_valid: valid,
+            downgrade_blocked,
+            stack_updates,
             params_errors: register!(r, IntCounterVec, "rack_reconciler_params_file_errors_total"),
             api_calls: register!(r, IntCounterVec, "rack_reconciler_aws_api_calls_total"),
             registry: r,
@@ -255,6 +270,14 @@ impl Metrics {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         m.last_reconcile.set(now);
+    }
+
+    pub fn set_downgrade_blocked(&self, blocked: bool) {
+        self.inner.downgrade_blocked.set(i64::from(blocked));
+    }
+
+    pub fn stack_update_started(&self) {
+        self.inner.stack_updates.inc();
     }
 
     pub fn params_valid(&self, valid: bool) {

@@ -40,12 +40,36 @@ pub fn managed_param(name: &str) -> Option<&'static ManagedParam> {
     MANAGED_PARAMS.iter().find(|p| p.name == name)
 }
 
-/// The rack's CloudFormation stack as `DescribeStacks` and `DescribeStackResources` show it.
+/// The stack parameter that holds the rack version.
+pub const VERSION_PARAM: &str = "Version";
+
+/// A Convox rack version: a 14-digit timestamp such as `20260418101514`, ordered numerically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RackVersion(u64);
+
+impl RackVersion {
+    /// Parses exactly 14 ASCII digits.
+    pub fn parse(s: &str) -> Option<RackVersion> {
+        (s.len() == 14 && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok().map(RackVersion))
+            .flatten()
+    }
+}
+
+impl std::fmt::Display for RackVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:014}", self.0)
+    }
+}
+
+/// The rack's CloudFormation stack as `DescribeStacks` and `ListStackResources` show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StackSnapshot {
     pub name: String,
     /// E.g. `UPDATE_COMPLETE`, `UPDATE_IN_PROGRESS`.
     pub status: String,
+    /// `StackStatusReason`, when CloudFormation gives one.
+    pub status_reason: Option<String>,
     /// Parameter values as the stack holds them (`NoEcho` ones are masked by AWS).
     pub parameters: BTreeMap<String, String>,
     /// Logical resource id → physical resource id.
@@ -66,6 +90,13 @@ pub enum StackState {
 impl StackSnapshot {
     pub fn state(&self) -> StackState {
         stack_state(&self.status)
+    }
+
+    /// The version the stack runs, from its `Version` parameter.
+    pub fn version(&self) -> Option<RackVersion> {
+        self.parameters
+            .get(VERSION_PARAM)
+            .and_then(|v| RackVersion::parse(v))
     }
 }
 
@@ -173,6 +204,13 @@ pub struct TaskDefinitionInfo {
     pub revision: u32,
     /// Managed labels (see [`MANAGED_PARAMS`]) present on the first container.
     pub labels: BTreeMap<String, String>,
+}
+
+/// One parameter of an `UpdateStack` request: a value, or `UsePreviousValue` when `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StackParameter {
+    pub key: String,
+    pub value: Option<String>,
 }
 
 /// A target service: the stack's logical ids for the service and its task definition.

@@ -13,13 +13,15 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use crate::model::{managed_param, ManagedParam, MANAGED_PARAMS};
+use crate::model::{managed_param, ManagedParam, RackVersion, MANAGED_PARAMS, VERSION_PARAM};
 
 /// The desired state read from a valid params file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DesiredParams {
     /// Managed parameter name → desired value (always one of its allowed values).
     pub values: BTreeMap<&'static str, String>,
+    /// The rack version the rack should run, when the file says.
+    pub version: Option<RackVersion>,
 }
 
 impl DesiredParams {
@@ -144,12 +146,33 @@ pub fn parse(path: &str, text: &str) -> Result<DesiredParams, ParamsError> {
     };
 
     let mut values = BTreeMap::new();
+    let mut version = None;
     for (key, value) in &mapping {
         let key_text = match key {
             serde_yaml::Value::String(s) => s.clone(),
             other => scalar_text(other),
         };
         let line = key_line(text, &key_text);
+        if key_text == VERSION_PARAM {
+            let parsed = match value {
+                serde_yaml::Value::String(s) => RackVersion::parse(s),
+                serde_yaml::Value::Number(n) => RackVersion::parse(&n.to_string()),
+                _ => None,
+            };
+            match parsed {
+                Some(v) => version = Some(v),
+                None => {
+                    return Err(ParamsError::InvalidValue {
+                        path,
+                        line,
+                        key: key_text,
+                        value: scalar_text(value),
+                        allowed: "a Convox rack version: 14 digits, e.g. \"20260418101514\"".into(),
+                    })
+                }
+            }
+            continue;
+        }
         let Some(param) = managed_param(&key_text) else {
             return Err(ParamsError::UnknownKey {
                 path,
@@ -158,6 +181,7 @@ pub fn parse(path: &str, text: &str) -> Result<DesiredParams, ParamsError> {
                 allowed: MANAGED_PARAMS
                     .iter()
                     .map(|p| p.name)
+                    .chain([VERSION_PARAM])
                     .collect::<Vec<_>>()
                     .join(", "),
             });
@@ -177,7 +201,7 @@ pub fn parse(path: &str, text: &str) -> Result<DesiredParams, ParamsError> {
             }
         }
     }
-    Ok(DesiredParams { values })
+    Ok(DesiredParams { values, version })
 }
 
 fn allowed_list(param: &ManagedParam) -> String {
@@ -302,6 +326,34 @@ mod tests {
                 ok(text).get(&crate::model::ECS_EXEC),
                 Some(want),
                 "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn version_is_fourteen_digits() {
+        for text in ["Version: \"20260418101514\"\n", "Version: 20260418101514\n"] {
+            assert_eq!(
+                ok(text).version.map(|v| v.to_string()).as_deref(),
+                Some("20260418101514"),
+                "{text:?}"
+            );
+        }
+        let both = ok("ECSExec: \"No\"\nVersion: \"20240205000000\"\n");
+        assert_eq!(both.get(&crate::model::ECS_EXEC), Some("No"));
+        for (text, shown) in [
+            ("Version: latest\n", "\"latest\""),
+            ("Version: \"2026041810151\"\n", "\"2026041810151\""),
+            ("Version: \"2026-04-18\"\n", "\"2026-04-18\""),
+            ("Version: 20260418101514.5\n", "20260418101514.5 (a number)"),
+            ("Version:\n", "(empty)"),
+        ] {
+            let e = err(text);
+            assert_eq!(e.kind(), "invalid_value", "{text:?}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("Version") && msg.contains(shown) && msg.contains("14 digits"),
+                "{msg}"
             );
         }
     }

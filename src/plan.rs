@@ -4,12 +4,15 @@
 //! Pure: no I/O, no clock (the caller passes `now`), no AWS types. Every input that matters
 //! is in [`PlanContext`] or [`ObservedRack`], so a decision can be replayed in a table test.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ManagedParam, ObservedRack, ObservedService, RolloutState, StackState};
+use crate::model::{
+    ManagedParam, ObservedRack, ObservedService, RackVersion, RolloutState, StackParameter,
+    StackState, ECS_EXEC, VERSION_PARAM,
+};
 
 /// Where a managed parameter stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -98,6 +101,26 @@ pub struct Roll {
     pub correction: bool,
 }
 
+/// The write a decision asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Action {
+    /// Register a relabelled revision (or reuse one) and roll a service to it.
+    Roll(Roll),
+    /// Update the rack stack to another version's template.
+    UpdateStack(StackUpdate),
+}
+
+/// An `UpdateStack` to another rack version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StackUpdate {
+    pub from: Option<String>,
+    pub to: String,
+    pub downgrade: bool,
+    /// Every parameter the target template declares that can be given: changed ones with a
+    /// value, the rest `UsePreviousValue`. Parameters the target does not declare are left out.
+    pub parameters: Vec<StackParameter>,
+}
+
 /// A service the parameter still has to be rolled to, for `plan`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -144,7 +167,7 @@ pub struct Decision {
     pub message: String,
     /// Some service's primary revision does not hold the desired value.
     pub drift: bool,
-    pub action: Option<Roll>,
+    pub action: Option<Action>,
     pub pending: Vec<PendingChange>,
     pub services: Vec<ServiceProgress>,
 }
@@ -157,6 +180,19 @@ enum Eval {
     Busy(String),
     NeedsRoll { from: String },
     Unknown(String),
+}
+
+/// The value of `param` every target service's primary revision agrees on, if they agree.
+pub fn observed_value(param: &ManagedParam, rack: &ObservedRack) -> Option<String> {
+    let values: Vec<Option<&str>> = rack
+        .services
+        .iter()
+        .map(|s| primary_value(s, param))
+        .collect();
+    match values.first() {
+        Some(Some(first)) if values.iter().all(|v| v == &Some(*first)) => Some(first.to_string()),
+        _ => None,
+    }
 }
 
 /// Decides the next step for one parameter.
@@ -280,7 +316,7 @@ pub fn plan(
                 "rolling"
             };
             let msg = format!("{verb} {name} to a revision with {}={desired}", param.label);
-            d.action = Some(Roll {
+            d.action = Some(Action::Roll(Roll {
                 service: name.clone(),
                 service_name: s.service.name.clone(),
                 cluster: rack.cluster.clone(),
@@ -288,7 +324,7 @@ pub fn plan(
                 label: param.label.to_string(),
                 value: desired.to_string(),
                 correction,
-            });
+            }));
             d.with(Phase::Progressing, "RollingOut", msg)
         }
     }
@@ -456,6 +492,216 @@ fn progress(s: &ObservedService, param: &ManagedParam, eval: &Eval) -> ServicePr
     }
 }
 
+/// What the downgrade gate needs to know about `ECSExec`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EcsExecState {
+    /// The desired value, when the params file manages it.
+    pub desired: Option<String>,
+    /// The value every service's primary revision agrees on (`None` while they differ).
+    pub observed: Option<String>,
+    /// The phase of the `ECSExec` decision this run, when managed.
+    pub phase: Option<Phase>,
+}
+
+impl EcsExecState {
+    pub fn from_decision(d: &Decision) -> EcsExecState {
+        EcsExecState {
+            desired: Some(d.desired.clone()),
+            observed: d.observed.clone(),
+            phase: Some(d.phase),
+        }
+    }
+}
+
+/// The downgrade gate's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Not a downgrade to a version that predates `ECSExec`: no gate.
+    NotNeeded,
+    /// A gated downgrade whose conditions hold.
+    Allowed,
+    /// Refused: `ECSExec` is (or is wanted) `Yes`.
+    Refused(String),
+    /// Holding: `ECSExec=No` has not converged yet.
+    Holding(String),
+}
+
+/// PRODUCT §5: a downgrade to a version whose template does not declare `ECSExec` is only
+/// allowed once `ECSExec=No` has fully converged.
+pub fn downgrade_gate(
+    to: RackVersion,
+    current: Option<RackVersion>,
+    target: &BTreeSet<String>,
+    ecs: &EcsExecState,
+) -> Gate {
+    let downgrade = current.is_some_and(|c| to < c);
+    if !downgrade || target.contains(ECS_EXEC.name) {
+        return Gate::NotNeeded;
+    }
+    let from = current.map(|c| c.to_string()).unwrap_or_default();
+    let wanted = ecs.desired.as_deref().or(ecs.observed.as_deref());
+    if wanted == Some("Yes") {
+        return Gate::Refused(format!(
+            "version {to} predates ECSExec and the rack {} ECSExec=Yes: downgrading from {from} now would strand \
+             it; set ECSExec: \"No\" in the params file first, the downgrade then waits for it to converge",
+            if ecs.desired.is_some() { "wants" } else { "runs" }
+        ));
+    }
+    match (&ecs.desired, ecs.phase) {
+        (Some(_), Some(Phase::Converged)) => Gate::Allowed,
+        (Some(_), phase) => Gate::Holding(format!(
+            "holding the downgrade to {to} until ECSExec=No has converged (ECSExec is {})",
+            phase.map(|p| p.as_str()).unwrap_or("not observed yet")
+        )),
+        (None, _) if ecs.observed.as_deref() == Some("No") => Gate::Allowed,
+        (None, _) => Gate::Holding(format!(
+            "holding the downgrade to {to} until every rack API service runs ECSExec=No (the services disagree)"
+        )),
+    }
+}
+
+/// The version planner's memory and settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionContext {
+    pub now: SystemTime,
+    /// The version this controller last asked CloudFormation for, until seen applied or failed.
+    pub attempted: Option<RackVersion>,
+    pub retry_not_before: Option<SystemTime>,
+    /// Why the stack's last update failed, looked up after one of ours rolled back.
+    pub failure_reason: Option<String>,
+}
+
+/// Decides the next step for the rack `Version`: nothing, wait, refuse or hold a downgrade,
+/// or update the stack to the target template.
+pub fn plan_version(
+    desired: RackVersion,
+    rack: &ObservedRack,
+    target: &BTreeSet<String>,
+    ecs: &EcsExecState,
+    ctx: &VersionContext,
+) -> Decision {
+    let stack = &rack.stack;
+    let current = stack.version();
+    let d = Decision {
+        param: VERSION_PARAM,
+        desired: desired.to_string(),
+        observed: stack.parameters.get(VERSION_PARAM).cloned(),
+        phase: Phase::Converged,
+        reason: "Converged",
+        message: String::new(),
+        drift: current != Some(desired),
+        action: None,
+        pending: Vec::new(),
+        services: Vec::new(),
+    };
+    let ours = ctx.attempted == Some(desired);
+    match stack.state() {
+        StackState::InProgress if ours => {
+            let message = format!(
+                "stack {} is {}: updating it to version {desired}",
+                stack.name, stack.status
+            );
+            return d.with(Phase::Progressing, "UpdatingStack", message);
+        }
+        StackState::InProgress => {
+            let message = format!(
+                "stack {} is {}: CloudFormation owns the rack until it settles; no changes until then",
+                stack.name, stack.status
+            );
+            return d.with(Phase::Waiting, "StackUpdating", message);
+        }
+        StackState::Unusable => {
+            let message = format!(
+                "stack {} is {}: repair the stack (see its CloudFormation events) before the controller can act",
+                stack.name, stack.status
+            );
+            return d.with(Phase::Blocked, "StackUnusable", message);
+        }
+        StackState::Stable => {}
+    }
+    if current == Some(desired) {
+        let message = format!(
+            "stack {} runs version {desired} ({})",
+            stack.name, stack.status
+        );
+        return d.with(Phase::Converged, "Converged", message);
+    }
+    if ours && stack.status.contains("ROLLBACK") {
+        let reason = ctx
+            .failure_reason
+            .clone()
+            .or_else(|| stack.status_reason.clone())
+            .unwrap_or_else(|| "CloudFormation gave no reason".into());
+        let message = format!(
+            "the update of stack {} to version {desired} was rolled back ({}): {reason}",
+            stack.name, stack.status
+        );
+        return d.with(Phase::Failed, "StackUpdateRolledBack", message);
+    }
+    let gate = downgrade_gate(desired, current, target, ecs);
+    match &gate {
+        Gate::Refused(msg) => return d.with(Phase::Blocked, "DowngradeBlocked", msg.clone()),
+        Gate::Holding(msg) => return d.with(Phase::Blocked, "DowngradeWaiting", msg.clone()),
+        Gate::Allowed | Gate::NotNeeded => {}
+    }
+    if matches!(ecs.phase, Some(Phase::Progressing | Phase::Waiting)) {
+        let message =
+            format!("waiting for the ECSExec rollout to finish before updating the stack to version {desired}");
+        return d.with(Phase::Waiting, "EcsExecRollingOut", message);
+    }
+    if let Some(at) = ctx.retry_not_before.filter(|at| *at > ctx.now) {
+        let wait = at.duration_since(ctx.now).unwrap_or_default();
+        let message = format!(
+            "the last update to version {desired} failed; next attempt in {}",
+            humantime::format_duration(round_secs(wait))
+        );
+        return d.with(Phase::Failed, "BackingOff", message);
+    }
+    let parameters: Vec<StackParameter> = target
+        .iter()
+        .filter_map(|key| {
+            let value = if key == VERSION_PARAM {
+                Some(desired.to_string())
+            } else if key == ECS_EXEC.name {
+                // Keep the rack as the controller has it: the desired value, or what runs.
+                ecs.desired.clone().or_else(|| ecs.observed.clone())
+            } else {
+                None
+            };
+            match value {
+                Some(v) => Some(StackParameter {
+                    key: key.clone(),
+                    value: Some(v),
+                }),
+                None if stack.parameters.contains_key(key) => Some(StackParameter {
+                    key: key.clone(),
+                    value: None,
+                }),
+                // Declared by the target only: its default applies.
+                None => None,
+            }
+        })
+        .collect();
+    let downgrade = current.is_some_and(|c| desired < c);
+    let given = parameters.iter().filter(|p| p.value.is_some()).count();
+    let message = format!(
+        "updating stack {} from {} to {desired} ({}{}): {} parameters, {given} given, the rest kept",
+        stack.name,
+        current.map(|c| c.to_string()).unwrap_or_else(|| "an unknown version".into()),
+        if downgrade { "downgrade" } else { "upgrade" },
+        if gate == Gate::Allowed { ", ECSExec=No has converged" } else { "" },
+        parameters.len(),
+    );
+    let mut d = d;
+    d.action = Some(Action::UpdateStack(StackUpdate {
+        from: current.map(|c| c.to_string()),
+        to: desired.to_string(),
+        downgrade,
+        parameters,
+    }));
+    d.with(Phase::Progressing, "UpdatingStack", message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -591,6 +837,7 @@ mod tests {
             stack: StackSnapshot {
                 name: "convox".into(),
                 status: status.into(),
+                status_reason: None,
                 parameters: BTreeMap::new(),
                 resources: BTreeMap::new(),
             },
@@ -939,12 +1186,12 @@ mod tests {
                 c.name,
                 d.message
             );
-            let roll = d
-                .action
-                .as_ref()
-                .map(|r| (r.service.as_str(), r.from_task_definition.as_str()));
+            let roll = d.action.as_ref().map(|a| match a {
+                Action::Roll(r) => (r.service.as_str(), r.from_task_definition.as_str()),
+                Action::UpdateStack(_) => panic!("{}: unexpected stack update", c.name),
+            });
             assert_eq!(roll, c.roll, "{}", c.name);
-            if let Some(r) = &d.action {
+            if let Some(Action::Roll(r)) = &d.action {
                 assert_eq!(
                     (r.label.as_str(), r.value.as_str()),
                     ("rack.ECSExec", c.desired),

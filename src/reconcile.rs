@@ -5,7 +5,7 @@
 //! between runs (the last valid params, backoff, recent corrections, a task definition
 //! cache) can be lost in a restart without harm.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -18,12 +18,16 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{
-    ManagedParam, ObservedRack, ObservedService, ServiceTarget, TaskDefinitionInfo, MANAGED_PARAMS,
+    ManagedParam, ObservedRack, ObservedService, RackVersion, ServiceTarget, StackState,
+    TaskDefinitionInfo, ECS_EXEC, MANAGED_PARAMS, VERSION_PARAM,
 };
 use crate::params::{self, DesiredParams, ParamsError};
-use crate::plan::{self, Decision, Phase, PlanContext, Roll, ServiceState};
+use crate::plan::{
+    self, Action, Decision, EcsExecState, Phase, PlanContext, Roll, ServiceState, VersionContext,
+};
 use crate::rack::{Rack, RackError};
 use crate::status::{write_status_file, ParamsFileStatus, Status, StatusHandle};
+use crate::templates::{TemplateRef, TemplateSource};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -41,6 +45,7 @@ pub struct Settings {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub max_corrections_per_hour: u32,
+    pub templates: TemplateSource,
 }
 
 impl From<&Config> for Settings {
@@ -57,6 +62,7 @@ impl From<&Config> for Settings {
             backoff_min: c.backoff.min,
             backoff_max: c.backoff.max,
             max_corrections_per_hour: c.corrections.max_per_hour,
+            templates: c.templates.clone(),
         }
     }
 }
@@ -131,6 +137,10 @@ struct Memory {
     failed_services: std::collections::BTreeSet<String>,
     /// Services rolled for the current intent and not yet seen converged → revision.
     rolled_to: BTreeMap<String, String>,
+    /// The version last asked of CloudFormation, until seen applied or failed.
+    attempted: Option<RackVersion>,
+    /// Why that stack update failed, once looked up.
+    failure_reason: Option<String>,
     last_phase: Option<Phase>,
     last_logged: Option<(Phase, &'static str, String)>,
 }
@@ -142,6 +152,8 @@ pub struct Reconciler {
     status: StatusHandle,
     clock: Clock,
     cache: HashMap<String, TaskDefinitionInfo>,
+    /// Target templates and the parameters they declare, by version (releases are immutable).
+    templates: BTreeMap<RackVersion, (TemplateRef, BTreeSet<String>)>,
     desired: Option<DesiredParams>,
     params_error: Option<ParamsError>,
     memory: BTreeMap<&'static str, Memory>,
@@ -158,7 +170,11 @@ impl Reconciler {
         status: StatusHandle,
     ) -> Self {
         let services: Vec<String> = settings.targets.iter().map(|t| t.service.clone()).collect();
-        let params: Vec<&str> = MANAGED_PARAMS.iter().map(|p| p.name).collect();
+        let params: Vec<&str> = MANAGED_PARAMS
+            .iter()
+            .map(|p| p.name)
+            .chain([VERSION_PARAM])
+            .collect();
         metrics.init_series(&params, &services);
         status.update(|s| {
             s.params_file.path = settings.params_file.display().to_string();
@@ -170,6 +186,7 @@ impl Reconciler {
             status,
             clock: Clock::new(),
             cache: HashMap::new(),
+            templates: BTreeMap::new(),
             desired: None,
             params_error: None,
             memory: BTreeMap::new(),
@@ -432,16 +449,31 @@ impl Reconciler {
             s.last_reconcile = Some(crate::status::rfc3339(now));
         });
 
+        let mut ecs = EcsExecState {
+            observed: plan::observed_value(&ECS_EXEC, &observed),
+            ..EcsExecState::default()
+        };
         for param in MANAGED_PARAMS {
             let Some(value) = desired.get(param) else {
                 continue;
             };
             let span = info_span!("parameter", parameter = param.name, desired = value);
-            let phase = self
+            let d = self
                 .reconcile_param(param, value, &observed, now, &mut report.acted)
                 .instrument(span)
                 .await;
-            report.phases.insert(param.name, phase);
+            if param.name == ECS_EXEC.name {
+                ecs = EcsExecState::from_decision(&d);
+            }
+            report.phases.insert(param.name, d.phase);
+        }
+        if let Some(version) = desired.version {
+            let span = info_span!("parameter", parameter = VERSION_PARAM, desired = %version);
+            let d = self
+                .reconcile_version(version, &observed, &ecs, now, &mut report.acted)
+                .instrument(span)
+                .await;
+            report.phases.insert(VERSION_PARAM, d.phase);
         }
 
         report.result = report.worst().map(phase_result).unwrap_or("converged");
@@ -476,7 +508,7 @@ impl Reconciler {
         observed: &ObservedRack,
         now: SystemTime,
         acted: &mut bool,
-    ) -> Phase {
+    ) -> Decision {
         let ctx = self.context(param.name, now);
         let mut d = plan::plan(param, value, observed, &ctx);
         let mem = self.memory.entry(param.name).or_default();
@@ -495,24 +527,159 @@ impl Reconciler {
             mem.retry_not_before = None;
             mem.failed_services.clear();
         }
-        if let Some(roll) = d.action.clone() {
+        if let Some(Action::Roll(roll)) = d.action.clone() {
             if !*acted {
                 self.act(&roll, &mut d, now).await;
                 *acted = true;
             }
         }
         self.publish(&d, now);
-        d.phase
+        d
+    }
+
+    /// The target template of `version` and the parameters it declares, cached.
+    async fn target(
+        &mut self,
+        version: RackVersion,
+    ) -> Result<(TemplateRef, BTreeSet<String>), String> {
+        if let Some(t) = self.templates.get(&version) {
+            return Ok(t.clone());
+        }
+        let template = self
+            .settings
+            .templates
+            .locate(version)
+            .map_err(|e| e.to_string())?;
+        let declared = self
+            .rack
+            .template_parameters(&template)
+            .await
+            .map_err(|e| format!("reading {template} failed: {e}"))?;
+        self.templates
+            .insert(version, (template.clone(), declared.clone()));
+        Ok((template, declared))
+    }
+
+    /// Plans the rack version (with the downgrade gate), makes the stack update if it is due
+    /// and no other write was made this run, and publishes the outcome.
+    async fn reconcile_version(
+        &mut self,
+        version: RackVersion,
+        observed: &ObservedRack,
+        ecs: &EcsExecState,
+        now: SystemTime,
+        acted: &mut bool,
+    ) -> Decision {
+        let stack = &observed.stack;
+        let settled = stack.version() == Some(version) && stack.state() == StackState::Stable;
+        let target = if settled {
+            Ok((None, BTreeSet::new()))
+        } else {
+            self.target(version)
+                .await
+                .map(|(t, declared)| (Some(t), declared))
+        };
+        let (template, declared) = match target {
+            Ok(t) => t,
+            Err(e) => {
+                let d = Decision {
+                    param: VERSION_PARAM,
+                    desired: version.to_string(),
+                    observed: stack.parameters.get(VERSION_PARAM).cloned(),
+                    phase: Phase::Failed,
+                    reason: "TemplateUnavailable",
+                    message: format!(
+                        "cannot read the template of version {version}, so nothing is changed: {e}"
+                    ),
+                    drift: stack.version() != Some(version),
+                    action: None,
+                    pending: Vec::new(),
+                    services: Vec::new(),
+                };
+                self.account_failure(&d, now);
+                self.publish(&d, now);
+                return d;
+            }
+        };
+        let mem = self.memory.entry(VERSION_PARAM).or_default();
+        let ours_failed = mem.attempted == Some(version) && stack.status.contains("ROLLBACK");
+        if ours_failed && mem.failure_reason.is_none() {
+            match self.rack.stack_failure_reason().await {
+                Ok(reason) => self.memory.entry(VERSION_PARAM).or_default().failure_reason = reason,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the stack events to say why the update failed")
+                }
+            }
+        }
+        let mem = self.memory.entry(VERSION_PARAM).or_default();
+        let ctx = VersionContext {
+            now,
+            attempted: mem.attempted,
+            retry_not_before: mem.retry_not_before,
+            failure_reason: mem.failure_reason.clone(),
+        };
+        let mut d = plan::plan_version(version, observed, &declared, ecs, &ctx);
+        self.account_failure(&d, now);
+        let mem = self.memory.entry(VERSION_PARAM).or_default();
+        match d.phase {
+            Phase::Converged => {
+                mem.backoff = None;
+                mem.retry_not_before = None;
+                mem.attempted = None;
+                mem.failure_reason = None;
+            }
+            Phase::Failed if d.reason == "StackUpdateRolledBack" => {
+                // Counted once; the retry after the backoff is a new attempt.
+                mem.attempted = None;
+            }
+            _ => {}
+        }
+        if let (Some(Action::UpdateStack(update)), Some(template)) = (d.action.clone(), template) {
+            if !*acted {
+                *acted = true;
+                match self.rack.update_stack(&template, &update.parameters).await {
+                    Ok(()) => {
+                        let mem = self.memory.entry(VERSION_PARAM).or_default();
+                        mem.attempted = Some(version);
+                        mem.failure_reason = None;
+                        self.metrics.stack_update_started();
+                        info!(from = ?update.from, to = %update.to, downgrade = update.downgrade,
+                            parameters = update.parameters.len(), "stack update started");
+                    }
+                    Err(e) => {
+                        let backoff = self.backoff();
+                        let mem = self.memory.entry(VERSION_PARAM).or_default();
+                        let delay = mem
+                            .backoff
+                            .get_or_insert(backoff)
+                            .next()
+                            .unwrap_or(self.settings.backoff_max);
+                        mem.retry_not_before = Some(now + delay);
+                        d.phase = Phase::Failed;
+                        d.reason = "ActionFailed";
+                        d.message = format!(
+                            "updating the stack to version {version} failed, next attempt in {}: {e}",
+                            humantime::format_duration(round(delay))
+                        );
+                    }
+                }
+            }
+        }
+        self.publish(&d, now);
+        d
     }
 
     /// A new desired value is a new intent: forget the backoff and convergence of the old.
     fn forget_changed_intents(&mut self, desired: &DesiredParams) {
-        for p in MANAGED_PARAMS {
-            let value = desired.get(p).map(str::to_string);
-            let mem = self.memory.entry(p.name).or_default();
+        let intents = MANAGED_PARAMS
+            .iter()
+            .map(|p| (p.name, desired.get(p).map(str::to_string)))
+            .chain([(VERSION_PARAM, desired.version.map(|v| v.to_string()))]);
+        for (name, value) in intents {
+            let mem = self.memory.entry(name).or_default();
             if mem.desired != value {
                 if mem.desired.is_some() {
-                    info!(parameter = p.name, from = ?mem.desired, to = ?value, "desired value changed");
+                    info!(parameter = name, from = ?mem.desired, to = ?value, "desired value changed");
                 }
                 *mem = Memory {
                     desired: value,
@@ -526,7 +693,11 @@ impl Reconciler {
     fn account_failure(&mut self, d: &Decision, now: SystemTime) {
         let fresh = matches!(
             d.reason,
-            "RolloutFailed" | "RolloutTimedOut" | "RolloutReverted"
+            "RolloutFailed"
+                | "RolloutTimedOut"
+                | "RolloutReverted"
+                | "StackUpdateRolledBack"
+                | "TemplateUnavailable"
         );
         let backoff = self.backoff();
         let mem = self.memory.entry(d.param).or_default();
@@ -642,6 +813,10 @@ impl Reconciler {
             .set_parameter(d.param, d.phase, d.drift, drift_since);
         self.metrics
             .set_corrections_capped(d.param, d.reason == "CorrectionsCapped");
+        if d.param == VERSION_PARAM {
+            self.metrics
+                .set_downgrade_blocked(matches!(d.reason, "DowngradeBlocked" | "DowngradeWaiting"));
+        }
         for s in &d.services {
             self.metrics.set_service(
                 &s.service,

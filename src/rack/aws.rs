@@ -8,11 +8,12 @@
 //! AWS calls but never formats them: no `Debug` of an SDK task definition type reaches a log,
 //! an error or the status.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use aws_sdk_cloudformation::types::{Capability, Parameter};
 use aws_sdk_cloudformation::Client as CfnClient;
 use aws_sdk_ecs::config::http::HttpResponse;
 use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
@@ -25,9 +26,10 @@ use aws_sdk_ecs::Client as EcsClient;
 use super::{ApiErrorKind, Rack, RackError};
 use crate::metrics::Metrics;
 use crate::model::{
-    Deployment, DeploymentStatus, RolloutState, ServiceSnapshot, StackSnapshot, TaskDefinitionInfo,
-    TaskSnapshot, MANAGED_PARAMS,
+    Deployment, DeploymentStatus, RolloutState, ServiceSnapshot, StackParameter, StackSnapshot,
+    TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
 };
+use crate::templates::{TemplateLocation, TemplateRef};
 
 /// How many of a family's most recent revisions are checked for one to reuse.
 const REUSE_CANDIDATES: usize = 10;
@@ -179,6 +181,7 @@ impl Rack for AwsRack {
         }
         Ok(StackSnapshot {
             name: stack.stack_name.unwrap_or_else(|| self.stack.clone()),
+            status_reason: stack.stack_status_reason,
             status: stack
                 .stack_status
                 .map(|s| s.as_str().to_string())
@@ -422,6 +425,99 @@ impl Rack for AwsRack {
             });
         }
         Ok(new)
+    }
+
+    async fn template_parameters(
+        &self,
+        template: &TemplateRef,
+    ) -> Result<BTreeSet<String>, RackError> {
+        let req = self.cfn.get_template_summary();
+        let req = match &template.location {
+            TemplateLocation::Url(url) => req.template_url(url),
+            TemplateLocation::Body { body, .. } => req.template_body(body),
+        };
+        let out = self
+            .call(
+                "cloudformation",
+                "GetTemplateSummary",
+                &template.to_string(),
+                req.send(),
+            )
+            .await?;
+        Ok(out
+            .parameters
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.parameter_key)
+            .collect())
+    }
+
+    async fn update_stack(
+        &self,
+        template: &TemplateRef,
+        parameters: &[StackParameter],
+    ) -> Result<(), RackError> {
+        let req = self
+            .cfn
+            .update_stack()
+            .stack_name(&self.stack)
+            // The rack creates IAM roles, some of them named.
+            .capabilities(Capability::CapabilityIam)
+            .capabilities(Capability::CapabilityNamedIam)
+            .set_parameters(Some(
+                parameters
+                    .iter()
+                    .map(|p| {
+                        Parameter::builder()
+                            .parameter_key(&p.key)
+                            .set_parameter_value(p.value.clone())
+                            .set_use_previous_value(p.value.is_none().then_some(true))
+                            .build()
+                    })
+                    .collect(),
+            ));
+        let req = match &template.location {
+            TemplateLocation::Url(url) => req.template_url(url),
+            TemplateLocation::Body { body, .. } => req.template_body(body),
+        };
+        self.call("cloudformation", "UpdateStack", &self.stack, req.send())
+            .await?;
+        Ok(())
+    }
+
+    async fn stack_failure_reason(&self) -> Result<Option<String>, RackError> {
+        let out = self
+            .call(
+                "cloudformation",
+                "DescribeStackEvents",
+                &self.stack,
+                self.cfn
+                    .describe_stack_events()
+                    .stack_name(&self.stack)
+                    .send(),
+            )
+            .await?;
+        // Newest first: walk back to the start of the latest update; the earliest resource
+        // failure on the way is the cause (later ones are cancellations).
+        let mut cause = None;
+        for e in out.stack_events.unwrap_or_default() {
+            let logical = e.logical_resource_id.clone().unwrap_or_default();
+            let status = e
+                .resource_status
+                .as_ref()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default();
+            if logical == self.stack && status == "UPDATE_IN_PROGRESS" {
+                break;
+            }
+            if logical != self.stack && status.ends_with("_FAILED") {
+                let reason = e
+                    .resource_status_reason
+                    .unwrap_or_else(|| "no reason given".into());
+                cause = Some(format!("{logical}: {reason}"));
+            }
+        }
+        Ok(cause)
     }
 
     async fn update_service(

@@ -6,7 +6,10 @@
 use async_trait::async_trait;
 use thiserror::Error;
 
-use crate::model::{ServiceSnapshot, StackSnapshot, TaskDefinitionInfo};
+use std::collections::BTreeSet;
+
+use crate::model::{ServiceSnapshot, StackParameter, StackSnapshot, TaskDefinitionInfo};
+use crate::templates::TemplateRef;
 
 pub mod aws;
 pub mod sim;
@@ -54,6 +57,23 @@ pub trait Rack: Send + Sync {
         service: &str,
         task_definition: &str,
     ) -> Result<(), RackError>;
+
+    /// The parameter names a rack template declares (`GetTemplateSummary`).
+    async fn template_parameters(
+        &self,
+        template: &TemplateRef,
+    ) -> Result<BTreeSet<String>, RackError>;
+
+    /// Updates the rack stack to `template` with `parameters` (`UpdateStack`).
+    async fn update_stack(
+        &self,
+        template: &TemplateRef,
+        parameters: &[StackParameter],
+    ) -> Result<(), RackError>;
+
+    /// Why the stack's latest update failed: the first resource that failed, with the reason
+    /// CloudFormation gave (`DescribeStackEvents`).
+    async fn stack_failure_reason(&self) -> Result<Option<String>, RackError>;
 }
 
 /// What kind of failure an AWS (or simulated) call had; decides retry and the operator hint.

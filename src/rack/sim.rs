@@ -7,7 +7,7 @@
 //! respecting minimum healthy and maximum percent; the ECS deployment circuit breaker rolls
 //! back deployments whose tasks fail to start. Faults can be injected for tests and demos.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,13 +20,17 @@ use super::{ApiErrorKind, Rack, RackError};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::model::{
-    Deployment, DeploymentStatus, RolloutState, ServiceSnapshot, StackSnapshot, TaskDefinitionInfo,
-    TaskSnapshot, MANAGED_PARAMS,
+    Deployment, DeploymentStatus, RolloutState, ServiceSnapshot, StackParameter, StackSnapshot,
+    TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
 };
+use crate::templates::{declared_parameters, TemplateLocation, TemplateRef};
 
 const FIXTURE: &str = include_str!("sim_rack.json");
 const ACCOUNT: &str = "123456789012";
 const CIRCUIT_BREAKER_REASON: &str = "ECS deployment circuit breaker: tasks failed to start.";
+/// A synthetic release, newer than the fixture's, whose template declares `ECSExec`: the
+/// first rack version that knows the parameter.
+pub const SIM_ECSEXEC_VERSION: &str = "20261101000000";
 
 /// The template facts the sim is built from.
 #[derive(Debug, Deserialize)]
@@ -94,6 +98,10 @@ pub struct SimSettings {
     /// Rollouts whose tasks fail to start (the circuit breaker rolls them back), counted
     /// from the first `UpdateService`.
     pub failing_rollouts: u32,
+    /// How long CloudFormation takes to update the stack (before the service rollouts it
+    /// starts have to finish).
+    #[serde(with = "humantime_serde")]
+    pub stack_update: Duration,
 }
 
 impl Default for SimSettings {
@@ -106,6 +114,7 @@ impl Default for SimSettings {
             task_start: Duration::from_secs(20),
             circuit_breaker_threshold: 3,
             failing_rollouts: 0,
+            stack_update: Duration::from_secs(60),
         }
     }
 }
@@ -130,8 +139,17 @@ struct State {
     settings: SimSettings,
     cluster: String,
     stack_status: String,
+    stack_status_reason: Option<String>,
     /// When set, the stack settles to this status at that time.
     stack_settles: Option<(Instant, String)>,
+    /// An `UpdateStack` under way.
+    stack_update: Option<PendingStackUpdate>,
+    /// Failures to inject into the next stack updates: (logical resource, reason).
+    stack_update_faults: VecDeque<(String, String)>,
+    /// The first failed resource of the latest stack update and its reason.
+    stack_failure: Option<String>,
+    /// Parameters each known template declares, by version, with defaults.
+    templates: BTreeMap<String, BTreeMap<String, Option<String>>>,
     parameters: BTreeMap<String, String>,
     /// Logical id → physical id, as CloudFormation last set them.
     stack_resources: BTreeMap<String, String>,
@@ -142,7 +160,30 @@ struct State {
     api_faults: BTreeMap<&'static str, u32>,
     calls: BTreeMap<&'static str, u64>,
     updates: Vec<UpdateRecord>,
+    stack_updates: Vec<StackUpdateRecord>,
     next_id: u64,
+}
+
+struct PendingStackUpdate {
+    /// When CloudFormation reaches the services (or fails).
+    at: Instant,
+    version: String,
+    parameters: BTreeMap<String, String>,
+    declared: BTreeMap<String, Option<String>>,
+    fault: Option<(String, String)>,
+    /// Resources updated; waiting for the service rollouts to finish.
+    applied: bool,
+}
+
+/// One `UpdateStack` the sim accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackUpdateRecord {
+    pub version: String,
+    pub at: Instant,
+    /// Whether every service had a single, completed deployment at that moment.
+    pub services_settled: bool,
+    /// (key, value) with `None` for `UsePreviousValue`.
+    pub parameters: Vec<(String, Option<String>)>,
 }
 
 /// One `UpdateService` the sim accepted, for tests that check ordering.
@@ -212,6 +253,7 @@ impl SimRack {
         let mut state = State {
             cluster: cluster.clone(),
             stack_status: "UPDATE_COMPLETE".into(),
+            stack_status_reason: None,
             stack_settles: None,
             parameters,
             stack_resources: BTreeMap::from([("Cluster".to_string(), cluster.clone())]),
@@ -226,6 +268,11 @@ impl SimRack {
             api_faults: BTreeMap::new(),
             calls: BTreeMap::new(),
             updates: Vec::new(),
+            stack_updates: Vec::new(),
+            stack_update: None,
+            stack_update_faults: VecDeque::new(),
+            stack_failure: None,
+            templates: templates(&fx),
             next_id: 1,
             settings: settings.clone(),
         };
@@ -372,6 +419,23 @@ impl SimRack {
         s.deploy(idx, arn, now);
     }
 
+    /// The next stack update fails on `resource` with `reason` and rolls back.
+    pub fn fail_next_stack_update(&self, resource: &str, reason: &str) {
+        self.lock()
+            .stack_update_faults
+            .push_back((resource.to_string(), reason.to_string()));
+    }
+
+    /// Every `UpdateStack` accepted so far, in order.
+    pub fn stack_updates(&self) -> Vec<StackUpdateRecord> {
+        self.lock().stack_updates.clone()
+    }
+
+    /// The stack's parameters as CloudFormation holds them.
+    pub fn stack_parameters(&self) -> BTreeMap<String, String> {
+        self.lock().parameters.clone()
+    }
+
     /// Calls made so far, by operation.
     pub fn calls(&self, operation: &str) -> u64 {
         self.lock().calls.get(operation).copied().unwrap_or(0)
@@ -382,9 +446,11 @@ impl SimRack {
         self.lock().updates.clone()
     }
 
-    /// `RegisterTaskDefinition` plus `UpdateService` calls made so far.
+    /// `RegisterTaskDefinition`, `UpdateService` and `UpdateStack` calls made so far.
     pub fn writes(&self) -> u64 {
-        self.calls("RegisterTaskDefinition") + self.calls("UpdateService")
+        self.calls("RegisterTaskDefinition")
+            + self.calls("UpdateService")
+            + self.calls("UpdateStack")
     }
 
     /// Revisions registered in the family of the given service's task definition.
@@ -464,6 +530,7 @@ impl State {
                 self.stack_settles = None;
             }
         }
+        self.advance_stack_update(now);
         let (task_start, threshold) = (
             self.settings.task_start,
             self.settings.circuit_breaker_threshold,
@@ -474,6 +541,99 @@ impl State {
             }
         }
     }
+}
+
+impl State {
+    /// CloudFormation's side of an `UpdateStack`: at `at`, either fail and roll back, or
+    /// update the API task definitions (the label follows the template) and roll the
+    /// services, then complete once their rollouts have.
+    fn advance_stack_update(&mut self, now: Instant) {
+        let Some(u) = self.stack_update.as_ref() else {
+            return;
+        };
+        if u.at > now {
+            return;
+        }
+        if let Some((resource, reason)) = u.fault.clone() {
+            let at = u.at;
+            self.stack_update = None;
+            self.stack_failure = Some(format!("{resource}: {reason}"));
+            self.stack_status_reason = Some(format!(
+                "The following resource(s) failed to update: [{resource}]."
+            ));
+            self.stack_status = "UPDATE_ROLLBACK_IN_PROGRESS".into();
+            self.stack_settles = Some((
+                at + self.settings.stack_update,
+                "UPDATE_ROLLBACK_COMPLETE".into(),
+            ));
+            return;
+        }
+        if !u.applied {
+            let (version, parameters, declared) =
+                (u.version.clone(), u.parameters.clone(), u.declared.clone());
+            self.parameters = parameters;
+            for i in 0..self.services.len() {
+                let Some(base) = self.services[i]
+                    .primary()
+                    .map(|d| d.task_definition.clone())
+                else {
+                    continue;
+                };
+                let Some(mut body) = self.task_definitions.get(&base).cloned() else {
+                    continue;
+                };
+                for label in ["rack.Version", "convox.release"] {
+                    set_label(&mut body, label, Some(&version));
+                }
+                let ecs_exec = declared.contains_key("ECSExec").then(|| {
+                    self.parameters
+                        .get("ECSExec")
+                        .cloned()
+                        .unwrap_or_else(|| "No".into())
+                });
+                set_label(&mut body, "rack.ECSExec", ecs_exec.as_deref());
+                body["containerDefinitions"][0]["image"] = json!(format!("convox/rack:{version}"));
+                let family = body["family"].as_str().unwrap_or_default().to_string();
+                let arn = self.register(&family, body);
+                let task_logical = self.services[i].task_logical.clone();
+                self.stack_resources.insert(task_logical, arn.clone());
+                self.deploy(i, arn, now);
+            }
+            if let Some(u) = self.stack_update.as_mut() {
+                u.applied = true;
+            }
+        }
+        let settled = self.services.iter().all(|x| {
+            x.deployments.len() == 1 && x.deployments[0].rollout == RolloutState::Completed
+        });
+        if settled {
+            self.stack_update = None;
+            self.stack_status = "UPDATE_COMPLETE".into();
+            self.stack_status_reason = None;
+        }
+    }
+}
+
+/// Parameters (with defaults) each template the sim knows declares, by version.
+fn templates(fx: &Fixture) -> BTreeMap<String, BTreeMap<String, Option<String>>> {
+    let mut out: BTreeMap<String, BTreeMap<String, Option<String>>> = fx
+        .templates
+        .iter()
+        .map(|(v, t)| {
+            let params = t
+                .parameters
+                .iter()
+                .map(|(k, p)| (k.clone(), p.default.clone()))
+                .collect();
+            (v.clone(), params)
+        })
+        .collect();
+    if let Some(latest) = out.values().next_back().cloned() {
+        let mut with = latest;
+        with.insert("ECSExec".into(), Some("No".into()));
+        out.insert(SIM_ECSEXEC_VERSION.into(), with);
+    }
+    out
 }
 
 impl SimDeployment {
@@ -682,6 +842,7 @@ impl Rack for SimRack {
         Ok(StackSnapshot {
             name,
             status: s.stack_status.clone(),
+            status_reason: s.stack_status_reason.clone(),
             parameters: s.parameters.clone(),
             resources: s.resources(),
         })
@@ -803,6 +964,137 @@ impl Rack for SimRack {
         s.updates.push(record);
         s.deploy(idx, task_definition.to_string(), now);
         Ok(())
+    }
+
+    async fn template_parameters(
+        &self,
+        template: &TemplateRef,
+    ) -> Result<BTreeSet<String>, RackError> {
+        let mut s = self.lock();
+        let shown = template.to_string();
+        self.call(&mut s, "cloudformation", "GetTemplateSummary", &shown)?;
+        if let TemplateLocation::Body { body, .. } = &template.location {
+            return declared_parameters(body)
+                .map_err(|e| cfn_validation("GetTemplateSummary", &shown, &e));
+        }
+        s.templates
+            .get(&template.version.to_string())
+            .map(|t| t.keys().cloned().collect())
+            .ok_or_else(|| RackError::Api {
+                service: "cloudformation",
+                operation: "GetTemplateSummary",
+                resource: shown,
+                kind: ApiErrorKind::NotFound,
+                message: "ValidationError: S3 error: Access Denied (no such release)".into(),
+            })
+    }
+
+    async fn update_stack(
+        &self,
+        template: &TemplateRef,
+        parameters: &[StackParameter],
+    ) -> Result<(), RackError> {
+        let now = self.clock.instant();
+        let mut s = self.lock();
+        let name = s.settings.rack.clone();
+        self.call(&mut s, "cloudformation", "UpdateStack", &name)?;
+        if s.stack_status.ends_with("_IN_PROGRESS") {
+            return Err(cfn_validation(
+                "UpdateStack",
+                &name,
+                &format!(
+                    "Stack:{name} is in {} state and can not be updated.",
+                    s.stack_status
+                ),
+            ));
+        }
+        let declared = match &template.location {
+            TemplateLocation::Body { body, .. } => declared_parameters(body)
+                .map_err(|e| cfn_validation("UpdateStack", &name, &e))?
+                .into_iter()
+                .map(|k| (k, None))
+                .collect(),
+            TemplateLocation::Url(_) => s
+                .templates
+                .get(&template.version.to_string())
+                .cloned()
+                .ok_or_else(|| cfn_validation("UpdateStack", &name, "S3 error: Access Denied"))?,
+        };
+        let mut next = BTreeMap::new();
+        for p in parameters {
+            if !declared.contains_key(&p.key) {
+                return Err(cfn_validation(
+                    "UpdateStack",
+                    &name,
+                    &format!("Parameters: [{}] do not exist in the template", p.key),
+                ));
+            }
+            let value = match &p.value {
+                Some(v) => v.clone(),
+                None => s.parameters.get(&p.key).cloned().ok_or_else(|| {
+                    cfn_validation("UpdateStack", &name, &format!("Invalid input for parameter key {}. Cannot specify usePreviousValue as true for a parameter key not in the previous template", p.key))
+                })?,
+            };
+            next.insert(p.key.clone(), value);
+        }
+        for (k, default) in &declared {
+            if !next.contains_key(k) {
+                match default {
+                    Some(d) => {
+                        next.insert(k.clone(), d.clone());
+                    }
+                    None => {
+                        return Err(cfn_validation(
+                            "UpdateStack",
+                            &name,
+                            &format!("Parameters: [{k}] must have values"),
+                        ))
+                    }
+                }
+            }
+        }
+        let services_settled = s.services.iter().all(|x| {
+            x.deployments.len() == 1 && x.deployments[0].rollout == RolloutState::Completed
+        });
+        s.stack_updates.push(StackUpdateRecord {
+            version: template.version.to_string(),
+            at: now,
+            services_settled,
+            parameters: parameters
+                .iter()
+                .map(|p| (p.key.clone(), p.value.clone()))
+                .collect(),
+        });
+        let fault = s.stack_update_faults.pop_front();
+        s.stack_status = "UPDATE_IN_PROGRESS".into();
+        s.stack_status_reason = Some("User Initiated".into());
+        s.stack_failure = None;
+        s.stack_update = Some(PendingStackUpdate {
+            at: now + s.settings.stack_update,
+            version: template.version.to_string(),
+            parameters: next,
+            declared,
+            fault,
+            applied: false,
+        });
+        Ok(())
+    }
+
+    async fn stack_failure_reason(&self) -> Result<Option<String>, RackError> {
+        let mut s = self.lock();
+        let name = s.settings.rack.clone();
+        self.call(&mut s, "cloudformation", "DescribeStackEvents", &name)?;
+        Ok(s.stack_failure.clone())
+    }
+}
+
+fn cfn_validation(operation: &'static str, resource: &str, message: &str) -> RackError {
+    RackError::Api {
+        service: "cloudformation",
+        operation,
+        resource: resource.to_string(),
+        kind: ApiErrorKind::Rejected,
+        message: format!("ValidationError: {message}"),
     }
 }
 

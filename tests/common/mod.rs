@@ -49,6 +49,7 @@ impl Harness {
             backoff_min: Duration::from_secs(30),
             backoff_max: Duration::from_secs(15 * 60),
             max_corrections_per_hour: 3,
+            templates: rack_reconciler::templates::TemplateSource::default(),
         }
     }
 
@@ -130,5 +131,6 @@ pub fn aws_settings(dir: &std::path::Path, targets: Vec<ServiceTarget>) -> Setti
         backoff_min: Duration::from_millis(1),
         backoff_max: Duration::from_millis(10),
         max_corrections_per_hour: 3,
+        templates: rack_reconciler::templates::TemplateSource::default(),
     }
 }
