@@ -12,8 +12,9 @@ use tracing::{error, info};
 
 use rack_reconciler::config::{Backend, Config, LogFormat};
 use rack_reconciler::metrics::Metrics;
+use rack_reconciler::model::RackVersion;
 use rack_reconciler::params;
-use rack_reconciler::plan::{Decision, Phase};
+use rack_reconciler::plan::{Action, Decision, Gate, Phase};
 use rack_reconciler::rack::aws::AwsRack;
 use rack_reconciler::rack::sim::SimRack;
 use rack_reconciler::rack::Rack;
@@ -81,6 +82,13 @@ enum Command {
         #[arg(long)]
         controller_only: bool,
     },
+    /// Check whether the rack may change to VERSION now (the downgrade gate); exit 0 when
+    /// allowed, 4 when refused, with the reason.
+    CheckDowngrade {
+        /// The target rack version, e.g. 20240205000000.
+        #[arg(long)]
+        to: String,
+    },
     /// Check a params file.
     Validate {
         /// The params file (default: `params_file` from the config).
@@ -127,6 +135,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             controller_only,
         } => status(cfg, json, url, controller_only).await,
         Command::Validate { file } => Ok(validate(file.as_deref().unwrap_or(&cfg.params_file))),
+        Command::CheckDowngrade { to } => check_downgrade(cfg, &to).await,
     }
 }
 
@@ -260,7 +269,7 @@ async fn plan(cfg: Config, detailed: bool) -> Result<u8> {
         println!("the params file manages no parameter: nothing to do");
     }
     println!(
-        "\nPlan: {changes} service rollout(s). {}",
+        "\nPlan: {changes} change(s). {}",
         if changes == 0 {
             "The rack matches the params file."
         } else {
@@ -295,6 +304,22 @@ fn print_plan(d: &Decision) -> usize {
             param_label(d.param),
             c.to_value
         );
+    }
+    if let Some(Action::UpdateStack(u)) = &d.action {
+        let given: Vec<String> = u
+            .parameters
+            .iter()
+            .filter_map(|p| p.value.as_ref().map(|v| format!("{}={v}", p.key)))
+            .collect();
+        let kept = u.parameters.iter().filter(|p| p.value.is_none()).count();
+        println!(
+            "  1. UpdateStack {} → {} ({}): {}; {kept} parameter(s) UsePreviousValue; then follow the stack to UPDATE_COMPLETE",
+            u.from.as_deref().unwrap_or("?"),
+            u.to,
+            if u.downgrade { "downgrade" } else { "upgrade" },
+            given.join(", ")
+        );
+        return 1;
     }
     d.pending.len()
 }
@@ -389,6 +414,46 @@ fn print_status(s: &Status) {
             );
         }
     }
+}
+
+async fn check_downgrade(cfg: Config, to: &str) -> Result<u8> {
+    let Some(version) = RackVersion::parse(to) else {
+        println!("--to {to:?}: not a Convox rack version (14 digits, e.g. 20260418101514)");
+        return Ok(exit::INVALID_PARAMS);
+    };
+    let mut rec = reconciler(&cfg).await?;
+    let check = rec
+        .check_version(version)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if let Some(e) = rec.params_error() {
+        eprintln!("warning: the params file is invalid ({e}); judging from what the rack runs");
+    }
+    let current = check
+        .current
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "an unknown version".into());
+    let (verdict, code) = match &check.gate {
+        Gate::NotNeeded if check.current.is_some_and(|c| version >= c) => (
+            format!("allowed: {version} is not older than {current}"),
+            exit::CONVERGED,
+        ),
+        Gate::NotNeeded => (
+            format!(
+                "allowed: {} declares ECSExec, so the downgrade from {current} needs no gate",
+                check.template.as_deref().unwrap_or("the target template")
+            ),
+            exit::CONVERGED,
+        ),
+        Gate::Allowed => (
+            format!("allowed: ECSExec=No has converged on every rack API service; {current} → {version} is safe"),
+            exit::CONVERGED,
+        ),
+        Gate::Refused(why) => (format!("refused: {why}"), exit::BLOCKED),
+        Gate::Holding(why) => (format!("refused for now: {why}"), exit::BLOCKED),
+    };
+    println!("{verdict}");
+    Ok(code)
 }
 
 fn validate(file: &Path) -> u8 {

@@ -124,6 +124,15 @@ impl Report {
     }
 }
 
+/// The answer of `check-downgrade`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionCheck {
+    pub current: Option<RackVersion>,
+    pub gate: plan::Gate,
+    /// The target template, when it had to be read.
+    pub template: Option<String>,
+}
+
 /// Per-parameter memory between runs.
 #[derive(Default)]
 struct Memory {
@@ -316,7 +325,7 @@ impl Reconciler {
         self.reload_params();
         let observed = self.observe().await?;
         let now = self.clock.now();
-        let decisions = MANAGED_PARAMS
+        let mut decisions: Vec<Decision> = MANAGED_PARAMS
             .iter()
             .filter_map(|p| {
                 let value = self.desired.as_ref()?.get(p)?.to_string();
@@ -324,7 +333,48 @@ impl Reconciler {
                 Some(plan::plan(p, &value, &observed, &ctx))
             })
             .collect();
+        if let Some(version) = self.desired.as_ref().and_then(|d| d.version) {
+            let ecs = decisions
+                .iter()
+                .find(|d| d.param == ECS_EXEC.name)
+                .map(EcsExecState::from_decision)
+                .unwrap_or_else(|| EcsExecState {
+                    observed: plan::observed_value(&ECS_EXEC, &observed),
+                    ..EcsExecState::default()
+                });
+            let (d, _) = self.version_decision(version, &observed, &ecs, now).await;
+            decisions.push(d);
+        }
         Ok((observed, decisions))
+    }
+
+    /// The downgrade gate for a version change to `to`, from what the rack runs now and the
+    /// params file (for `check-downgrade`). Writes nothing.
+    pub async fn check_version(&mut self, to: RackVersion) -> Result<VersionCheck, String> {
+        let (observed, decisions) = self.preview().await.map_err(|e| e.to_string())?;
+        let ecs = decisions
+            .iter()
+            .find(|d| d.param == ECS_EXEC.name)
+            .map(EcsExecState::from_decision)
+            .unwrap_or_else(|| EcsExecState {
+                observed: plan::observed_value(&ECS_EXEC, &observed),
+                ..EcsExecState::default()
+            });
+        let current = observed.stack.version();
+        if current.is_some_and(|c| to >= c) {
+            // Not a downgrade: no template needed to answer.
+            return Ok(VersionCheck {
+                current,
+                gate: plan::Gate::NotNeeded,
+                template: None,
+            });
+        }
+        let (template, declared) = self.target(to).await?;
+        Ok(VersionCheck {
+            current,
+            gate: plan::downgrade_gate(to, current, &declared, &ecs),
+            template: Some(template.to_string()),
+        })
     }
 
     /// The last params file error, if the last read was rejected.
@@ -554,22 +604,21 @@ impl Reconciler {
             .rack
             .template_parameters(&template)
             .await
-            .map_err(|e| format!("reading {template} failed: {e}"))?;
+            .map_err(|e| e.to_string())?;
         self.templates
             .insert(version, (template.clone(), declared.clone()));
         Ok((template, declared))
     }
 
-    /// Plans the rack version (with the downgrade gate), makes the stack update if it is due
-    /// and no other write was made this run, and publishes the outcome.
-    async fn reconcile_version(
+    /// The version planner's decision (and the target template), reading the template and,
+    /// after a failed update of ours, the stack events. Writes nothing.
+    async fn version_decision(
         &mut self,
         version: RackVersion,
         observed: &ObservedRack,
         ecs: &EcsExecState,
         now: SystemTime,
-        acted: &mut bool,
-    ) -> Decision {
+    ) -> (Decision, Option<TemplateRef>) {
         let stack = &observed.stack;
         let settled = stack.version() == Some(version) && stack.state() == StackState::Stable;
         let target = if settled {
@@ -596,9 +645,7 @@ impl Reconciler {
                     pending: Vec::new(),
                     services: Vec::new(),
                 };
-                self.account_failure(&d, now);
-                self.publish(&d, now);
-                return d;
+                return (d, None);
             }
         };
         let mem = self.memory.entry(VERSION_PARAM).or_default();
@@ -618,7 +665,23 @@ impl Reconciler {
             retry_not_before: mem.retry_not_before,
             failure_reason: mem.failure_reason.clone(),
         };
-        let mut d = plan::plan_version(version, observed, &declared, ecs, &ctx);
+        (
+            plan::plan_version(version, observed, &declared, ecs, &ctx),
+            template,
+        )
+    }
+
+    /// Plans the rack version (with the downgrade gate), makes the stack update if it is due
+    /// and no other write was made this run, and publishes the outcome.
+    async fn reconcile_version(
+        &mut self,
+        version: RackVersion,
+        observed: &ObservedRack,
+        ecs: &EcsExecState,
+        now: SystemTime,
+        acted: &mut bool,
+    ) -> Decision {
+        let (mut d, template) = self.version_decision(version, observed, ecs, now).await;
         self.account_failure(&d, now);
         let mem = self.memory.entry(VERSION_PARAM).or_default();
         match d.phase {

@@ -984,7 +984,7 @@ impl Rack for SimRack {
                 service: "cloudformation",
                 operation: "GetTemplateSummary",
                 resource: shown,
-                kind: ApiErrorKind::NotFound,
+                kind: ApiErrorKind::Rejected,
                 message: "ValidationError: S3 error: Access Denied (no such release)".into(),
             })
     }

@@ -22,6 +22,7 @@ pub enum Fault {
 
 pub struct FaultProxy {
     pub endpoint: String,
+    recorded: Arc<std::sync::Mutex<Vec<String>>>,
     requests: Arc<AtomicUsize>,
     faults_injected: Arc<AtomicUsize>,
     task: JoinHandle<()>,
@@ -54,12 +55,15 @@ impl FaultProxy {
         let requests = Arc::new(AtomicUsize::new(0));
         let injected = Arc::new(AtomicUsize::new(0));
         let (r, inj) = (requests.clone(), injected.clone());
+        let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rec = recorded.clone();
         let faults = Arc::new(faults);
         let task = tokio::spawn(async move {
             let matched = Arc::new(AtomicUsize::new(0));
             while let Ok((conn, _)) = listener.accept().await {
                 let (r, inj, faults, matched) =
                     (r.clone(), inj.clone(), faults.clone(), matched.clone());
+                let rec = rec.clone();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
                     let choose = move |head: &str| -> Option<Fault> {
@@ -78,16 +82,22 @@ impl FaultProxy {
                         }
                         fault
                     };
-                    let _ = handle(conn, &upstream, choose).await;
+                    let _ = handle(conn, &upstream, choose, rec).await;
                 });
             }
         });
         FaultProxy {
             endpoint,
+            recorded,
             requests,
             faults_injected: injected,
             task,
         }
+    }
+
+    /// The bodies of every request so far.
+    pub fn bodies(&self) -> Vec<String> {
+        self.recorded.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     pub fn requests(&self) -> usize {
@@ -150,8 +160,12 @@ async fn handle(
     mut conn: TcpStream,
     upstream: &str,
     choose: impl FnOnce(&str) -> Option<Fault>,
+    recorded: Arc<std::sync::Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
     let (head, body) = read_request(&mut conn).await?;
+    if let Ok(mut r) = recorded.lock() {
+        r.push(String::from_utf8_lossy(&body).into_owned());
+    }
     let fault = choose(&head);
     let json_protocol = head.to_ascii_lowercase().contains("x-amz-target:");
     match fault {

@@ -188,8 +188,68 @@ pub async fn create(cfn: &CfnClient, ecs: &EcsClient) -> Rack {
     let web_td = register_rich(ecs, "convox-web", "web").await;
     let monitor_td = register_rich(ecs, "convox-monitor", "monitor").await;
 
+    let (template, given) = template("20260418101514", &web_td, &monitor_td);
+    cfn.create_stack()
+        .stack_name(STACK)
+        .template_body(template.to_string())
+        .set_parameters(Some(given))
+        .send()
+        .await
+        .expect("create_stack");
+    Rack {
+        web_task_definition: web_td,
+        monitor_task_definition: monitor_td,
+    }
+}
+
+/// The ARN of the revision a service points at (moto keeps its PRIMARY deployment frozen,
+/// but updates the service's task definition).
+pub async fn service_task_definition(ecs: &EcsClient, service: &str) -> String {
+    let out = ecs
+        .describe_services()
+        .cluster(CLUSTER)
+        .services(service)
+        .send()
+        .await
+        .expect("describe_services");
+    out.services
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+        .and_then(|s| s.task_definition)
+        .expect("service")
+}
+
+/// ARNs of a family's revisions, oldest first.
+pub async fn revisions(ecs: &EcsClient, family: &str) -> Vec<String> {
+    let out = ecs
+        .list_task_definitions()
+        .family_prefix(family)
+        .send()
+        .await
+        .expect("list_task_definitions");
+    out.task_definition_arns
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| {
+            a.rsplit('/')
+                .next()
+                .and_then(|r| r.rsplit_once(':'))
+                .map(|(f, _)| f)
+                == Some(family)
+        })
+        .collect()
+}
+
+/// The rack template of a fixture release (parameters as that release declares them) around
+/// the given revisions, and a value for every parameter.
+pub fn template(
+    release: &str,
+    web_td: &str,
+    monitor_td: &str,
+) -> (serde_json::Value, Vec<Parameter>) {
     let fx = rack_reconciler::rack::sim::fixture();
-    let declared = &fx.templates["20260418101514"].parameters;
+    let declared = &fx.templates[release].parameters;
     let mut parameters = serde_json::Map::new();
     let mut given = Vec::new();
     for (name, p) in declared {
@@ -241,54 +301,5 @@ pub async fn create(cfn: &CfnClient, ecs: &EcsClient) -> Rack {
                 "DeploymentConfiguration": {"MinimumHealthyPercent": 100, "MaximumPercent": 200}}}
         }
     });
-    cfn.create_stack()
-        .stack_name(STACK)
-        .template_body(template.to_string())
-        .set_parameters(Some(given))
-        .send()
-        .await
-        .expect("create_stack");
-    Rack {
-        web_task_definition: web_td,
-        monitor_task_definition: monitor_td,
-    }
-}
-
-/// The ARN of the revision a service points at (moto keeps its PRIMARY deployment frozen,
-/// but updates the service's task definition).
-pub async fn service_task_definition(ecs: &EcsClient, service: &str) -> String {
-    let out = ecs
-        .describe_services()
-        .cluster(CLUSTER)
-        .services(service)
-        .send()
-        .await
-        .expect("describe_services");
-    out.services
-        .unwrap_or_default()
-        .into_iter()
-        .next()
-        .and_then(|s| s.task_definition)
-        .expect("service")
-}
-
-/// ARNs of a family's revisions, oldest first.
-pub async fn revisions(ecs: &EcsClient, family: &str) -> Vec<String> {
-    let out = ecs
-        .list_task_definitions()
-        .family_prefix(family)
-        .send()
-        .await
-        .expect("list_task_definitions");
-    out.task_definition_arns
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|a| {
-            a.rsplit('/')
-                .next()
-                .and_then(|r| r.rsplit_once(':'))
-                .map(|(f, _)| f)
-                == Some(family)
-        })
-        .collect()
+    (template, given)
 }

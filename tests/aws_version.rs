@@ -1,0 +1,218 @@
+//! Version changes through the AWS adapter against moto: the `UpdateStack` request carries
+//! exactly the right parameters, and `check-downgrade` (the real binary) exits as documented.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::moto::Moto;
+use common::proxy::FaultProxy;
+use common::rack_fixture::{self, STACK};
+use rack_reconciler::metrics::Metrics;
+use rack_reconciler::model::ServiceTarget;
+use rack_reconciler::rack::aws::AwsRack;
+use rack_reconciler::reconcile::{Reconciler, Trigger};
+use rack_reconciler::status::{Status, StatusHandle};
+use rack_reconciler::templates::TemplateSource;
+
+const OLD: &str = "20240205000000";
+
+/// Writes the 2024 template into `dir` as `<version>.json`.
+async fn template_dir(dir: &std::path::Path, rack: &rack_fixture::Rack) {
+    let (old, _) = rack_fixture::template(
+        OLD,
+        &rack.web_task_definition,
+        &rack.monitor_task_definition,
+    );
+    std::fs::write(dir.join(format!("{OLD}.json")), old.to_string()).expect("template");
+}
+
+/// `Parameters.member.N.*` of a form-encoded CloudFormation request: key → value or
+/// `None` for UsePreviousValue.
+fn stack_parameters(body: &str) -> BTreeMap<String, Option<String>> {
+    let mut fields: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for pair in body.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(rest) = k.strip_prefix("Parameters.member.") else {
+            continue;
+        };
+        let Some((n, field)) = rest.split_once('.') else {
+            continue;
+        };
+        fields
+            .entry(n.to_string())
+            .or_default()
+            .insert(field.to_string(), decode(v));
+    }
+    fields
+        .into_values()
+        .map(|f| {
+            let key = f.get("ParameterKey").cloned().unwrap_or_default();
+            let previous = f.get("UsePreviousValue").map(String::as_str) == Some("true");
+            let value = if previous {
+                None
+            } else {
+                f.get("ParameterValue").cloned()
+            };
+            (key, value)
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                    out.push(b);
+                    i += 2;
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn the_update_stack_request_carries_exactly_the_right_parameters() {
+    let moto = Moto::start().await;
+    let (cfn, ecs) = moto.clients().await;
+    let rack = rack_fixture::create(&cfn, &ecs).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    template_dir(dir.path(), &rack).await;
+    std::fs::write(
+        dir.path().join("params.yaml"),
+        format!("ECSExec: \"No\"\nVersion: \"{OLD}\"\n"),
+    )
+    .expect("params");
+
+    let proxy = FaultProxy::start_matching(&moto.endpoint, "never-matches", Vec::new()).await;
+    let config = moto.sdk_config(&proxy.endpoint).await;
+    let metrics = Metrics::new();
+    let aws = AwsRack::new(
+        STACK,
+        aws_sdk_cloudformation::Client::new(&config),
+        aws_sdk_ecs::Client::new(&config),
+        metrics.clone(),
+    );
+    let mut settings = common::aws_settings(dir.path(), ServiceTarget::rack_api());
+    settings.templates = TemplateSource {
+        dir: Some(dir.path().to_path_buf()),
+        ..TemplateSource::default()
+    };
+    let mut rec = Reconciler::new(
+        Arc::new(aws),
+        settings,
+        metrics.clone(),
+        StatusHandle::new(Status::default()),
+    );
+    let r = rec.reconcile(Trigger::Startup).await;
+    assert!(r.acted, "{:?}", rec.status().get().parameter("Version"));
+    assert_eq!(metrics.api_calls("UpdateStack"), 1);
+
+    let body = proxy
+        .bodies()
+        .into_iter()
+        .find(|b| b.contains("Action=UpdateStack"))
+        .expect("an UpdateStack request");
+    assert!(
+        body.contains("Capabilities.member.1=CAPABILITY_IAM"),
+        "{body}"
+    );
+    assert!(
+        body.contains("TemplateBody="),
+        "the local template is sent as the body"
+    );
+    let sent = stack_parameters(&body);
+
+    let fx = rack_reconciler::rack::sim::fixture();
+    let old = &fx.templates[OLD].parameters;
+    let current = &fx.templates["20260418101514"].parameters;
+    let mut expected = BTreeMap::new();
+    for key in old.keys() {
+        if key == "Version" {
+            expected.insert(key.clone(), Some(OLD.to_string()));
+        } else if current.contains_key(key) {
+            expected.insert(key.clone(), None);
+        }
+    }
+    assert_eq!(sent, expected);
+    // The parameters only the newer release declares are dropped...
+    assert!(!sent.contains_key("BuildMethod") && !sent.contains_key("NLB"));
+    // ...and the one only the older declares is left to its default.
+    assert!(!sent.contains_key("InternalSuffix"));
+    assert!(sent.len() > 80);
+}
+
+fn run_check(config: &std::path::Path, endpoint: &str, to: &str) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rack-reconciler"))
+        .args([
+            "--config",
+            &config.display().to_string(),
+            "check-downgrade",
+            "--to",
+            to,
+        ])
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("run rack-reconciler");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test]
+async fn check_downgrade_exit_codes() {
+    let moto = Moto::start().await;
+    let (cfn, ecs) = moto.clients().await;
+    let rack = rack_fixture::create(&cfn, &ecs).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    template_dir(dir.path(), &rack).await;
+    let config = dir.path().join("rack-reconciler.yaml");
+    std::fs::write(
+        &config,
+        format!("backend: aws\nrack: {STACK}\nparams_file: params.yaml\ntemplates:\n  dir: .\n"),
+    )
+    .expect("config");
+    let params = dir.path().join("params.yaml");
+
+    std::fs::write(&params, "ECSExec: \"Yes\"\n").expect("params");
+    let (code, out) = run_check(&config, &moto.endpoint, OLD);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("refused") && out.contains("ECSExec: \"No\""),
+        "{out}"
+    );
+
+    // The rack runs no ECSExec label (the default, No) and nothing rolls on moto.
+    std::fs::write(&params, "ECSExec: \"No\"\n").expect("params");
+    let (code, out) = run_check(&config, &moto.endpoint, OLD);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("allowed"), "{out}");
+
+    let (code, out) = run_check(&config, &moto.endpoint, "20261101000000");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("not older"), "{out}");
+
+    let (code, out) = run_check(&config, &moto.endpoint, "latest");
+    assert_eq!(code, 5, "{out}");
+
+    let (code, out) = run_check(&config, &moto.endpoint, "20230101000000");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("20230101000000.json"), "{out}");
+}
