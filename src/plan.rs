@@ -571,6 +571,34 @@ pub struct VersionContext {
     pub failure_reason: Option<String>,
 }
 
+/// A `Version` decision with what the stack shows filled in, to be completed with a phase.
+fn version_decision(desired: RackVersion, rack: &ObservedRack) -> Decision {
+    Decision {
+        param: VERSION_PARAM,
+        desired: desired.to_string(),
+        observed: rack.stack.parameters.get(VERSION_PARAM).cloned(),
+        phase: Phase::Unknown,
+        reason: "NotObserved",
+        message: String::new(),
+        drift: rack.stack.version() != Some(desired),
+        action: None,
+        pending: Vec::new(),
+        services: Vec::new(),
+    }
+}
+
+/// The `Version` decision when the target template cannot be read: nothing can be decided,
+/// so nothing is changed.
+pub fn version_template_unavailable(
+    desired: RackVersion,
+    rack: &ObservedRack,
+    error: &str,
+) -> Decision {
+    let message =
+        format!("cannot read the template of version {desired}, so nothing is changed: {error}");
+    version_decision(desired, rack).with(Phase::Failed, "TemplateUnavailable", message)
+}
+
 /// Decides the next step for the rack `Version`: nothing, wait, refuse or hold a downgrade,
 /// or update the stack to the target template.
 pub fn plan_version(
@@ -582,18 +610,7 @@ pub fn plan_version(
 ) -> Decision {
     let stack = &rack.stack;
     let current = stack.version();
-    let d = Decision {
-        param: VERSION_PARAM,
-        desired: desired.to_string(),
-        observed: stack.parameters.get(VERSION_PARAM).cloned(),
-        phase: Phase::Converged,
-        reason: "Converged",
-        message: String::new(),
-        drift: current != Some(desired),
-        action: None,
-        pending: Vec::new(),
-        services: Vec::new(),
-    };
+    let d = version_decision(desired, rack);
     let ours = ctx.attempted == Some(desired);
     match stack.state() {
         StackState::InProgress if ours => {

@@ -124,6 +124,15 @@ impl Report {
     }
 }
 
+impl Memory {
+    /// Pushes the next attempt back by the next backoff delay and returns the delay.
+    fn back_off(&mut self, fresh: ExponentialBackoff, max: Duration, now: SystemTime) -> Duration {
+        let delay = self.backoff.get_or_insert(fresh).next().unwrap_or(max);
+        self.retry_not_before = Some(now + delay);
+        delay
+    }
+}
+
 /// The answer of `check-downgrade`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionCheck {
@@ -631,20 +640,7 @@ impl Reconciler {
         let (template, declared) = match target {
             Ok(t) => t,
             Err(e) => {
-                let d = Decision {
-                    param: VERSION_PARAM,
-                    desired: version.to_string(),
-                    observed: stack.parameters.get(VERSION_PARAM).cloned(),
-                    phase: Phase::Failed,
-                    reason: "TemplateUnavailable",
-                    message: format!(
-                        "cannot read the template of version {version}, so nothing is changed: {e}"
-                    ),
-                    drift: stack.version() != Some(version),
-                    action: None,
-                    pending: Vec::new(),
-                    services: Vec::new(),
-                };
+                let d = plan::version_template_unavailable(version, observed, &e);
                 return (d, None);
             }
         };
@@ -712,12 +708,7 @@ impl Reconciler {
                     Err(e) => {
                         let backoff = self.backoff();
                         let mem = self.memory.entry(VERSION_PARAM).or_default();
-                        let delay = mem
-                            .backoff
-                            .get_or_insert(backoff)
-                            .next()
-                            .unwrap_or(self.settings.backoff_max);
-                        mem.retry_not_before = Some(now + delay);
+                        let delay = mem.back_off(backoff, self.settings.backoff_max, now);
                         d.phase = Phase::Failed;
                         d.reason = "ActionFailed";
                         d.message = format!(
@@ -777,12 +768,7 @@ impl Reconciler {
             // Counted once: the retry after the backoff is a new attempt.
             mem.rolled_to.remove(&s.service);
         }
-        let delay = mem
-            .backoff
-            .get_or_insert(backoff)
-            .next()
-            .unwrap_or(self.settings.backoff_max);
-        mem.retry_not_before = Some(now + delay);
+        let delay = mem.back_off(backoff, self.settings.backoff_max, now);
         warn!(parameter = d.param, reason = d.reason, retry_in = %humantime::format_duration(round(delay)), "{}", d.message);
     }
 
@@ -808,12 +794,7 @@ impl Reconciler {
                 }
             }
             Err(e) => {
-                let delay = mem
-                    .backoff
-                    .get_or_insert(backoff)
-                    .next()
-                    .unwrap_or(self.settings.backoff_max);
-                mem.retry_not_before = Some(now + delay);
+                let delay = mem.back_off(backoff, self.settings.backoff_max, now);
                 d.phase = Phase::Failed;
                 d.reason = "ActionFailed";
                 d.message = format!(

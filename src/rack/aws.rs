@@ -298,24 +298,7 @@ impl Rack for AwsRack {
     }
 
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinitionInfo, RackError> {
-        let out = self
-            .call(
-                "ecs",
-                "DescribeTaskDefinition",
-                arn,
-                self.ecs
-                    .describe_task_definition()
-                    .task_definition(arn)
-                    .send(),
-            )
-            .await?;
-        let td = out.task_definition.ok_or_else(|| RackError::Api {
-            service: "ecs",
-            operation: "DescribeTaskDefinition",
-            resource: arn.to_string(),
-            kind: ApiErrorKind::NotFound,
-            message: "the response carried no task definition".into(),
-        })?;
+        let (td, _) = self.describe_full(arn).await?;
         Ok(info(arn, &td))
     }
 
