@@ -838,7 +838,7 @@ impl Rack for SimRack {
         let mut s = self.lock();
         let name = s.settings.rack.clone();
         self.call(&mut s, "cloudformation", "DescribeStacks", &name)?;
-        self.call(&mut s, "cloudformation", "DescribeStackResources", &name)?;
+        self.call(&mut s, "cloudformation", "ListStackResources", &name)?;
         Ok(StackSnapshot {
             name,
             status: s.stack_status.clone(),
@@ -871,7 +871,10 @@ impl Rack for SimRack {
                 }
             }
         }
-        self.call(&mut s, "ecs", "ListTasks", cluster)?;
+        // As on AWS: one ListTasks per service, one DescribeTasks for all their tasks.
+        for svc in services {
+            self.call(&mut s, "ecs", "ListTasks", svc)?;
+        }
         self.call(&mut s, "ecs", "DescribeTasks", cluster)?;
         Ok(out)
     }
