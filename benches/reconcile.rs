@@ -52,12 +52,21 @@ fn setup(dir: &std::path::Path, desired: &str) -> (Arc<SimRack>, Reconciler) {
     }));
     let metrics = Metrics::new();
     sim.set_metrics(metrics.clone());
-    let rec = Reconciler::new(sim.clone(), settings(&params), metrics, StatusHandle::default());
+    let rec = Reconciler::new(
+        sim.clone(),
+        settings(&params),
+        metrics,
+        StatusHandle::default(),
+    );
     (sim, rec)
 }
 
 fn calls(sim: &SimRack) -> Vec<(&'static str, u64)> {
-    OPERATIONS.iter().map(|op| (*op, sim.calls(op))).filter(|(_, n)| *n > 0).collect()
+    OPERATIONS
+        .iter()
+        .map(|op| (*op, sim.calls(op)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 fn rss_kib() -> u64 {
@@ -72,6 +81,11 @@ fn rss_kib() -> u64 {
 }
 
 fn main() {
+    // `cargo bench` passes --bench; test runners that list or run every target (`cargo test
+    // --all-targets`, nextest's `--list`) do not, and get nothing to run.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
 
     // 1. A full No → Yes rollout, on a paused clock: calls, writes and simulated time.
@@ -94,7 +108,10 @@ fn main() {
         }
         println!("converge No→Yes (simulated rack, 2 services):");
         println!("  reconciles             {runs}");
-        println!("  simulated time         {:?}", tokio::time::Instant::now() - start);
+        println!(
+            "  simulated time         {:?}",
+            tokio::time::Instant::now() - start
+        );
         println!("  writes                 {}", sim.writes());
         for (op, n) in calls(&sim) {
             println!("  calls {op:<22} {n}");
@@ -102,7 +119,10 @@ fn main() {
     });
 
     // 2. Steady state: a converged rack, reconciled back to back on the real clock.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
         let (sim, mut rec) = setup(dir.path(), "No");
         rec.reconcile(Trigger::Startup).await;
@@ -117,7 +137,10 @@ fn main() {
         println!("steady state (converged, {n} reconciles):");
         println!("  time per reconcile     {per:?}");
         for ((op, a), (_, b)) in after.iter().zip(before.iter()) {
-            println!("  calls {op:<22} {:.2} per reconcile", (a - b) as f64 / f64::from(n));
+            println!(
+                "  calls {op:<22} {:.2} per reconcile",
+                (a - b) as f64 / f64::from(n)
+            );
         }
 
         // 3. Memory: RSS growth over many reconciles (a leak shows here).
@@ -128,7 +151,10 @@ fn main() {
         let rss1 = rss_kib();
         println!("memory:");
         println!("  RSS after warm-up      {rss0} KiB");
-        println!("  RSS after 20k more     {rss1} KiB ({:+} KiB)", rss1 as i64 - rss0 as i64);
+        println!(
+            "  RSS after 20k more     {rss1} KiB ({:+} KiB)",
+            rss1 as i64 - rss0 as i64
+        );
 
         // 4. The pure planner alone.
         let observed = rec.observe().await.expect("observe");
@@ -149,6 +175,9 @@ fn main() {
             converged += usize::from(d.phase == plan::Phase::Converged);
         }
         println!("planner:");
-        println!("  time per decision      {:?} ({converged} converged)", t.elapsed() / n);
+        println!(
+            "  time per decision      {:?} ({converged} converged)",
+            t.elapsed() / n
+        );
     });
 }

@@ -504,6 +504,19 @@ pub struct EcsExecState {
 }
 
 impl EcsExecState {
+    /// From this run's `ECSExec` decision when the parameter is managed, else from what the
+    /// rack runs.
+    pub fn of(decisions: &[Decision], rack: &ObservedRack) -> EcsExecState {
+        decisions
+            .iter()
+            .find(|d| d.param == ECS_EXEC.name)
+            .map(EcsExecState::from_decision)
+            .unwrap_or_else(|| EcsExecState {
+                observed: observed_value(&ECS_EXEC, rack),
+                ..EcsExecState::default()
+            })
+    }
+
     pub fn from_decision(d: &Decision) -> EcsExecState {
         EcsExecState {
             desired: Some(d.desired.clone()),

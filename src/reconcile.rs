@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{
     ManagedParam, ObservedRack, ObservedService, RackVersion, ServiceTarget, StackState,
-    TaskDefinitionInfo, ECS_EXEC, MANAGED_PARAMS, VERSION_PARAM,
+    TaskDefinitionInfo, MANAGED_PARAMS, VERSION_PARAM,
 };
 use crate::params::{self, DesiredParams, ParamsError};
 use crate::plan::{
@@ -343,14 +343,7 @@ impl Reconciler {
             })
             .collect();
         if let Some(version) = self.desired.as_ref().and_then(|d| d.version) {
-            let ecs = decisions
-                .iter()
-                .find(|d| d.param == ECS_EXEC.name)
-                .map(EcsExecState::from_decision)
-                .unwrap_or_else(|| EcsExecState {
-                    observed: plan::observed_value(&ECS_EXEC, &observed),
-                    ..EcsExecState::default()
-                });
+            let ecs = EcsExecState::of(&decisions, &observed);
             let (d, _) = self.version_decision(version, &observed, &ecs, now).await;
             decisions.push(d);
         }
@@ -361,14 +354,7 @@ impl Reconciler {
     /// params file (for `check-downgrade`). Writes nothing.
     pub async fn check_version(&mut self, to: RackVersion) -> Result<VersionCheck, String> {
         let (observed, decisions) = self.preview().await.map_err(|e| e.to_string())?;
-        let ecs = decisions
-            .iter()
-            .find(|d| d.param == ECS_EXEC.name)
-            .map(EcsExecState::from_decision)
-            .unwrap_or_else(|| EcsExecState {
-                observed: plan::observed_value(&ECS_EXEC, &observed),
-                ..EcsExecState::default()
-            });
+        let ecs = EcsExecState::of(&decisions, &observed);
         let current = observed.stack.version();
         if current.is_some_and(|c| to >= c) {
             // Not a downgrade: no template needed to answer.
@@ -508,10 +494,7 @@ impl Reconciler {
             s.last_reconcile = Some(crate::status::rfc3339(now));
         });
 
-        let mut ecs = EcsExecState {
-            observed: plan::observed_value(&ECS_EXEC, &observed),
-            ..EcsExecState::default()
-        };
+        let mut decisions = Vec::new();
         for param in MANAGED_PARAMS {
             let Some(value) = desired.get(param) else {
                 continue;
@@ -521,11 +504,10 @@ impl Reconciler {
                 .reconcile_param(param, value, &observed, now, &mut report.acted)
                 .instrument(span)
                 .await;
-            if param.name == ECS_EXEC.name {
-                ecs = EcsExecState::from_decision(&d);
-            }
             report.phases.insert(param.name, d.phase);
+            decisions.push(d);
         }
+        let ecs = EcsExecState::of(&decisions, &observed);
         if let Some(version) = desired.version {
             let span = info_span!("parameter", parameter = VERSION_PARAM, desired = %version);
             let d = self

@@ -360,12 +360,7 @@ async fn failed_after_a_circuit_breaker_rollback() {
     let (mut rec, _dir) = reconciler(m.rack);
     let r = rec.reconcile(Trigger::Startup).await;
     assert_eq!(r.phases.get("ECSExec"), Some(&Phase::Failed));
-    let p = rec
-        .status()
-        .get()
-        .parameter("ECSExec")
-        .cloned()
-        .expect("status");
+    let p = common::param(&rec, "ECSExec");
     assert_eq!(p.reason, "RolloutFailed");
     assert!(p.message.contains("tasks failed to start"), "{}", p.message);
     assert_eq!(updates.num_calls(), 0);
@@ -401,11 +396,6 @@ async fn a_rollout_stuck_past_its_timeout_is_failed() {
     let (mut rec, _dir) = reconciler(m.rack);
     let r = rec.reconcile(Trigger::Startup).await;
     assert_eq!(r.phases.get("ECSExec"), Some(&Phase::Failed));
-    let p = rec
-        .status()
-        .get()
-        .parameter("ECSExec")
-        .cloned()
-        .expect("status");
+    let p = common::param(&rec, "ECSExec");
     assert_eq!(p.reason, "RolloutTimedOut");
 }

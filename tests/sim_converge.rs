@@ -76,12 +76,7 @@ async fn yes_back_to_no_converges_too() {
             "ServiceMonitorApi"
         ]
     );
-    let p = rec
-        .status()
-        .get()
-        .parameter("ECSExec")
-        .cloned()
-        .expect("status");
+    let p = common::param(&rec, "ECSExec");
     assert_eq!(p.observed.as_deref(), Some("No"));
 }
 
@@ -107,7 +102,7 @@ async fn a_restart_mid_rollout_converges_without_a_new_revision() {
     assert!(r.acted);
     drop(first);
     assert_eq!(h.sim.revisions("ServiceWebApi"), 2);
-    tokio::time::sleep(Duration::from_secs(7)).await;
+    common::let_pass(Duration::from_secs(7)).await;
 
     let mut second = h.reconciler();
     let reports = drive(&mut second, 200, converged).await;
@@ -148,7 +143,7 @@ async fn the_loop_follows_edits_and_stops_cleanly_on_shutdown() {
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(rec.run(rx, stopped));
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    common::let_pass(Duration::from_secs(1)).await;
     assert_eq!(
         status.get().parameter("ECSExec").map(|p| p.phase),
         Some(Phase::Converged)
@@ -158,7 +153,7 @@ async fn the_loop_follows_edits_and_stops_cleanly_on_shutdown() {
     tx.send(Trigger::ParamsChanged).await.expect("trigger");
     // Polls follow the rollout; well within ten minutes both services have rolled.
     for _ in 0..120 {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        common::let_pass(Duration::from_secs(5)).await;
         let p = status.get().parameter("ECSExec").cloned().expect("status");
         if p.phase == Phase::Converged && p.desired.as_deref() == Some("Yes") {
             break;
@@ -176,7 +171,7 @@ async fn the_loop_follows_edits_and_stops_cleanly_on_shutdown() {
         .expect("the loop stops promptly")
         .expect("the loop does not panic");
     let writes = h.sim.writes();
-    tokio::time::sleep(Duration::from_secs(3600)).await;
+    common::let_pass(Duration::from_secs(3600)).await;
     assert_eq!(h.sim.writes(), writes, "nothing runs after shutdown");
 }
 

@@ -19,12 +19,7 @@ async fn a_failed_rollout_is_failed_with_the_reason_and_retried_with_backoff() {
         ecs_exec(reports.last().expect("report")),
         Some(Phase::Failed)
     );
-    let p = rec
-        .status()
-        .get()
-        .parameter("ECSExec")
-        .cloned()
-        .expect("status");
+    let p = common::param(&rec, "ECSExec");
     assert_eq!(p.reason, "RolloutFailed");
     assert!(p.message.contains("circuit breaker"), "{}", p.message);
     let failed = p
@@ -107,12 +102,7 @@ async fn a_stuck_rollout_fails_at_its_timeout() {
         ecs_exec(reports.last().expect("report")),
         Some(Phase::Failed)
     );
-    let p = rec
-        .status()
-        .get()
-        .parameter("ECSExec")
-        .cloned()
-        .expect("status");
+    let p = common::param(&rec, "ECSExec");
     assert_eq!(p.reason, "RolloutTimedOut");
     assert!(p.message.contains("30m"), "{}", p.message);
     // It stays failed and nothing more is written while the rollout hangs.
@@ -130,12 +120,7 @@ async fn a_stack_update_in_progress_means_waiting_without_writes() {
     let reports = run_for(&mut rec, Duration::from_secs(590)).await;
     assert!(reports.iter().all(|r| ecs_exec(r) == Some(Phase::Waiting)));
     assert_eq!(h.sim.writes(), 0);
-    let p = rec
-        .status()
-        .get()
-        .parameter("ECSExec")
-        .cloned()
-        .expect("status");
+    let p = common::param(&rec, "ECSExec");
     assert!(p.message.contains("UPDATE_IN_PROGRESS"), "{}", p.message);
     // Once the stack settles, the controller resumes by itself.
     let reports = drive(&mut rec, 200, |r| ecs_exec(r) == Some(Phase::Converged)).await;
@@ -198,12 +183,7 @@ async fn an_out_of_band_revert_is_seen_at_resync_corrected_and_counted() {
     h.sim
         .revert_label_out_of_band("ServiceWebApi", "rack.ECSExec", None);
     let reports = drive(&mut rec, 200, |r| r.acted).await;
-    let p = rec
-        .status()
-        .get()
-        .parameter("ECSExec")
-        .cloned()
-        .expect("status");
+    let p = common::param(&rec, "ECSExec");
     assert!(reports.last().expect("report").acted);
     assert!(
         p.message.contains("correcting an out-of-band revert"),
@@ -247,12 +227,7 @@ async fn corrections_past_the_hourly_cap_stop_and_report() {
         ecs_exec(reports.last().expect("report")),
         Some(Phase::Blocked)
     );
-    let p = rec
-        .status()
-        .get()
-        .parameter("ECSExec")
-        .cloned()
-        .expect("status");
+    let p = common::param(&rec, "ECSExec");
     assert_eq!(p.reason, "CorrectionsCapped");
     assert!(p.drift);
     assert_eq!(
@@ -294,12 +269,7 @@ async fn a_rollback_finished_before_the_next_poll_still_counts_as_a_failure() {
         ecs_exec(reports.last().expect("report")),
         Some(Phase::Failed)
     );
-    let p = rec
-        .status()
-        .get()
-        .parameter("ECSExec")
-        .cloned()
-        .expect("status");
+    let p = common::param(&rec, "ECSExec");
     assert_eq!(p.reason, "RolloutReverted", "{}", p.message);
     run_for(&mut rec, Duration::from_secs(6 * 3600)).await;
     let attempts = h.sim.calls("UpdateService");

@@ -39,12 +39,7 @@ async fn yes_with_an_older_version_is_blocked_without_writes() {
         .iter()
         .all(|r| version(r) == Some(Phase::Blocked) && ecs_exec(r) == Some(Phase::Converged)));
     assert_eq!(h.sim.writes(), 0);
-    let p = rec
-        .status()
-        .get()
-        .parameter("Version")
-        .cloned()
-        .expect("status");
+    let p = common::param(&rec, "Version");
     assert_eq!(p.reason, "DowngradeBlocked");
     assert!(p.message.contains("ECSExec: \"No\""), "{}", p.message);
     assert_eq!(
@@ -118,12 +113,7 @@ async fn switching_to_no_converges_ecs_exec_first_then_downgrades() {
         h.sim.stack_parameters().get("Version").map(String::as_str),
         Some(OLD)
     );
-    let p = rec
-        .status()
-        .get()
-        .parameter("ECSExec")
-        .cloned()
-        .expect("status");
+    let p = common::param(&rec, "ECSExec");
     assert_eq!(p.observed.as_deref(), Some("No"));
 }
 
@@ -140,12 +130,7 @@ async fn a_stack_rollback_is_failed_with_the_reason_and_backed_off() {
         version(reports.last().expect("report")),
         Some(Phase::Failed)
     );
-    let p = rec
-        .status()
-        .get()
-        .parameter("Version")
-        .cloned()
-        .expect("status");
+    let p = common::param(&rec, "Version");
     assert_eq!(p.reason, "StackUpdateRolledBack");
     assert!(
         p.message
@@ -176,12 +161,7 @@ async fn an_unavailable_template_is_a_clear_error_without_writes() {
     let reports = run_for(&mut rec, Duration::from_secs(3600)).await;
     assert!(reports.iter().all(|r| version(r) == Some(Phase::Failed)));
     assert_eq!(h.sim.writes(), 0);
-    let p = rec
-        .status()
-        .get()
-        .parameter("Version")
-        .cloned()
-        .expect("status");
+    let p = common::param(&rec, "Version");
     assert_eq!(p.reason, "TemplateUnavailable");
     assert!(
         p.message.contains("release/20230101000000/rack.json"),

@@ -603,9 +603,7 @@ impl State {
                 u.applied = true;
             }
         }
-        let settled = self.services.iter().all(|x| {
-            x.deployments.len() == 1 && x.deployments[0].rollout == RolloutState::Completed
-        });
+        let settled = self.services.iter().all(SimService::settled);
         if settled {
             self.stack_update = None;
             self.stack_status = "UPDATE_COMPLETE".into();
@@ -658,6 +656,20 @@ impl SimService {
         self.deployments.iter().find(|d| d.primary)
     }
 
+    /// Running tasks of the deployments other than the primary.
+    fn old_running(&self) -> u32 {
+        self.deployments
+            .iter()
+            .filter(|d| !d.primary)
+            .map(|d| d.running)
+            .sum()
+    }
+
+    /// One deployment, completed: nothing rolling.
+    fn settled(&self) -> bool {
+        self.deployments.len() == 1 && self.deployments[0].rollout == RolloutState::Completed
+    }
+
     fn next_event(&self) -> Option<Instant> {
         self.deployments
             .iter()
@@ -696,12 +708,7 @@ impl SimService {
         let desired = self.desired;
         let min_healthy = (desired * self.min_percent).div_ceil(100);
         let max_total = (desired * self.max_percent / 100).max(desired);
-        let old_running: u32 = self
-            .deployments
-            .iter()
-            .filter(|d| !d.primary)
-            .map(|d| d.running)
-            .sum();
+        let old_running = self.old_running();
         let new_running = self.deployments[p].running;
         let launching = self.deployments[p].starting.len() as u32;
         let healthy = new_running + old_running;
@@ -713,12 +720,7 @@ impl SimService {
             d.running -= n;
             stop -= n;
         }
-        let old_running: u32 = self
-            .deployments
-            .iter()
-            .filter(|d| !d.primary)
-            .map(|d| d.running)
-            .sum();
+        let old_running = self.old_running();
 
         // Launch new tasks up to the desired count within the maximum percent.
         let room = max_total.saturating_sub(new_running + old_running + launching);
@@ -955,9 +957,7 @@ impl Rack for SimRack {
             .iter()
             .enumerate()
             .filter(|(i, _)| *i != idx)
-            .all(|(_, x)| {
-                x.deployments.len() == 1 && x.deployments[0].rollout == RolloutState::Completed
-            });
+            .all(|(_, x)| x.settled());
         let record = UpdateRecord {
             service: s.services[idx].logical.clone(),
             task_definition: task_definition.to_string(),
@@ -1056,9 +1056,7 @@ impl Rack for SimRack {
                 }
             }
         }
-        let services_settled = s.services.iter().all(|x| {
-            x.deployments.len() == 1 && x.deployments[0].rollout == RolloutState::Completed
-        });
+        let services_settled = s.services.iter().all(SimService::settled);
         s.stack_updates.push(StackUpdateRecord {
             version: template.version.to_string(),
             at: now,

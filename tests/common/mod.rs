@@ -73,6 +73,26 @@ impl Harness {
     }
 }
 
+/// The status of one parameter as the reconciler reports it.
+pub fn param(rec: &Reconciler, name: &str) -> rack_reconciler::status::ParameterStatus {
+    rec.status()
+        .get()
+        .parameter(name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no status for {name}"))
+}
+
+/// Lets `d` pass on tokio's paused clock, which takes no real time; fails when the clock is
+/// not paused, so no test can wait for real by accident.
+pub async fn let_pass(d: Duration) {
+    let real = std::time::Instant::now();
+    tokio::time::sleep(d).await;
+    assert!(
+        d < Duration::from_secs(2) || real.elapsed() < d / 2,
+        "tokio's clock is not paused: this would be a real wait"
+    );
+}
+
 /// Reconciles, waiting between runs as the loop would (on tokio's paused clock), until
 /// `done` holds or `max_runs` runs were made. Returns every report.
 pub async fn drive(
@@ -90,7 +110,7 @@ pub async fn drive(
         if stop {
             break;
         }
-        tokio::time::sleep(next).await;
+        let_pass(next).await;
         trigger = Trigger::Timer;
     }
     reports
@@ -104,7 +124,7 @@ pub async fn run_for(rec: &mut Reconciler, span: Duration) -> Vec<Report> {
         let r = rec.reconcile(Trigger::Timer).await;
         let next = r.next;
         reports.push(r);
-        tokio::time::sleep(next).await;
+        let_pass(next).await;
     }
     reports
 }
