@@ -151,7 +151,7 @@ impl Rack for AwsRack {
             .collect();
 
         // ListStackResources pages through every resource; DescribeStackResources stops at
-        // 100, fewer than a rack has.
+        // 100.
         let mut resources = BTreeMap::new();
         let mut token: Option<String> = None;
         loop {
