@@ -458,25 +458,22 @@ impl Reconciler {
                     self.consecutive_errors,
                     humantime::format_duration(round(delay))
                 );
+                let wanted: Vec<_> = intents(&desired)
+                    .into_iter()
+                    .filter_map(|(name, value)| Some((name, value?)))
+                    .collect();
                 self.status.update(|s| {
                     s.ready = false;
                     s.rack_error = Some(e.to_string());
-                    for p in MANAGED_PARAMS {
-                        let value = desired.get(p);
-                        s.record_phase(
-                            p.name,
-                            value,
-                            Phase::Unknown,
-                            "RackUnreachable",
-                            &message,
-                            now,
-                        );
+                    for (name, value) in &wanted {
+                        let (phase, reason) = (Phase::Unknown, "RackUnreachable");
+                        s.record_phase(name, Some(value), phase, reason, &message, now);
                     }
                 });
-                for p in MANAGED_PARAMS.iter().filter(|p| desired.get(p).is_some()) {
-                    report.phases.insert(p.name, Phase::Unknown);
+                for (name, _) in &wanted {
+                    report.phases.insert(name, Phase::Unknown);
                     self.metrics
-                        .set_parameter(p.name, Phase::Unknown, false, None);
+                        .set_parameter(name, Phase::Unknown, false, None);
                 }
                 self.write_status_file();
                 report.result = "error";
@@ -707,11 +704,7 @@ impl Reconciler {
 
     /// A new desired value is a new intent: forget the backoff and convergence of the old.
     fn forget_changed_intents(&mut self, desired: &DesiredParams) {
-        let intents = MANAGED_PARAMS
-            .iter()
-            .map(|p| (p.name, desired.get(p).map(str::to_string)))
-            .chain([(VERSION_PARAM, desired.version.map(|v| v.to_string()))]);
-        for (name, value) in intents {
+        for (name, value) in intents(desired) {
             let mem = self.memory.entry(name).or_default();
             if mem.desired != value {
                 if mem.desired.is_some() {
@@ -931,6 +924,16 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// Every parameter the controller can manage, with its desired value when the params file
+/// sets one.
+fn intents(desired: &DesiredParams) -> Vec<(&'static str, Option<String>)> {
+    MANAGED_PARAMS
+        .iter()
+        .map(|p| (p.name, desired.get(p).map(str::to_string)))
+        .chain([(VERSION_PARAM, desired.version.map(|v| v.to_string()))])
+        .collect()
 }
 
 async fn recv(rx: &mut Option<mpsc::Receiver<Trigger>>) -> Option<Trigger> {
