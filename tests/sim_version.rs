@@ -210,9 +210,14 @@ async fn an_unreachable_rack_leaves_the_version_unknown() {
     let h = Harness::new(&format!("ECSExec: \"No\"\nVersion: \"{OLD}\"\n"));
     h.sim.inject_api_errors("DescribeStacks", 1);
     let mut rec = h.reconciler();
-    let r = rec.reconcile(rack_reconciler::reconcile::Trigger::Startup).await;
+    let r = rec
+        .reconcile(rack_reconciler::reconcile::Trigger::Startup)
+        .await;
     assert_eq!(r.result, "error");
-    assert_eq!((version(&r), ecs_exec(&r)), (Some(Phase::Unknown), Some(Phase::Unknown)));
+    assert_eq!(
+        (version(&r), ecs_exec(&r)),
+        (Some(Phase::Unknown), Some(Phase::Unknown))
+    );
     assert_eq!(common::param(&rec, "Version").reason, "RackUnreachable");
     assert_eq!(h.sim.writes(), 0);
 }
