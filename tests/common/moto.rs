@@ -28,11 +28,22 @@ impl Moto {
             "moto is not installed at {bin}: run scripts/test (it creates .venv with moto[server]==5.2.5) \
              or set MOTO_SERVER"
         );
+        // The free port is found by binding and releasing it, so another process may take it
+        // in between: try a few ports before giving up.
+        for _ in 0..3 {
+            if let Some(moto) = Self::try_start(&bin).await {
+                return moto;
+            }
+        }
+        panic!("moto_server did not start ({bin})");
+    }
+
+    async fn try_start(bin: &str) -> Option<Moto> {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             l.local_addr().expect("addr").port()
         };
-        let mut child = Command::new(&bin)
+        let mut child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -50,13 +61,16 @@ impl Moto {
             false
         })
         .await;
-        assert_eq!(ready, Ok(true), "moto_server did not start on port {port}");
+        if ready != Ok(true) {
+            let _ = child.start_kill();
+            return None;
+        }
         // Keep draining its log so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Moto {
+        Some(Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
-        }
+        })
     }
 
     pub async fn sdk_config(&self, endpoint: &str) -> aws_config::SdkConfig {
