@@ -202,16 +202,11 @@ pub fn plan(
     rack: &ObservedRack,
     ctx: &PlanContext,
 ) -> Decision {
-    let values: Vec<Option<&str>> = rack
+    let observed = observed_value(param, rack);
+    let drift = rack
         .services
         .iter()
-        .map(|s| primary_value(s, param))
-        .collect();
-    let observed = match values.first() {
-        Some(Some(first)) if values.iter().all(|v| v == &Some(*first)) => Some(first.to_string()),
-        _ => None,
-    };
-    let drift = values.iter().any(|v| *v != Some(desired));
+        .any(|s| primary_value(s, param) != Some(desired));
     let pending: Vec<PendingChange> = rack
         .services
         .iter()

@@ -25,7 +25,7 @@ use crate::params::{self, DesiredParams, ParamsError};
 use crate::plan::{
     self, Action, Decision, EcsExecState, Phase, PlanContext, Roll, ServiceState, VersionContext,
 };
-use crate::rack::{Rack, RackError};
+use crate::rack::{Rack, RackError, Relabelled};
 use crate::status::{write_status_file, ParamsFileStatus, Status, StatusHandle};
 use crate::templates::{TemplateRef, TemplateSource};
 
@@ -331,17 +331,8 @@ impl Reconciler {
 
     /// The desired state and the planner's decisions, without acting (for `plan`).
     pub async fn preview(&mut self) -> Result<(ObservedRack, Vec<Decision>), RackError> {
-        self.reload_params();
-        let observed = self.observe().await?;
+        let (observed, mut decisions) = self.preview_params().await?;
         let now = self.clock.now();
-        let mut decisions: Vec<Decision> = MANAGED_PARAMS
-            .iter()
-            .filter_map(|p| {
-                let value = self.desired.as_ref()?.get(p)?.to_string();
-                let ctx = self.context(p.name, now);
-                Some(plan::plan(p, &value, &observed, &ctx))
-            })
-            .collect();
         if let Some(version) = self.desired.as_ref().and_then(|d| d.version) {
             let ecs = EcsExecState::of(&decisions, &observed);
             let (d, _) = self.version_decision(version, &observed, &ecs, now).await;
@@ -350,10 +341,27 @@ impl Reconciler {
         Ok((observed, decisions))
     }
 
+    /// The managed parameters' decisions (not the version's), without acting.
+    async fn preview_params(&mut self) -> Result<(ObservedRack, Vec<Decision>), RackError> {
+        self.reload_params();
+        let observed = self.observe().await?;
+        let now = self.clock.now();
+        let decisions = MANAGED_PARAMS
+            .iter()
+            .filter_map(|p| {
+                let value = self.desired.as_ref()?.get(p)?.to_string();
+                let ctx = self.context(p.name, now);
+                Some(plan::plan(p, &value, &observed, &ctx))
+            })
+            .collect();
+        Ok((observed, decisions))
+    }
+
     /// The downgrade gate for a version change to `to`, from what the rack runs now and the
-    /// params file (for `check-downgrade`). Writes nothing.
+    /// params file (for `check-downgrade`). Writes nothing, and reads no template but the
+    /// target's.
     pub async fn check_version(&mut self, to: RackVersion) -> Result<VersionCheck, String> {
-        let (observed, decisions) = self.preview().await.map_err(|e| e.to_string())?;
+        let (observed, decisions) = self.preview_params().await.map_err(|e| e.to_string())?;
         let ecs = EcsExecState::of(&decisions, &observed);
         let current = observed.stack.version();
         if current.is_some_and(|c| to >= c) {
@@ -784,25 +792,16 @@ impl Reconciler {
     }
 
     async fn roll(&self, roll: &Roll) -> Result<String, RackError> {
-        let existing = self
+        let Relabelled { arn, reused } = self
             .rack
-            .find_relabelled(&roll.from_task_definition, &roll.label, &roll.value)
+            .relabel(&roll.from_task_definition, &roll.label, &roll.value)
             .await?;
-        let arn = match existing {
-            Some(arn) => {
-                info!(service = %roll.service, task_definition = %arn, "reusing a revision registered earlier");
-                arn
-            }
-            None => {
-                let arn = self
-                    .rack
-                    .register_relabelled(&roll.from_task_definition, &roll.label, &roll.value)
-                    .await?;
-                info!(service = %roll.service, from = %roll.from_task_definition, task_definition = %arn,
-                    label = %roll.label, value = %roll.value, "registered relabelled revision");
-                arn
-            }
-        };
+        if reused {
+            info!(service = %roll.service, task_definition = %arn, "reusing a revision registered earlier");
+        } else {
+            info!(service = %roll.service, from = %roll.from_task_definition, task_definition = %arn,
+                label = %roll.label, value = %roll.value, "registered relabelled revision");
+        }
         self.rack
             .update_service(&roll.cluster, &roll.service_name, &arn)
             .await?;

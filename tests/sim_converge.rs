@@ -121,13 +121,10 @@ async fn a_crash_between_register_and_update_reuses_the_revision() {
     let h = Harness::new("ECSExec: \"Yes\"\n");
     // What an earlier run left behind: a registered revision no service uses yet.
     let base = h.sim.resource("ApiWebTasks").expect("web task definition");
-    let orphan = {
-        use rack_reconciler::rack::Rack;
-        h.sim
-            .register_relabelled(&base, "rack.ECSExec", "Yes")
-            .await
-            .expect("register")
-    };
+    let orphan = h
+        .sim
+        .register_relabelled(&base, "rack.ECSExec", "Yes")
+        .expect("register");
     let mut rec = h.reconciler();
     drive(&mut rec, 200, converged).await;
     assert_eq!(h.sim.revisions("ServiceWebApi"), 2);

@@ -23,7 +23,7 @@ use aws_sdk_ecs::types::{
 };
 use aws_sdk_ecs::Client as EcsClient;
 
-use super::{ApiErrorKind, Rack, RackError};
+use super::{ApiErrorKind, Rack, RackError, Relabelled};
 use crate::metrics::Metrics;
 use crate::model::{
     Deployment, DeploymentStatus, RolloutState, ServiceSnapshot, StackParameter, StackSnapshot,
@@ -113,6 +113,112 @@ impl AwsRack {
             message: "the response carried no task definition".into(),
         })?;
         Ok((td, tags))
+    }
+
+    /// Among the family's latest revisions, one equal to `want` (with `tags`).
+    async fn find_revision(
+        &self,
+        base: &str,
+        want: &TaskDefinition,
+        tags: &[Tag],
+    ) -> Result<Option<String>, RackError> {
+        let family = want.family.clone().unwrap_or_default();
+        let listed = self
+            .call(
+                "ecs",
+                "ListTaskDefinitions",
+                &family,
+                self.ecs
+                    .list_task_definitions()
+                    .family_prefix(&family)
+                    .status(TaskDefinitionStatus::Active)
+                    .sort(SortOrder::Desc)
+                    .max_results(REUSE_CANDIDATES as i32 + 1)
+                    .send(),
+            )
+            .await?;
+        for arn in listed
+            .task_definition_arns
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a != base)
+            .take(REUSE_CANDIDATES)
+        {
+            let (td, tags_of_candidate) = self.describe_full(&arn).await?;
+            // A prefix also matches other families (`convox-web` and `convox-webhooks`).
+            if td.family != want.family {
+                continue;
+            }
+            if difference(want, tags, &td, &tags_of_candidate).is_none() {
+                return Ok(Some(arn));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Registers `want` with `tags`, then proves ECS stored exactly that.
+    async fn register(
+        &self,
+        base: &str,
+        want: &TaskDefinition,
+        tags: &[Tag],
+    ) -> Result<String, RackError> {
+        let family = want.family.clone().unwrap_or_default();
+        let out = self
+            .call(
+                "ecs",
+                "RegisterTaskDefinition",
+                &family,
+                self.ecs
+                    .register_task_definition()
+                    .family(&family)
+                    .set_task_role_arn(want.task_role_arn.clone())
+                    .set_execution_role_arn(want.execution_role_arn.clone())
+                    .set_network_mode(want.network_mode.clone())
+                    .set_container_definitions(want.container_definitions.clone())
+                    .set_volumes(want.volumes.clone())
+                    .set_placement_constraints(want.placement_constraints.clone())
+                    .set_requires_compatibilities(want.requires_compatibilities.clone())
+                    .set_cpu(want.cpu.clone())
+                    .set_memory(want.memory.clone())
+                    .set_tags((!tags.is_empty()).then(|| tags.to_vec()))
+                    .set_pid_mode(want.pid_mode.clone())
+                    .set_ipc_mode(want.ipc_mode.clone())
+                    .set_proxy_configuration(want.proxy_configuration.clone())
+                    .set_ephemeral_storage(want.ephemeral_storage.clone())
+                    .set_runtime_platform(want.runtime_platform.clone())
+                    .set_enable_fault_injection(want.enable_fault_injection)
+                    // Not idempotent: a retry after a lost response would register a
+                    // duplicate. The next reconcile finds and reuses the revision instead.
+                    .customize()
+                    .config_override(
+                        aws_sdk_ecs::config::Config::builder()
+                            .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled()),
+                    )
+                    .send(),
+            )
+            .await?;
+        let new = out
+            .task_definition
+            .and_then(|t| t.task_definition_arn)
+            .ok_or_else(|| RackError::Api {
+                service: "ecs",
+                operation: "RegisterTaskDefinition",
+                resource: family.clone(),
+                kind: ApiErrorKind::Rejected,
+                message: "the response carried no task definition ARN".into(),
+            })?;
+
+        // Prove that what ECS stored is the running revision with only the label changed.
+        let (stored, stored_tags) = self.describe_full(&new).await?;
+        if let Some(field) = difference(want, tags, &stored, &stored_tags) {
+            return Err(RackError::RevisionMismatch {
+                base: base.to_string(),
+                new,
+                field,
+            });
+        }
+        Ok(new)
     }
 }
 
@@ -302,112 +408,14 @@ impl Rack for AwsRack {
         Ok(info(arn, &td))
     }
 
-    async fn find_relabelled(
-        &self,
-        base: &str,
-        label: &str,
-        value: &str,
-    ) -> Result<Option<String>, RackError> {
-        let (base_td, base_tags) = self.describe_full(base).await?;
-        let want = relabelled(&base_td, label, value)?;
-        let family = base_td.family.clone().unwrap_or_default();
-        let listed = self
-            .call(
-                "ecs",
-                "ListTaskDefinitions",
-                &family,
-                self.ecs
-                    .list_task_definitions()
-                    .family_prefix(&family)
-                    .status(TaskDefinitionStatus::Active)
-                    .sort(SortOrder::Desc)
-                    .max_results(REUSE_CANDIDATES as i32 + 1)
-                    .send(),
-            )
-            .await?;
-        for arn in listed
-            .task_definition_arns
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|a| a != base)
-            .take(REUSE_CANDIDATES)
-        {
-            let (td, tags) = self.describe_full(&arn).await?;
-            // A prefix also matches other families (`convox-web` and `convox-webhooks`).
-            if td.family != base_td.family {
-                continue;
-            }
-            if difference(&want, &base_tags, &td, &tags).is_none() {
-                return Ok(Some(arn));
-            }
-        }
-        Ok(None)
-    }
-
-    async fn register_relabelled(
-        &self,
-        base: &str,
-        label: &str,
-        value: &str,
-    ) -> Result<String, RackError> {
+    async fn relabel(&self, base: &str, label: &str, value: &str) -> Result<Relabelled, RackError> {
         let (base_td, tags) = self.describe_full(base).await?;
         let want = relabelled(&base_td, label, value)?;
-        let family = want.family.clone().unwrap_or_default();
-        let out = self
-            .call(
-                "ecs",
-                "RegisterTaskDefinition",
-                &family,
-                self.ecs
-                    .register_task_definition()
-                    .family(&family)
-                    .set_task_role_arn(want.task_role_arn.clone())
-                    .set_execution_role_arn(want.execution_role_arn.clone())
-                    .set_network_mode(want.network_mode.clone())
-                    .set_container_definitions(want.container_definitions.clone())
-                    .set_volumes(want.volumes.clone())
-                    .set_placement_constraints(want.placement_constraints.clone())
-                    .set_requires_compatibilities(want.requires_compatibilities.clone())
-                    .set_cpu(want.cpu.clone())
-                    .set_memory(want.memory.clone())
-                    .set_tags((!tags.is_empty()).then(|| tags.clone()))
-                    .set_pid_mode(want.pid_mode.clone())
-                    .set_ipc_mode(want.ipc_mode.clone())
-                    .set_proxy_configuration(want.proxy_configuration.clone())
-                    .set_ephemeral_storage(want.ephemeral_storage.clone())
-                    .set_runtime_platform(want.runtime_platform.clone())
-                    .set_enable_fault_injection(want.enable_fault_injection)
-                    // Not idempotent: a retry after a lost response would register a
-                    // duplicate. The next reconcile finds and reuses the revision instead.
-                    .customize()
-                    .config_override(
-                        aws_sdk_ecs::config::Config::builder()
-                            .retry_config(aws_sdk_ecs::config::retry::RetryConfig::disabled()),
-                    )
-                    .send(),
-            )
-            .await?;
-        let new = out
-            .task_definition
-            .and_then(|t| t.task_definition_arn)
-            .ok_or_else(|| RackError::Api {
-                service: "ecs",
-                operation: "RegisterTaskDefinition",
-                resource: family.clone(),
-                kind: ApiErrorKind::Rejected,
-                message: "the response carried no task definition ARN".into(),
-            })?;
-
-        // Prove that what ECS stored is the running revision with only the label changed.
-        let (stored, stored_tags) = self.describe_full(&new).await?;
-        if let Some(field) = difference(&want, &tags, &stored, &stored_tags) {
-            return Err(RackError::RevisionMismatch {
-                base: base.to_string(),
-                new,
-                field,
-            });
+        if let Some(arn) = self.find_revision(base, &want, &tags).await? {
+            return Ok(Relabelled { arn, reused: true });
         }
-        Ok(new)
+        let arn = self.register(base, &want, &tags).await?;
+        Ok(Relabelled { arn, reused: false })
     }
 
     async fn template_parameters(

@@ -31,24 +31,11 @@ pub trait Rack: Send + Sync {
     /// A revision's identity and managed labels (`DescribeTaskDefinition`).
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinitionInfo, RackError>;
 
-    /// An existing revision of `base`'s family that is identical to `base` except that
-    /// `label` holds `value` (left behind by an earlier run that stopped between registering
-    /// and updating the service).
-    async fn find_relabelled(
-        &self,
-        base: &str,
-        label: &str,
-        value: &str,
-    ) -> Result<Option<String>, RackError>;
-
-    /// Registers a copy of `base` with `label` set to `value` and returns its ARN
+    /// A revision identical to `base` except that `label` holds `value`: an existing one of
+    /// the family (left behind by an earlier run that stopped between registering and
+    /// updating the service) when there is one, else a newly registered copy
     /// (`RegisterTaskDefinition`).
-    async fn register_relabelled(
-        &self,
-        base: &str,
-        label: &str,
-        value: &str,
-    ) -> Result<String, RackError>;
+    async fn relabel(&self, base: &str, label: &str, value: &str) -> Result<Relabelled, RackError>;
 
     /// Points the service at `task_definition`, starting a rolling deployment (`UpdateService`).
     async fn update_service(
@@ -74,6 +61,14 @@ pub trait Rack: Send + Sync {
     /// Why the stack's latest update failed: the first resource that failed, with the reason
     /// CloudFormation gave (`DescribeStackEvents`).
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError>;
+}
+
+/// The revision [`Rack::relabel`] found or registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relabelled {
+    pub arn: String,
+    /// Found among the family's revisions rather than registered.
+    pub reused: bool,
 }
 
 /// What kind of failure an AWS (or simulated) call had; decides retry and the operator hint.

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::{ApiErrorKind, Rack, RackError};
+use super::{ApiErrorKind, Rack, RackError, Relabelled};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::model::{
@@ -402,21 +402,9 @@ impl SimRack {
     ) {
         let now = self.clock.instant();
         let mut s = self.lock();
-        let Some(idx) = s.services.iter().position(|x| x.logical == service_logical) else {
-            return;
-        };
-        let Some(base) = s.services[idx].primary().map(|d| d.task_definition.clone()) else {
-            return;
-        };
-        let Some(mut body) = s.task_definitions.get(&base).cloned() else {
-            return;
-        };
-        set_label(&mut body, label, value);
-        let family = body["family"].as_str().unwrap_or_default().to_string();
-        let arn = s.register(&family, body);
-        let task_logical = s.services[idx].task_logical.clone();
-        s.stack_resources.insert(task_logical, arn.clone());
-        s.deploy(idx, arn, now);
+        if let Some(idx) = s.services.iter().position(|x| x.logical == service_logical) {
+            s.stack_roll(idx, now, |body| set_label(body, label, value));
+        }
     }
 
     /// The next stack update fails on `resource` with `reason` and rolls back.
@@ -434,6 +422,70 @@ impl SimRack {
     /// The stack's parameters as CloudFormation holds them.
     pub fn stack_parameters(&self) -> BTreeMap<String, String> {
         self.lock().parameters.clone()
+    }
+
+    /// A registered revision of `base`'s family equal to `base` with `label` set to `value`
+    /// (`ListTaskDefinitions`).
+    pub fn find_relabelled(
+        &self,
+        base: &str,
+        label: &str,
+        value: &str,
+    ) -> Result<Option<String>, RackError> {
+        self.find_in(&mut self.lock(), base, label, value)
+    }
+
+    /// Registers `base` with `label` set to `value`, whether or not such a revision exists:
+    /// what an earlier run that stopped before `UpdateService` leaves behind
+    /// (`RegisterTaskDefinition`).
+    pub fn register_relabelled(
+        &self,
+        base: &str,
+        label: &str,
+        value: &str,
+    ) -> Result<String, RackError> {
+        self.register_in(&mut self.lock(), base, label, value)
+    }
+
+    fn find_in(
+        &self,
+        s: &mut State,
+        base: &str,
+        label: &str,
+        value: &str,
+    ) -> Result<Option<String>, RackError> {
+        self.call(s, "ecs", "ListTaskDefinitions", base)?;
+        let body = s
+            .task_definitions
+            .get(base)
+            .ok_or_else(|| not_found("DescribeTaskDefinition", base))?;
+        let mut want = body.clone();
+        set_label(&mut want, label, Some(value));
+        let want = comparable(&want);
+        let family = body["family"].clone();
+        Ok(s.task_definitions
+            .iter()
+            .filter(|(_, b)| b["family"] == family)
+            .find(|(_, b)| comparable(b) == want)
+            .map(|(arn, _)| arn.clone()))
+    }
+
+    fn register_in(
+        &self,
+        s: &mut State,
+        base: &str,
+        label: &str,
+        value: &str,
+    ) -> Result<String, RackError> {
+        self.call(s, "ecs", "RegisterTaskDefinition", base)?;
+        let mut body = s
+            .task_definitions
+            .get(base)
+            .cloned()
+            .ok_or_else(|| not_found("RegisterTaskDefinition", base))?;
+        set_label(&mut body, label, Some(value));
+        let family = body["family"].as_str().unwrap_or_default().to_string();
+        Ok(s.register(&family, body))
     }
 
     /// Calls made so far, by operation.
@@ -504,14 +556,33 @@ impl State {
         self.stack_resources.clone()
     }
 
+    /// What a CloudFormation update does to one API service: registers its primary revision
+    /// as `edit` changes it, makes that the stack's task definition, and rolls the service.
+    fn stack_roll(&mut self, idx: usize, now: Instant, edit: impl FnOnce(&mut Value)) {
+        let Some(base) = self.services[idx]
+            .primary()
+            .map(|d| d.task_definition.clone())
+        else {
+            return;
+        };
+        let Some(mut body) = self.task_definitions.get(&base).cloned() else {
+            return;
+        };
+        edit(&mut body);
+        let family = body["family"].as_str().unwrap_or_default().to_string();
+        let arn = self.register(&family, body);
+        let task_logical = self.services[idx].task_logical.clone();
+        self.stack_resources.insert(task_logical, arn.clone());
+        self.deploy(idx, arn, now);
+    }
+
     fn deploy(&mut self, idx: usize, task_definition: String, now: Instant) {
         let fault = self.rollout_faults.pop_front();
         let id = self.next_deployment_id();
         let svc = &mut self.services[idx];
         for d in &mut svc.deployments {
-            // ECS stops launching tasks for a deployment that is no longer primary.
+            // Its pending launches are dropped by the step below.
             d.primary = false;
-            d.starting.clear();
         }
         svc.deployments
             .insert(0, SimDeployment::new(id, task_definition, now, fault));
@@ -572,32 +643,21 @@ impl State {
             let (version, parameters, declared) =
                 (u.version.clone(), u.parameters.clone(), u.declared.clone());
             self.parameters = parameters;
+            let ecs_exec = declared.contains_key("ECSExec").then(|| {
+                self.parameters
+                    .get("ECSExec")
+                    .cloned()
+                    .unwrap_or_else(|| "No".into())
+            });
             for i in 0..self.services.len() {
-                let Some(base) = self.services[i]
-                    .primary()
-                    .map(|d| d.task_definition.clone())
-                else {
-                    continue;
-                };
-                let Some(mut body) = self.task_definitions.get(&base).cloned() else {
-                    continue;
-                };
-                for label in ["rack.Version", "convox.release"] {
-                    set_label(&mut body, label, Some(&version));
-                }
-                let ecs_exec = declared.contains_key("ECSExec").then(|| {
-                    self.parameters
-                        .get("ECSExec")
-                        .cloned()
-                        .unwrap_or_else(|| "No".into())
+                self.stack_roll(i, now, |body| {
+                    for label in ["rack.Version", "convox.release"] {
+                        set_label(body, label, Some(&version));
+                    }
+                    set_label(body, "rack.ECSExec", ecs_exec.as_deref());
+                    body["containerDefinitions"][0]["image"] =
+                        json!(format!("convox/rack:{version}"));
                 });
-                set_label(&mut body, "rack.ECSExec", ecs_exec.as_deref());
-                body["containerDefinitions"][0]["image"] = json!(format!("convox/rack:{version}"));
-                let family = body["family"].as_str().unwrap_or_default().to_string();
-                let arn = self.register(&family, body);
-                let task_logical = self.services[i].task_logical.clone();
-                self.stack_resources.insert(task_logical, arn.clone());
-                self.deploy(i, arn, now);
             }
             if let Some(u) = self.stack_update.as_mut() {
                 u.applied = true;
@@ -680,7 +740,8 @@ impl SimService {
     /// One scheduling step at time `t`: resolve launches due, trip the circuit breaker,
     /// stop old tasks and launch new ones within the deployment configuration, complete.
     fn step(&mut self, t: Instant, task_start: Duration, threshold: u32, next_id: &mut u64) {
-        // Launches only ever belong to the primary; drop any others so time always advances.
+        // Launches only ever belong to the primary (ECS stops launching tasks for a deployment
+        // that is no longer primary); drop any others so time always advances.
         for d in self.deployments.iter_mut().filter(|d| !d.primary) {
             d.starting.clear();
         }
@@ -891,45 +952,13 @@ impl Rack for SimRack {
         Ok(info(arn, body))
     }
 
-    async fn find_relabelled(
-        &self,
-        base: &str,
-        label: &str,
-        value: &str,
-    ) -> Result<Option<String>, RackError> {
+    async fn relabel(&self, base: &str, label: &str, value: &str) -> Result<Relabelled, RackError> {
         let mut s = self.lock();
-        self.call(&mut s, "ecs", "ListTaskDefinitions", base)?;
-        let body = s
-            .task_definitions
-            .get(base)
-            .ok_or_else(|| not_found("DescribeTaskDefinition", base))?;
-        let mut want = body.clone();
-        set_label(&mut want, label, Some(value));
-        let want = comparable(&want);
-        let family = body["family"].clone();
-        Ok(s.task_definitions
-            .iter()
-            .filter(|(_, b)| b["family"] == family)
-            .find(|(_, b)| comparable(b) == want)
-            .map(|(arn, _)| arn.clone()))
-    }
-
-    async fn register_relabelled(
-        &self,
-        base: &str,
-        label: &str,
-        value: &str,
-    ) -> Result<String, RackError> {
-        let mut s = self.lock();
-        self.call(&mut s, "ecs", "RegisterTaskDefinition", base)?;
-        let mut body = s
-            .task_definitions
-            .get(base)
-            .cloned()
-            .ok_or_else(|| not_found("RegisterTaskDefinition", base))?;
-        set_label(&mut body, label, Some(value));
-        let family = body["family"].as_str().unwrap_or_default().to_string();
-        Ok(s.register(&family, body))
+        if let Some(arn) = self.find_in(&mut s, base, label, value)? {
+            return Ok(Relabelled { arn, reused: true });
+        }
+        let arn = self.register_in(&mut s, base, label, value)?;
+        Ok(Relabelled { arn, reused: false })
     }
 
     async fn update_service(
@@ -1252,11 +1281,9 @@ mod tests {
         let base = stack.resources["ApiWebTasks"].clone();
         let new = sim
             .register_relabelled(&base, "rack.ECSExec", "Yes")
-            .await
             .expect("register");
         assert_eq!(
             sim.find_relabelled(&base, "rack.ECSExec", "Yes")
-                .await
                 .expect("find"),
             Some(new.clone())
         );
@@ -1306,7 +1333,6 @@ mod tests {
         );
         let new = sim
             .register_relabelled(&base, "rack.ECSExec", "Yes")
-            .await
             .expect("register");
         sim.update_service(&cluster, &web, &new)
             .await
