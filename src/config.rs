@@ -61,6 +61,8 @@ pub struct Config {
     #[serde(default)]
     pub timeouts: Timeouts,
     #[serde(default)]
+    pub rollouts: Rollouts,
+    #[serde(default)]
     pub backoff: Backoff,
     #[serde(default)]
     pub corrections: Corrections,
@@ -107,15 +109,54 @@ impl Default for Intervals {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
-    /// A rollout running longer than this is `Failed`.
+    /// A rollout running longer than this is `Failed` (and undone, when it is the
+    /// controller's own).
     #[serde(with = "humantime_serde")]
     pub rollout: Duration,
+    /// One reconcile run; a longer one is abandoned and retried with backoff.
+    #[serde(with = "humantime_serde")]
+    pub reconcile: Duration,
+    /// Connecting to an AWS endpoint.
+    #[serde(with = "humantime_serde")]
+    pub aws_connect: Duration,
+    /// One attempt of an AWS call (the SDK retries throttling and server errors).
+    #[serde(with = "humantime_serde")]
+    pub aws_attempt: Duration,
+    /// An AWS call with all its retries.
+    #[serde(with = "humantime_serde")]
+    pub aws_call: Duration,
+    /// `/readyz` and `status --controller-only` fail once the last complete observation of
+    /// the rack is older than this.
+    #[serde(with = "humantime_serde")]
+    pub observation_stale: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             rollout: Duration::from_secs(30 * 60),
+            reconcile: Duration::from_secs(120),
+            aws_connect: Duration::from_secs(3),
+            aws_attempt: Duration::from_secs(10),
+            aws_call: Duration::from_secs(30),
+            observation_stale: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rollouts {
+    /// New tasks of a rollout that may stop or fail to start before the rollout is judged
+    /// failed (and, when it is the controller's own, undone). The rack API services have no
+    /// deployment circuit breaker, so nothing else would ever fail them.
+    pub failed_tasks_threshold: u32,
+}
+
+impl Default for Rollouts {
+    fn default() -> Self {
+        Rollouts {
+            failed_tasks_threshold: 3,
         }
     }
 }
@@ -217,6 +258,18 @@ impl Config {
         }
         if !(0.0..1.0).contains(&self.intervals.jitter) {
             return Err("intervals.jitter: must be at least 0 and below 1".into());
+        }
+        let t = &self.timeouts;
+        if [t.reconcile, t.aws_connect, t.aws_attempt, t.aws_call, t.observation_stale]
+            .iter()
+            .any(Duration::is_zero)
+        {
+            return Err("timeouts: every timeout must be greater than zero".into());
+        }
+        if t.aws_attempt > t.aws_call || t.aws_call > t.reconcile {
+            return Err(
+                "timeouts: aws_attempt must be at most aws_call, and aws_call at most reconcile".into(),
+            );
         }
         if self.backoff.min.is_zero() || self.backoff.max < self.backoff.min {
             return Err("backoff: min must be greater than zero and at most max".into());

@@ -7,11 +7,13 @@
 //! - [`reconcile`]: the loop that observes, plans, acts, and schedules the next run;
 //! - [`rack`]: the boundary to a rack, with the `sim` and `aws` adapters;
 //! - [`watch`], [`http`]: the other adapters (file watcher, HTTP endpoints);
-//! - [`status`], [`metrics`]: what the controller tells people and Prometheus.
+//! - [`status`], [`metrics`]: what the controller tells people and Prometheus;
+//! - [`logging`]: log set-up that keeps the SDK's request bodies out of every log.
 
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod params;

@@ -70,7 +70,9 @@ enum Command {
         #[arg(long)]
         detailed_exitcode: bool,
     },
-    /// Print the status of the running controller, or else of the rack.
+    /// Print the status of the running controller, or else of the rack. With
+    /// `--controller-only`, exit 1 also when the controller has not observed the rack for
+    /// longer than `timeouts.observation_stale` (a health check for a stuck loop).
     Status {
         /// Print the JSON document served at /status.
         #[arg(long)]
@@ -140,15 +142,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    rack_reconciler::logging::init(format);
 }
 
 async fn build_rack(cfg: &Config, metrics: &Metrics) -> Result<Arc<dyn Rack>> {
@@ -159,7 +153,7 @@ async fn build_rack(cfg: &Config, metrics: &Metrics) -> Result<Arc<dyn Rack>> {
             Ok(Arc::new(sim))
         }
         Backend::Aws => Ok(Arc::new(
-            AwsRack::from_env(&cfg.rack, cfg.region.clone(), metrics.clone()).await,
+            AwsRack::from_env(&cfg.rack, cfg.region.clone(), &cfg.timeouts, metrics.clone()).await,
         )),
     }
 }
@@ -205,6 +199,7 @@ async fn run(cfg: Config) -> Result<u8> {
         listener,
         rec.status(),
         rec.metrics(),
+        cfg.timeouts.observation_stale,
         async move {
             let _ = http_shutdown.wait_for(|stop| *stop).await;
         },
@@ -374,6 +369,13 @@ async fn status(cfg: Config, json: bool, url: Option<String>, controller_only: b
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print_status(&status);
+    }
+    if controller_only && status.observation_stale {
+        eprintln!(
+            "the controller answers but has not observed the rack completely since {} (timeouts.observation_stale)",
+            status.last_observation.as_deref().unwrap_or("it started")
+        );
+        return Ok(exit::ERROR);
     }
     Ok(exit::CONVERGED)
 }

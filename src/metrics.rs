@@ -49,6 +49,7 @@ docs! {
     "rack_reconciler_reconcile_total", "counter", "result", "Reconcile runs by result (converged, progressing, waiting, blocked, failed, unknown, error, no_params).";
     "rack_reconciler_reconcile_duration_seconds", "histogram", "result", "Time a reconcile run took, by result.";
     "rack_reconciler_last_reconcile_timestamp_seconds", "gauge", "", "Unix time the last reconcile run finished.";
+    "rack_reconciler_last_successful_observation_timestamp_seconds", "gauge", "", "Unix time the rack was last observed completely (stack and services); stale while AWS hangs or fails.";
     "rack_reconciler_params_file_valid", "gauge", "", "1 when the params file was valid at the last read.";
     "rack_reconciler_params_file_errors_total", "counter", "kind", "Params file reads rejected, by kind (missing, empty, syntax, not_mapping, duplicate_key, unknown_key, invalid_value, unreadable).";
     "rack_reconciler_aws_api_calls_total", "counter", "service, operation, outcome", "Calls to AWS (or the simulated rack) by service, operation and outcome: the controller's cost.";
@@ -74,6 +75,7 @@ struct Inner {
     reconciles: IntCounterVec,
     reconcile_duration: HistogramVec,
     last_reconcile: prometheus::Gauge,
+    last_observation: prometheus::Gauge,
     params_valid: IntGauge,
     params_errors: IntCounterVec,
     downgrade_blocked: IntGauge,
@@ -133,6 +135,11 @@ impl Metrics {
             prometheus::Gauge::with_opts(opts("rack_reconciler_last_reconcile_timestamp_seconds"))
                 .expect("gauge");
         r.register(Box::new(last.clone())).expect("gauge");
+        let observed = prometheus::Gauge::with_opts(opts(
+            "rack_reconciler_last_successful_observation_timestamp_seconds",
+        ))
+        .expect("gauge");
+        r.register(Box::new(observed.clone())).expect("gauge");
         let valid = IntGauge::with_opts(opts("rack_reconciler_params_file_valid")).expect("gauge");
         r.register(Box::new(valid.clone())).expect("gauge");
         let downgrade_blocked =
@@ -162,6 +169,7 @@ impl Metrics {
             reconciles: register!(r, IntCounterVec, "rack_reconciler_reconcile_total"),
             reconcile_duration: duration,
             last_reconcile: last,
+            last_observation: observed,
             params_valid: valid,
             downgrade_blocked,
             stack_updates,
@@ -270,6 +278,15 @@ impl Metrics {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         m.last_reconcile.set(now);
+    }
+
+    /// The rack was observed completely at `at`.
+    pub fn observed(&self, at: SystemTime) {
+        let secs = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.inner.last_observation.set(secs);
     }
 
     pub fn set_downgrade_blocked(&self, blocked: bool) {

@@ -155,6 +155,33 @@ pub struct TaskSnapshot {
     pub last_status: String,
 }
 
+/// A task of a service that has stopped (`ListTasks` with `desiredStatus=STOPPED`, kept by ECS
+/// for about an hour). Read only while a deployment of the service is in progress: without a
+/// deployment circuit breaker, the tasks a rollout keeps stopping are how it fails.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoppedTask {
+    pub task_definition: String,
+    /// `startedBy`: the id of the deployment that launched it (`ecs-svc/...`).
+    pub started_by: Option<String>,
+    /// ECS's `stoppedReason`, e.g. `Essential container in task exited`.
+    pub stopped_reason: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub created_at: SystemTime,
+}
+
+impl StoppedTask {
+    /// Whether the task was launched by `deployment`.
+    pub fn launched_by(&self, deployment: &Deployment) -> bool {
+        match &self.started_by {
+            Some(id) if id.starts_with("ecs-svc/") => *id == deployment.id,
+            _ => {
+                self.task_definition == deployment.task_definition
+                    && self.created_at >= deployment.created_at
+            }
+        }
+    }
+}
+
 /// An ECS service as `DescribeServices` (plus its running tasks) shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceSnapshot {
@@ -169,6 +196,11 @@ pub struct ServiceSnapshot {
     pub maximum_percent: u32,
     pub deployments: Vec<Deployment>,
     pub tasks: Vec<TaskSnapshot>,
+    /// Tasks stopped recently, read only while a deployment is in progress.
+    pub stopped: Vec<StoppedTask>,
+    /// Target groups the service registers its tasks with (the web service sits behind the
+    /// rack's load balancer).
+    pub target_groups: Vec<String>,
 }
 
 impl ServiceSnapshot {
@@ -184,6 +216,13 @@ impl ServiceSnapshot {
         self.deployments
             .iter()
             .filter(|d| d.status == DeploymentStatus::Active)
+    }
+
+    /// Whether any deployment is still rolling out.
+    pub fn rolling(&self) -> bool {
+        self.deployments
+            .iter()
+            .any(|d| d.rollout_state == Some(RolloutState::InProgress))
     }
 
     /// Every task definition ARN the service references right now.

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    ManagedParam, ObservedRack, ObservedService, RackVersion, RolloutState, StackParameter,
-    StackState, ECS_EXEC, VERSION_PARAM,
+    Deployment, ManagedParam, ObservedRack, ObservedService, RackVersion, RolloutState,
+    StackParameter, StackState, StoppedTask, ECS_EXEC, VERSION_PARAM,
 };
 
 /// Where a managed parameter stands.
@@ -71,6 +71,9 @@ pub struct PlanContext {
     pub now: SystemTime,
     /// A rollout running longer than this is `Failed`.
     pub rollout_timeout: Duration,
+    /// New tasks of a rollout that may fail (stop, or fail to start) before the rollout is
+    /// judged failed: the API services have no deployment circuit breaker to do it.
+    pub failed_tasks_threshold: u32,
     /// The value this parameter last converged to: a roll needed for that same value is a
     /// correction of an out-of-band revert.
     pub last_converged: Option<String>,
@@ -79,10 +82,47 @@ pub struct PlanContext {
     pub max_corrections_per_hour: u32,
     /// After a failure, writes wait until then (exponential backoff).
     pub retry_not_before: Option<SystemTime>,
+    /// Why the last attempt failed, for the message while backing off.
+    pub last_failure: Option<String>,
     /// Services this controller rolled for the current desired value that have not been
     /// seen converged since, with the revision they were rolled to. A service found back on
     /// another revision was rolled back (or replaced) even if ECS no longer shows a failure.
     pub rolled_to: BTreeMap<String, String>,
+    /// Rollouts this controller started (whatever the desired value was then), by logical
+    /// service id, until the service settles.
+    pub own_rollouts: BTreeMap<String, OwnRollout>,
+}
+
+/// A rollout the controller started: from which revision to which, and whether it has
+/// pointed the service back since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnRollout {
+    pub from: String,
+    pub to: String,
+    /// The rollout failed and the service was pointed back at `from`.
+    pub undone: bool,
+}
+
+/// Where a roll points the service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum RollTo {
+    /// A copy of the running revision with only the label changed (registered, or an
+    /// identical one reused).
+    Relabelled,
+    /// A revision that already exists and holds what is wanted.
+    Revision(String),
+}
+
+/// Why a roll is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RollPurpose {
+    /// Towards a new desired value.
+    Change,
+    /// Undoes an out-of-band revert of a converged value.
+    Correction,
+    /// Points a service whose rollout failed back at the revision it ran before.
+    Undo,
 }
 
 /// The one write the controller should make now.
@@ -93,18 +133,18 @@ pub struct Roll {
     /// The ECS service name.
     pub service_name: String,
     pub cluster: String,
-    /// The revision the service runs now; the new one is a copy of it.
+    /// The revision the roll starts from: the base of a relabelled copy.
     pub from_task_definition: String,
+    pub to: RollTo,
     pub label: String,
     pub value: String,
-    /// Whether this undoes an out-of-band revert of a converged value.
-    pub correction: bool,
+    pub purpose: RollPurpose,
 }
 
 /// The write a decision asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Action {
-    /// Register a relabelled revision (or reuse one) and roll a service to it.
+    /// Point a service at a relabelled revision (registered or reused), or at an existing one.
     Roll(Roll),
     /// Update the rack stack to another version's template.
     UpdateStack(StackUpdate),
@@ -148,10 +188,21 @@ pub struct ServiceProgress {
 pub enum ServiceState {
     Converged,
     RollingOut,
+    /// Pointed back at its previous revision after a failed rollout, and rolling there.
+    RollingBack,
     Pending,
     Busy,
     Failed,
+    /// The ECS service is `DRAINING` or `INACTIVE`.
+    Inactive,
     Unknown,
+}
+
+impl ServiceState {
+    /// A deployment of the service is running (for the rollouts-in-progress metric).
+    pub fn rolling(self) -> bool {
+        matches!(self, ServiceState::RollingOut | ServiceState::RollingBack)
+    }
 }
 
 /// The planner's answer for one parameter.
@@ -177,8 +228,22 @@ enum Eval {
     Converged,
     Rolling(String),
     Failed(&'static str, String),
+    /// A rollout of ours is failing: point the service back at `to`.
+    Undo {
+        reason: &'static str,
+        message: String,
+        to: String,
+    },
+    /// Our undo is rolling the service back.
+    RollingBack(String),
     Busy(String),
-    NeedsRoll { from: String },
+    /// Someone else's rollout has run past the timeout.
+    Stuck(String),
+    NeedsRoll {
+        from: String,
+        to: RollTo,
+    },
+    Inactive(String),
     Unknown(String),
 }
 
@@ -195,20 +260,9 @@ pub fn observed_value(param: &ManagedParam, rack: &ObservedRack) -> Option<Strin
     }
 }
 
-/// Decides the next step for one parameter.
-pub fn plan(
-    param: &ManagedParam,
-    desired: &str,
-    rack: &ObservedRack,
-    ctx: &PlanContext,
-) -> Decision {
-    let observed = observed_value(param, rack);
-    let drift = rack
-        .services
-        .iter()
-        .any(|s| primary_value(s, param) != Some(desired));
-    let pending: Vec<PendingChange> = rack
-        .services
+/// The services whose primary revision does not hold `desired`, for `plan`.
+fn pending_changes(param: &ManagedParam, desired: &str, rack: &ObservedRack) -> Vec<PendingChange> {
+    rack.services
         .iter()
         .filter_map(|s| {
             let primary = s.service.primary()?;
@@ -220,8 +274,16 @@ pub fn plan(
                 to_value: desired.to_string(),
             })
         })
-        .collect();
+        .collect()
+}
 
+/// Decides the next step for one parameter.
+pub fn plan(
+    param: &ManagedParam,
+    desired: &str,
+    rack: &ObservedRack,
+    ctx: &PlanContext,
+) -> Decision {
     let mut services = Vec::with_capacity(rack.services.len());
     let mut first_open: Option<(usize, Eval)> = None;
     for (i, s) in rack.services.iter().enumerate() {
@@ -231,98 +293,142 @@ pub fn plan(
             first_open = Some((i, eval));
         }
     }
-
-    let mut d = Decision {
+    let d = Decision {
         param: param.name,
         desired: desired.to_string(),
-        observed,
+        observed: observed_value(param, rack),
         phase: Phase::Converged,
         reason: "Converged",
         message: String::new(),
-        drift,
+        drift: rack
+            .services
+            .iter()
+            .any(|s| primary_value(s, param) != Some(desired)),
         action: None,
-        pending,
+        pending: pending_changes(param, desired, rack),
         services,
     };
-
-    match rack.stack.state() {
-        StackState::InProgress => {
-            return d.with(
-                Phase::Waiting,
-                "StackUpdating",
-                format!(
-                    "stack {} is {}: CloudFormation owns the rack until it settles; no changes until then",
-                    rack.stack.name, rack.stack.status
-                ),
-            )
-        }
-        StackState::Unusable => {
-            return d.with(
-                Phase::Blocked,
-                "StackUnusable",
-                format!(
-                    "stack {} is {}: repair the stack (see its CloudFormation events) before the controller can act",
-                    rack.stack.name, rack.stack.status
-                ),
-            )
-        }
-        StackState::Stable => {}
+    if let Some((phase, reason, message)) = stack_hold(rack) {
+        return d.with(phase, reason, message);
     }
+    match first_open {
+        None => converged(d, param, rack),
+        Some((index, eval)) => decide(d, param, &rack.services[index], rack, eval, ctx),
+    }
+}
 
-    let Some((index, eval)) = first_open else {
-        return converged(d, param, rack);
+/// While the stack is updating or broken, the services are not the controller's to touch.
+fn stack_hold(rack: &ObservedRack) -> Option<(Phase, &'static str, String)> {
+    let (name, status) = (&rack.stack.name, &rack.stack.status);
+    match rack.stack.state() {
+        StackState::InProgress => Some((
+            Phase::Waiting,
+            "StackUpdating",
+            format!("stack {name} is {status}: CloudFormation owns the rack until it settles; no changes until then"),
+        )),
+        StackState::Unusable => Some((
+            Phase::Blocked,
+            "StackUnusable",
+            format!("stack {name} is {status}: repair the stack (see its CloudFormation events) before the controller can act"),
+        )),
+        StackState::Stable => None,
+    }
+}
+
+/// The decision for the first service that is not converged.
+fn decide(
+    d: Decision,
+    param: &ManagedParam,
+    s: &ObservedService,
+    rack: &ObservedRack,
+    eval: Eval,
+    ctx: &PlanContext,
+) -> Decision {
+    let desired = d.desired.clone();
+    let roll = |to: RollTo, from: String, purpose: RollPurpose| Roll {
+        service: s.target.service.clone(),
+        service_name: s.service.name.clone(),
+        cluster: rack.cluster.clone(),
+        from_task_definition: from,
+        to,
+        label: param.label.to_string(),
+        value: desired.clone(),
+        purpose,
     };
-    let s = &rack.services[index];
-    let name = &s.target.service;
     match eval {
         Eval::Converged => converged(d, param, rack),
         Eval::Rolling(msg) => d.with(Phase::Progressing, "RollingOut", msg),
         Eval::Failed(reason, msg) => d.with(Phase::Failed, reason, msg),
+        Eval::Undo {
+            reason,
+            message,
+            to,
+        } => {
+            let from = primary_td(s);
+            let action = roll(RollTo::Revision(to), from, RollPurpose::Undo);
+            d.act(action).with(Phase::Failed, reason, message)
+        }
+        Eval::RollingBack(msg) => d.with(Phase::Failed, "RollingBack", msg),
         Eval::Busy(msg) => d.with(Phase::Waiting, "ServiceBusy", msg),
+        Eval::Stuck(msg) => d.with(Phase::Failed, "ServiceStuck", msg),
+        Eval::Inactive(msg) => d.with(Phase::Blocked, "ServiceInactive", msg),
         Eval::Unknown(msg) => d.with(Phase::Unknown, "NoPrimaryDeployment", msg),
-        Eval::NeedsRoll { from } => {
-            let correction = ctx.last_converged.as_deref() == Some(desired);
-            if correction && ctx.corrections_last_hour >= ctx.max_corrections_per_hour {
-                return d.with(
-                    Phase::Blocked,
-                    "CorrectionsCapped",
-                    format!(
-                        "{} on {name} was reverted out of band again after {} corrections in the last hour (cap {}): \
-                         something (a CloudFormation stack update?) keeps resetting it; set the rack parameter {} \
-                         to {desired} in the stack, or raise corrections.max_per_hour",
-                        param.label, ctx.corrections_last_hour, ctx.max_corrections_per_hour, param.name
-                    ),
-                );
+        Eval::NeedsRoll { from, to } => {
+            let correction = ctx.last_converged.as_deref() == Some(d.desired.as_str());
+            if let Some(held) = hold_roll(param, s, &d.desired, correction, ctx) {
+                return d.with(held.0, held.1, held.2);
             }
-            if let Some(at) = ctx.retry_not_before.filter(|at| *at > ctx.now) {
-                let wait = at.duration_since(ctx.now).unwrap_or_default();
-                return d.with(
-                    Phase::Failed,
-                    "BackingOff",
-                    format!(
-                        "the last attempt to roll {name} failed; next attempt in {}",
-                        humantime::format_duration(round_secs(wait))
-                    ),
-                );
-            }
-            let verb = if correction {
-                "correcting an out-of-band revert: rolling"
+            let (purpose, verb) = if correction {
+                (RollPurpose::Correction, "correcting an out-of-band revert: rolling")
             } else {
-                "rolling"
+                (RollPurpose::Change, "rolling")
             };
-            let msg = format!("{verb} {name} to a revision with {}={desired}", param.label);
-            d.action = Some(Action::Roll(Roll {
-                service: name.clone(),
-                service_name: s.service.name.clone(),
-                cluster: rack.cluster.clone(),
-                from_task_definition: from,
-                label: param.label.to_string(),
-                value: desired.to_string(),
-                correction,
-            }));
-            d.with(Phase::Progressing, "RollingOut", msg)
+            let msg = format!(
+                "{verb} {} to a revision with {}={}",
+                s.target.service, param.label, d.desired
+            );
+            d.act(roll(to, from, purpose))
+                .with(Phase::Progressing, "RollingOut", msg)
         }
     }
+}
+
+/// Why a roll that is needed must not be made now: the correction cap, or the backoff.
+fn hold_roll(
+    param: &ManagedParam,
+    s: &ObservedService,
+    desired: &str,
+    correction: bool,
+    ctx: &PlanContext,
+) -> Option<(Phase, &'static str, String)> {
+    let name = &s.target.service;
+    if correction && ctx.corrections_last_hour >= ctx.max_corrections_per_hour {
+        return Some((
+            Phase::Blocked,
+            "CorrectionsCapped",
+            format!(
+                "{} on {name} was reverted out of band again after {} corrections in the last hour (cap {}): \
+                 something (a CloudFormation stack update?) keeps resetting it; set the rack parameter {} \
+                 to {desired} in the stack, or raise corrections.max_per_hour",
+                param.label, ctx.corrections_last_hour, ctx.max_corrections_per_hour, param.name
+            ),
+        ));
+    }
+    let at = ctx.retry_not_before.filter(|at| *at > ctx.now)?;
+    let wait = at.duration_since(ctx.now).unwrap_or_default();
+    let why = ctx
+        .last_failure
+        .as_deref()
+        .map(|f| format!(" ({f})"))
+        .unwrap_or_default();
+    Some((
+        Phase::Failed,
+        "BackingOff",
+        format!(
+            "the last attempt to roll {name} failed{why}; next attempt in {}",
+            humantime::format_duration(round_secs(wait))
+        ),
+    ))
 }
 
 fn converged(d: Decision, param: &ManagedParam, rack: &ObservedRack) -> Decision {
@@ -347,6 +453,17 @@ impl Decision {
         self.message = message;
         self
     }
+
+    /// The decision turned into `Blocked`, with no write.
+    pub fn blocked(mut self, reason: &'static str, message: String) -> Decision {
+        self.action = None;
+        self.with(Phase::Blocked, reason, message)
+    }
+
+    fn act(mut self, roll: Roll) -> Decision {
+        self.action = Some(Action::Roll(roll));
+        self
+    }
 }
 
 fn round_secs(d: Duration) -> Duration {
@@ -359,68 +476,157 @@ fn primary_value<'a>(s: &'a ObservedService, param: &ManagedParam) -> Option<&'a
         .and_then(|p| s.value_in(&p.task_definition, param))
 }
 
+fn primary_td(s: &ObservedService) -> String {
+    s.service
+        .primary()
+        .map(|p| p.task_definition.clone())
+        .unwrap_or_default()
+}
+
 fn evaluate(s: &ObservedService, param: &ManagedParam, desired: &str, ctx: &PlanContext) -> Eval {
     let name = &s.target.service;
+    if matches!(s.service.status.as_str(), "DRAINING" | "INACTIVE") {
+        return Eval::Inactive(format!(
+            "service {name} ({}) is {}: ECS is deleting it or has deleted it; check the rack stack",
+            s.service.name, s.service.status
+        ));
+    }
     let Some(primary) = s.service.primary() else {
         return Eval::Unknown(format!("service {name} has no PRIMARY deployment"));
     };
-    let value = s.value_in(&primary.task_definition, param);
-    let others: Vec<_> = s.service.others().collect();
+    if s.value_in(&primary.task_definition, param) == Some(desired) {
+        evaluate_holding(s, primary, ctx)
+    } else {
+        evaluate_lacking(s, primary, param, desired, ctx)
+    }
+}
 
-    if value == Some(desired) {
-        if primary.rollout_state == Some(RolloutState::Failed) {
-            return Eval::Failed(
-                "RolloutFailed",
-                format!(
-                    "rollout of {name} to {} failed: {}; fix the cause (see the service events), the service keeps its deployment",
-                    primary.task_definition,
-                    reason_or_default(primary.rollout_state_reason.as_deref())
-                ),
-            );
+/// The primary revision holds the desired value: converged, rolling, or failing.
+fn evaluate_holding(s: &ObservedService, primary: &Deployment, ctx: &PlanContext) -> Eval {
+    let name = &s.target.service;
+    if primary.rollout_state == Some(RolloutState::Failed) {
+        return Eval::Failed(
+            "RolloutFailed",
+            format!(
+                "rollout of {name} to {} failed: {}; fix the cause (see the service events), the service keeps its deployment",
+                primary.task_definition,
+                reason_or_default(primary.rollout_state_reason.as_deref())
+            ),
+        );
+    }
+    let rolling = match primary.rollout_state {
+        Some(RolloutState::InProgress) => true,
+        Some(_) => false,
+        None => primary.running_count < primary.desired_count,
+    };
+    let others = s.service.others().count();
+    let stale_tasks = s
+        .service
+        .tasks
+        .iter()
+        .filter(|t| t.task_definition != primary.task_definition)
+        .count();
+    if !rolling && others == 0 && stale_tasks == 0 {
+        return Eval::Converged;
+    }
+    if rolling {
+        if let Some((reason, message)) = rollout_failure(s, primary, ctx) {
+            return undo_or_fail(s, primary, ctx, reason, message);
         }
-        let rolling = match primary.rollout_state {
-            Some(RolloutState::InProgress) => true,
-            Some(_) => false,
-            None => primary.running_count < primary.desired_count,
-        };
-        let stale_tasks = s
-            .service
-            .tasks
+    }
+    Eval::Rolling(format!(
+        "{name}: rollout of {} in progress ({}/{} new tasks running, {others} older deployment(s) draining, \
+         {stale_tasks} task(s) on older revisions)",
+        primary.task_definition, primary.running_count, primary.desired_count,
+    ))
+}
+
+/// Whether a rollout in progress has failed: too many of its new tasks stopped or failed to
+/// start (the API services have no circuit breaker to say so), or it ran past the timeout.
+fn rollout_failure(
+    s: &ObservedService,
+    primary: &Deployment,
+    ctx: &PlanContext,
+) -> Option<(&'static str, String)> {
+    let name = &s.target.service;
+    let mut stopped: Vec<&StoppedTask> = s
+        .service
+        .stopped
+        .iter()
+        .filter(|t| t.launched_by(primary))
+        .collect();
+    stopped.sort_by_key(|t| t.created_at);
+    let failures = primary.failed_tasks.max(stopped.len() as u32);
+    if failures >= ctx.failed_tasks_threshold.max(1) {
+        let why = stopped
             .iter()
-            .filter(|t| t.task_definition != primary.task_definition)
-            .count();
-        if !rolling && others.is_empty() && stale_tasks == 0 {
-            return Eval::Converged;
-        }
-        let age = ctx
-            .now
-            .duration_since(primary.created_at)
-            .unwrap_or_default();
-        if rolling && age > ctx.rollout_timeout {
-            return Eval::Failed(
-                "RolloutTimedOut",
-                format!(
-                    "rollout of {name} to {} has run for {}, longer than the {} rollout timeout ({} of {} tasks running); \
-                     check the service events",
-                    primary.task_definition,
-                    humantime::format_duration(Duration::from_secs(age.as_secs())),
-                    humantime::format_duration(ctx.rollout_timeout),
-                    primary.running_count,
-                    primary.desired_count
-                ),
-            );
-        }
-        return Eval::Rolling(format!(
-            "{name}: rollout of {} in progress ({}/{} new tasks running, {} older deployment(s) draining, {} task(s) on older revisions)",
-            primary.task_definition,
-            primary.running_count,
-            primary.desired_count,
-            others.len(),
-            stale_tasks
+            .rev()
+            .find_map(|t| t.stopped_reason.as_deref())
+            .unwrap_or("ECS gave no stopped reason");
+        return Some((
+            "RolloutFailed",
+            format!(
+                "rollout of {name} to {} is failing: {failures} new task(s) stopped or failed to start \
+                 (threshold {}); last stopped reason: {why}",
+                primary.task_definition, ctx.failed_tasks_threshold
+            ),
         ));
     }
+    let age = ctx
+        .now
+        .duration_since(primary.created_at)
+        .unwrap_or_default();
+    (age > ctx.rollout_timeout).then(|| {
+        (
+            "RolloutTimedOut",
+            format!(
+                "rollout of {name} to {} has run for {}, longer than the {} rollout timeout ({} of {} tasks running)",
+                primary.task_definition,
+                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                humantime::format_duration(ctx.rollout_timeout),
+                primary.running_count,
+                primary.desired_count
+            ),
+        )
+    })
+}
 
-    // The primary does not hold the desired value.
+/// A failing rollout of ours is undone (the service pointed back at where it came from);
+/// someone else's is reported and left alone.
+fn undo_or_fail(
+    s: &ObservedService,
+    primary: &Deployment,
+    ctx: &PlanContext,
+    reason: &'static str,
+    message: String,
+) -> Eval {
+    let name = &s.target.service;
+    match ctx
+        .own_rollouts
+        .get(name)
+        .filter(|r| r.to == primary.task_definition && !r.undone)
+    {
+        Some(own) => Eval::Undo {
+            reason,
+            message: format!("{message}; pointing {name} back at {}", own.from),
+            to: own.from.clone(),
+        },
+        None => Eval::Failed(
+            reason,
+            format!("{message}; the controller did not start this rollout, so it leaves it to whoever did"),
+        ),
+    }
+}
+
+/// The primary revision does not hold the desired value: roll, wait, or report.
+fn evaluate_lacking(
+    s: &ObservedService,
+    primary: &Deployment,
+    param: &ManagedParam,
+    desired: &str,
+    ctx: &PlanContext,
+) -> Eval {
+    let name = &s.target.service;
     if let Some(failed) = s.service.deployments.iter().find(|d| {
         d.rollout_state == Some(RolloutState::Failed)
             && s.value_in(&d.task_definition, param) == Some(desired)
@@ -434,23 +640,24 @@ fn evaluate(s: &ObservedService, param: &ManagedParam, desired: &str, ctx: &Plan
             ),
         );
     }
-    if primary.rollout_state == Some(RolloutState::InProgress) || !others.is_empty() {
-        return Eval::Busy(format!(
-            "{name} is rolling out {} (not this change); waiting for it to finish before rolling {}={desired}",
-            primary.task_definition, param.label
-        ));
+    let busy = primary.rollout_state == Some(RolloutState::InProgress) || s.service.others().count() > 0;
+    if let Some(eval) = own_rollout(s, primary, param, desired, busy, ctx) {
+        return eval;
+    }
+    if busy {
+        return foreign_rollout(s, primary, param, desired, ctx);
     }
     if let Some(rolled) = ctx.rolled_to.get(name) {
         return Eval::Failed(
             "RolloutReverted",
             format!(
-                "the rollout of {name} to {rolled} did not stick: {name} runs {} again (rolled back by the ECS \
-                 deployment circuit breaker, or replaced); see the service events",
+                "the rollout of {name} to {rolled} did not stick: {name} runs {} again (rolled back, or \
+                 replaced by someone else); see the service events",
                 primary.task_definition
             ),
         );
     }
-    if value.is_none() {
+    if s.value_in(&primary.task_definition, param).is_none() {
         return Eval::Unknown(format!(
             "the labels of {} (primary of {name}) were not observed",
             primary.task_definition
@@ -458,7 +665,72 @@ fn evaluate(s: &ObservedService, param: &ManagedParam, desired: &str, ctx: &Plan
     }
     Eval::NeedsRoll {
         from: primary.task_definition.clone(),
+        to: RollTo::Relabelled,
     }
+}
+
+/// A rollout the controller started and that no longer leads to the desired value: being
+/// undone after a failure, or made for a value the params file no longer wants.
+fn own_rollout(
+    s: &ObservedService,
+    primary: &Deployment,
+    param: &ManagedParam,
+    desired: &str,
+    busy: bool,
+    ctx: &PlanContext,
+) -> Option<Eval> {
+    let name = &s.target.service;
+    let own = ctx.own_rollouts.get(name)?;
+    if own.undone && busy && primary.task_definition == own.from {
+        let why = ctx.last_failure.as_deref().unwrap_or("the rollout failed");
+        return Some(Eval::RollingBack(format!(
+            "{why}; {name} is rolling back to {} ({}/{} tasks running)",
+            own.from, primary.running_count, primary.desired_count
+        )));
+    }
+    if own.undone || own.to != primary.task_definition {
+        return None;
+    }
+    // The params file changed while our rollout ran: head for the desired value from where
+    // the service came from, without waiting for a rollout nobody wants any more.
+    let to = if s.value_in(&own.from, param) == Some(desired) {
+        RollTo::Revision(own.from.clone())
+    } else {
+        RollTo::Relabelled
+    };
+    Some(Eval::NeedsRoll {
+        from: own.from.clone(),
+        to,
+    })
+}
+
+/// Someone else is rolling the service: wait, but not for ever.
+fn foreign_rollout(
+    s: &ObservedService,
+    primary: &Deployment,
+    param: &ManagedParam,
+    desired: &str,
+    ctx: &PlanContext,
+) -> Eval {
+    let name = &s.target.service;
+    let age = ctx
+        .now
+        .duration_since(primary.created_at)
+        .unwrap_or_default();
+    if age > ctx.rollout_timeout {
+        return Eval::Stuck(format!(
+            "{name} has been rolling out {} (not this change) for {}, longer than the {} rollout timeout; \
+             {}={desired} waits until that rollout ends: see the service events",
+            primary.task_definition,
+            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            humantime::format_duration(ctx.rollout_timeout),
+            param.label
+        ));
+    }
+    Eval::Busy(format!(
+        "{name} is rolling out {} (not this change); waiting for it to finish before rolling {}={desired}",
+        primary.task_definition, param.label
+    ))
 }
 
 fn reason_or_default(reason: Option<&str>) -> &str {
@@ -475,9 +747,11 @@ fn progress(s: &ObservedService, param: &ManagedParam, eval: &Eval) -> ServicePr
         state: match eval {
             Eval::Converged => ServiceState::Converged,
             Eval::Rolling(_) => ServiceState::RollingOut,
-            Eval::Failed(..) => ServiceState::Failed,
+            Eval::RollingBack(_) => ServiceState::RollingBack,
+            Eval::Failed(..) | Eval::Undo { .. } | Eval::Stuck(_) => ServiceState::Failed,
             Eval::Busy(_) => ServiceState::Busy,
             Eval::NeedsRoll { .. } => ServiceState::Pending,
+            Eval::Inactive(_) => ServiceState::Inactive,
             Eval::Unknown(_) => ServiceState::Unknown,
         },
         value: primary_value(s, param).map(str::to_string),
@@ -852,9 +1126,36 @@ mod tests {
                         last_status: "RUNNING".into(),
                     })
                     .collect(),
+                stopped: Vec::new(),
+                target_groups: Vec::new(),
             },
             labels: labels(),
         }
+    }
+
+    /// `n` tasks of the primary deployment stopped with `reason`.
+    fn with_stopped(mut s: ObservedService, n: usize, reason: &str) -> ObservedService {
+        let primary = s.service.primary().cloned().expect("primary");
+        s.service.stopped = (0..n)
+            .map(|i| StoppedTask {
+                task_definition: primary.task_definition.clone(),
+                started_by: Some(primary.id.clone()),
+                stopped_reason: Some(reason.to_string()),
+                created_at: primary.created_at + Duration::from_secs(i as u64),
+            })
+            .collect();
+        s
+    }
+
+    fn own(service: &str, from: &str, to: &str, undone: bool) -> BTreeMap<String, OwnRollout> {
+        BTreeMap::from([(
+            service.to_string(),
+            OwnRollout {
+                from: from.into(),
+                to: to.into(),
+                undone,
+            },
+        )])
     }
 
     fn rack(status: &str, web: ObservedService, mon: ObservedService) -> ObservedRack {
@@ -880,6 +1181,9 @@ mod tests {
             max_corrections_per_hour: 3,
             retry_not_before: None,
             rolled_to: BTreeMap::new(),
+            failed_tasks_threshold: 3,
+            last_failure: None,
+            own_rollouts: BTreeMap::new(),
         }
     }
 
@@ -897,8 +1201,8 @@ mod tests {
         ctx: PlanContext,
         phase: Phase,
         reason: &'static str,
-        /// (service, from) of the roll expected, if any.
-        roll: Option<(&'static str, &'static str)>,
+        /// (service, from, to) of the roll expected, if any; `to` empty for a relabelled copy.
+        roll: Option<(&'static str, &'static str, &'static str)>,
     }
 
     #[test]
@@ -942,7 +1246,7 @@ mod tests {
                 ctx: ctx(),
                 phase: Phase::Progressing,
                 reason: "RollingOut",
-                roll: Some(("ServiceWebApi", "web:1")),
+                roll: Some(("ServiceWebApi", "web:1", "")),
             },
             Case {
                 name: "monitor waits while web rolls",
@@ -997,7 +1301,7 @@ mod tests {
                 ctx: ctx(),
                 phase: Phase::Progressing,
                 reason: "RollingOut",
-                roll: Some(("ServiceMonitorApi", "mon:1")),
+                roll: Some(("ServiceMonitorApi", "mon:1", "")),
             },
             Case {
                 name: "Yes back to No rolls from the Yes revision",
@@ -1010,7 +1314,7 @@ mod tests {
                 ctx: ctx(),
                 phase: Phase::Progressing,
                 reason: "RollingOut",
-                roll: Some(("ServiceWebApi", "web:2")),
+                roll: Some(("ServiceWebApi", "web:2", "")),
             },
             Case {
                 name: "stack update in progress: wait, no action",
@@ -1097,7 +1401,7 @@ mod tests {
                 },
                 phase: Phase::Progressing,
                 reason: "RollingOut",
-                roll: Some(("ServiceWebApi", "web:1")),
+                roll: Some(("ServiceWebApi", "web:1", "")),
             },
             Case {
                 name: "a rollout rolled back before it was seen failing is failed, not retried",
@@ -1159,7 +1463,7 @@ mod tests {
                 },
                 phase: Phase::Progressing,
                 reason: "RollingOut",
-                roll: Some(("ServiceWebApi", "web:3")),
+                roll: Some(("ServiceWebApi", "web:3", "")),
             },
             Case {
                 name: "corrections past the hourly cap stop and report",
@@ -1200,6 +1504,114 @@ mod tests {
                 reason: "RolloutFailed",
                 roll: None,
             },
+            Case {
+                name: "new tasks keep stopping, fewer than the threshold: still rolling",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    with_stopped(web(&[rolling("web:2", 0, 60), draining("web:1")], &["web:1"]), 2, "Essential container in task exited"),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: PlanContext { own_rollouts: own("ServiceWebApi", "web:1", "web:2", false), ..ctx() },
+                phase: Phase::Progressing,
+                reason: "RollingOut",
+                roll: None,
+            },
+            Case {
+                name: "our rollout's new tasks keep stopping (no circuit breaker): point the service back",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    with_stopped(web(&[rolling("web:2", 0, 60), draining("web:1")], &["web:1"]), 3, "Essential container in task exited"),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: PlanContext { own_rollouts: own("ServiceWebApi", "web:1", "web:2", false), ..ctx() },
+                phase: Phase::Failed,
+                reason: "RolloutFailed",
+                roll: Some(("ServiceWebApi", "web:2", "web:1")),
+            },
+            Case {
+                name: "someone else's failing rollout is reported, not undone",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    with_stopped(web(&[rolling("web:2", 0, 60), draining("web:1")], &["web:1"]), 3, "Essential container in task exited"),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Failed,
+                reason: "RolloutFailed",
+                roll: None,
+            },
+            Case {
+                name: "our rollout past its timeout is undone too",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[rolling("web:2", 0, 1801), draining("web:1")], &["web:1"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: PlanContext { own_rollouts: own("ServiceWebApi", "web:1", "web:2", false), ..ctx() },
+                phase: Phase::Failed,
+                reason: "RolloutTimedOut",
+                roll: Some(("ServiceWebApi", "web:2", "web:1")),
+            },
+            Case {
+                name: "after the undo: failed while the service rolls back, no further write",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[rolling("web:1", 0, 5), draining("web:2")], &["web:2"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: PlanContext { own_rollouts: own("ServiceWebApi", "web:1", "web:2", true), ..ctx() },
+                phase: Phase::Failed,
+                reason: "RollingBack",
+                roll: None,
+            },
+            Case {
+                name: "params set back while our rollout is stuck: roll back to where it came from",
+                desired: "No",
+                rack: rack(
+                    stable,
+                    web(&[rolling("web:2", 0, 120), draining("web:1")], &["web:1"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: PlanContext { own_rollouts: own("ServiceWebApi", "web:1", "web:2", false), ..ctx() },
+                phase: Phase::Progressing,
+                reason: "RollingOut",
+                roll: Some(("ServiceWebApi", "web:1", "web:1")),
+            },
+            Case {
+                name: "someone else's rollout past the timeout: failed, no write",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[rolling("web:3", 0, 1801), draining("web:1")], &["web:1"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Failed,
+                reason: "ServiceStuck",
+                roll: None,
+            },
+            Case {
+                name: "an INACTIVE service is reported as such",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    {
+                        let mut w = web(&[done("web:1")], &["web:1"]);
+                        w.service.status = "INACTIVE".into();
+                        w
+                    },
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Blocked,
+                reason: "ServiceInactive",
+                roll: None,
+            },
         ];
 
         for c in cases {
@@ -1212,7 +1624,14 @@ mod tests {
                 d.message
             );
             let roll = d.action.as_ref().map(|a| match a {
-                Action::Roll(r) => (r.service.as_str(), r.from_task_definition.as_str()),
+                Action::Roll(r) => (
+                    r.service.as_str(),
+                    r.from_task_definition.as_str(),
+                    match &r.to {
+                        RollTo::Relabelled => "",
+                        RollTo::Revision(arn) => arn.as_str(),
+                    },
+                ),
                 Action::UpdateStack(_) => panic!("{}: unexpected stack update", c.name),
             });
             assert_eq!(roll, c.roll, "{}", c.name);
@@ -1223,12 +1642,14 @@ mod tests {
                     "{}",
                     c.name
                 );
-                assert_eq!(
-                    r.correction,
-                    c.ctx.last_converged.as_deref() == Some(c.desired),
-                    "{}",
-                    c.name
-                );
+                let expected = if d.phase == Phase::Failed {
+                    RollPurpose::Undo
+                } else if c.ctx.last_converged.as_deref() == Some(c.desired) {
+                    RollPurpose::Correction
+                } else {
+                    RollPurpose::Change
+                };
+                assert_eq!(r.purpose, expected, "{}", c.name);
             }
             assert!(!d.message.is_empty(), "{}", c.name);
         }

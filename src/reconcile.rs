@@ -23,13 +23,17 @@ use crate::model::{
 };
 use crate::params::{self, DesiredParams, ParamsError};
 use crate::plan::{
-    self, Action, Decision, EcsExecState, Phase, PlanContext, Roll, ServiceState, VersionContext,
+    self, Action, Decision, EcsExecState, OwnRollout, Phase, PlanContext, Roll, RollPurpose,
+    RollTo, ServiceState, VersionContext,
 };
 use crate::rack::{Rack, RackError, Relabelled};
 use crate::status::{write_status_file, ParamsFileStatus, Status, StatusHandle};
 use crate::templates::{TemplateRef, TemplateSource};
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// How long a reconcile in progress may go on after shutdown was asked for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The loop's settings, taken from the config.
 #[derive(Debug, Clone)]
@@ -42,6 +46,10 @@ pub struct Settings {
     pub poll: Duration,
     pub jitter: f64,
     pub rollout_timeout: Duration,
+    /// New tasks of a rollout that may stop or fail to start before it is judged failed.
+    pub failed_tasks_threshold: u32,
+    /// A reconcile run that takes longer is abandoned (and reported as an error).
+    pub reconcile_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub max_corrections_per_hour: u32,
@@ -59,6 +67,8 @@ impl From<&Config> for Settings {
             poll: c.intervals.poll,
             jitter: c.intervals.jitter,
             rollout_timeout: c.timeouts.rollout,
+            failed_tasks_threshold: c.rollouts.failed_tasks_threshold,
+            reconcile_timeout: c.timeouts.reconcile,
             backoff_min: c.backoff.min,
             backoff_max: c.backoff.max,
             max_corrections_per_hour: c.corrections.max_per_hour,
@@ -159,6 +169,11 @@ struct Memory {
     attempted: Option<RackVersion>,
     /// Why that stack update failed, once looked up.
     failure_reason: Option<String>,
+    /// Why the last attempt failed, for the message while backing off.
+    last_failure: Option<String>,
+    /// A write that must not be repeated failed in a way retrying cannot fix: nothing more
+    /// is written for this intent.
+    blocked: Option<String>,
     last_phase: Option<Phase>,
     last_logged: Option<(Phase, &'static str, String)>,
 }
@@ -178,6 +193,9 @@ pub struct Reconciler {
     error_backoff: Option<ExponentialBackoff>,
     consecutive_errors: u32,
     last_written: Option<String>,
+    /// Rollouts this controller started, by logical service id, until the service settles;
+    /// kept across changes of the desired value, so a stuck rollout can be walked back.
+    own_rollouts: BTreeMap<String, OwnRollout>,
 }
 
 impl Reconciler {
@@ -211,6 +229,7 @@ impl Reconciler {
             error_backoff: None,
             consecutive_errors: 0,
             last_written: None,
+            own_rollouts: BTreeMap::new(),
         }
     }
 
@@ -402,6 +421,9 @@ impl Reconciler {
             max_corrections_per_hour: self.settings.max_corrections_per_hour,
             retry_not_before: mem.retry_not_before,
             rolled_to: mem.rolled_to.clone(),
+            failed_tasks_threshold: self.settings.failed_tasks_threshold,
+            last_failure: mem.last_failure.clone(),
+            own_rollouts: self.own_rollouts.clone(),
         }
     }
 
@@ -409,9 +431,48 @@ impl Reconciler {
     pub async fn reconcile(&mut self, trigger: Trigger) -> Report {
         let span = info_span!("reconcile", trigger = trigger.as_str());
         let started = std::time::Instant::now();
-        let report = self.reconcile_inner().instrument(span).await;
+        let deadline = self.settings.reconcile_timeout;
+        let run = tokio::time::timeout(deadline, self.reconcile_inner().instrument(span)).await;
+        let report = match run {
+            Ok(report) => report,
+            Err(_) => self.deadline_exceeded(deadline),
+        };
         self.metrics.reconciled(report.result, started);
         report
+    }
+
+    /// A run that did not finish in time was abandoned where it stood (an AWS call that
+    /// hangs, most likely). Like an unobservable rack: report it and retry with backoff.
+    fn deadline_exceeded(&mut self, deadline: Duration) -> Report {
+        let error = RackError::Deadline { after: deadline };
+        let delay = self.error_delay();
+        warn!(error = %error, attempt = self.consecutive_errors, retry_in = %humantime::format_duration(round(delay)),
+            "reconcile abandoned");
+        let message = error.to_string();
+        self.status.update(|s| {
+            s.ready = false;
+            s.rack_error = Some(message);
+        });
+        self.write_status_file();
+        Report {
+            result: "error",
+            phases: BTreeMap::new(),
+            next: delay,
+            params_error: self.params_error.clone(),
+            rack_error: Some(error),
+            has_desired: self.desired.is_some(),
+            acted: false,
+        }
+    }
+
+    /// Counts one more failed run and returns how long to wait before the next.
+    fn error_delay(&mut self) -> Duration {
+        self.consecutive_errors += 1;
+        let fresh = self.backoff();
+        self.error_backoff
+            .get_or_insert(fresh)
+            .next()
+            .unwrap_or(self.settings.backoff_max)
     }
 
     async fn reconcile_inner(&mut self) -> Report {
@@ -452,13 +513,7 @@ impl Reconciler {
         let observed = match self.observe().await {
             Ok(o) => o,
             Err(e) => {
-                self.consecutive_errors += 1;
-                let fresh = self.backoff();
-                let delay = self
-                    .error_backoff
-                    .get_or_insert(fresh)
-                    .next()
-                    .unwrap_or(self.settings.backoff_max);
+                let delay = self.error_delay();
                 warn!(error = %e, attempt = self.consecutive_errors, retry_in = %humantime::format_duration(round(delay)),
                     "observing the rack failed");
                 let message = format!(
@@ -492,14 +547,18 @@ impl Reconciler {
         };
         self.consecutive_errors = 0;
         self.error_backoff = None;
+        self.forget_settled_rollouts(&observed);
+        self.metrics.observed(now);
         self.status.update(|s| {
             s.ready = true;
             s.rack_error = None;
             s.stack_status = Some(observed.stack.status.clone());
             s.last_reconcile = Some(crate::status::rfc3339(now));
+            s.observed(now);
         });
 
-        let mut decisions = Vec::new();
+        let mut decisions: Vec<Decision> = Vec::new();
+        let mut rolling = false;
         for param in MANAGED_PARAMS {
             let Some(value) = desired.get(param) else {
                 continue;
@@ -510,6 +569,7 @@ impl Reconciler {
                 .instrument(span)
                 .await;
             report.phases.insert(param.name, d.phase);
+            rolling |= d.services.iter().any(|s| s.state.rolling());
             decisions.push(d);
         }
         let ecs = EcsExecState::of(&decisions, &observed);
@@ -524,6 +584,7 @@ impl Reconciler {
 
         report.result = report.worst().map(phase_result).unwrap_or("converged");
         let busy = report.acted
+            || rolling
             || report
                 .phases
                 .values()
@@ -558,6 +619,9 @@ impl Reconciler {
         let ctx = self.context(param.name, now);
         let mut d = plan::plan(param, value, observed, &ctx);
         let mem = self.memory.entry(param.name).or_default();
+        if let Some(message) = mem.blocked.clone().filter(|_| d.phase != Phase::Converged) {
+            d = d.blocked("RevisionMismatch", message);
+        }
         for s in d
             .services
             .iter()
@@ -571,6 +635,7 @@ impl Reconciler {
             mem.last_converged = Some(value.to_string());
             mem.backoff = None;
             mem.retry_not_before = None;
+            mem.last_failure = None;
             mem.failed_services.clear();
         }
         if let Some(Action::Roll(roll)) = d.action.clone() {
@@ -581,6 +646,16 @@ impl Reconciler {
         }
         self.publish(&d, now);
         d
+    }
+
+    /// A service with one deployment, completed, is no longer in a rollout of ours.
+    fn forget_settled_rollouts(&mut self, observed: &ObservedRack) {
+        for s in &observed.services {
+            let settled = s.service.deployments.len() == 1 && !s.service.rolling();
+            if settled {
+                self.own_rollouts.remove(&s.target.service);
+            }
+        }
     }
 
     /// The target template of `version` and the parameters it declares, cached.
@@ -752,60 +827,100 @@ impl Reconciler {
             mem.rolled_to.remove(&s.service);
         }
         let delay = mem.back_off(backoff, self.settings.backoff_max, now);
+        mem.last_failure = Some(d.message.clone());
         warn!(parameter = d.param, reason = d.reason, retry_in = %humantime::format_duration(round(delay)), "{}", d.message);
     }
 
-    /// Makes the one write of a decision: reuse or register the relabelled revision, then
-    /// roll the service to it.
+    /// Makes the one write of a decision: point the service at an existing revision, or at a
+    /// relabelled copy of the running one (reused or registered).
     async fn act(&mut self, roll: &Roll, d: &mut Decision, now: SystemTime) {
-        let result = self.roll(roll).await;
-        let backoff = self.backoff();
-        let mem = self.memory.entry(d.param).or_default();
-        match result {
-            Ok(arn) => {
-                self.metrics.rollout_started(&roll.service);
-                mem.failed_services.remove(&roll.service);
-                mem.rolled_to.insert(roll.service.clone(), arn.clone());
-                if roll.correction {
-                    mem.corrections.push_back(now);
-                    mem.last_converged = None;
-                    self.metrics.correction(d.param);
-                }
-                d.message = format!("{}; {} now deploys {}", d.message, roll.service, arn);
-                if let Some(s) = d.services.iter_mut().find(|s| s.service == roll.service) {
-                    s.state = ServiceState::RollingOut;
-                }
-            }
-            Err(e) => {
-                let delay = mem.back_off(backoff, self.settings.backoff_max, now);
-                d.phase = Phase::Failed;
-                d.reason = "ActionFailed";
-                d.message = format!(
-                    "rolling {} to {}={} failed, next attempt in {}: {e}",
-                    roll.service,
-                    roll.label,
-                    roll.value,
-                    humantime::format_duration(round(delay))
-                );
-            }
+        match self.roll(roll).await {
+            Ok(arn) => self.rolled(roll, &arn, d, now),
+            Err(e) => self.roll_failed(roll, &e, d, now),
         }
     }
 
-    async fn roll(&self, roll: &Roll) -> Result<String, RackError> {
-        let Relabelled { arn, reused } = self
-            .rack
-            .relabel(&roll.from_task_definition, &roll.label, &roll.value)
-            .await?;
-        if reused {
-            info!(service = %roll.service, task_definition = %arn, "reusing a revision registered earlier");
-        } else {
-            info!(service = %roll.service, from = %roll.from_task_definition, task_definition = %arn,
-                label = %roll.label, value = %roll.value, "registered relabelled revision");
+    fn rolled(&mut self, roll: &Roll, arn: &str, d: &mut Decision, now: SystemTime) {
+        self.metrics.rollout_started(&roll.service);
+        let mem = self.memory.entry(d.param).or_default();
+        let state = match roll.purpose {
+            RollPurpose::Undo => {
+                if let Some(own) = self.own_rollouts.get_mut(&roll.service) {
+                    own.undone = true;
+                }
+                ServiceState::RollingBack
+            }
+            RollPurpose::Change | RollPurpose::Correction => {
+                self.own_rollouts.insert(
+                    roll.service.clone(),
+                    OwnRollout {
+                        from: roll.from_task_definition.clone(),
+                        to: arn.to_string(),
+                        undone: false,
+                    },
+                );
+                mem.failed_services.remove(&roll.service);
+                mem.rolled_to.insert(roll.service.clone(), arn.to_string());
+                ServiceState::RollingOut
+            }
+        };
+        if roll.purpose == RollPurpose::Correction {
+            mem.corrections.push_back(now);
+            mem.last_converged = None;
+            self.metrics.correction(d.param);
         }
+        d.message = format!("{}; {} now deploys {}", d.message, roll.service, arn);
+        if let Some(s) = d.services.iter_mut().find(|s| s.service == roll.service) {
+            s.state = state;
+        }
+    }
+
+    fn roll_failed(&mut self, roll: &Roll, e: &RackError, d: &mut Decision, now: SystemTime) {
+        let backoff = self.backoff();
+        let mem = self.memory.entry(d.param).or_default();
+        if let RackError::RevisionMismatch { .. } = e {
+            // Registering again would only add another wrong revision.
+            let message = format!(
+                "{e}; nothing more is registered or rolled for {}={} until the params file changes or the controller restarts",
+                roll.label, roll.value
+            );
+            mem.blocked = Some(message.clone());
+            *d = d.clone().blocked("RevisionMismatch", message);
+            return;
+        }
+        let delay = mem.back_off(backoff, self.settings.backoff_max, now);
+        d.phase = Phase::Failed;
+        d.reason = "ActionFailed";
+        d.message = format!(
+            "rolling {} to {}={} failed, next attempt in {}: {e}",
+            roll.service,
+            roll.label,
+            roll.value,
+            humantime::format_duration(round(delay))
+        );
+    }
+
+    async fn roll(&self, roll: &Roll) -> Result<String, RackError> {
+        let arn = match &roll.to {
+            RollTo::Revision(arn) => arn.clone(),
+            RollTo::Relabelled => {
+                let Relabelled { arn, reused } = self
+                    .rack
+                    .relabel(&roll.from_task_definition, &roll.label, &roll.value)
+                    .await?;
+                if reused {
+                    info!(service = %roll.service, task_definition = %arn, "reusing a revision registered earlier");
+                } else {
+                    info!(service = %roll.service, from = %roll.from_task_definition, task_definition = %arn,
+                        label = %roll.label, value = %roll.value, "registered relabelled revision");
+                }
+                arn
+            }
+        };
         self.rack
             .update_service(&roll.cluster, &roll.service_name, &arn)
             .await?;
-        info!(service = %roll.service, task_definition = %arn, correction = roll.correction, "rolling service");
+        info!(service = %roll.service, task_definition = %arn, purpose = ?roll.purpose, "rolling service");
         Ok(arn)
     }
 
@@ -838,7 +953,7 @@ impl Reconciler {
         for s in &d.services {
             self.metrics.set_service(
                 &s.service,
-                s.state == ServiceState::RollingOut,
+                s.state.rolling(),
                 s.state == ServiceState::Failed || mem.failed_services.contains(&s.service),
             );
         }
@@ -867,8 +982,8 @@ impl Reconciler {
     }
 
     /// Runs until `shutdown` turns true (or its sender is dropped), reconciling on startup,
-    /// on every trigger, and whenever the last run asked to look again. A run in progress is
-    /// always finished; nothing new starts after shutdown.
+    /// on every trigger, and whenever the last run asked to look again. Nothing new starts
+    /// after shutdown; a run in progress gets [`SHUTDOWN_GRACE`] to finish.
     pub async fn run(
         mut self,
         triggers: mpsc::Receiver<Trigger>,
@@ -876,19 +991,13 @@ impl Reconciler {
     ) {
         let mut triggers = Some(triggers);
         let mut trigger = Trigger::Startup;
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            let report = self.reconcile(trigger).await;
+        while let Some(report) = self.reconcile_unless_stopped(trigger, &mut shutdown).await {
             let deadline = tokio::time::Instant::now() + report.next;
             loop {
                 tokio::select! {
-                    changed = shutdown.changed() => {
-                        if changed.is_err() || *shutdown.borrow() {
-                            info!("shutting down");
-                            return;
-                        }
+                    _ = stopped(&mut shutdown) => {
+                        info!("shutting down");
+                        return;
                     }
                     t = recv(&mut triggers) => {
                         match t {
@@ -903,13 +1012,41 @@ impl Reconciler {
         info!("shutting down");
     }
 
+    /// One run, unless shutdown comes first; a run that shutdown interrupts gets
+    /// [`SHUTDOWN_GRACE`] to finish and is then abandoned (every run starts from what it
+    /// observes, so an abandoned one is picked up by the next start).
+    async fn reconcile_unless_stopped(
+        &mut self,
+        trigger: Trigger,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Report> {
+        if *shutdown.borrow() {
+            return None;
+        }
+        let run = self.reconcile(trigger);
+        tokio::pin!(run);
+        tokio::select! {
+            report = &mut run => Some(report),
+            _ = stopped(shutdown) => {
+                info!(grace = %humantime::format_duration(SHUTDOWN_GRACE), "shutting down; letting the reconcile in progress finish");
+                if tokio::time::timeout(SHUTDOWN_GRACE, &mut run).await.is_err() {
+                    warn!("the reconcile in progress did not finish within the grace period; abandoned");
+                }
+                None
+            }
+        }
+    }
+
     /// Reconciles until every managed parameter is converged, blocked or failed, the params
     /// file is invalid with nothing valid to fall back on, the rack stays unreachable for
     /// `max_errors` runs, or `shutdown` fires.
     pub async fn apply(&mut self, mut shutdown: watch::Receiver<bool>, max_errors: u32) -> Report {
         let mut trigger = Trigger::Startup;
+        let mut last = None;
         loop {
-            let report = self.reconcile(trigger).await;
+            let Some(report) = self.reconcile_unless_stopped(trigger, &mut shutdown).await else {
+                return last.unwrap_or_else(|| self.interrupted());
+            };
             let give_up = !report.has_desired || self.consecutive_errors >= max_errors;
             if report.is_final()
                 || give_up
@@ -917,10 +1054,25 @@ impl Reconciler {
             {
                 return report;
             }
+            let next = report.next;
+            last = Some(report);
             tokio::select! {
-                _ = shutdown.changed() => return report,
-                _ = tokio::time::sleep(report.next) => trigger = Trigger::Timer,
+                _ = stopped(&mut shutdown) => return last.unwrap_or_else(|| self.interrupted()),
+                _ = tokio::time::sleep(next) => trigger = Trigger::Timer,
             }
+        }
+    }
+
+    /// The report of a run cut short by shutdown before anything was known.
+    fn interrupted(&self) -> Report {
+        Report {
+            result: "error",
+            phases: BTreeMap::new(),
+            next: Duration::ZERO,
+            params_error: self.params_error.clone(),
+            rack_error: None,
+            has_desired: self.desired.is_some(),
+            acted: false,
         }
     }
 }
@@ -933,6 +1085,11 @@ fn intents(desired: &DesiredParams) -> Vec<(&'static str, Option<String>)> {
         .map(|p| (p.name, desired.get(p).map(str::to_string)))
         .chain([(VERSION_PARAM, desired.version.map(|v| v.to_string()))])
         .collect()
+}
+
+/// Completes once shutdown is asked for (or nobody can ask any more).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 async fn recv(rx: &mut Option<mpsc::Receiver<Trigger>>) -> Option<Trigger> {

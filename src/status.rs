@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -73,9 +73,31 @@ pub struct Status {
     /// Params loaded and the rack reachable at the last reconcile.
     pub ready: bool,
     pub last_reconcile: Option<String>,
+    /// When the rack was last observed completely (RFC 3339).
+    #[serde(default)]
+    pub last_observation: Option<String>,
+    /// The last complete observation is older than `timeouts.observation_stale` (the loop is
+    /// stuck, or AWS has not answered for that long). Computed when the status is served.
+    #[serde(default)]
+    pub observation_stale: bool,
+    #[serde(skip)]
+    pub last_observed_at: Option<SystemTime>,
 }
 
 impl Status {
+    /// The rack was observed completely at `now`.
+    pub fn observed(&mut self, now: SystemTime) {
+        self.last_observed_at = Some(now);
+        self.last_observation = Some(rfc3339(now));
+    }
+
+    /// Whether the last complete observation is older than `max_age` at `now` (or there never
+    /// was one although the controller has run for longer than that).
+    pub fn stale(&self, now: SystemTime, started: SystemTime, max_age: Duration) -> bool {
+        let since = self.last_observed_at.unwrap_or(started);
+        now.duration_since(since).unwrap_or_default() > max_age
+    }
+
     pub fn parameter(&self, name: &str) -> Option<&ParameterStatus> {
         self.parameters.iter().find(|p| p.name == name)
     }

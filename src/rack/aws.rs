@@ -24,12 +24,19 @@ use aws_sdk_ecs::types::{
 use aws_sdk_ecs::Client as EcsClient;
 
 use super::{ApiErrorKind, Rack, RackError, Relabelled};
+use crate::config::Timeouts;
 use crate::metrics::Metrics;
 use crate::model::{
     Deployment, DeploymentStatus, RolloutState, ServiceSnapshot, StackParameter, StackSnapshot,
-    TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
+    StoppedTask, TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
 };
 use crate::templates::{TemplateLocation, TemplateRef};
+
+/// The SDK behavior version, pinned so an SDK upgrade cannot change defaults (retries,
+/// timeouts) silently.
+pub fn behavior_version() -> aws_config::BehaviorVersion {
+    aws_config::BehaviorVersion::v2026_01_12()
+}
 
 /// How many of a family's most recent revisions are checked for one to reuse.
 const REUSE_CANDIDATES: usize = 10;
@@ -42,9 +49,20 @@ pub struct AwsRack {
 }
 
 impl AwsRack {
-    /// Clients from the standard AWS environment, with `region` overriding it when given.
-    pub async fn from_env(stack: &str, region: Option<String>, metrics: Metrics) -> AwsRack {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    /// Clients from the standard AWS environment, with `region` overriding it when given,
+    /// and a timeout on connecting, on each attempt and on each call.
+    pub async fn from_env(
+        stack: &str,
+        region: Option<String>,
+        timeouts: &Timeouts,
+        metrics: Metrics,
+    ) -> AwsRack {
+        let timeout_config = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(timeouts.aws_connect)
+            .operation_attempt_timeout(timeouts.aws_attempt)
+            .operation_timeout(timeouts.aws_call)
+            .build();
+        let mut loader = aws_config::defaults(behavior_version()).timeout_config(timeout_config);
         if let Some(region) = region {
             loader = loader.region(aws_config::Region::new(region));
         }
@@ -154,6 +172,114 @@ impl AwsRack {
             }
         }
         Ok(None)
+    }
+
+    /// Up to 10 services in one `DescribeServices`, in the order asked for.
+    async fn describe_service_batch(
+        &self,
+        cluster: &str,
+        chunk: &[String],
+    ) -> Result<Vec<ServiceSnapshot>, RackError> {
+        let out = self
+            .call(
+                "ecs",
+                "DescribeServices",
+                cluster,
+                self.ecs
+                    .describe_services()
+                    .cluster(cluster)
+                    .set_services(Some(chunk.to_vec()))
+                    .send(),
+            )
+            .await?;
+        if let Some(f) = out.failures.unwrap_or_default().into_iter().next() {
+            return Err(RackError::ServiceNotFound {
+                cluster: cluster.to_string(),
+                service: f.arn.unwrap_or_default(),
+            });
+        }
+        let found = out.services.unwrap_or_default();
+        chunk
+            .iter()
+            .map(|wanted| {
+                found
+                    .iter()
+                    .find(|s| {
+                        s.service_arn.as_deref() == Some(wanted.as_str())
+                            || s.service_name.as_deref() == Some(wanted.as_str())
+                    })
+                    .map(service_snapshot)
+                    .ok_or_else(|| RackError::ServiceNotFound {
+                        cluster: cluster.to_string(),
+                        service: wanted.clone(),
+                    })
+            })
+            .collect()
+    }
+
+    /// Every task ARN of a service with the given desired status, page by page.
+    async fn list_tasks(
+        &self,
+        cluster: &str,
+        service: &str,
+        status: DesiredStatus,
+    ) -> Result<Vec<String>, RackError> {
+        let mut arns = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .call(
+                    "ecs",
+                    "ListTasks",
+                    service,
+                    self.ecs
+                        .list_tasks()
+                        .cluster(cluster)
+                        .service_name(service)
+                        .desired_status(status.clone())
+                        .set_next_token(token.clone())
+                        .send(),
+                )
+                .await?;
+            arns.extend(page.task_arns.unwrap_or_default());
+            token = page.next_token;
+            if token.is_none() {
+                return Ok(arns);
+            }
+        }
+    }
+
+    /// Up to 100 tasks in one `DescribeTasks`, each with the index of its service.
+    async fn describe_task_batch(
+        &self,
+        cluster: &str,
+        chunk: &[(usize, String)],
+    ) -> Result<Vec<(usize, Observed)>, RackError> {
+        let arns: Vec<String> = chunk.iter().map(|(_, a)| a.clone()).collect();
+        let out = self
+            .call(
+                "ecs",
+                "DescribeTasks",
+                cluster,
+                self.ecs
+                    .describe_tasks()
+                    .cluster(cluster)
+                    .set_tasks(Some(arns))
+                    .send(),
+            )
+            .await?;
+        Ok(out
+            .tasks
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|task| {
+                let owner = chunk
+                    .iter()
+                    .find(|(_, a)| task.task_arn.as_deref() == Some(a.as_str()))?
+                    .0;
+                Some((owner, observed_task(task)?))
+            })
+            .collect())
     }
 
     /// Registers `want` with `tags`, then proves ECS stored exactly that.
@@ -304,99 +430,27 @@ impl Rack for AwsRack {
     ) -> Result<Vec<ServiceSnapshot>, RackError> {
         let mut snapshots = Vec::with_capacity(services.len());
         for chunk in services.chunks(10) {
-            let out = self
-                .call(
-                    "ecs",
-                    "DescribeServices",
-                    cluster,
-                    self.ecs
-                        .describe_services()
-                        .cluster(cluster)
-                        .set_services(Some(chunk.to_vec()))
-                        .send(),
-                )
-                .await?;
-            if let Some(f) = out.failures.unwrap_or_default().into_iter().next() {
-                return Err(RackError::ServiceNotFound {
-                    cluster: cluster.to_string(),
-                    service: f.arn.unwrap_or_default(),
-                });
-            }
-            for wanted in chunk {
-                let found = out
-                    .services
-                    .as_deref()
-                    .unwrap_or_default()
-                    .iter()
-                    .find(|s| {
-                        s.service_arn.as_deref() == Some(wanted.as_str())
-                            || s.service_name.as_deref() == Some(wanted.as_str())
-                    });
-                let Some(s) = found else {
-                    return Err(RackError::ServiceNotFound {
-                        cluster: cluster.to_string(),
-                        service: wanted.clone(),
-                    });
-                };
-                snapshots.push(service_snapshot(s));
-            }
+            snapshots.extend(self.describe_service_batch(cluster, chunk).await?);
         }
-
-        // The tasks ECS wants running, per service, then their revisions in one call per 100.
-        let mut task_arns: Vec<(usize, String)> = Vec::new();
+        // The tasks ECS wants running, per service; while a rollout runs, also the tasks
+        // that stopped (how a rollout fails without a circuit breaker). Then their details,
+        // 100 per call.
+        let mut wanted: Vec<(usize, String)> = Vec::new();
         for (i, s) in snapshots.iter().enumerate() {
-            let mut token: Option<String> = None;
-            loop {
-                let page = self
-                    .call(
-                        "ecs",
-                        "ListTasks",
-                        &s.name,
-                        self.ecs
-                            .list_tasks()
-                            .cluster(cluster)
-                            .service_name(&s.name)
-                            .desired_status(DesiredStatus::Running)
-                            .set_next_token(token.clone())
-                            .send(),
-                    )
-                    .await?;
-                task_arns.extend(
-                    page.task_arns
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|a| (i, a)),
-                );
-                token = page.next_token;
-                if token.is_none() {
-                    break;
-                }
+            let mut statuses = vec![DesiredStatus::Running];
+            if s.rolling() {
+                statuses.push(DesiredStatus::Stopped);
+            }
+            for status in statuses {
+                let arns = self.list_tasks(cluster, &s.name, status).await?;
+                wanted.extend(arns.into_iter().map(|a| (i, a)));
             }
         }
-        for chunk in task_arns.chunks(100) {
-            let arns: Vec<String> = chunk.iter().map(|(_, a)| a.clone()).collect();
-            let out = self
-                .call(
-                    "ecs",
-                    "DescribeTasks",
-                    cluster,
-                    self.ecs
-                        .describe_tasks()
-                        .cluster(cluster)
-                        .set_tasks(Some(arns))
-                        .send(),
-                )
-                .await?;
-            for task in out.tasks.unwrap_or_default() {
-                let owner = chunk
-                    .iter()
-                    .find(|(_, a)| task.task_arn.as_deref() == Some(a.as_str()))
-                    .map(|(i, _)| *i);
-                if let (Some(i), Some(td)) = (owner, task.task_definition_arn) {
-                    snapshots[i].tasks.push(TaskSnapshot {
-                        task_definition: td,
-                        last_status: task.last_status.unwrap_or_default(),
-                    });
+        for chunk in wanted.chunks(100) {
+            for (i, task) in self.describe_task_batch(cluster, chunk).await? {
+                match task {
+                    Observed::Wanted(t) => snapshots[i].tasks.push(t),
+                    Observed::Stopped(t) => snapshots[i].stopped.push(t),
                 }
             }
         }
@@ -577,7 +631,40 @@ fn service_snapshot(s: &aws_sdk_ecs::types::Service) -> ServiceSnapshot {
             })
             .collect(),
         tasks: Vec::new(),
+        stopped: Vec::new(),
+        target_groups: s
+            .load_balancers
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|lb| lb.target_group_arn.clone())
+            .collect(),
     }
+}
+
+/// A described task: one ECS wants running, or one that has stopped.
+enum Observed {
+    Wanted(TaskSnapshot),
+    Stopped(StoppedTask),
+}
+
+fn observed_task(task: aws_sdk_ecs::types::Task) -> Option<Observed> {
+    let task_definition = task.task_definition_arn?;
+    if task.desired_status.as_deref() == Some("STOPPED") {
+        return Some(Observed::Stopped(StoppedTask {
+            task_definition,
+            started_by: task.started_by,
+            stopped_reason: task.stopped_reason,
+            created_at: task
+                .created_at
+                .map(system_time)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        }));
+    }
+    Some(Observed::Wanted(TaskSnapshot {
+        task_definition,
+        last_status: task.last_status.unwrap_or_default(),
+    }))
 }
 
 fn count(n: i32) -> u32 {

@@ -106,6 +106,9 @@ pub enum RackError {
         message: String,
     },
 
+    #[error("the reconcile did not finish within {} (timeouts.reconcile): an AWS call hangs or the rack answers too slowly; abandoned and retried with backoff", humantime::format_duration(*after))]
+    Deadline { after: std::time::Duration },
+
     #[error("new revision {new} of {base} differs from it in {field}, not only in the label: not rolling it out; report this as a bug")]
     RevisionMismatch {
         base: String,
@@ -132,7 +135,8 @@ impl RackError {
             RackError::Api {
                 kind: ApiErrorKind::Transient,
                 ..
-            } => "transient_error",
+            }
+            | RackError::Deadline { .. } => "transient_error",
             RackError::Api {
                 kind: ApiErrorKind::AccessDenied,
                 ..

@@ -4,8 +4,14 @@
 //! the template's parameters, the rack API task definitions with their `rack.*` labels and
 //! every other field a real one has, and the two API services with their deployment settings.
 //! `UpdateService` starts a rolling deployment that replaces tasks over (tokio) time while
-//! respecting minimum healthy and maximum percent; the ECS deployment circuit breaker rolls
-//! back deployments whose tasks fail to start. Faults can be injected for tests and demos.
+//! respecting minimum healthy and maximum percent. As on a real rack, the API services have
+//! no deployment circuit breaker: a deployment whose tasks fail to start stays `IN_PROGRESS`
+//! while ECS keeps launching and stopping tasks (each with a `stoppedReason`), and with
+//! minimum healthy 0 (a rack without high availability) the API is down meanwhile. A circuit
+//! breaker that rolls such deployments back is an explicit option. The web service sits
+//! behind the rack's load balancer, the task definitions carry roles under `/convox/`, the
+//! monitor's plaintext `PASSWORD` and secret-bearing labels. Faults can be injected for tests
+//! and demos.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -21,7 +27,7 @@ use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::model::{
     Deployment, DeploymentStatus, RolloutState, ServiceSnapshot, StackParameter, StackSnapshot,
-    TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
+    StoppedTask, TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
 };
 use crate::templates::{declared_parameters, TemplateLocation, TemplateRef};
 
@@ -67,6 +73,18 @@ pub struct FixtureService {
     pub desired_count: u32,
     pub minimum_healthy_percent: u32,
     pub maximum_percent: u32,
+    /// The public template gives the API services no `DeploymentCircuitBreaker`.
+    pub deployment_circuit_breaker: bool,
+    #[serde(default)]
+    pub load_balancer: Option<FixtureLoadBalancer>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FixtureLoadBalancer {
+    /// Logical id of the target group.
+    pub target_group: String,
+    pub container: String,
+    pub container_port: u16,
 }
 
 /// The facts of the public rack template the sim is modelled on.
@@ -93,11 +111,15 @@ pub struct SimSettings {
     /// How long a new task takes to become healthy.
     #[serde(with = "humantime_serde")]
     pub task_start: Duration,
-    /// Failed task launches after which the circuit breaker rolls a deployment back.
+    /// Give the API services a deployment circuit breaker (a real rack has none).
+    pub circuit_breaker: bool,
+    /// Failed task launches after which the circuit breaker (if any) rolls a deployment back.
     pub circuit_breaker_threshold: u32,
-    /// Rollouts whose tasks fail to start (the circuit breaker rolls them back), counted
-    /// from the first `UpdateService`.
+    /// Rollouts whose tasks fail to start, counted from the first `UpdateService`.
     pub failing_rollouts: u32,
+    /// The rack parameter `HighAvailability`: the web service runs `ApiCount` tasks with
+    /// minimum healthy 50%; without it, one task with minimum healthy 0%.
+    pub high_availability: bool,
     /// How long CloudFormation takes to update the stack (before the service rollouts it
     /// starts have to finish).
     #[serde(with = "humantime_serde")]
@@ -112,8 +134,10 @@ impl Default for SimSettings {
             version: "20260418101514".into(),
             initial_ecs_exec: None,
             task_start: Duration::from_secs(20),
+            circuit_breaker: false,
             circuit_breaker_threshold: 3,
             failing_rollouts: 0,
+            high_availability: true,
             stack_update: Duration::from_secs(60),
         }
     }
@@ -122,7 +146,8 @@ impl Default for SimSettings {
 /// How the next deployments' tasks behave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RolloutFault {
-    /// Tasks fail to start; the circuit breaker fails the deployment and rolls back.
+    /// Tasks fail to start and are stopped with a reason; ECS keeps launching new ones (a
+    /// circuit breaker, when configured, fails the deployment and rolls back).
     FailToStart,
     /// Tasks never become healthy and nothing fails: the rollout never finishes.
     NeverHealthy,
@@ -206,6 +231,25 @@ struct SimService {
     min_percent: u32,
     max_percent: u32,
     deployments: Vec<SimDeployment>,
+    /// Target groups of the load balancer in front of the service.
+    target_groups: Vec<String>,
+    /// Tasks that stopped, newest last (ECS shows them for about an hour).
+    stopped: VecDeque<SimStopped>,
+}
+
+struct SimStopped {
+    task_definition: String,
+    deployment: String,
+    reason: String,
+    created: Instant,
+    stopped: Instant,
+}
+
+/// How ECS schedules a service's tasks in the sim.
+#[derive(Debug, Clone, Copy)]
+struct Scheduling {
+    task_start: Duration,
+    circuit_breaker: Option<u32>,
 }
 
 struct SimDeployment {
@@ -311,7 +355,29 @@ impl SimRack {
                 min_percent: svc.minimum_healthy_percent,
                 max_percent: svc.maximum_percent,
                 deployments: vec![deployment],
+                target_groups: svc
+                    .load_balancer
+                    .iter()
+                    .map(|lb| {
+                        format!(
+                            "arn:aws:elasticloadbalancing:{}:{ACCOUNT}:targetgroup/{rack}-{}/{}",
+                            settings.region,
+                            lb.target_group,
+                            short_id(&lb.target_group).to_lowercase()
+                        )
+                    })
+                    .collect(),
+                stopped: VecDeque::new(),
             });
+        }
+        if !settings.high_availability {
+            if let Some(web) = state.services.iter_mut().find(|x| x.logical == "ServiceWebApi") {
+                web.desired = 1;
+                web.min_percent = 0;
+                if let Some(d) = web.deployments.first_mut() {
+                    d.running = 1;
+                }
+            }
         }
         // Web first, as the rack lists them.
         state.services.sort_by_key(|s| s.logical != "ServiceWebApi");
@@ -586,11 +652,18 @@ impl State {
         }
         svc.deployments
             .insert(0, SimDeployment::new(id, task_definition, now, fault));
-        let (task_start, threshold) = (
-            self.settings.task_start,
-            self.settings.circuit_breaker_threshold,
-        );
-        self.services[idx].step(now, task_start, threshold, &mut self.next_id);
+        let scheduling = self.scheduling();
+        self.services[idx].step(now, scheduling, &mut self.next_id);
+    }
+
+    fn scheduling(&self) -> Scheduling {
+        Scheduling {
+            task_start: self.settings.task_start,
+            circuit_breaker: self
+                .settings
+                .circuit_breaker
+                .then_some(self.settings.circuit_breaker_threshold),
+        }
     }
 
     /// Runs the simulation up to `now`.
@@ -602,14 +675,12 @@ impl State {
             }
         }
         self.advance_stack_update(now);
-        let (task_start, threshold) = (
-            self.settings.task_start,
-            self.settings.circuit_breaker_threshold,
-        );
+        let scheduling = self.scheduling();
         for svc in &mut self.services {
             while let Some(t) = svc.next_event().filter(|t| *t <= now) {
-                svc.step(t, task_start, threshold, &mut self.next_id);
+                svc.step(t, scheduling, &mut self.next_id);
             }
+            svc.forget_stopped(now);
         }
     }
 }
@@ -737,9 +808,9 @@ impl SimService {
             .min()
     }
 
-    /// One scheduling step at time `t`: resolve launches due, trip the circuit breaker,
-    /// stop old tasks and launch new ones within the deployment configuration, complete.
-    fn step(&mut self, t: Instant, task_start: Duration, threshold: u32, next_id: &mut u64) {
+    /// One scheduling step at time `t`: resolve launches due, trip the circuit breaker (if
+    /// any), stop old tasks and launch new ones within the deployment configuration, complete.
+    fn step(&mut self, t: Instant, sched: Scheduling, next_id: &mut u64) {
         // Launches only ever belong to the primary (ECS stops launching tasks for a deployment
         // that is no longer primary); drop any others so time always advances.
         for d in self.deployments.iter_mut().filter(|d| !d.primary) {
@@ -748,24 +819,54 @@ impl SimService {
         let Some(p) = self.deployments.iter().position(|d| d.primary) else {
             return;
         };
-        {
-            let d = &mut self.deployments[p];
-            let due = d.starting.iter().filter(|s| **s <= t).count() as u32;
-            d.starting.retain(|s| *s > t);
-            match d.fault {
-                Some(RolloutFault::FailToStart) => d.failed_tasks += due,
-                _ => d.running += due,
-            }
-        }
-
-        if self.deployments[p].fault == Some(RolloutFault::FailToStart)
-            && self.deployments[p].failed_tasks >= threshold
-            && self.deployments[p].rollout == RolloutState::InProgress
-        {
+        if self.resolve_launches(p, t, sched) {
             self.roll_back(p, t, next_id);
-            return self.step(t, task_start, threshold, next_id);
+            return self.step(t, sched, next_id);
         }
+        self.replace_tasks(p, t, sched.task_start);
+    }
 
+    /// Launches of the primary due by `t` become running tasks, or fail and are stopped with
+    /// a reason. Returns whether a circuit breaker trips.
+    fn resolve_launches(&mut self, p: usize, t: Instant, sched: Scheduling) -> bool {
+        let reason = self.stopped_reason();
+        let d = &mut self.deployments[p];
+        let due: Vec<Instant> = d.starting.iter().copied().filter(|s| *s <= t).collect();
+        d.starting.retain(|s| *s > t);
+        if d.fault != Some(RolloutFault::FailToStart) {
+            d.running += due.len() as u32;
+            return false;
+        }
+        for ready in &due {
+            self.stopped.push_back(SimStopped {
+                task_definition: d.task_definition.clone(),
+                deployment: d.id.clone(),
+                reason: reason.clone(),
+                created: *ready - sched.task_start,
+                stopped: *ready,
+            });
+        }
+        match sched.circuit_breaker {
+            // ECS counts failed tasks for the circuit breaker.
+            Some(threshold) => {
+                d.failed_tasks += due.len() as u32;
+                d.failed_tasks >= threshold && d.rollout == RolloutState::InProgress
+            }
+            None => false,
+        }
+    }
+
+    /// Why ECS stops a task of this service that fails to start.
+    fn stopped_reason(&self) -> String {
+        match self.target_groups.first() {
+            Some(tg) => format!("Task failed ELB health checks in (target-group {tg})"),
+            None => "Essential container in task exited".to_string(),
+        }
+    }
+
+    /// Stops old tasks down to the minimum healthy, launches new ones up to the desired count
+    /// within the maximum percent, and completes the rollout once only new tasks run.
+    fn replace_tasks(&mut self, p: usize, t: Instant, task_start: Duration) {
         let desired = self.desired;
         let min_healthy = (desired * self.min_percent).div_ceil(100);
         let max_total = (desired * self.max_percent / 100).max(desired);
@@ -774,7 +875,6 @@ impl SimService {
         let launching = self.deployments[p].starting.len() as u32;
         let healthy = new_running + old_running;
 
-        // Stop old tasks down to the minimum healthy, keeping no more than needed.
         let mut stop = old_running.min(healthy.saturating_sub(min_healthy));
         for d in self.deployments.iter_mut().filter(|d| !d.primary) {
             let n = d.running.min(stop);
@@ -783,7 +883,6 @@ impl SimService {
         }
         let old_running = self.old_running();
 
-        // Launch new tasks up to the desired count within the maximum percent.
         let room = max_total.saturating_sub(new_running + old_running + launching);
         let start = desired.saturating_sub(new_running + launching).min(room);
         let ready_at = match self.deployments[p].fault {
@@ -803,6 +902,19 @@ impl SimService {
             self.deployments[p].rollout = RolloutState::Completed;
             self.deployments[p].reason = Some("ECS deployment completed.".into());
             self.deployments.retain(|d| d.primary);
+        }
+    }
+
+    /// ECS shows stopped tasks for about an hour (and `ListTasks` pages them; the sim keeps
+    /// the latest 100).
+    fn forget_stopped(&mut self, now: Instant) {
+        const KEPT: Duration = Duration::from_secs(3600);
+        while self
+            .stopped
+            .front()
+            .is_some_and(|t| t.stopped + KEPT <= now || self.stopped.len() > 100)
+        {
+            self.stopped.pop_front();
         }
     }
 
@@ -849,6 +961,10 @@ impl SimService {
     }
 
     fn snapshot(&self, clock: &Clock) -> ServiceSnapshot {
+        let rolling = self
+            .deployments
+            .iter()
+            .any(|d| d.rollout == RolloutState::InProgress);
         let deployments = self
             .deployments
             .iter()
@@ -891,6 +1007,21 @@ impl SimService {
             maximum_percent: self.max_percent,
             deployments,
             tasks,
+            // As on AWS, stopped tasks are only read while a deployment is in progress.
+            stopped: if rolling {
+                self.stopped
+                    .iter()
+                    .map(|t| StoppedTask {
+                        task_definition: t.task_definition.clone(),
+                        started_by: Some(t.deployment.clone()),
+                        stopped_reason: Some(t.reason.clone()),
+                        created_at: clock.wall_at(t.created),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            target_groups: self.target_groups.clone(),
         }
     }
 }
@@ -934,9 +1065,13 @@ impl Rack for SimRack {
                 }
             }
         }
-        // As on AWS: one ListTasks per service, one DescribeTasks for all their tasks.
-        for svc in services {
+        // As on AWS: one ListTasks per service (two while it rolls: running and stopped
+        // tasks), one DescribeTasks for all their tasks.
+        for (svc, snapshot) in services.iter().zip(&out) {
             self.call(&mut s, "ecs", "ListTasks", svc)?;
+            if snapshot.rolling() {
+                self.call(&mut s, "ecs", "ListTasks", svc)?;
+            }
         }
         self.call(&mut s, "ecs", "DescribeTasks", cluster)?;
         Ok(out)
@@ -1188,7 +1323,8 @@ fn short_id(seed: &str) -> String {
 }
 
 /// A task definition as the rack template registers it, with every kind of field a real one
-/// carries (including environment values and secrets, which must never be logged).
+/// carries: environment values (the monitor's plaintext `PASSWORD` among them), secret-bearing
+/// labels, and the `ApiRole` under the path `/convox/`. None of it may ever be logged.
 fn initial_task_definition(
     rack: &str,
     settings: &SimSettings,
@@ -1197,12 +1333,23 @@ fn initial_task_definition(
     labels: &BTreeMap<String, String>,
 ) -> Value {
     let region = &settings.region;
-    let role = |name: &str| {
-        format!(
-            "arn:aws:iam::{ACCOUNT}:role/{rack}-{name}-{}",
-            short_id(name)
-        )
-    };
+    let api_role = format!(
+        "arn:aws:iam::{ACCOUNT}:role/convox/{rack}-ApiRole-{}",
+        short_id("ApiRole")
+    );
+    let mut environment = vec![
+        json!({"name": "AWS_REGION", "value": region}),
+        json!({"name": "CLIENT_ID", "value": "dev@convox.com"}),
+        json!({"name": "NO_PROXY", "value": "169.254.169.254,169.254.170.2"}),
+        json!({"name": "HTTP_PROXY", "value": ""}),
+        json!({"name": "HTTPS_PROXY", "value": ""}),
+        json!({"name": "PROVIDER", "value": "aws"}),
+        json!({"name": "RACK", "value": rack}),
+        json!({"name": "STACK_ID", "value": format!("arn:aws:cloudformation:{region}:{ACCOUNT}:stack/{rack}/{}", short_id(rack))}),
+    ];
+    if container == "monitor" {
+        environment.push(json!({"name": "PASSWORD", "value": sim_password(rack)}));
+    }
     let mut c = json!({
         "name": container,
         "image": format!("convox/rack:{}", settings.version),
@@ -1210,12 +1357,7 @@ fn initial_task_definition(
         "cpu": 128,
         "essential": true,
         "dockerLabels": labels,
-        "environment": [
-            {"name": "AWS_REGION", "value": region},
-            {"name": "PASSWORD", "value": format!("sim-password-{}", short_id(rack))},
-            {"name": "RACK", "value": rack},
-            {"name": "PROVIDER", "value": "aws"},
-        ],
+        "environment": environment,
         "linuxParameters": {"initProcessEnabled": true},
         "logConfiguration": {
             "logDriver": "awslogs",
@@ -1232,7 +1374,7 @@ fn initial_task_definition(
     });
     if container == "web" {
         c["memoryReservation"] = json!(256);
-        c["portMappings"] = json!([{"containerPort": 5443, "hostPort": 0, "protocol": "tcp"}]);
+        c["portMappings"] = json!([{"containerPort": 5443, "hostPort": 4000, "protocol": "tcp"}]);
         c["secrets"] = json!([{
             "name": "RACK_KEY",
             "valueFrom": format!("arn:aws:ssm:{region}:{ACCOUNT}:parameter/{rack}/rack-key")
@@ -1243,17 +1385,22 @@ fn initial_task_definition(
     let mut body = json!({
         "family": family,
         "containerDefinitions": [c],
-        "taskRoleArn": role("ApiRole"),
+        "taskRoleArn": api_role,
         "volumes": [{"name": "docker", "host": {"sourcePath": "/var/run/docker.sock"}}],
         "requiresCompatibilities": ["EC2"],
         "networkMode": "bridge",
         "placementConstraints": [],
-        "tags": [{"key": "Rack", "value": rack}],
+        "tags": [{"key": "Rack", "value": rack}, {"key": "System", "value": "convox"}],
     });
     if container == "web" {
-        body["executionRoleArn"] = json!(role("ApiExecutionRole"));
+        body["executionRoleArn"] = json!(api_role);
     }
     body
+}
+
+/// The simulated rack API password: the monitor task's plaintext `PASSWORD`.
+pub fn sim_password(rack: &str) -> String {
+    format!("sim-password-{}", short_id(rack))
 }
 
 #[cfg(test)]
