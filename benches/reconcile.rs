@@ -35,6 +35,8 @@ fn settings(params: &std::path::Path) -> Settings {
         poll: Duration::from_secs(5),
         jitter: 0.1,
         rollout_timeout: Duration::from_secs(1800),
+        failed_tasks_threshold: 3,
+        reconcile_timeout: Duration::from_secs(120),
         backoff_min: Duration::from_secs(30),
         backoff_max: Duration::from_secs(900),
         max_corrections_per_hour: 3,
@@ -166,6 +168,9 @@ fn main() {
             max_corrections_per_hour: 3,
             retry_not_before: None,
             rolled_to: Default::default(),
+            failed_tasks_threshold: 3,
+            last_failure: None,
+            own_rollouts: Default::default(),
         };
         let n = 200_000u32;
         let t = Instant::now();

@@ -260,15 +260,22 @@ impl Config {
             return Err("intervals.jitter: must be at least 0 and below 1".into());
         }
         let t = &self.timeouts;
-        if [t.reconcile, t.aws_connect, t.aws_attempt, t.aws_call, t.observation_stale]
-            .iter()
-            .any(Duration::is_zero)
+        if [
+            t.reconcile,
+            t.aws_connect,
+            t.aws_attempt,
+            t.aws_call,
+            t.observation_stale,
+        ]
+        .iter()
+        .any(Duration::is_zero)
         {
             return Err("timeouts: every timeout must be greater than zero".into());
         }
         if t.aws_attempt > t.aws_call || t.aws_call > t.reconcile {
             return Err(
-                "timeouts: aws_attempt must be at most aws_call, and aws_call at most reconcile".into(),
+                "timeouts: aws_attempt must be at most aws_call, and aws_call at most reconcile"
+                    .into(),
             );
         }
         if self.backoff.min.is_zero() || self.backoff.max < self.backoff.min {

@@ -88,7 +88,11 @@ async fn ready_handler(State(s): State<AppState>) -> Response {
              the reconcile loop is stuck or AWS does not answer",
             humantime::format_duration(s.stale_after)
         );
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response();
     }
     if st.ready {
         (StatusCode::OK, "ready\n").into_response()

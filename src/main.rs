@@ -153,7 +153,13 @@ async fn build_rack(cfg: &Config, metrics: &Metrics) -> Result<Arc<dyn Rack>> {
             Ok(Arc::new(sim))
         }
         Backend::Aws => Ok(Arc::new(
-            AwsRack::from_env(&cfg.rack, cfg.region.clone(), &cfg.timeouts, metrics.clone()).await,
+            AwsRack::from_env(
+                &cfg.rack,
+                cfg.region.clone(),
+                &cfg.timeouts,
+                metrics.clone(),
+            )
+            .await,
         )),
     }
 }

@@ -308,3 +308,84 @@ pub struct ObservedRack {
     /// In target order (web first).
     pub services: Vec<ObservedService>,
 }
+
+/// One CloudFormation stack event (`DescribeStackEvents`, newest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackEvent {
+    pub logical_id: String,
+    pub status: String,
+    pub reason: Option<String>,
+    /// The `ClientRequestToken` of the operation that caused it.
+    pub token: Option<String>,
+}
+
+/// Walks stack events, newest first and page by page, back to the start of the stack's latest
+/// update; the earliest resource failure on the way is the cause (later ones are
+/// cancellations).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailureWalk {
+    pub cause: Option<String>,
+    /// The update's start was reached: no older page is needed.
+    pub done: bool,
+}
+
+impl FailureWalk {
+    pub fn feed(&mut self, stack: &str, events: &[StackEvent]) {
+        for e in events {
+            if self.done {
+                return;
+            }
+            if e.logical_id == stack && e.status == "UPDATE_IN_PROGRESS" {
+                self.done = true;
+            } else if e.logical_id != stack && e.status.ends_with("_FAILED") {
+                let reason = e.reason.as_deref().unwrap_or("no reason given");
+                self.cause = Some(format!("{}: {reason}", e.logical_id));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(logical: &str, status: &str, reason: &str) -> StackEvent {
+        StackEvent {
+            logical_id: logical.into(),
+            status: status.into(),
+            reason: (!reason.is_empty()).then(|| reason.to_string()),
+            token: None,
+        }
+    }
+
+    #[test]
+    fn the_failure_walk_spans_pages_and_keeps_the_earliest_failure() {
+        let newest = vec![
+            ev("convox", "UPDATE_ROLLBACK_COMPLETE", ""),
+            ev(
+                "ServiceMonitorApi",
+                "UPDATE_FAILED",
+                "Resource update cancelled",
+            ),
+        ];
+        let older = vec![
+            ev(
+                "ServiceWebApi",
+                "UPDATE_FAILED",
+                "Service did not stabilize",
+            ),
+            ev("ApiWebTasks", "UPDATE_COMPLETE", ""),
+            ev("convox", "UPDATE_IN_PROGRESS", "User Initiated"),
+            ev("Cluster", "UPDATE_FAILED", "an older update"),
+        ];
+        let mut walk = FailureWalk::default();
+        walk.feed("convox", &newest);
+        assert!(!walk.done);
+        walk.feed("convox", &older);
+        assert!(walk.done);
+        assert_eq!(
+            walk.cause.as_deref(),
+            Some("ServiceWebApi: Service did not stabilize")
+        );
+    }
+}

@@ -379,7 +379,10 @@ fn decide(
                 return d.with(held.0, held.1, held.2);
             }
             let (purpose, verb) = if correction {
-                (RollPurpose::Correction, "correcting an out-of-band revert: rolling")
+                (
+                    RollPurpose::Correction,
+                    "correcting an out-of-band revert: rolling",
+                )
             } else {
                 (RollPurpose::Change, "rolling")
             };
@@ -640,7 +643,8 @@ fn evaluate_lacking(
             ),
         );
     }
-    let busy = primary.rollout_state == Some(RolloutState::InProgress) || s.service.others().count() > 0;
+    let busy =
+        primary.rollout_state == Some(RolloutState::InProgress) || s.service.others().count() > 0;
     if let Some(eval) = own_rollout(s, primary, param, desired, busy, ctx) {
         return eval;
     }

@@ -24,13 +24,18 @@ use crate::model::{
 use crate::params::{self, DesiredParams, ParamsError};
 use crate::plan::{
     self, Action, Decision, EcsExecState, OwnRollout, Phase, PlanContext, Roll, RollPurpose,
-    RollTo, ServiceState, VersionContext,
+    RollTo, ServiceState, StackUpdate, VersionContext,
 };
-use crate::rack::{Rack, RackError, Relabelled};
+use crate::rack::{
+    Rack, RackError, Relabelled, StackUpdateOutcome, StackUpdateRequest, TemplateSummary,
+};
 use crate::status::{write_status_file, ParamsFileStatus, Status, StatusHandle};
 use crate::templates::{TemplateRef, TemplateSource};
 
 const HOUR: Duration = Duration::from_secs(3600);
+
+/// Capabilities every update of a rack stack acknowledges.
+const RACK_CAPABILITIES: [&str; 2] = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"];
 
 /// How long a reconcile in progress may go on after shutdown was asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -185,8 +190,8 @@ pub struct Reconciler {
     status: StatusHandle,
     clock: Clock,
     cache: HashMap<String, TaskDefinitionInfo>,
-    /// Target templates and the parameters they declare, by version (releases are immutable).
-    templates: BTreeMap<RackVersion, (TemplateRef, BTreeSet<String>)>,
+    /// Target templates and what they declare, by version (releases are immutable).
+    templates: BTreeMap<RackVersion, (TemplateRef, TemplateSummary)>,
     desired: Option<DesiredParams>,
     params_error: Option<ParamsError>,
     memory: BTreeMap<&'static str, Memory>,
@@ -663,21 +668,21 @@ impl Reconciler {
         &mut self,
         version: RackVersion,
     ) -> Result<(TemplateRef, BTreeSet<String>), String> {
-        if let Some(t) = self.templates.get(&version) {
-            return Ok(t.clone());
+        if let Some((t, summary)) = self.templates.get(&version) {
+            return Ok((t.clone(), summary.parameters.clone()));
         }
         let template = self
             .settings
             .templates
             .locate(version)
             .map_err(|e| e.to_string())?;
-        let declared = self
+        let summary = self
             .rack
-            .template_parameters(&template)
+            .template_summary(&template)
             .await
             .map_err(|e| e.to_string())?;
-        self.templates
-            .insert(version, (template.clone(), declared.clone()));
+        let declared = summary.parameters.clone();
+        self.templates.insert(version, (template.clone(), summary));
         Ok((template, declared))
     }
 
@@ -758,31 +763,66 @@ impl Reconciler {
         if let (Some(Action::UpdateStack(update)), Some(template)) = (d.action.clone(), template) {
             if !*acted {
                 *acted = true;
-                match self.rack.update_stack(&template, &update.parameters).await {
-                    Ok(()) => {
-                        let mem = self.memory.entry(VERSION_PARAM).or_default();
-                        mem.attempted = Some(version);
-                        mem.failure_reason = None;
-                        self.metrics.stack_update_started();
-                        info!(from = ?update.from, to = %update.to, downgrade = update.downgrade,
-                            parameters = update.parameters.len(), "stack update started");
-                    }
-                    Err(e) => {
-                        let backoff = self.backoff();
-                        let mem = self.memory.entry(VERSION_PARAM).or_default();
-                        let delay = mem.back_off(backoff, self.settings.backoff_max, now);
-                        d.phase = Phase::Failed;
-                        d.reason = "ActionFailed";
-                        d.message = format!(
-                            "updating the stack to version {version} failed, next attempt in {}: {e}",
-                            humantime::format_duration(round(delay))
-                        );
-                    }
-                }
+                self.update_stack(version, &update, template, &mut d, now)
+                    .await;
             }
         }
         self.publish(&d, now);
         d
+    }
+
+    /// Makes the stack update of a `Version` decision, with a fresh idempotency token (the
+    /// SDK's own retries of this one call reuse it).
+    async fn update_stack(
+        &mut self,
+        version: RackVersion,
+        update: &StackUpdate,
+        template: TemplateRef,
+        d: &mut Decision,
+        now: SystemTime,
+    ) {
+        // What GetTemplateSummary asks for, and always the IAM acknowledgements: the rack
+        // template creates IAM roles (a summary may leave them out; acknowledging a
+        // capability a template does not need is harmless).
+        let mut capabilities: Vec<String> = self
+            .templates
+            .get(&version)
+            .map(|(_, summary)| summary.capabilities.clone())
+            .unwrap_or_default();
+        for c in RACK_CAPABILITIES {
+            if !capabilities.iter().any(|have| have == c) {
+                capabilities.push(c.to_string());
+            }
+        }
+        let request = StackUpdateRequest {
+            template,
+            parameters: update.parameters.clone(),
+            capabilities,
+            token: format!("rack-reconciler-{version}-{:016x}", fastrand::u64(..)),
+        };
+        match self.rack.update_stack(&request).await {
+            Ok(outcome) => {
+                let mem = self.memory.entry(VERSION_PARAM).or_default();
+                mem.attempted = Some(version);
+                mem.failure_reason = None;
+                if outcome == StackUpdateOutcome::Started {
+                    self.metrics.stack_update_started();
+                }
+                info!(from = ?update.from, to = %update.to, downgrade = update.downgrade,
+                    parameters = update.parameters.len(), token = %request.token, ?outcome, "stack update started");
+            }
+            Err(e) => {
+                let backoff = self.backoff();
+                let mem = self.memory.entry(VERSION_PARAM).or_default();
+                let delay = mem.back_off(backoff, self.settings.backoff_max, now);
+                d.phase = Phase::Failed;
+                d.reason = "ActionFailed";
+                d.message = format!(
+                    "updating the stack to version {version} failed, next attempt in {}: {e}",
+                    humantime::format_duration(round(delay))
+                );
+            }
+        }
     }
 
     /// A new desired value is a new intent: forget the backoff and convergence of the old.

@@ -13,6 +13,9 @@ use crate::model::RackVersion;
 /// The default template URL pattern: the Convox release bucket.
 pub const DEFAULT_URL: &str = "https://convox.s3.amazonaws.com/release/{version}/rack.json";
 
+/// The largest `TemplateBody` CloudFormation accepts; larger templates must be given by URL.
+pub const TEMPLATE_BODY_LIMIT: usize = 51_200;
+
 /// A rack version's template, by URL or by content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateRef {
@@ -67,6 +70,8 @@ pub enum TemplateError {
     Unreadable { path: String, reason: String },
     #[error("{path} is not a CloudFormation template with a Parameters section: {reason}")]
     Invalid { path: String, reason: String },
+    #[error("{path} is {size} bytes; CloudFormation takes at most {TEMPLATE_BODY_LIMIT} bytes as a template body (a rack template is about 220 KB): upload it to S3 (the rack's Settings bucket, say) and point templates.url at it instead of templates.dir")]
+    TooLarge { path: String, size: usize },
 }
 
 impl TemplateSource {
@@ -95,6 +100,12 @@ impl TemplateSource {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
+        if body.len() > TEMPLATE_BODY_LIMIT {
+            return Err(TemplateError::TooLarge {
+                path: shown,
+                size: body.len(),
+            });
+        }
         declared_parameters(&body).map_err(|reason| TemplateError::Invalid {
             path: shown.clone(),
             reason,
@@ -170,5 +181,23 @@ mod tests {
         assert!(e.to_string().contains("Parameters"), "{e}");
         let e = src.locate(v("20200101000000")).expect_err("missing");
         assert!(e.to_string().contains("20200101000000.json"), "{e}");
+    }
+
+    #[test]
+    fn a_template_too_large_for_a_body_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let padding = " ".repeat(TEMPLATE_BODY_LIMIT);
+        std::fs::write(
+            dir.path().join("20240205000000.json"),
+            format!(r#"{{"Parameters": {{"Version": {{"Type": "String"}}}}{padding}}}"#),
+        )
+        .expect("write");
+        let src = TemplateSource {
+            dir: Some(dir.path().to_path_buf()),
+            ..TemplateSource::default()
+        };
+        let e = src.locate(v("20240205000000")).expect_err("too large");
+        assert!(matches!(e, TemplateError::TooLarge { size, .. } if size > TEMPLATE_BODY_LIMIT));
+        assert!(e.to_string().contains("templates.url"), "{e}");
     }
 }

@@ -1,5 +1,7 @@
 //! Rollout states through the real AWS adapter, fed canned SDK responses (aws-smithy-mocks):
-//! what moto cannot show because it never runs service tasks.
+//! what moto cannot show because it never runs service tasks. The responses are shaped like a
+//! real rack's: no deployment circuit breaker on the API services, the web service behind the
+//! load balancer's target group, roles under `/convox/`, stopped tasks with their reasons.
 
 mod common;
 
@@ -52,7 +54,13 @@ struct Scenario {
     monitor: Vec<Dep>,
     web_tasks: Vec<String>,
     monitor_tasks: Vec<String>,
+    /// Stopped tasks of the web service's primary deployment: (revision, stopped reason).
+    web_stopped: Vec<(String, String)>,
 }
+
+const TARGET_GROUP: &str =
+    "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/convox-ApiBala-1ABC/0123456789abcdef";
+const API_ROLE: &str = "arn:aws:iam::123456789012:role/convox/convox-ApiRole-1XYZ";
 
 fn done(td: String) -> Dep {
     Dep {
@@ -66,9 +74,17 @@ fn done(td: String) -> Dep {
 }
 
 fn service(name: &str, arn: &str, deps: &[Dep]) -> Service {
+    let lb = (name == "convox-web").then(|| {
+        aws_sdk_ecs::types::LoadBalancer::builder()
+            .target_group_arn(TARGET_GROUP)
+            .container_name("web")
+            .container_port(5443)
+            .build()
+    });
     Service::builder()
         .service_name(name)
         .service_arn(arn)
+        .set_load_balancers(lb.map(|l| vec![l]))
         .status("ACTIVE")
         .desired_count(2)
         .running_count(deps.iter().map(|d| d.running).sum())
@@ -76,6 +92,18 @@ fn service(name: &str, arn: &str, deps: &[Dep]) -> Service {
             DeploymentConfiguration::builder()
                 .minimum_healthy_percent(50)
                 .maximum_percent(200)
+                // The rack template sets no deployment circuit breaker; only a deployment
+                // that a breaker failed implies one (the explicit variant).
+                .set_deployment_circuit_breaker(
+                    deps.iter()
+                        .any(|d| d.state == DeploymentRolloutState::Failed)
+                        .then(|| {
+                            aws_sdk_ecs::types::DeploymentCircuitBreaker::builder()
+                                .enable(true)
+                                .rollback(true)
+                                .build()
+                        }),
+                )
                 .build(),
         )
         .set_deployments(Some(
@@ -90,11 +118,7 @@ fn service(name: &str, arn: &str, deps: &[Dep]) -> Service {
                         .desired_count(2)
                         .running_count(d.running)
                         .pending_count(0)
-                        .failed_tasks(if d.state == DeploymentRolloutState::Failed {
-                            3
-                        } else {
-                            0
-                        })
+                        .failed_tasks(0)
                         .rollout_state(d.state.clone())
                         .rollout_state_reason(d.reason)
                         .created_at(DateTime::from(created))
@@ -109,6 +133,8 @@ struct Mocked {
     scenario: Arc<Mutex<Scenario>>,
     updates: Rule,
     registers: Rule,
+    /// The revision of every `UpdateService`, in order.
+    rolled: Arc<Mutex<Vec<String>>>,
     rack: AwsRack,
 }
 
@@ -159,10 +185,16 @@ fn mocked(initial: Scenario) -> Mocked {
     let s = scenario.clone();
     let list = mock!(aws_sdk_ecs::Client::list_tasks).then_compute_output(move |req| {
         let sc = s.lock().expect("scenario").clone();
-        let (prefix, tasks) = if req.service_name() == Some("convox-web") {
-            ("web", sc.web_tasks)
-        } else {
-            ("mon", sc.monitor_tasks)
+        let stopped = req.desired_status() == Some(&aws_sdk_ecs::types::DesiredStatus::Stopped);
+        let web = req.service_name() == Some("convox-web");
+        let (prefix, tasks) = match (web, stopped) {
+            (true, false) => ("web", sc.web_tasks),
+            (false, false) => ("mon", sc.monitor_tasks),
+            (true, true) => (
+                "web-stopped",
+                sc.web_stopped.iter().map(|t| t.0.clone()).collect(),
+            ),
+            (false, true) => ("mon-stopped", Vec::new()),
         };
         ListTasksOutput::builder()
             .set_task_arns(Some(
@@ -182,15 +214,29 @@ fn mocked(initial: Scenario) -> Mocked {
                 .filter_map(|arn| {
                     let mut parts = arn.rsplit('/');
                     let i: usize = parts.next()?.parse().ok()?;
-                    let list = if parts.next()? == "web" {
-                        &sc.web_tasks
-                    } else {
-                        &sc.monitor_tasks
+                    let task = match parts.next()? {
+                        "web-stopped" => {
+                            let (td, reason) = sc.web_stopped.get(i)?;
+                            return Some(
+                                Task::builder()
+                                    .task_arn(arn)
+                                    .task_definition_arn(td)
+                                    .started_by("ecs-svc/0")
+                                    .desired_status("STOPPED")
+                                    .last_status("STOPPED")
+                                    .stopped_reason(reason)
+                                    .created_at(DateTime::from(SystemTime::now()))
+                                    .build(),
+                            );
+                        }
+                        "web" => sc.web_tasks.get(i)?,
+                        _ => sc.monitor_tasks.get(i)?,
                     };
                     Some(
                         Task::builder()
                             .task_arn(arn)
-                            .task_definition_arn(list.get(i)?)
+                            .task_definition_arn(task)
+                            .desired_status("RUNNING")
                             .last_status("RUNNING")
                             .build(),
                     )
@@ -218,6 +264,7 @@ fn mocked(initial: Scenario) -> Mocked {
                 .task_definition(
                     TaskDefinition::builder()
                         .task_definition_arn(&arn)
+                        .task_role_arn(API_ROLE)
                         .family(if arn.contains("web") {
                             "convox-web"
                         } else {
@@ -229,14 +276,34 @@ fn mocked(initial: Scenario) -> Mocked {
                 )
                 .build()
         });
-    let updates = mock!(aws_sdk_ecs::Client::update_service).then_compute_output(|_| {
+    let rolled = Arc::new(Mutex::new(Vec::new()));
+    let r = rolled.clone();
+    let updates = mock!(aws_sdk_ecs::Client::update_service).then_compute_output(move |req| {
+        r.lock()
+            .expect("rolled")
+            .push(req.task_definition().unwrap_or_default().to_string());
         aws_sdk_ecs::operation::update_service::UpdateServiceOutput::builder().build()
     });
+    // The copy of revision 1 with the label set is registered as revision 2.
     let registers =
-        mock!(aws_sdk_ecs::Client::register_task_definition).then_compute_output(|_| {
+        mock!(aws_sdk_ecs::Client::register_task_definition).then_compute_output(|req| {
+            let family = req.family().unwrap_or_default().to_string();
+            let short = family.trim_start_matches("convox-").to_string();
             aws_sdk_ecs::operation::register_task_definition::RegisterTaskDefinitionOutput::builder(
             )
+            .task_definition(
+                TaskDefinition::builder()
+                    .task_definition_arn(td(&short, 2))
+                    .family(family)
+                    .revision(2)
+                    .build(),
+            )
             .build()
+        });
+    let list_revisions =
+        mock!(aws_sdk_ecs::Client::list_task_definitions).then_compute_output(|_| {
+            aws_sdk_ecs::operation::list_task_definitions::ListTaskDefinitionsOutput::builder()
+                .build()
         });
     let ecs = mock_client!(
         aws_sdk_ecs,
@@ -247,27 +314,32 @@ fn mocked(initial: Scenario) -> Mocked {
             &describe_tasks,
             &describe_td,
             &updates,
-            &registers
+            &registers,
+            &list_revisions
         ]
     );
     Mocked {
         scenario,
         updates,
         registers,
+        rolled,
         rack: AwsRack::new("convox", cfn, ecs, Metrics::new()),
     }
 }
 
 fn reconciler(rack: AwsRack) -> (Reconciler, tempfile::TempDir) {
+    reconciler_backing_off(rack, Duration::from_millis(1))
+}
+
+/// A reconciler whose retries after a failure wait at least `backoff`.
+fn reconciler_backing_off(rack: AwsRack, backoff: Duration) -> (Reconciler, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("params.yaml"), "ECSExec: \"Yes\"\n").expect("params");
     let status = StatusHandle::new(Status::default());
-    let rec = Reconciler::new(
-        Arc::new(rack),
-        common::aws_settings(dir.path(), ServiceTarget::rack_api()),
-        Metrics::new(),
-        status,
-    );
+    let mut settings = common::aws_settings(dir.path(), ServiceTarget::rack_api());
+    settings.backoff_min = backoff;
+    settings.backoff_max = backoff * 2;
+    let rec = Reconciler::new(Arc::new(rack), settings, Metrics::new(), status);
     (rec, dir)
 }
 
@@ -296,6 +368,7 @@ async fn in_progress_with_two_deployments_then_completed() {
         monitor,
         web_tasks: vec![td("web", 2), td("web", 1)],
         monitor_tasks,
+        web_stopped: Vec::new(),
     };
     let m = mocked(rolling);
     // The adapter maps the deployments as ECS reports them.
@@ -331,6 +404,131 @@ async fn in_progress_with_two_deployments_then_completed() {
 }
 
 #[tokio::test]
+async fn a_failing_rollout_without_a_circuit_breaker_is_undone_with_the_stopped_reason() {
+    let (monitor, monitor_tasks) = converged_monitor();
+    let m = mocked(Scenario {
+        web: vec![done(td("web", 1))],
+        monitor,
+        web_tasks: vec![td("web", 1), td("web", 1)],
+        monitor_tasks,
+        web_stopped: Vec::new(),
+    });
+    let (scenario, rolled, registers) = (m.scenario.clone(), m.rolled.clone(), m.registers.clone());
+    let (mut rec, _dir) = reconciler_backing_off(m.rack, Duration::from_secs(3600));
+    let r = rec.reconcile(Trigger::Startup).await;
+    assert!(r.acted);
+    assert_eq!(*rolled.lock().expect("rolled"), vec![td("web", 2)]);
+
+    // ECS keeps launching revision 2 and the load balancer keeps failing its health checks;
+    // the deployment stays IN_PROGRESS (nothing fails it) while one old task still serves.
+    let reason = format!("Task failed ELB health checks in (target-group {TARGET_GROUP})");
+    {
+        let mut sc = scenario.lock().expect("scenario");
+        sc.web = vec![
+            Dep {
+                primary: true,
+                td: td("web", 2),
+                state: DeploymentRolloutState::InProgress,
+                reason: "ECS deployment ecs-svc/0 in progress.",
+                running: 0,
+                age: Duration::from_secs(90),
+            },
+            Dep {
+                primary: false,
+                running: 1,
+                ..done(td("web", 1))
+            },
+        ];
+        sc.web_tasks = vec![td("web", 1)];
+        sc.web_stopped = vec![(td("web", 2), reason.clone()); 2];
+    }
+    let r = rec.reconcile(Trigger::Timer).await;
+    assert_eq!(
+        r.phases.get("ECSExec"),
+        Some(&Phase::Progressing),
+        "2 failures: under the threshold"
+    );
+    scenario.lock().expect("scenario").web_stopped = vec![(td("web", 2), reason.clone()); 3];
+    let r = rec.reconcile(Trigger::Timer).await;
+    assert_eq!(r.phases.get("ECSExec"), Some(&Phase::Failed));
+    assert!(r.acted, "the undo is a write");
+    assert_eq!(
+        *rolled.lock().expect("rolled"),
+        vec![td("web", 2), td("web", 1)],
+        "pointed back at the revision it ran before"
+    );
+    let p = common::param(&rec, "ECSExec");
+    assert_eq!(p.reason, "RolloutFailed");
+    assert!(
+        p.message.contains("Task failed ELB health checks"),
+        "{}",
+        p.message
+    );
+
+    // Rolling back: reported, followed fast, nothing more written.
+    {
+        let mut sc = scenario.lock().expect("scenario");
+        sc.web = vec![
+            Dep {
+                primary: true,
+                td: td("web", 1),
+                state: DeploymentRolloutState::InProgress,
+                reason: "ECS deployment ecs-svc/1 in progress.",
+                running: 1,
+                age: Duration::from_secs(5),
+            },
+            Dep {
+                primary: false,
+                running: 0,
+                state: DeploymentRolloutState::InProgress,
+                ..done(td("web", 2))
+            },
+        ];
+    }
+    let r = rec.reconcile(Trigger::Timer).await;
+    let p = common::param(&rec, "ECSExec");
+    assert_eq!(
+        (r.phases.get("ECSExec"), p.reason.as_str()),
+        (Some(&Phase::Failed), "RollingBack")
+    );
+    assert_eq!(
+        r.next,
+        Duration::from_secs(5),
+        "a rollback is followed at the poll interval"
+    );
+    assert!(!r.acted);
+
+    // Back on revision 1, all tasks running: the next attempt waits for the backoff.
+    {
+        let mut sc = scenario.lock().expect("scenario");
+        sc.web = vec![done(td("web", 1))];
+        sc.web_tasks = vec![td("web", 1), td("web", 1)];
+        sc.web_stopped.clear();
+    }
+    let r = rec.reconcile(Trigger::Timer).await;
+    let p = common::param(&rec, "ECSExec");
+    assert_eq!(
+        (r.phases.get("ECSExec"), p.reason.as_str()),
+        (Some(&Phase::Failed), "BackingOff")
+    );
+    assert!(
+        p.message.contains("Task failed ELB health checks"),
+        "{}",
+        p.message
+    );
+    assert!(!r.acted);
+    assert_eq!(
+        (rolled.lock().expect("rolled").len(), registers.num_calls()),
+        (2, 1)
+    );
+    let text = rec.metrics().render();
+    assert!(
+        text.contains("rack_reconciler_rollout_failures_total{service=\"ServiceWebApi\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn failed_after_a_circuit_breaker_rollback() {
     let (monitor, monitor_tasks) = converged_monitor();
     let m = mocked(Scenario {
@@ -355,6 +553,7 @@ async fn failed_after_a_circuit_breaker_rollback() {
         monitor,
         web_tasks: vec![td("web", 1), td("web", 1)],
         monitor_tasks,
+        web_stopped: Vec::new(),
     });
     let updates = m.updates.clone();
     let (mut rec, _dir) = reconciler(m.rack);
@@ -392,6 +591,7 @@ async fn a_rollout_stuck_past_its_timeout_is_failed() {
         monitor,
         web_tasks: vec![td("web", 1), td("web", 1)],
         monitor_tasks,
+        web_stopped: Vec::new(),
     });
     let (mut rec, _dir) = reconciler(m.rack);
     let r = rec.reconcile(Trigger::Startup).await;

@@ -52,9 +52,15 @@ async fn start(h: &Harness) -> Running {
             let shutdown = async move {
                 let _ = http_stop.wait_for(|s| *s).await;
             };
-            rack_reconciler::http::serve(listener, status, metrics, shutdown)
-                .await
-                .expect("serve");
+            rack_reconciler::http::serve(
+                listener,
+                status,
+                metrics,
+                Duration::from_secs(600),
+                shutdown,
+            )
+            .await
+            .expect("serve");
         }
     });
     let controller = tokio::spawn(rec.run(rx, stopped));

@@ -8,94 +8,182 @@ use std::time::Duration;
 use common::{drive, ecs_exec, run_for, Harness};
 use rack_reconciler::plan::Phase;
 use rack_reconciler::rack::sim::{RolloutFault, SimSettings};
+use rack_reconciler::rack::Rack;
+
+/// A rack without high availability: one web task, minimum healthy 0%, so a failing
+/// rollout takes the rack API down until it is undone.
+fn non_ha(failing_rollouts: u32) -> SimSettings {
+    SimSettings {
+        high_availability: false,
+        failing_rollouts,
+        ..SimSettings::default()
+    }
+}
+
+/// The web service's primary revision, whether its rollout is done, and its running tasks.
+fn web(h: &Harness) -> (String, bool, u32) {
+    let s = h.sim.service_snapshot("ServiceWebApi").expect("web");
+    let p = s.primary().expect("primary").clone();
+    let settled = s.deployments.len() == 1 && !s.rolling();
+    (p.task_definition, settled, s.running_count)
+}
 
 #[tokio::test(start_paused = true)]
-async fn a_failed_rollout_is_failed_with_the_reason_and_retried_with_backoff() {
-    let h = Harness::new("ECSExec: \"Yes\"\n");
-    h.sim.inject_rollout_fault(RolloutFault::FailToStart);
+async fn a_failing_rollout_without_a_circuit_breaker_is_detected_undone_and_retried_after_backoff()
+{
+    let h = Harness::with_sim("ECSExec: \"Yes\"\n", non_ha(1));
+    let (original, _, _) = web(&h);
     let mut rec = h.reconciler();
     let reports = drive(&mut rec, 100, |r| ecs_exec(r) == Some(Phase::Failed)).await;
+    let failed_at = tokio::time::Instant::now();
+    let rolled_at = h.sim.updates()[0].at;
+    // Found at the first poll after the third failed launch (one task at a time, 20s each),
+    // not at the 30-minute rollout timeout.
+    let third_failure = Duration::from_secs(3 * 20);
+    let detected = failed_at - rolled_at;
+    assert!(
+        detected >= third_failure && detected <= third_failure + Duration::from_secs(5),
+        "{detected:?}"
+    );
     assert_eq!(
-        ecs_exec(reports.last().expect("report")),
-        Some(Phase::Failed)
+        reports.len(),
+        13,
+        "startup, 11 polls while tasks fail, the poll that undoes"
     );
     let p = common::param(&rec, "ECSExec");
     assert_eq!(p.reason, "RolloutFailed");
-    assert!(p.message.contains("circuit breaker"), "{}", p.message);
-    let failed = p
-        .conditions
-        .iter()
-        .find(|c| c.kind == "Failed")
-        .expect("condition");
-    assert_eq!(failed.status, "True");
-    assert_eq!(h.sim.calls("UpdateService"), 1);
+    assert!(
+        p.message.contains("Task failed ELB health checks"),
+        "{}",
+        p.message
+    );
+    // Undone in the same run: the service points at the revision it ran before.
+    let updates = h.sim.updates();
+    assert_eq!(updates.len(), 2);
+    assert_eq!(updates[1].task_definition, original);
 
-    // The next attempt waits for the backoff (at least 30s less jitter), then succeeds.
-    let attempt_at = tokio::time::Instant::now();
+    // The rack API comes back on the old revision with every task running, reported as a
+    // rollback in progress, then as backing off.
+    let reports = drive(&mut rec, 100, |_| web(&h).1).await;
+    assert!(reports.iter().all(|r| ecs_exec(r) == Some(Phase::Failed)));
+    assert_eq!(web(&h), (original.clone(), true, 1));
+    let r = rec
+        .reconcile(rack_reconciler::reconcile::Trigger::Timer)
+        .await;
+    assert_eq!(ecs_exec(&r), Some(Phase::Failed));
+    let p = common::param(&rec, "ECSExec");
+    assert_eq!(p.reason, "BackingOff");
+    assert!(
+        p.message.contains("Task failed ELB health checks"),
+        "{}",
+        p.message
+    );
+
+    // The next attempt waits for the backoff, reuses the revision, and converges.
     let reports = drive(&mut rec, 200, |r| ecs_exec(r) == Some(Phase::Converged)).await;
     assert_eq!(
         ecs_exec(reports.last().expect("report")),
         Some(Phase::Converged)
     );
-    let retry = h.sim.updates()[1].clone();
-    assert_eq!(retry.service, "ServiceWebApi");
+    let retry = h.sim.updates()[2].clone();
     assert!(
-        retry.at - attempt_at >= Duration::from_secs(15),
+        retry.at - failed_at >= Duration::from_secs(15),
         "retried after {:?}",
-        retry.at - attempt_at
+        retry.at - failed_at
     );
-    assert!(
-        reports.iter().any(|r| ecs_exec(r) == Some(Phase::Failed)),
-        "backoff was not reported"
-    );
-    // The failed attempt's revision was reused for the retry.
+    assert_eq!(retry.task_definition, updates[0].task_definition);
     assert_eq!(h.sim.revisions("ServiceWebApi"), 2);
+    let text = rec.metrics().render();
+    assert!(
+        text.contains("rack_reconciler_rollout_failures_total{service=\"ServiceWebApi\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
-async fn rollouts_that_always_fail_never_loop_tightly() {
-    let settings = SimSettings {
-        failing_rollouts: 10_000,
-        ..SimSettings::default()
-    };
-    let h = Harness::with_sim("ECSExec: \"Yes\"\n", settings);
+async fn rollouts_that_always_fail_are_undone_every_time_and_bounded_over_a_day() {
+    let h = Harness::with_sim("ECSExec: \"Yes\"\n", non_ha(10_000));
+    let (original, _, _) = web(&h);
     let mut rec = h.reconciler();
     let reports = run_for(&mut rec, Duration::from_secs(24 * 3600)).await;
-    let attempts = h.sim.calls("UpdateService");
-    // Backoff from 30s doubling to 15 minutes: about 100 attempts a day at most, where
-    // retrying after every failed rollout (about a minute each) would be over a thousand.
+    let updates = h.sim.updates();
+    let (attempts, undos): (Vec<_>, Vec<_>) =
+        updates.iter().partition(|u| u.task_definition != original);
+    // Backoff from 30s doubling to 15 minutes: at most 30+60+...+480 then 900s apart, so no
+    // more than 102 attempts in a day; each one undone (the last perhaps not yet).
+    // It keeps trying, too: each cycle is at most a jittered 15 minutes (under 30) plus about
+    // 80 seconds of failing and rolling back.
     assert!(
-        (5..=110).contains(&attempts),
-        "{attempts} attempts in a day"
+        (40..=102).contains(&attempts.len()),
+        "{} attempts",
+        attempts.len()
     );
-    let gaps: Vec<Duration> = h
-        .sim
-        .updates()
-        .windows(2)
-        .map(|w| w[1].at - w[0].at)
-        .collect();
+    assert!(undos.len() == attempts.len() || undos.len() + 1 == attempts.len());
+    assert!(
+        updates.iter().all(|u| u.service == "ServiceWebApi"),
+        "monitor never rolled"
+    );
+    let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1].at - w[0].at).collect();
     assert!(
         gaps.iter()
             .skip(6)
-            .all(|g| *g >= Duration::from_secs(7 * 60)),
+            .all(|g| *g >= Duration::from_secs(15 * 60)),
         "gaps {gaps:?}"
     );
-    assert_eq!(
-        h.sim.revisions("ServiceWebApi"),
-        2,
-        "a revision per attempt"
-    );
+    // One relabelled revision, registered once and reused by every attempt.
+    assert_eq!(h.sim.revisions("ServiceWebApi"), 2);
+    assert_eq!(h.sim.calls("RegisterTaskDefinition"), 1);
     assert!(reports
         .iter()
         .all(|r| ecs_exec(r) != Some(Phase::Converged)));
-    let text = rec.metrics().render();
-    assert!(text.contains("rack_reconciler_rollout_failures_total{service=\"ServiceWebApi\"}"));
+    // Between attempts the rack API is back on the old revision.
+    let _ = drive(&mut rec, 100, |_| web(&h).1).await;
+    let (td, _, running) = web(&h);
+    assert!(td == original || running == 0, "{td}");
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_stuck_rollout_fails_at_its_timeout() {
+async fn params_set_back_while_our_rollout_is_stuck_converge_on_the_old_value() {
+    let h = Harness::with_sim("ECSExec: \"Yes\"\n", non_ha(0));
+    h.sim.inject_rollout_fault(RolloutFault::NeverHealthy);
+    let (original, _, _) = web(&h);
+    let mut rec = h.reconciler();
+    run_for(&mut rec, Duration::from_secs(120)).await;
+    assert_eq!(
+        ecs_exec(
+            &rec.reconcile(rack_reconciler::reconcile::Trigger::Timer)
+                .await
+        ),
+        Some(Phase::Progressing)
+    );
+    assert_eq!(
+        web(&h).2,
+        0,
+        "minimum healthy 0: the API is down while the new task hangs"
+    );
+
+    h.write_params("ECSExec: \"No\"\n");
+    let reports = drive(&mut rec, 100, |r| ecs_exec(r) == Some(Phase::Converged)).await;
+    assert_eq!(
+        ecs_exec(reports.last().expect("report")),
+        Some(Phase::Converged)
+    );
+    assert_eq!(web(&h), (original.clone(), true, 1));
+    let updates = h.sim.updates();
+    assert_eq!(updates.len(), 2, "rolled, then pointed straight back");
+    assert_eq!(updates[1].task_definition, original);
+    assert_eq!(
+        h.sim.calls("RegisterTaskDefinition"),
+        1,
+        "nothing registered for No"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_rollout_of_ours_is_undone_at_its_timeout() {
     let h = Harness::new("ECSExec: \"Yes\"\n");
     h.sim.inject_rollout_fault(RolloutFault::NeverHealthy);
+    let (original, _, _) = web(&h);
     let mut rec = h.reconciler();
     let reports = drive(&mut rec, 1000, |r| ecs_exec(r) == Some(Phase::Failed)).await;
     assert_eq!(
@@ -105,10 +193,78 @@ async fn a_stuck_rollout_fails_at_its_timeout() {
     let p = common::param(&rec, "ECSExec");
     assert_eq!(p.reason, "RolloutTimedOut");
     assert!(p.message.contains("30m"), "{}", p.message);
-    // It stays failed and nothing more is written while the rollout hangs.
+    assert_eq!(h.sim.updates()[1].task_definition, original, "undone");
+    // The retry after the backoff (the fault was for one rollout) converges.
+    let reports = drive(&mut rec, 300, |r| ecs_exec(r) == Some(Phase::Converged)).await;
+    assert_eq!(
+        ecs_exec(reports.last().expect("report")),
+        Some(Phase::Converged)
+    );
+    assert_eq!(h.sim.updates().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn someone_elses_stuck_rollout_times_out_without_writes_or_fast_polling() {
+    let h = Harness::new("ECSExec: \"Yes\"\n");
+    let stack = h.sim.describe_stack().await.expect("stack");
+    let (cluster, service, base) = (
+        stack.resources["Cluster"].clone(),
+        stack.resources["ServiceWebApi"].clone(),
+        stack.resources["ApiWebTasks"].clone(),
+    );
+    // Someone rolls the web service to a revision that never becomes healthy.
+    let theirs = h
+        .sim
+        .register_relabelled(&base, "rack.Version", "20260418101515")
+        .expect("register");
+    h.sim.inject_rollout_fault(RolloutFault::NeverHealthy);
+    h.sim
+        .update_service(&cluster, &service, &theirs)
+        .await
+        .expect("update");
     let writes = h.sim.writes();
-    run_for(&mut rec, Duration::from_secs(3 * 3600)).await;
-    assert_eq!(h.sim.writes(), writes);
+    let mut rec = h.reconciler();
+    let reports = drive(&mut rec, 1000, |r| ecs_exec(r) == Some(Phase::Failed)).await;
+    assert!(reports[..reports.len() - 1]
+        .iter()
+        .all(|r| ecs_exec(r) == Some(Phase::Waiting)));
+    let p = common::param(&rec, "ECSExec");
+    assert_eq!(p.reason, "ServiceStuck", "{}", p.message);
+    let last = reports.last().expect("report");
+    assert!(
+        last.next >= Duration::from_secs(54),
+        "polls slow down: {:?}",
+        last.next
+    );
+    run_for(&mut rec, Duration::from_secs(3600)).await;
+    assert_eq!(
+        h.sim.writes(),
+        writes,
+        "not ours: never undone or overridden"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_circuit_breaker_a_failed_rollout_is_reported_and_retried() {
+    let settings = SimSettings {
+        circuit_breaker: true,
+        ..SimSettings::default()
+    };
+    let h = Harness::with_sim("ECSExec: \"Yes\"\n", settings);
+    h.sim.inject_rollout_fault(RolloutFault::FailToStart);
+    let mut rec = h.reconciler();
+    drive(&mut rec, 100, |r| ecs_exec(r) == Some(Phase::Failed)).await;
+    let p = common::param(&rec, "ECSExec");
+    assert_eq!(p.reason, "RolloutFailed");
+    assert!(p.message.contains("circuit breaker"), "{}", p.message);
+    // ECS rolled it back itself: nothing to undo.
+    assert_eq!(h.sim.calls("UpdateService"), 1);
+    let reports = drive(&mut rec, 200, |r| ecs_exec(r) == Some(Phase::Converged)).await;
+    assert_eq!(
+        ecs_exec(reports.last().expect("report")),
+        Some(Phase::Converged)
+    );
+    assert_eq!(h.sim.revisions("ServiceWebApi"), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -254,8 +410,9 @@ async fn corrections_past_the_hourly_cap_stop_and_report() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_rollback_finished_before_the_next_poll_still_counts_as_a_failure() {
+async fn a_circuit_breaker_rollback_finished_before_the_next_poll_still_counts_as_a_failure() {
     let settings = SimSettings {
+        circuit_breaker: true,
         failing_rollouts: 10_000,
         ..SimSettings::default()
     };

@@ -8,7 +8,7 @@
 //! AWS calls but never formats them: no `Debug` of an SDK task definition type reaches a log,
 //! an error or the status.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
@@ -22,13 +22,17 @@ use aws_sdk_ecs::types::{
     TaskDefinitionStatus,
 };
 use aws_sdk_ecs::Client as EcsClient;
+use backon::{ExponentialBuilder, Retryable};
 
-use super::{ApiErrorKind, Rack, RackError, Relabelled};
+use super::{
+    ApiErrorKind, Rack, RackError, Relabelled, StackUpdateOutcome, StackUpdateRequest,
+    TemplateSummary, THROTTLING_CODES,
+};
 use crate::config::Timeouts;
 use crate::metrics::Metrics;
 use crate::model::{
-    Deployment, DeploymentStatus, RolloutState, ServiceSnapshot, StackParameter, StackSnapshot,
-    StoppedTask, TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
+    Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, StackEvent,
+    StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
 };
 use crate::templates::{TemplateLocation, TemplateRef};
 
@@ -37,6 +41,9 @@ use crate::templates::{TemplateLocation, TemplateRef};
 pub fn behavior_version() -> aws_config::BehaviorVersion {
     aws_config::BehaviorVersion::v2026_01_12()
 }
+
+/// How far back (in pages of 100 events) the cause of a failed stack update is looked for.
+const MAX_EVENT_PAGES: usize = 20;
 
 /// How many of a family's most recent revisions are checked for one to reuse.
 const REUSE_CANDIDATES: usize = 10;
@@ -141,37 +148,107 @@ impl AwsRack {
         tags: &[Tag],
     ) -> Result<Option<String>, RackError> {
         let family = want.family.clone().unwrap_or_default();
-        let listed = self
-            .call(
-                "ecs",
-                "ListTaskDefinitions",
-                &family,
-                self.ecs
-                    .list_task_definitions()
-                    .family_prefix(&family)
-                    .status(TaskDefinitionStatus::Active)
-                    .sort(SortOrder::Desc)
-                    .max_results(REUSE_CANDIDATES as i32 + 1)
-                    .send(),
-            )
-            .await?;
-        for arn in listed
-            .task_definition_arns
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|a| a != base)
-            .take(REUSE_CANDIDATES)
-        {
+        for arn in self.latest_revisions(&family, base).await? {
             let (td, tags_of_candidate) = self.describe_full(&arn).await?;
-            // A prefix also matches other families (`convox-web` and `convox-webhooks`).
-            if td.family != want.family {
-                continue;
-            }
             if difference(want, tags, &td, &tags_of_candidate).is_none() {
                 return Ok(Some(arn));
             }
         }
         Ok(None)
+    }
+
+    /// The ARNs of up to [`REUSE_CANDIDATES`] latest ACTIVE revisions of `family` other than
+    /// `base`, newest first, page by page. A family prefix also matches other families
+    /// (`convox-web`, `convox-webhooks`): their ARNs rule them out without a describe.
+    async fn latest_revisions(&self, family: &str, base: &str) -> Result<Vec<String>, RackError> {
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .call(
+                    "ecs",
+                    "ListTaskDefinitions",
+                    family,
+                    self.ecs
+                        .list_task_definitions()
+                        .family_prefix(family)
+                        .status(TaskDefinitionStatus::Active)
+                        .sort(SortOrder::Desc)
+                        .max_results(REUSE_CANDIDATES as i32 + 1)
+                        .set_next_token(token.take())
+                        .send(),
+                )
+                .await?;
+            found.extend(
+                page.task_definition_arns
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|a| a != base && arn_family(a) == Some(family)),
+            );
+            token = page.next_token;
+            if found.len() >= REUSE_CANDIDATES || token.is_none() {
+                found.truncate(REUSE_CANDIDATES);
+                return Ok(found);
+            }
+        }
+    }
+
+    /// One page of the stack's events, newest first, and the token of the next (older) page.
+    async fn stack_events(
+        &self,
+        token: Option<String>,
+    ) -> Result<(Vec<StackEvent>, Option<String>), RackError> {
+        let out = self
+            .call(
+                "cloudformation",
+                "DescribeStackEvents",
+                &self.stack,
+                self.cfn
+                    .describe_stack_events()
+                    .stack_name(&self.stack)
+                    .set_next_token(token)
+                    .send(),
+            )
+            .await?;
+        let events = out
+            .stack_events
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| StackEvent {
+                logical_id: e.logical_resource_id.unwrap_or_default(),
+                status: e
+                    .resource_status
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
+                reason: e.resource_status_reason,
+                token: e.client_request_token,
+            })
+            .collect();
+        Ok((events, out.next_token))
+    }
+
+    /// An `UpdateStack` error that may still mean success: nothing to update, or the update
+    /// this token started already under way (the SDK retried after a lost response).
+    async fn update_stack_refused(
+        &self,
+        e: RackError,
+        token: &str,
+    ) -> Result<StackUpdateOutcome, RackError> {
+        let RackError::Api { message, .. } = &e else {
+            return Err(e);
+        };
+        if message.contains("No updates are to be performed") {
+            return Ok(StackUpdateOutcome::NoChange);
+        }
+        let ours_maybe = message.contains("TokenAlreadyExists")
+            || message.contains("_IN_PROGRESS state and can not be updated");
+        if ours_maybe {
+            let (events, _) = self.stack_events(None).await?;
+            if events.iter().any(|ev| ev.token.as_deref() == Some(token)) {
+                return Ok(StackUpdateOutcome::Started);
+            }
+        }
+        Err(e)
     }
 
     /// Up to 10 services in one `DescribeServices`, in the order asked for.
@@ -289,6 +366,45 @@ impl AwsRack {
         want: &TaskDefinition,
         tags: &[Tag],
     ) -> Result<String, RackError> {
+        // Not idempotent: only a throttled call (refused before it was processed) is sent
+        // again. After any other failure the next reconcile finds and reuses the revision
+        // if ECS did register it.
+        let new = (|| self.register_once(want, tags))
+            .retry(write_retry())
+            .sleep(tokio::time::sleep)
+            .when(RackError::throttled)
+            .await?;
+        // Prove that what ECS stored is the running revision with only the label changed.
+        // Describing a revision just registered may not find it yet (eventual consistency).
+        let (stored, stored_tags) = (|| self.describe_full(&new))
+            .retry(read_after_write_retry())
+            .sleep(tokio::time::sleep)
+            .when(|e| {
+                matches!(
+                    e,
+                    RackError::Api {
+                        kind: ApiErrorKind::NotFound,
+                        ..
+                    }
+                )
+            })
+            .await?;
+        if let Some(field) = difference(want, tags, &stored, &stored_tags) {
+            return Err(RackError::RevisionMismatch {
+                base: base.to_string(),
+                new,
+                field,
+            });
+        }
+        Ok(new)
+    }
+
+    /// One `RegisterTaskDefinition`, without the SDK's retries.
+    async fn register_once(
+        &self,
+        want: &TaskDefinition,
+        tags: &[Tag],
+    ) -> Result<String, RackError> {
         let family = want.family.clone().unwrap_or_default();
         let out = self
             .call(
@@ -314,8 +430,7 @@ impl AwsRack {
                     .set_ephemeral_storage(want.ephemeral_storage.clone())
                     .set_runtime_platform(want.runtime_platform.clone())
                     .set_enable_fault_injection(want.enable_fault_injection)
-                    // Not idempotent: a retry after a lost response would register a
-                    // duplicate. The next reconcile finds and reuses the revision instead.
+                    // A retry after a lost response would register a duplicate.
                     .customize()
                     .config_override(
                         aws_sdk_ecs::config::Config::builder()
@@ -324,28 +439,41 @@ impl AwsRack {
                     .send(),
             )
             .await?;
-        let new = out
-            .task_definition
+        out.task_definition
             .and_then(|t| t.task_definition_arn)
             .ok_or_else(|| RackError::Api {
                 service: "ecs",
                 operation: "RegisterTaskDefinition",
-                resource: family.clone(),
+                resource: family,
                 kind: ApiErrorKind::Rejected,
                 message: "the response carried no task definition ARN".into(),
-            })?;
-
-        // Prove that what ECS stored is the running revision with only the label changed.
-        let (stored, stored_tags) = self.describe_full(&new).await?;
-        if let Some(field) = difference(want, tags, &stored, &stored_tags) {
-            return Err(RackError::RevisionMismatch {
-                base: base.to_string(),
-                new,
-                field,
-            });
-        }
-        Ok(new)
+            })
     }
+}
+
+/// Retries of a throttled `RegisterTaskDefinition`.
+fn write_retry() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .with_max_times(4)
+}
+
+/// Retries of a describe right after the register that created the revision.
+fn read_after_write_retry() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(5)
+}
+
+/// The family in a task definition ARN (`...:task-definition/<family>:<revision>`).
+fn arn_family(arn: &str) -> Option<&str> {
+    arn.rsplit_once("task-definition/")?
+        .1
+        .rsplit_once(':')
+        .map(|(f, _)| f)
 }
 
 #[async_trait]
@@ -472,10 +600,7 @@ impl Rack for AwsRack {
         Ok(Relabelled { arn, reused: false })
     }
 
-    async fn template_parameters(
-        &self,
-        template: &TemplateRef,
-    ) -> Result<BTreeSet<String>, RackError> {
+    async fn template_summary(&self, template: &TemplateRef) -> Result<TemplateSummary, RackError> {
         let req = self.cfn.get_template_summary();
         let req = match &template.location {
             TemplateLocation::Url(url) => req.template_url(url),
@@ -489,28 +614,41 @@ impl Rack for AwsRack {
                 req.send(),
             )
             .await?;
-        Ok(out
-            .parameters
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|p| p.parameter_key)
-            .collect())
+        Ok(TemplateSummary {
+            parameters: out
+                .parameters
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|p| p.parameter_key)
+                .collect(),
+            capabilities: out
+                .capabilities
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.as_str().to_string())
+                .collect(),
+        })
     }
 
     async fn update_stack(
         &self,
-        template: &TemplateRef,
-        parameters: &[StackParameter],
-    ) -> Result<(), RackError> {
+        request: &StackUpdateRequest,
+    ) -> Result<StackUpdateOutcome, RackError> {
         let req = self
             .cfn
             .update_stack()
             .stack_name(&self.stack)
-            // The rack creates IAM roles, some of them named.
-            .capabilities(Capability::CapabilityIam)
-            .capabilities(Capability::CapabilityNamedIam)
+            .client_request_token(&request.token)
+            .set_capabilities(Some(
+                request
+                    .capabilities
+                    .iter()
+                    .map(|c| Capability::from(c.as_str()))
+                    .collect(),
+            ))
             .set_parameters(Some(
-                parameters
+                request
+                    .parameters
                     .iter()
                     .map(|p| {
                         Parameter::builder()
@@ -521,48 +659,31 @@ impl Rack for AwsRack {
                     })
                     .collect(),
             ));
-        let req = match &template.location {
+        let req = match &request.template.location {
             TemplateLocation::Url(url) => req.template_url(url),
             TemplateLocation::Body { body, .. } => req.template_body(body),
         };
-        self.call("cloudformation", "UpdateStack", &self.stack, req.send())
-            .await?;
-        Ok(())
+        match self
+            .call("cloudformation", "UpdateStack", &self.stack, req.send())
+            .await
+        {
+            Ok(_) => Ok(StackUpdateOutcome::Started),
+            Err(e) => self.update_stack_refused(e, &request.token).await,
+        }
     }
 
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError> {
-        let out = self
-            .call(
-                "cloudformation",
-                "DescribeStackEvents",
-                &self.stack,
-                self.cfn
-                    .describe_stack_events()
-                    .stack_name(&self.stack)
-                    .send(),
-            )
-            .await?;
-        // Newest first: walk back to the start of the latest update; the earliest resource
-        // failure on the way is the cause (later ones are cancellations).
-        let mut cause = None;
-        for e in out.stack_events.unwrap_or_default() {
-            let logical = e.logical_resource_id.clone().unwrap_or_default();
-            let status = e
-                .resource_status
-                .as_ref()
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_default();
-            if logical == self.stack && status == "UPDATE_IN_PROGRESS" {
+        let mut walk = FailureWalk::default();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_EVENT_PAGES {
+            let (events, next) = self.stack_events(token.take()).await?;
+            walk.feed(&self.stack, &events);
+            token = next;
+            if walk.done || token.is_none() {
                 break;
             }
-            if logical != self.stack && status.ends_with("_FAILED") {
-                let reason = e
-                    .resource_status_reason
-                    .unwrap_or_else(|| "no reason given".into());
-                cause = Some(format!("{logical}: {reason}"));
-            }
         }
-        Ok(cause)
+        Ok(walk.cause)
     }
 
     async fn update_service(
@@ -864,12 +985,6 @@ where
 
 fn classify(code: &str, message: &str, status: u16) -> ApiErrorKind {
     const TRANSIENT: &[&str] = &[
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "RequestThrottled",
         "ServerException",
         "ServiceUnavailable",
         "InternalFailure",
@@ -890,7 +1005,7 @@ fn classify(code: &str, message: &str, status: u16) -> ApiErrorKind {
         "ClusterNotFoundException",
         "ResourceNotFoundException",
     ];
-    if TRANSIENT.contains(&code) || status >= 500 {
+    if THROTTLING_CODES.contains(&code) || TRANSIENT.contains(&code) || status >= 500 {
         ApiErrorKind::Transient
     } else if DENIED.contains(&code) || status == 403 {
         ApiErrorKind::AccessDenied

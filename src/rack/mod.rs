@@ -45,22 +45,49 @@ pub trait Rack: Send + Sync {
         task_definition: &str,
     ) -> Result<(), RackError>;
 
-    /// The parameter names a rack template declares (`GetTemplateSummary`).
-    async fn template_parameters(
-        &self,
-        template: &TemplateRef,
-    ) -> Result<BTreeSet<String>, RackError>;
+    /// The parameters a rack template declares and the capabilities it needs
+    /// (`GetTemplateSummary`).
+    async fn template_summary(&self, template: &TemplateRef) -> Result<TemplateSummary, RackError>;
 
-    /// Updates the rack stack to `template` with `parameters` (`UpdateStack`).
+    /// Updates the rack stack (`UpdateStack`, with the request's idempotency token). An
+    /// update with nothing to change, and an update already under way with this token (a
+    /// retry after a lost response), are successes.
     async fn update_stack(
         &self,
-        template: &TemplateRef,
-        parameters: &[StackParameter],
-    ) -> Result<(), RackError>;
+        request: &StackUpdateRequest,
+    ) -> Result<StackUpdateOutcome, RackError>;
 
     /// Why the stack's latest update failed: the first resource that failed, with the reason
-    /// CloudFormation gave (`DescribeStackEvents`).
+    /// CloudFormation gave (`DescribeStackEvents`, page by page back to the update's start).
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError>;
+}
+
+/// What `GetTemplateSummary` says of a template.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TemplateSummary {
+    /// Declared parameter names.
+    pub parameters: BTreeSet<String>,
+    /// Capabilities an update to it must acknowledge (`CAPABILITY_IAM`, ...).
+    pub capabilities: Vec<String>,
+}
+
+/// One `UpdateStack`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackUpdateRequest {
+    pub template: TemplateRef,
+    pub parameters: Vec<StackParameter>,
+    pub capabilities: Vec<String>,
+    /// `ClientRequestToken`: the same for every retry of this one update.
+    pub token: String,
+}
+
+/// How an `UpdateStack` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StackUpdateOutcome {
+    /// CloudFormation is updating the stack.
+    Started,
+    /// "No updates are to be performed": the stack already is what was asked.
+    NoChange,
 }
 
 /// The revision [`Rack::relabel`] found or registered.
@@ -83,6 +110,16 @@ pub enum ApiErrorKind {
     /// The request was rejected; retrying as is will not help.
     Rejected,
 }
+
+/// AWS error codes that mean "slow down": the request was not processed.
+pub const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "RequestThrottled",
+];
 
 /// An error talking to the rack. Every variant says what failed, on which resource, and what
 /// to do about it.
@@ -129,6 +166,21 @@ fn hint(kind: ApiErrorKind) -> &'static str {
 }
 
 impl RackError {
+    /// A throttling answer: the request was refused before it was processed, so even a
+    /// write that is not idempotent can be sent again.
+    pub fn throttled(&self) -> bool {
+        match self {
+            RackError::Api {
+                kind: ApiErrorKind::Transient,
+                message,
+                ..
+            } => THROTTLING_CODES
+                .iter()
+                .any(|c| message.split(':').next() == Some(*c)),
+            _ => false,
+        }
+    }
+
     /// A short, fixed identifier of the outcome (used as a metric label).
     pub fn outcome(&self) -> &'static str {
         match self {

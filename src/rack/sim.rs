@@ -22,17 +22,22 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::{ApiErrorKind, Rack, RackError, Relabelled};
+use super::{
+    ApiErrorKind, Rack, RackError, Relabelled, StackUpdateOutcome, StackUpdateRequest,
+    TemplateSummary,
+};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::model::{
-    Deployment, DeploymentStatus, RolloutState, ServiceSnapshot, StackParameter, StackSnapshot,
-    StoppedTask, TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
+    Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, StackEvent,
+    StackParameter, StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
 };
 use crate::templates::{declared_parameters, TemplateLocation, TemplateRef};
 
 const FIXTURE: &str = include_str!("sim_rack.json");
 const ACCOUNT: &str = "123456789012";
+/// The capability an update of the rack template must acknowledge (it creates IAM roles).
+const RACK_CAPABILITY: &str = "CAPABILITY_IAM";
 const CIRCUIT_BREAKER_REASON: &str = "ECS deployment circuit breaker: tasks failed to start.";
 /// A synthetic release, newer than the fixture's, whose template declares `ECSExec`: the
 /// first rack version that knows the parameter.
@@ -171,8 +176,10 @@ struct State {
     stack_update: Option<PendingStackUpdate>,
     /// Failures to inject into the next stack updates: (logical resource, reason).
     stack_update_faults: VecDeque<(String, String)>,
-    /// The first failed resource of the latest stack update and its reason.
-    stack_failure: Option<String>,
+    /// The stack's events, oldest first.
+    stack_events: Vec<StackEvent>,
+    /// The `ClientRequestToken` of the latest stack update.
+    stack_token: Option<String>,
     /// Parameters each known template declares, by version, with defaults.
     templates: BTreeMap<String, BTreeMap<String, Option<String>>>,
     parameters: BTreeMap<String, String>,
@@ -235,6 +242,8 @@ struct SimService {
     target_groups: Vec<String>,
     /// Tasks that stopped, newest last (ECS shows them for about an hour).
     stopped: VecDeque<SimStopped>,
+    /// Revisions that have had a task running.
+    ran: BTreeSet<String>,
 }
 
 struct SimStopped {
@@ -315,7 +324,8 @@ impl SimRack {
             stack_updates: Vec::new(),
             stack_update: None,
             stack_update_faults: VecDeque::new(),
-            stack_failure: None,
+            stack_events: Vec::new(),
+            stack_token: None,
             templates: templates(&fx),
             next_id: 1,
             settings: settings.clone(),
@@ -336,7 +346,8 @@ impl SimRack {
                 .stack_resources
                 .insert(svc.task_definition.clone(), arn.clone());
             let name = format!("{rack}-{logical}-{}", short_id(logical));
-            let mut deployment = SimDeployment::new(state.next_deployment_id(), arn, now, None);
+            let mut deployment =
+                SimDeployment::new(state.next_deployment_id(), arn.clone(), now, None);
             deployment.rollout = RolloutState::Completed;
             deployment.running = svc.desired_count;
             let service_arn = format!(
@@ -368,10 +379,15 @@ impl SimRack {
                     })
                     .collect(),
                 stopped: VecDeque::new(),
+                ran: BTreeSet::from([arn.clone()]),
             });
         }
         if !settings.high_availability {
-            if let Some(web) = state.services.iter_mut().find(|x| x.logical == "ServiceWebApi") {
+            if let Some(web) = state
+                .services
+                .iter_mut()
+                .find(|x| x.logical == "ServiceWebApi")
+            {
                 web.desired = 1;
                 web.min_percent = 0;
                 if let Some(d) = web.deployments.first_mut() {
@@ -589,6 +605,15 @@ impl SimRack {
         self.lock().task_definitions.get(arn).cloned()
     }
 
+    /// A service as ECS would describe it now, without counting a call.
+    pub fn service_snapshot(&self, service_logical: &str) -> Option<ServiceSnapshot> {
+        let s = self.lock();
+        s.services
+            .iter()
+            .find(|x| x.logical == service_logical)
+            .map(|x| x.snapshot(&self.clock))
+    }
+
     /// The stack's physical id of a logical resource.
     pub fn resource(&self, logical: &str) -> Option<String> {
         self.lock().resources().get(logical).cloned()
@@ -643,7 +668,13 @@ impl State {
     }
 
     fn deploy(&mut self, idx: usize, task_definition: String, now: Instant) {
-        let fault = self.rollout_faults.pop_front();
+        // A revision that has run before runs again: faults hit new revisions only.
+        let ran_before = self.services[idx].ran.contains(&task_definition);
+        let fault = if ran_before {
+            None
+        } else {
+            self.rollout_faults.pop_front()
+        };
         let id = self.next_deployment_id();
         let svc = &mut self.services[idx];
         for d in &mut svc.deployments {
@@ -686,6 +717,133 @@ impl State {
 }
 
 impl State {
+    /// The parameters (with defaults) of the template an update names.
+    fn declared(
+        &self,
+        template: &TemplateRef,
+        name: &str,
+    ) -> Result<BTreeMap<String, Option<String>>, RackError> {
+        match &template.location {
+            TemplateLocation::Body { body, .. } => Ok(declared_parameters(body)
+                .map_err(|e| cfn_validation("UpdateStack", name, &e))?
+                .into_iter()
+                .map(|k| (k, None))
+                .collect()),
+            TemplateLocation::Url(_) => self
+                .templates
+                .get(&template.version.to_string())
+                .cloned()
+                .ok_or_else(|| cfn_validation("UpdateStack", name, "S3 error: Access Denied")),
+        }
+    }
+
+    /// The stack's parameters after an update: given values, previous values, template
+    /// defaults; CloudFormation's errors for anything else.
+    fn next_parameters(
+        &self,
+        declared: &BTreeMap<String, Option<String>>,
+        parameters: &[StackParameter],
+        name: &str,
+    ) -> Result<BTreeMap<String, String>, RackError> {
+        let mut next = BTreeMap::new();
+        for p in parameters {
+            if !declared.contains_key(&p.key) {
+                let message = format!("Parameters: [{}] do not exist in the template", p.key);
+                return Err(cfn_validation("UpdateStack", name, &message));
+            }
+            let value = match &p.value {
+                Some(v) => v.clone(),
+                None => self.parameters.get(&p.key).cloned().ok_or_else(|| {
+                    cfn_validation("UpdateStack", name, &format!("Invalid input for parameter key {}. Cannot specify usePreviousValue as true for a parameter key not in the previous template", p.key))
+                })?,
+            };
+            next.insert(p.key.clone(), value);
+        }
+        for (k, default) in declared {
+            if next.contains_key(k) {
+                continue;
+            }
+            let Some(d) = default else {
+                let message = format!("Parameters: [{k}] must have values");
+                return Err(cfn_validation("UpdateStack", name, &message));
+            };
+            next.insert(k.clone(), d.clone());
+        }
+        Ok(next)
+    }
+
+    fn start_stack_update(
+        &mut self,
+        now: Instant,
+        request: &StackUpdateRequest,
+        next: BTreeMap<String, String>,
+        declared: BTreeMap<String, Option<String>>,
+    ) {
+        let services_settled = self.services.iter().all(SimService::settled);
+        let version = request.template.version.to_string();
+        self.stack_updates.push(StackUpdateRecord {
+            version: version.clone(),
+            at: now,
+            services_settled,
+            parameters: request
+                .parameters
+                .iter()
+                .map(|p| (p.key.clone(), p.value.clone()))
+                .collect(),
+        });
+        let fault = self.stack_update_faults.pop_front();
+        self.stack_status = "UPDATE_IN_PROGRESS".into();
+        self.stack_status_reason = Some("User Initiated".into());
+        self.stack_token = Some(request.token.clone());
+        self.stack_event(
+            &self.settings.rack.clone(),
+            "UPDATE_IN_PROGRESS",
+            "User Initiated",
+        );
+        self.stack_update = Some(PendingStackUpdate {
+            at: now + self.settings.stack_update,
+            version,
+            parameters: next,
+            declared,
+            fault,
+            applied: false,
+        });
+    }
+
+    fn stack_event(&mut self, logical: &str, status: &str, reason: &str) {
+        self.stack_events.push(StackEvent {
+            logical_id: logical.to_string(),
+            status: status.to_string(),
+            reason: (!reason.is_empty()).then(|| reason.to_string()),
+            token: self.stack_token.clone(),
+        });
+    }
+
+    /// The events of an update that fails on `resource`: as on a real rack (148 resources),
+    /// far more than one page of 100 between the update's start and its end, with the real
+    /// cause buried under the rollback's own events.
+    fn record_failed_update(&mut self, resource: &str, reason: &str) {
+        let stack = self.settings.rack.clone();
+        for i in 0..60 {
+            let logical = format!("RackResource{i:03}");
+            self.stack_event(&logical, "UPDATE_IN_PROGRESS", "");
+            self.stack_event(&logical, "UPDATE_COMPLETE", "");
+        }
+        self.stack_event(resource, "UPDATE_FAILED", reason);
+        let summary = format!("The following resource(s) failed to update: [{resource}].");
+        self.stack_event(&stack, "UPDATE_ROLLBACK_IN_PROGRESS", &summary);
+        for logical in ["ServiceMonitorApi", "ApiMonitorTasks"] {
+            self.stack_event(logical, "UPDATE_FAILED", "Resource update cancelled");
+        }
+        for i in 0..55 {
+            let logical = format!("RackResource{i:03}");
+            self.stack_event(&logical, "UPDATE_IN_PROGRESS", "");
+            self.stack_event(&logical, "UPDATE_COMPLETE", "");
+        }
+    }
+}
+
+impl State {
     /// CloudFormation's side of an `UpdateStack`: at `at`, either fail and roll back, or
     /// update the API task definitions (the label follows the template) and roll the
     /// services, then complete once their rollouts have.
@@ -699,7 +857,7 @@ impl State {
         if let Some((resource, reason)) = u.fault.clone() {
             let at = u.at;
             self.stack_update = None;
-            self.stack_failure = Some(format!("{resource}: {reason}"));
+            self.record_failed_update(&resource, &reason);
             self.stack_status_reason = Some(format!(
                 "The following resource(s) failed to update: [{resource}]."
             ));
@@ -835,6 +993,9 @@ impl SimService {
         d.starting.retain(|s| *s > t);
         if d.fault != Some(RolloutFault::FailToStart) {
             d.running += due.len() as u32;
+            if !due.is_empty() {
+                self.ran.insert(d.task_definition.clone());
+            }
             return false;
         }
         for ready in &due {
@@ -1133,123 +1294,82 @@ impl Rack for SimRack {
         Ok(())
     }
 
-    async fn template_parameters(
-        &self,
-        template: &TemplateRef,
-    ) -> Result<BTreeSet<String>, RackError> {
+    async fn template_summary(&self, template: &TemplateRef) -> Result<TemplateSummary, RackError> {
         let mut s = self.lock();
         let shown = template.to_string();
         self.call(&mut s, "cloudformation", "GetTemplateSummary", &shown)?;
-        if let TemplateLocation::Body { body, .. } = &template.location {
-            return declared_parameters(body)
-                .map_err(|e| cfn_validation("GetTemplateSummary", &shown, &e));
-        }
-        s.templates
-            .get(&template.version.to_string())
-            .map(|t| t.keys().cloned().collect())
-            .ok_or_else(|| RackError::Api {
-                service: "cloudformation",
-                operation: "GetTemplateSummary",
-                resource: shown,
-                kind: ApiErrorKind::Rejected,
-                message: "ValidationError: S3 error: Access Denied (no such release)".into(),
-            })
+        let parameters = match &template.location {
+            TemplateLocation::Body { body, .. } => declared_parameters(body)
+                .map_err(|e| cfn_validation("GetTemplateSummary", &shown, &e))?,
+            TemplateLocation::Url(_) => s
+                .templates
+                .get(&template.version.to_string())
+                .map(|t| t.keys().cloned().collect())
+                .ok_or_else(|| RackError::Api {
+                    service: "cloudformation",
+                    operation: "GetTemplateSummary",
+                    resource: shown,
+                    kind: ApiErrorKind::Rejected,
+                    message: "ValidationError: S3 error: Access Denied (no such release)".into(),
+                })?,
+        };
+        Ok(TemplateSummary {
+            parameters,
+            // The rack template creates IAM roles.
+            capabilities: vec![RACK_CAPABILITY.to_string()],
+        })
     }
 
     async fn update_stack(
         &self,
-        template: &TemplateRef,
-        parameters: &[StackParameter],
-    ) -> Result<(), RackError> {
+        request: &StackUpdateRequest,
+    ) -> Result<StackUpdateOutcome, RackError> {
         let now = self.clock.instant();
         let mut s = self.lock();
         let name = s.settings.rack.clone();
         self.call(&mut s, "cloudformation", "UpdateStack", &name)?;
         if s.stack_status.ends_with("_IN_PROGRESS") {
-            return Err(cfn_validation(
-                "UpdateStack",
-                &name,
-                &format!(
-                    "Stack:{name} is in {} state and can not be updated.",
-                    s.stack_status
-                ),
-            ));
-        }
-        let declared = match &template.location {
-            TemplateLocation::Body { body, .. } => declared_parameters(body)
-                .map_err(|e| cfn_validation("UpdateStack", &name, &e))?
-                .into_iter()
-                .map(|k| (k, None))
-                .collect(),
-            TemplateLocation::Url(_) => s
-                .templates
-                .get(&template.version.to_string())
-                .cloned()
-                .ok_or_else(|| cfn_validation("UpdateStack", &name, "S3 error: Access Denied"))?,
-        };
-        let mut next = BTreeMap::new();
-        for p in parameters {
-            if !declared.contains_key(&p.key) {
-                return Err(cfn_validation(
-                    "UpdateStack",
-                    &name,
-                    &format!("Parameters: [{}] do not exist in the template", p.key),
-                ));
+            if s.stack_token.as_deref() == Some(request.token.as_str()) {
+                // A retry of the update this token started.
+                return Ok(StackUpdateOutcome::Started);
             }
-            let value = match &p.value {
-                Some(v) => v.clone(),
-                None => s.parameters.get(&p.key).cloned().ok_or_else(|| {
-                    cfn_validation("UpdateStack", &name, &format!("Invalid input for parameter key {}. Cannot specify usePreviousValue as true for a parameter key not in the previous template", p.key))
-                })?,
-            };
-            next.insert(p.key.clone(), value);
+            let message = format!(
+                "Stack:{name} is in {} state and can not be updated.",
+                s.stack_status
+            );
+            return Err(cfn_validation("UpdateStack", &name, &message));
         }
-        for (k, default) in &declared {
-            if !next.contains_key(k) {
-                match default {
-                    Some(d) => {
-                        next.insert(k.clone(), d.clone());
-                    }
-                    None => {
-                        return Err(cfn_validation(
-                            "UpdateStack",
-                            &name,
-                            &format!("Parameters: [{k}] must have values"),
-                        ))
-                    }
-                }
-            }
+        if !request.capabilities.iter().any(|c| c == RACK_CAPABILITY) {
+            return Err(RackError::Api {
+                service: "cloudformation",
+                operation: "UpdateStack",
+                resource: name,
+                kind: ApiErrorKind::Rejected,
+                message: format!("InsufficientCapabilitiesException: Requires capabilities : [{RACK_CAPABILITY}]"),
+            });
         }
-        let services_settled = s.services.iter().all(SimService::settled);
-        s.stack_updates.push(StackUpdateRecord {
-            version: template.version.to_string(),
-            at: now,
-            services_settled,
-            parameters: parameters
-                .iter()
-                .map(|p| (p.key.clone(), p.value.clone()))
-                .collect(),
-        });
-        let fault = s.stack_update_faults.pop_front();
-        s.stack_status = "UPDATE_IN_PROGRESS".into();
-        s.stack_status_reason = Some("User Initiated".into());
-        s.stack_failure = None;
-        s.stack_update = Some(PendingStackUpdate {
-            at: now + s.settings.stack_update,
-            version: template.version.to_string(),
-            parameters: next,
-            declared,
-            fault,
-            applied: false,
-        });
-        Ok(())
+        let declared = s.declared(&request.template, &name)?;
+        let next = s.next_parameters(&declared, &request.parameters, &name)?;
+        if next == s.parameters {
+            return Ok(StackUpdateOutcome::NoChange);
+        }
+        s.start_stack_update(now, request, next, declared);
+        Ok(StackUpdateOutcome::Started)
     }
 
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError> {
         let mut s = self.lock();
         let name = s.settings.rack.clone();
-        self.call(&mut s, "cloudformation", "DescribeStackEvents", &name)?;
-        Ok(s.stack_failure.clone())
+        let newest_first: Vec<StackEvent> = s.stack_events.iter().rev().cloned().collect();
+        let mut walk = FailureWalk::default();
+        for page in newest_first.chunks(100) {
+            self.call(&mut s, "cloudformation", "DescribeStackEvents", &name)?;
+            walk.feed(&name, page);
+            if walk.done {
+                break;
+            }
+        }
+        Ok(walk.cause)
     }
 }
 
@@ -1470,7 +1590,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn circuit_breaker_fails_and_rolls_back() {
-        let sim = SimRack::new(SimSettings::default());
+        let sim = SimRack::new(SimSettings {
+            circuit_breaker: true,
+            ..SimSettings::default()
+        });
         sim.inject_rollout_fault(RolloutFault::FailToStart);
         let stack = sim.describe_stack().await.expect("stack");
         let (cluster, web, base) = (
