@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use aws_sdk_ecs::types::TaskDefinitionField;
 use common::moto::Moto;
 use common::proxy::{Fault, FaultProxy};
-use common::rack_fixture::{self, CLUSTER, MONITOR, SECRET, STACK, WEB};
+use common::rack_fixture::{self, CLUSTER, MONITOR, SECRETS, STACK, WEB};
 use rack_reconciler::metrics::Metrics;
 use rack_reconciler::model::ServiceTarget;
 use rack_reconciler::rack::aws::AwsRack;
@@ -118,19 +118,27 @@ async fn assert_only_label_changed(ecs: &aws_sdk_ecs::Client, old: &str, new: &s
             && a.runtime_platform.is_some()
             && a.ephemeral_storage.is_some()
     );
-    let web = &a.container_definitions.as_ref().expect("containers")[0];
-    assert!(web.health_check.is_some() && web.ulimits.is_some() && web.linux_parameters.is_some());
-    assert!(web
-        .environment
-        .as_ref()
-        .is_some_and(|e| e.iter().any(|kv| kv.value.as_deref() == Some(SECRET))));
+    let first = &a.container_definitions.as_ref().expect("containers")[0];
+    assert!(
+        first.health_check.is_some() && first.ulimits.is_some() && first.linux_parameters.is_some()
+    );
+    // The secrets were there to be kept: the monitor's PASSWORD, the web's TLS key labels.
+    let env = first.environment.as_deref().unwrap_or_default();
+    let labels = first.docker_labels.clone().unwrap_or_default();
+    assert!(
+        env.iter()
+            .any(|kv| kv.value.as_deref() == Some(rack_fixture::SECRET))
+            || labels.values().any(|v| v == rack_fixture::TLS_KEY)
+    );
+    let role = a.task_role_arn.as_deref().unwrap_or_default();
+    assert!(role.contains(":role/convox/"), "{role}");
 }
 
 #[tokio::test]
 async fn discovers_a_rack_created_with_cloudformation() {
     let moto = Moto::start().await;
     let (cfn, ecs) = moto.clients().await;
-    let rack = rack_fixture::create(&cfn, &ecs).await;
+    let rack = rack_fixture::create(&moto).await;
     let aws = AwsRack::new(STACK, cfn, ecs, Metrics::new());
 
     let stack = aws.describe_stack().await.expect("describe stack");
@@ -178,6 +186,16 @@ async fn discovers_a_rack_created_with_cloudformation() {
         ),
         (100, 200)
     );
+    // As on a real rack: the web service sits behind the load balancer's target group.
+    assert_eq!(
+        services[0].target_groups.len(),
+        1,
+        "{:?}",
+        services[0].target_groups
+    );
+    assert!(services[0].target_groups[0].contains(":targetgroup/"));
+    assert!(services[1].target_groups.is_empty());
+    assert_eq!(services[0].minimum_healthy_percent, 50);
 
     let info = aws
         .describe_task_definition(&rack.web_task_definition)
@@ -203,7 +221,7 @@ async fn discovers_a_rack_created_with_cloudformation() {
 async fn relabels_a_rich_task_definition_changing_nothing_else() {
     let moto = Moto::start().await;
     let (cfn, ecs) = moto.clients().await;
-    let rack = rack_fixture::create(&cfn, &ecs).await;
+    let rack = rack_fixture::create(&moto).await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("params.yaml"), "ECSExec: \"Yes\"\n").expect("params");
 
@@ -275,8 +293,8 @@ async fn reconcile_until_moved(
 #[tokio::test]
 async fn converges_through_throttling_errors_dropped_connections_and_slow_responses() {
     let moto = Moto::start().await;
-    let (cfn, ecs) = moto.clients().await;
-    let rack = rack_fixture::create(&cfn, &ecs).await;
+    let (_, ecs) = moto.clients().await;
+    let rack = rack_fixture::create(&moto).await;
     let proxy = FaultProxy::start(
         &moto.endpoint,
         3,
@@ -339,8 +357,8 @@ async fn converges_through_throttling_errors_dropped_connections_and_slow_respon
 #[tokio::test]
 async fn a_lost_register_response_reuses_the_revision_instead_of_registering_twice() {
     let moto = Moto::start().await;
-    let (cfn, ecs) = moto.clients().await;
-    let rack = rack_fixture::create(&cfn, &ecs).await;
+    let (_, ecs) = moto.clients().await;
+    let rack = rack_fixture::create(&moto).await;
     // moto registers the revision, the response never arrives.
     let proxy = FaultProxy::start_matching(
         &moto.endpoint,
@@ -392,7 +410,7 @@ async fn a_lost_register_response_reuses_the_revision_instead_of_registering_twi
 async fn no_environment_value_reaches_logs_status_or_errors() {
     let moto = Moto::start().await;
     let (cfn, ecs) = moto.clients().await;
-    rack_fixture::create(&cfn, &ecs).await;
+    rack_fixture::create(&moto).await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("params.yaml"), "ECSExec: \"Yes\"\n").expect("params");
 
@@ -426,7 +444,7 @@ async fn no_environment_value_reaches_logs_status_or_errors() {
     );
 }
 
-/// Captures every log line (all targets, TRACE) of the current thread.
+/// Captures every log line (all targets, TRACE, SDK capped) of the current thread.
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
 
@@ -441,14 +459,17 @@ impl std::io::Write for Capture {
 }
 
 impl Capture {
+    /// Everything at TRACE, through the controller's own cap on the SDK's log targets (the
+    /// SDK traces whole responses, task definitions and their labels included).
     fn install(&self) -> tracing::subscriber::DefaultGuard {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::Layer;
         let me = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
+        let layer = tracing_subscriber::fmt::layer()
             .with_ansi(false)
             .with_writer(move || me.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
+            .with_filter(rack_reconciler::logging::caps());
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(layer))
     }
 
     fn text(&self) -> String {
@@ -457,20 +478,18 @@ impl Capture {
 
     fn assert_clean(&self, statuses: &[&Status], metrics: &str) {
         let logs = self.text();
-        assert!(
-            !logs.contains(SECRET),
-            "a log line carries an environment value"
-        );
-        for s in statuses {
-            let json = serde_json::to_string(s).expect("json");
-            assert!(
-                !json.contains(SECRET),
-                "the status carries an environment value"
-            );
+        for secret in SECRETS {
+            let leaks: Vec<String> = logs
+                .lines()
+                .filter(|l| l.contains(secret))
+                .map(|l| l.replace(secret, "<SECRET>").chars().take(300).collect())
+                .collect();
+            assert!(leaks.is_empty(), "log lines carry a secret: {leaks:#?}");
+            for s in statuses {
+                let json = serde_json::to_string(s).expect("json");
+                assert!(!json.contains(secret), "the status carries a secret");
+            }
+            assert!(!metrics.contains(secret), "a metric carries a secret");
         }
-        assert!(
-            !metrics.contains(SECRET),
-            "a metric carries an environment value"
-        );
     }
 }

@@ -58,6 +58,17 @@ struct Scenario {
     web_stopped: Vec<(String, String)>,
 }
 
+/// Faults of the task definition calls, for the write-safety tests.
+#[derive(Clone, Default)]
+struct Faults {
+    /// ECS stores revision 2 with another image than the one registered.
+    mismatch: bool,
+    /// `RegisterTaskDefinition` is throttled this many times first.
+    throttle_register: usize,
+    /// `DescribeTaskDefinition` of revision 2 does not find it this many times first.
+    unseen_describes: usize,
+}
+
 const TARGET_GROUP: &str =
     "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/convox-ApiBala-1ABC/0123456789abcdef";
 const API_ROLE: &str = "arn:aws:iam::123456789012:role/convox/convox-ApiRole-1XYZ";
@@ -135,11 +146,20 @@ struct Mocked {
     registers: Rule,
     /// The revision of every `UpdateService`, in order.
     rolled: Arc<Mutex<Vec<String>>>,
+    /// `RegisterTaskDefinition` calls answered with throttling.
+    throttled: Rule,
+    /// `DescribeTaskDefinition` calls that did not find the revision yet.
+    unseen: Rule,
     rack: AwsRack,
 }
 
 fn mocked(initial: Scenario) -> Mocked {
+    mocked_with(initial, Faults::default())
+}
+
+fn mocked_with(initial: Scenario, faults: Faults) -> Mocked {
     let scenario = Arc::new(Mutex::new(initial));
+    let faults = Arc::new(Mutex::new(faults));
     let stacks = mock!(aws_sdk_cloudformation::Client::describe_stacks).then_compute_output(|_| {
         DescribeStacksOutput::builder()
             .stacks(
@@ -246,8 +266,31 @@ fn mocked(initial: Scenario) -> Mocked {
                 .set_tasks(Some(tasks))
                 .build()
         });
+    let mismatch = faults.lock().expect("faults").mismatch;
+    let f = faults.clone();
+    let unseen = mock!(aws_sdk_ecs::Client::describe_task_definition)
+        .match_requests(move |req| {
+            let mut f = f.lock().expect("faults");
+            let unseen = req.task_definition() == Some(td("web", 2).as_str())
+                && f.unseen_describes > 0;
+            f.unseen_describes -= usize::from(unseen);
+            unseen
+        })
+        .then_error(|| {
+            aws_sdk_ecs::operation::describe_task_definition::DescribeTaskDefinitionError::ClientException(
+                aws_sdk_ecs::types::error::ClientException::builder()
+                    .message("Unable to describe task definition.")
+                    .meta(
+                        aws_sdk_ecs::error::ErrorMetadata::builder()
+                            .code("ClientException")
+                            .message("Unable to describe task definition.")
+                            .build(),
+                    )
+                    .build(),
+            )
+        });
     let describe_td =
-        mock!(aws_sdk_ecs::Client::describe_task_definition).then_compute_output(|req| {
+        mock!(aws_sdk_ecs::Client::describe_task_definition).then_compute_output(move |req| {
             let arn = req.task_definition().unwrap_or_default().to_string();
             let rev: i32 = arn
                 .rsplit(':')
@@ -256,9 +299,13 @@ fn mocked(initial: Scenario) -> Mocked {
                 .unwrap_or(0);
             let mut c = ContainerDefinition::builder()
                 .name("web")
+                .image("convox/rack:20260418101514")
                 .docker_labels("rack.Version", "20260418101514");
             if rev == 2 {
                 c = c.docker_labels("rack.ECSExec", "Yes");
+            }
+            if rev == 2 && mismatch {
+                c = c.image("convox/rack:tampered");
             }
             DescribeTaskDefinitionOutput::builder()
                 .task_definition(
@@ -284,6 +331,22 @@ fn mocked(initial: Scenario) -> Mocked {
             .push(req.task_definition().unwrap_or_default().to_string());
         aws_sdk_ecs::operation::update_service::UpdateServiceOutput::builder().build()
     });
+    let f = faults.clone();
+    let throttled = mock!(aws_sdk_ecs::Client::register_task_definition)
+        .match_requests(move |_| {
+            let mut f = f.lock().expect("faults");
+            let throttle = f.throttle_register > 0;
+            f.throttle_register -= usize::from(throttle);
+            throttle
+        })
+        .then_error(|| {
+            aws_sdk_ecs::operation::register_task_definition::RegisterTaskDefinitionError::generic(
+                aws_sdk_ecs::error::ErrorMetadata::builder()
+                    .code("ThrottlingException")
+                    .message("Rate exceeded")
+                    .build(),
+            )
+        });
     // The copy of revision 1 with the label set is registered as revision 2.
     let registers =
         mock!(aws_sdk_ecs::Client::register_task_definition).then_compute_output(|req| {
@@ -312,7 +375,9 @@ fn mocked(initial: Scenario) -> Mocked {
             &services,
             &list,
             &describe_tasks,
+            &unseen,
             &describe_td,
+            &throttled,
             &updates,
             &registers,
             &list_revisions
@@ -323,6 +388,8 @@ fn mocked(initial: Scenario) -> Mocked {
         updates,
         registers,
         rolled,
+        throttled,
+        unseen,
         rack: AwsRack::new("convox", cfn, ecs, Metrics::new()),
     }
 }
@@ -598,4 +665,75 @@ async fn a_rollout_stuck_past_its_timeout_is_failed() {
     assert_eq!(r.phases.get("ECSExec"), Some(&Phase::Failed));
     let p = common::param(&rec, "ECSExec");
     assert_eq!(p.reason, "RolloutTimedOut");
+}
+
+/// The web service on revision 1, converged; monitor converged on Yes.
+fn web_on_revision_one() -> Scenario {
+    let (monitor, monitor_tasks) = converged_monitor();
+    Scenario {
+        web: vec![done(td("web", 1))],
+        monitor,
+        web_tasks: vec![td("web", 1), td("web", 1)],
+        monitor_tasks,
+        web_stopped: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn a_registered_copy_that_differs_is_blocked_and_never_registered_again() {
+    let m = mocked_with(
+        web_on_revision_one(),
+        Faults {
+            mismatch: true,
+            ..Faults::default()
+        },
+    );
+    let (registers, updates) = (m.registers.clone(), m.updates.clone());
+    let (mut rec, _dir) = reconciler(m.rack);
+    for trigger in [
+        Trigger::Startup,
+        Trigger::Timer,
+        Trigger::Timer,
+        Trigger::Timer,
+    ] {
+        let r = rec.reconcile(trigger).await;
+        assert_eq!(r.phases.get("ECSExec"), Some(&Phase::Blocked));
+    }
+    let p = common::param(&rec, "ECSExec");
+    assert_eq!(p.reason, "RevisionMismatch");
+    assert!(
+        p.message.contains("containerDefinitions[0].image"),
+        "{}",
+        p.message
+    );
+    assert!(
+        !p.message.contains("tampered"),
+        "values are never shown: {}",
+        p.message
+    );
+    assert_eq!((registers.num_calls(), updates.num_calls()), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_register_is_sent_again_and_a_revision_not_yet_visible_is_waited_for() {
+    let faults = Faults {
+        throttle_register: 2,
+        unseen_describes: 2,
+        ..Faults::default()
+    };
+    let m = mocked_with(web_on_revision_one(), faults);
+    let (registers, rolled) = (m.registers.clone(), m.rolled.clone());
+    let (throttled, unseen) = (m.throttled.clone(), m.unseen.clone());
+    let (mut rec, _dir) = reconciler(m.rack);
+    let r = rec.reconcile(Trigger::Startup).await;
+    assert!(r.acted);
+    assert_eq!((throttled.num_calls(), unseen.num_calls()), (2, 2));
+    assert_eq!(
+        r.phases.get("ECSExec"),
+        Some(&Phase::Progressing),
+        "{:?}",
+        common::param(&rec, "ECSExec").message
+    );
+    assert_eq!(registers.num_calls(), 1, "one revision registered");
+    assert_eq!(*rolled.lock().expect("rolled"), vec![td("web", 2)]);
 }

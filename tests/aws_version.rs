@@ -18,14 +18,26 @@ use rack_reconciler::templates::TemplateSource;
 
 const OLD: &str = "20240205000000";
 
-/// Writes the 2024 template into `dir` as `<version>.json`.
-async fn template_dir(dir: &std::path::Path, rack: &rack_fixture::Rack) {
+/// Publishes the 2024 template as a release (in moto's S3, as the Convox release bucket has
+/// it) and returns the `templates.url` pattern that finds it. Also writes it into `dir` as
+/// `<version>.json`, where it is too large to be used.
+async fn publish_old_template(
+    moto: &Moto,
+    dir: &std::path::Path,
+    rack: &rack_fixture::Rack,
+) -> String {
     let (old, _) = rack_fixture::template(
         OLD,
         &rack.web_task_definition,
         &rack.monitor_task_definition,
     );
-    std::fs::write(dir.join(format!("{OLD}.json")), old.to_string()).expect("template");
+    let body = old.to_string();
+    std::fs::write(dir.join(format!("{OLD}.json")), &body).expect("template");
+    rack_fixture::upload_template(moto, &format!("release/{OLD}/rack.json"), &body).await;
+    format!(
+        "https://{}.s3.amazonaws.com/release/{{version}}/rack.json",
+        rack_fixture::TEMPLATE_BUCKET
+    )
 }
 
 /// `Parameters.member.N.*` of a form-encoded CloudFormation request: key → value or
@@ -83,10 +95,9 @@ fn decode(s: &str) -> String {
 #[tokio::test]
 async fn the_update_stack_request_carries_exactly_the_right_parameters() {
     let moto = Moto::start().await;
-    let (cfn, ecs) = moto.clients().await;
-    let rack = rack_fixture::create(&cfn, &ecs).await;
+    let rack = rack_fixture::create(&moto).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    template_dir(dir.path(), &rack).await;
+    let url = publish_old_template(&moto, dir.path(), &rack).await;
     std::fs::write(
         dir.path().join("params.yaml"),
         format!("ECSExec: \"No\"\nVersion: \"{OLD}\"\n"),
@@ -103,10 +114,7 @@ async fn the_update_stack_request_carries_exactly_the_right_parameters() {
         metrics.clone(),
     );
     let mut settings = common::aws_settings(dir.path(), ServiceTarget::rack_api());
-    settings.templates = TemplateSource {
-        dir: Some(dir.path().to_path_buf()),
-        ..TemplateSource::default()
-    };
+    settings.templates = TemplateSource { url, dir: None };
     let mut rec = Reconciler::new(
         Arc::new(aws),
         settings,
@@ -127,8 +135,12 @@ async fn the_update_stack_request_carries_exactly_the_right_parameters() {
         "{body}"
     );
     assert!(
-        body.contains("TemplateBody="),
-        "the local template is sent as the body"
+        body.contains("TemplateURL=") && !body.contains("TemplateBody="),
+        "a rack template is too large for a body: it goes by URL"
+    );
+    assert!(
+        body.contains("ClientRequestToken=rack-reconciler-"),
+        "{body}"
     );
     let sent = stack_parameters(&body);
 
@@ -179,14 +191,15 @@ fn run_check(config: &std::path::Path, endpoint: &str, to: &str) -> (i32, String
 #[tokio::test]
 async fn check_downgrade_exit_codes() {
     let moto = Moto::start().await;
-    let (cfn, ecs) = moto.clients().await;
-    let rack = rack_fixture::create(&cfn, &ecs).await;
+    let rack = rack_fixture::create(&moto).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    template_dir(dir.path(), &rack).await;
+    let url = publish_old_template(&moto, dir.path(), &rack).await;
     let config = dir.path().join("rack-reconciler.yaml");
     std::fs::write(
         &config,
-        format!("backend: aws\nrack: {STACK}\nparams_file: params.yaml\ntemplates:\n  dir: .\n"),
+        format!(
+            "backend: aws\nrack: {STACK}\nparams_file: params.yaml\ntemplates:\n  url: \"{url}\"\n"
+        ),
     )
     .expect("config");
     let params = dir.path().join("params.yaml");
@@ -214,5 +227,20 @@ async fn check_downgrade_exit_codes() {
 
     let (code, out) = run_check(&config, &moto.endpoint, "20230101000000");
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("20230101000000.json"), "{out}");
+    assert!(out.contains("20230101000000"), "{out}");
+
+    // A template of a real rack's size cannot be sent as a body: a local copy is refused
+    // with what to do instead.
+    let local = dir.path().join("local.yaml");
+    std::fs::write(
+        &local,
+        format!("backend: aws\nrack: {STACK}\nparams_file: params.yaml\ntemplates:\n  dir: .\n"),
+    )
+    .expect("config");
+    let (code, out) = run_check(&local, &moto.endpoint, OLD);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("51200") && out.contains("templates.url"),
+        "{out}"
+    );
 }
