@@ -74,7 +74,7 @@ impl Moto {
     }
 
     pub async fn sdk_config(&self, endpoint: &str) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
+        aws_config::defaults(rack_reconciler::rack::aws::behavior_version())
             .region(aws_config::Region::new("us-east-1"))
             .endpoint_url(endpoint)
             .credentials_provider(aws_sdk_ecs::config::Credentials::new(
