@@ -41,7 +41,7 @@ docs! {
     "rack_reconciler_rollouts_in_progress", "gauge", "service", "1 while a rollout of the service is running.";
     "rack_reconciler_rollout_failed", "gauge", "service", "1 while the service's latest rollout has failed or timed out.";
     "rack_reconciler_rollouts_started_total", "counter", "service", "Rollouts started by the controller (UpdateService calls that succeeded).";
-    "rack_reconciler_rollout_failures_total", "counter", "service", "Rollouts seen to fail (circuit breaker, rollback or timeout).";
+    "rack_reconciler_rollout_failures_total", "counter", "service", "Rollouts seen to fail (new tasks stopping past the threshold, a timeout, or a circuit-breaker rollback).";
     "rack_reconciler_corrections_total", "counter", "parameter", "Out-of-band reverts of a converged parameter that the controller corrected.";
     "rack_reconciler_corrections_capped", "gauge", "parameter", "1 while corrections are stopped because the hourly cap was reached.";
     "rack_reconciler_downgrade_blocked", "gauge", "", "1 while a downgrade to a version that predates ECSExec is refused or held by the gate.";
