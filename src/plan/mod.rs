@@ -1,0 +1,179 @@
+//! The decision: given the desired state and what was observed of the rack, what is the next
+//! step?
+//!
+//! Pure: no I/O, no clock (the caller passes `now`), no AWS types. Every input that matters
+//! is in a context struct or the [`ObservedRack`](crate::model::ObservedRack), so a decision
+//! can be replayed in a table test. One module per way of changing a parameter:
+//! [`relabel`] (a label on the rack API's task definitions, rolled service by service),
+//! [`version`] (the rack version, a stack update to another template), and [`gate`] (the
+//! downgrade gate both consult).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::StackParameter;
+
+pub mod gate;
+pub mod relabel;
+pub mod version;
+
+pub use gate::{downgrade_gate, EcsExecState, Gate};
+pub use relabel::{observed_value, plan, OwnRollout, PlanContext, Roll, RollPurpose, RollTo};
+pub use version::{plan_version, version_template_unavailable, VersionContext};
+
+/// Where a managed parameter stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+pub enum Phase {
+    /// Every target service runs the desired value, rollouts completed, nothing draining.
+    Converged,
+    /// A rollout towards the desired value is under way (or about to start).
+    Progressing,
+    /// Something else owns the rack for now (a stack update, a deployment not ours).
+    Waiting,
+    /// The controller will not act until a person changes something.
+    Blocked,
+    /// A rollout failed, timed out, or an action errored; retried with backoff.
+    Failed,
+    /// Not observed yet, or the rack could not be observed.
+    Unknown,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Converged,
+        Phase::Progressing,
+        Phase::Waiting,
+        Phase::Blocked,
+        Phase::Failed,
+        Phase::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Converged => "Converged",
+            Phase::Progressing => "Progressing",
+            Phase::Waiting => "Waiting",
+            Phase::Blocked => "Blocked",
+            Phase::Failed => "Failed",
+            Phase::Unknown => "Unknown",
+        }
+    }
+
+    /// Phases after which `apply` stops waiting.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Converged | Phase::Blocked | Phase::Failed)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The write a decision asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Action {
+    /// Point a service at a relabelled revision (registered or reused), or at an existing one.
+    Roll(Roll),
+    /// Update the rack stack to another version's template.
+    UpdateStack(StackUpdate),
+}
+
+/// An `UpdateStack` to another rack version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StackUpdate {
+    pub from: Option<String>,
+    pub to: String,
+    pub downgrade: bool,
+    /// Every parameter the target template declares that can be given: changed ones with a
+    /// value, the rest `UsePreviousValue`. Parameters the target does not declare are left out.
+    pub parameters: Vec<StackParameter>,
+}
+
+/// A service the parameter still has to be rolled to, for `plan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingChange {
+    pub service: String,
+    pub from_task_definition: String,
+    pub from_value: Option<String>,
+    pub to_value: String,
+}
+
+/// Per-service progress, for status and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceProgress {
+    pub service: String,
+    pub state: ServiceState,
+    /// The value in the primary deployment's revision.
+    pub value: Option<String>,
+    pub task_definition: Option<String>,
+    pub running: u32,
+    pub desired: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceState {
+    Converged,
+    RollingOut,
+    /// Pointed back at its previous revision after a failed rollout, and rolling there.
+    RollingBack,
+    Pending,
+    Busy,
+    Failed,
+    /// The ECS service is `DRAINING` or `INACTIVE`.
+    Inactive,
+    Unknown,
+}
+
+impl ServiceState {
+    /// A deployment of the service is running (for the rollouts-in-progress metric).
+    pub fn rolling(self) -> bool {
+        matches!(self, ServiceState::RollingOut | ServiceState::RollingBack)
+    }
+}
+
+/// The planner's answer for one parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub param: &'static str,
+    pub desired: String,
+    /// The value every service's primary revision agrees on; `None` while they differ.
+    pub observed: Option<String>,
+    pub phase: Phase,
+    /// A CamelCase reason, as in Kubernetes conditions.
+    pub reason: &'static str,
+    pub message: String,
+    /// Some service's primary revision does not hold the desired value.
+    pub drift: bool,
+    pub action: Option<Action>,
+    pub pending: Vec<PendingChange>,
+    pub services: Vec<ServiceProgress>,
+}
+
+impl Decision {
+    pub(crate) fn with(mut self, phase: Phase, reason: &'static str, message: String) -> Decision {
+        self.phase = phase;
+        self.reason = reason;
+        self.message = message;
+        self
+    }
+
+    /// The decision turned into `Blocked`, with no write.
+    pub fn blocked(mut self, reason: &'static str, message: String) -> Decision {
+        self.action = None;
+        self.with(Phase::Blocked, reason, message)
+    }
+
+    pub(crate) fn act(mut self, roll: Roll) -> Decision {
+        self.action = Some(Action::Roll(roll));
+        self
+    }
+}
+
+pub(crate) fn round_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
