@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{
     ManagedParam, ObservedRack, ObservedService, RackVersion, ServiceTarget, StackState,
-    TaskDefinitionInfo, MANAGED_PARAMS, VERSION_PARAM,
+    TaskDefinitionInfo, ECS_EXEC, MANAGED_PARAMS, VERSION_PARAM,
 };
 use crate::params::{self, DesiredParams, ParamsError};
 use crate::plan::{
@@ -358,7 +358,7 @@ impl Reconciler {
         let (observed, mut decisions) = self.preview_params().await?;
         let now = self.clock.now();
         if let Some(version) = self.desired.as_ref().and_then(|d| d.version) {
-            let ecs = EcsExecState::of(&decisions, &observed);
+            let ecs = self.ecs_exec_state(&observed);
             let (d, _) = self.version_decision(version, &observed, &ecs, now).await;
             decisions.push(d);
         }
@@ -385,8 +385,8 @@ impl Reconciler {
     /// params file (for `check-downgrade`). Writes nothing, and reads no template but the
     /// target's.
     pub async fn check_version(&mut self, to: RackVersion) -> Result<VersionCheck, String> {
-        let (observed, decisions) = self.preview_params().await.map_err(|e| e.to_string())?;
-        let ecs = EcsExecState::of(&decisions, &observed);
+        let (observed, _) = self.preview_params().await.map_err(|e| e.to_string())?;
+        let ecs = self.ecs_exec_state(&observed);
         let current = observed.stack.version();
         if current.is_some_and(|c| to >= c) {
             // Not a downgrade: no template needed to answer.
@@ -399,9 +399,21 @@ impl Reconciler {
         let (template, declared) = self.target(to).await?;
         Ok(VersionCheck {
             current,
-            gate: plan::downgrade_gate(to, current, &declared, &ecs),
+            gate: plan::downgrade_gate(
+                to,
+                observed.stack.parameters.get(VERSION_PARAM).map(String::as_str),
+                &declared,
+                &ecs,
+            ),
             template: Some(template.to_string()),
         })
+    }
+
+    /// What the downgrade gate sees of `ECSExec`: the desired value, if managed, and every
+    /// revision the rack API runs.
+    fn ecs_exec_state(&self, observed: &ObservedRack) -> EcsExecState {
+        let desired = self.desired.as_ref().and_then(|d| d.get(&ECS_EXEC));
+        EcsExecState::observe(desired, observed)
     }
 
     /// The last params file error, if the last read was rejected.
@@ -577,7 +589,7 @@ impl Reconciler {
             rolling |= d.services.iter().any(|s| s.state.rolling());
             decisions.push(d);
         }
-        let ecs = EcsExecState::of(&decisions, &observed);
+        let ecs = self.ecs_exec_state(&observed);
         if let Some(version) = desired.version {
             let span = info_span!("parameter", parameter = VERSION_PARAM, desired = %version);
             let d = self

@@ -61,60 +61,27 @@ pub fn plan_version(
     let stack = &rack.stack;
     let current = stack.version();
     let d = version_decision(desired, rack);
-    let ours = ctx.attempted == Some(desired);
-    match stack.state() {
-        StackState::InProgress if ours => {
-            let message = format!(
-                "stack {} is {}: updating it to version {desired}",
-                stack.name, stack.status
-            );
-            return d.with(Phase::Progressing, "UpdatingStack", message);
-        }
-        StackState::InProgress => {
-            let message = format!(
-                "stack {} is {}: CloudFormation owns the rack until it settles; no changes until then",
-                stack.name, stack.status
-            );
-            return d.with(Phase::Waiting, "StackUpdating", message);
-        }
-        StackState::Unusable => {
-            let message = format!(
-                "stack {} is {}: repair the stack (see its CloudFormation events) before the controller can act",
-                stack.name, stack.status
-            );
-            return d.with(Phase::Blocked, "StackUnusable", message);
-        }
-        StackState::Stable => {}
+    if let Some((phase, reason, message)) = stack_phase(desired, rack, ctx) {
+        return d.with(phase, reason, message);
     }
-    if current == Some(desired) {
-        let message = format!(
-            "stack {} runs version {desired} ({})",
-            stack.name, stack.status
-        );
-        return d.with(Phase::Converged, "Converged", message);
-    }
-    if ours && stack.status.contains("ROLLBACK") {
-        let reason = ctx
-            .failure_reason
-            .clone()
-            .or_else(|| stack.status_reason.clone())
-            .unwrap_or_else(|| "CloudFormation gave no reason".into());
-        let message = format!(
-            "the update of stack {} to version {desired} was rolled back ({}): {reason}",
-            stack.name, stack.status
-        );
-        return d.with(Phase::Failed, "StackUpdateRolledBack", message);
-    }
-    let gate = downgrade_gate(desired, current, target, ecs);
+    let gate = downgrade_gate(
+        desired,
+        stack.parameters.get(VERSION_PARAM).map(String::as_str),
+        target,
+        ecs,
+    );
     match &gate {
         Gate::Refused(msg) => return d.with(Phase::Blocked, "DowngradeBlocked", msg.clone()),
         Gate::Holding(msg) => return d.with(Phase::Blocked, "DowngradeWaiting", msg.clone()),
         Gate::Allowed | Gate::NotNeeded => {}
     }
-    if matches!(ecs.phase, Some(Phase::Progressing | Phase::Waiting)) {
-        let message =
-            format!("waiting for the ECSExec rollout to finish before updating the stack to version {desired}");
-        return d.with(Phase::Waiting, "EcsExecRollingOut", message);
+    if !ecs.in_flight.is_empty() {
+        // Whatever any phase says (a rollout Failed at its timeout may still be rolling).
+        let message = format!(
+            "waiting for the deployments of {} to complete before updating the stack to version {desired}",
+            ecs.in_flight.join(", ")
+        );
+        return d.with(Phase::Waiting, "ServicesRolling", message);
     }
     if let Some(at) = ctx.retry_not_before.filter(|at| *at > ctx.now) {
         let wait = at.duration_since(ctx.now).unwrap_or_default();
@@ -124,31 +91,7 @@ pub fn plan_version(
         );
         return d.with(Phase::Failed, "BackingOff", message);
     }
-    let parameters: Vec<StackParameter> = target
-        .iter()
-        .filter_map(|key| {
-            let value = if key == VERSION_PARAM {
-                Some(desired.to_string())
-            } else if key == ECS_EXEC.name {
-                // Keep the rack as the controller has it: the desired value, or what runs.
-                ecs.desired.clone().or_else(|| ecs.observed.clone())
-            } else {
-                None
-            };
-            match value {
-                Some(v) => Some(StackParameter {
-                    key: key.clone(),
-                    value: Some(v),
-                }),
-                None if stack.parameters.contains_key(key) => Some(StackParameter {
-                    key: key.clone(),
-                    value: None,
-                }),
-                // Declared by the target only: its default applies.
-                None => None,
-            }
-        })
-        .collect();
+    let parameters = update_parameters(desired, rack, target, ecs);
     let downgrade = current.is_some_and(|c| desired < c);
     let given = parameters.iter().filter(|p| p.value.is_some()).count();
     let message = format!(
@@ -167,6 +110,87 @@ pub fn plan_version(
         parameters,
     }));
     d.with(Phase::Progressing, "UpdatingStack", message)
+}
+
+/// What the stack's own state decides: an update under way (ours or not), a stack that needs
+/// repair, the version reached, or our update rolled back.
+fn stack_phase(
+    desired: RackVersion,
+    rack: &ObservedRack,
+    ctx: &VersionContext,
+) -> Option<(Phase, &'static str, String)> {
+    let stack = &rack.stack;
+    let ours = ctx.attempted == Some(desired);
+    let (name, status) = (&stack.name, &stack.status);
+    match stack.state() {
+        StackState::InProgress if ours => {
+            let message = format!("stack {name} is {status}: updating it to version {desired}");
+            return Some((Phase::Progressing, "UpdatingStack", message));
+        }
+        StackState::InProgress => {
+            let message = format!(
+                "stack {name} is {status}: CloudFormation owns the rack until it settles; no changes until then"
+            );
+            return Some((Phase::Waiting, "StackUpdating", message));
+        }
+        StackState::Unusable => {
+            let message = format!(
+                "stack {name} is {status}: repair the stack (see its CloudFormation events) before the controller can act"
+            );
+            return Some((Phase::Blocked, "StackUnusable", message));
+        }
+        StackState::Stable => {}
+    }
+    if stack.version() == Some(desired) {
+        let message = format!("stack {name} runs version {desired} ({status})");
+        return Some((Phase::Converged, "Converged", message));
+    }
+    if ours && status.contains("ROLLBACK") {
+        let reason = ctx
+            .failure_reason
+            .clone()
+            .or_else(|| stack.status_reason.clone())
+            .unwrap_or_else(|| "CloudFormation gave no reason".into());
+        let message = format!(
+            "the update of stack {name} to version {desired} was rolled back ({status}): {reason}"
+        );
+        return Some((Phase::Failed, "StackUpdateRolledBack", message));
+    }
+    None
+}
+
+/// Every parameter the target template declares that can be given: `Version` and `ECSExec`
+/// (kept as the controller has it) with values, the rest `UsePreviousValue`. Parameters the
+/// target does not declare are left out; those only the target declares get its default.
+fn update_parameters(
+    desired: RackVersion,
+    rack: &ObservedRack,
+    target: &BTreeSet<String>,
+    ecs: &EcsExecState,
+) -> Vec<StackParameter> {
+    target
+        .iter()
+        .filter_map(|key| {
+            let value = if key == VERSION_PARAM {
+                Some(desired.to_string())
+            } else if key == ECS_EXEC.name {
+                ecs.value_to_keep()
+            } else {
+                None
+            };
+            match value {
+                Some(v) => Some(StackParameter {
+                    key: key.clone(),
+                    value: Some(v),
+                }),
+                None if rack.stack.parameters.contains_key(key) => Some(StackParameter {
+                    key: key.clone(),
+                    value: None,
+                }),
+                None => None,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -215,11 +239,18 @@ mod version_tests {
             .collect()
     }
 
-    fn ecs(desired: Option<&str>, observed: Option<&str>, phase: Option<Phase>) -> EcsExecState {
+    /// What the gate sees: the desired value, the values on every revision, whether a
+    /// deployment is in flight.
+    fn ecs(desired: Option<&str>, running: &[&str], in_flight: bool) -> EcsExecState {
         EcsExecState {
             desired: desired.map(str::to_string),
-            observed: observed.map(str::to_string),
-            phase,
+            running: running.iter().map(|s| s.to_string()).collect(),
+            in_flight: if in_flight {
+                vec!["ServiceWebApi".into()]
+            } else {
+                Vec::new()
+            },
+            ..EcsExecState::default()
         }
     }
 
@@ -243,75 +274,116 @@ mod version_tests {
                 "upgrade: no gate",
                 NEW,
                 old_template(),
-                ecs(Some("Yes"), Some("Yes"), Some(Phase::Converged)),
+                ecs(Some("Yes"), &["Yes"], false),
                 "NotNeeded",
             ),
             (
                 "same version: no gate",
                 CUR,
                 old_template(),
-                ecs(Some("Yes"), Some("Yes"), None),
+                ecs(Some("Yes"), &["Yes"], false),
                 "NotNeeded",
             ),
             (
                 "target knows ECSExec: no gate",
                 OLD,
                 new_template(),
-                ecs(Some("Yes"), Some("Yes"), None),
+                ecs(Some("Yes"), &["Yes"], false),
                 "NotNeeded",
             ),
             (
                 "desired Yes: refused",
                 OLD,
                 old_template(),
-                ecs(Some("Yes"), Some("Yes"), Some(Phase::Converged)),
+                ecs(Some("Yes"), &["Yes"], false),
                 "Refused",
             ),
             (
                 "unmanaged but running Yes: refused",
                 OLD,
                 old_template(),
-                ecs(None, Some("Yes"), None),
+                ecs(None, &["Yes"], false),
                 "Refused",
             ),
             (
                 "desired No, still rolling: holding",
                 OLD,
                 old_template(),
-                ecs(Some("No"), None, Some(Phase::Progressing)),
+                ecs(Some("No"), &["Yes", "No"], true),
                 "Holding",
             ),
             (
                 "desired No, failed: holding",
                 OLD,
                 old_template(),
-                ecs(Some("No"), Some("Yes"), Some(Phase::Failed)),
+                ecs(Some("No"), &["Yes"], false),
                 "Holding",
             ),
             (
                 "desired No, converged: allowed",
                 OLD,
                 old_template(),
-                ecs(Some("No"), Some("No"), Some(Phase::Converged)),
+                ecs(Some("No"), &["No"], false),
                 "Allowed",
             ),
             (
                 "unmanaged, running No: allowed",
                 OLD,
                 old_template(),
-                ecs(None, Some("No"), None),
+                ecs(None, &["No"], false),
                 "Allowed",
             ),
             (
-                "unmanaged, services disagree: holding",
+                "unmanaged, all No, but a deployment still in flight: holding",
                 OLD,
                 old_template(),
-                ecs(None, None, None),
+                ecs(None, &["No"], true),
+                "Holding",
+            ),
+            (
+                "unmanaged, a foreign Yes to No rollout in flight: refused while Yes runs",
+                OLD,
+                old_template(),
+                ecs(None, &["Yes", "No"], true),
+                "Refused",
+            ),
+            (
+                "desired No, primaries No, a Yes task still draining: holding",
+                OLD,
+                old_template(),
+                ecs(Some("No"), &["No", "Yes"], true),
+                "Holding",
+            ),
+            (
+                "desired No, a revision's labels not observed: holding",
+                OLD,
+                old_template(),
+                EcsExecState {
+                    unknown: vec!["web:7".into()],
+                    ..ecs(Some("No"), &["No"], false)
+                },
+                "Holding",
+            ),
+            (
+                "unmanaged, the stack parameter says Yes: refused",
+                OLD,
+                old_template(),
+                EcsExecState {
+                    stack: Some("Yes".into()),
+                    ..ecs(None, &["No"], false)
+                },
+                "Refused",
+            ),
+            (
+                "nothing observed at all: holding",
+                OLD,
+                old_template(),
+                ecs(Some("No"), &[], false),
                 "Holding",
             ),
         ];
         for (name, to, target, e, want) in cases {
-            let got = match downgrade_gate(v(to), Some(v(CUR)), &target, &e) {
+            let got = match downgrade_gate(v(to), Some(CUR), &target, &e) {
                 Gate::NotNeeded => "NotNeeded",
                 Gate::Allowed => "Allowed",
                 Gate::Refused(m) => {
@@ -325,8 +397,24 @@ mod version_tests {
     }
 
     #[test]
+    fn an_unknown_current_version_refuses_a_gated_target_only() {
+        let no = ecs(Some("No"), &["No"], false);
+        for current in [None, Some("latest"), Some("2026")] {
+            let gate = downgrade_gate(v(OLD), current, &old_template(), &no);
+            let Gate::Refused(m) = gate else {
+                panic!("{current:?}: {gate:?}");
+            };
+            assert!(m.contains("current version is unknown"), "{m}");
+            assert_eq!(
+                downgrade_gate(v(OLD), current, &new_template(), &no),
+                Gate::NotNeeded
+            );
+        }
+    }
+
+    #[test]
     fn decisions() {
-        let converged_no = ecs(Some("No"), Some("No"), Some(Phase::Converged));
+        let converged_no = ecs(Some("No"), &["No"], false);
         let cases: Vec<(
             &str,
             ObservedRack,
@@ -346,7 +434,7 @@ mod version_tests {
             (
                 "yes blocks the downgrade",
                 rack("UPDATE_COMPLETE", CUR),
-                ecs(Some("Yes"), Some("Yes"), Some(Phase::Converged)),
+                ecs(Some("Yes"), &["Yes"], false),
                 ctx(),
                 Phase::Blocked,
                 "DowngradeBlocked",
@@ -354,7 +442,7 @@ mod version_tests {
             (
                 "no not converged holds it",
                 rack("UPDATE_COMPLETE", CUR),
-                ecs(Some("No"), None, Some(Phase::Progressing)),
+                ecs(Some("No"), &["Yes", "No"], true),
                 ctx(),
                 Phase::Blocked,
                 "DowngradeWaiting",
@@ -445,7 +533,7 @@ mod version_tests {
             v(OLD),
             &rack("UPDATE_ROLLBACK_COMPLETE", CUR),
             &old_template(),
-            &ecs(Some("No"), Some("No"), Some(Phase::Converged)),
+            &ecs(Some("No"), &["No"], false),
             &c,
         );
         assert!(
@@ -461,7 +549,7 @@ mod version_tests {
             v(OLD),
             &rack("UPDATE_COMPLETE", CUR),
             &old_template(),
-            &ecs(Some("No"), Some("No"), Some(Phase::Converged)),
+            &ecs(Some("No"), &["No"], false),
             &ctx(),
         );
         let Some(Action::UpdateStack(u)) = d.action else {
@@ -487,7 +575,7 @@ mod version_tests {
             v(NEW),
             &rack("UPDATE_COMPLETE", CUR),
             &new_template(),
-            &ecs(None, Some("Yes"), None),
+            &ecs(None, &["Yes"], false),
             &ctx(),
         );
         let Some(Action::UpdateStack(u)) = d.action else {
@@ -518,15 +606,16 @@ mod version_tests {
     }
 
     #[test]
-    fn no_version_change_while_ecs_exec_rolls() {
+    fn no_version_change_while_any_deployment_is_in_flight() {
+        // Whatever the ECSExec phase says: here desired and running agree on Yes.
         let d = plan_version(
             v(NEW),
             &rack("UPDATE_COMPLETE", CUR),
             &new_template(),
-            &ecs(Some("Yes"), None, Some(Phase::Progressing)),
+            &ecs(Some("Yes"), &["Yes"], true),
             &ctx(),
         );
-        assert_eq!((d.phase, d.reason), (Phase::Waiting, "EcsExecRollingOut"));
+        assert_eq!((d.phase, d.reason), (Phase::Waiting, "ServicesRolling"));
         assert!(d.action.is_none());
     }
 }
