@@ -165,11 +165,28 @@ pub struct StoppedTask {
     pub started_by: Option<String>,
     /// ECS's `stoppedReason`, e.g. `Essential container in task exited`.
     pub stopped_reason: Option<String>,
+    /// ECS's `stopCode`, e.g. `EssentialContainerExited`, `SpotInterruption`.
+    pub stop_code: Option<String>,
     #[serde(with = "humantime_serde")]
     pub created_at: SystemTime,
 }
 
 impl StoppedTask {
+    /// Whether the task stopped because it failed: it did not start, its essential container
+    /// exited, or the scheduler stopped it for failing health checks. Tasks stopped by a
+    /// person, a spot interruption, instance draining or scaling are not failures. An absent
+    /// stop code counts as a failure.
+    pub fn failed(&self) -> bool {
+        match self.stop_code.as_deref() {
+            None | Some("TaskFailedToStart") | Some("EssentialContainerExited") => true,
+            Some("ServiceSchedulerInitiated") => self
+                .stopped_reason
+                .as_deref()
+                .is_some_and(|r| r.to_ascii_lowercase().contains("health check")),
+            Some(_) => false,
+        }
+    }
+
     /// Whether the task was launched by `deployment`.
     pub fn launched_by(&self, deployment: &Deployment) -> bool {
         match &self.started_by {

@@ -102,6 +102,8 @@ async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond()
     let task =
         format!("arn:aws:ecs:{REGION}:{ACCOUNT}:task/{cluster}/0123456789abcdef0123456789abcdef");
     let new_td = format!("{}:2", web_td.rsplit_once(':').expect("revision").0);
+    let short_web = web.replace(&format!("service/{cluster}/"), "service/");
+    assert_ne!(short_web, web);
     let p = policy(&cluster);
 
     let calls: Vec<Call> = vec![
@@ -114,6 +116,9 @@ async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond()
         ("ecs:DescribeServices", &monitor, vec![]),
         ("ecs:UpdateService", &web, vec![]),
         ("ecs:UpdateService", &monitor, vec![]),
+        // A rack created before ECS's long ARN format keeps short service ARNs.
+        ("ecs:UpdateService", &short_web, vec![]),
+        ("ecs:DescribeServices", &short_web, vec![]),
         ("ecs:ListTasks", "*", vec![("ecs:cluster", &cluster_arn)]),
         ("ecs:DescribeTasks", &task, vec![]),
         ("ecs:DescribeTaskDefinition", "*", vec![]),
@@ -140,10 +145,12 @@ async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond()
     let app_service = format!(
         "arn:aws:ecs:{REGION}:{ACCOUNT}:service/{cluster}/convox-myapp-ServiceWeb-1ABC2DEF"
     );
+    let short_app_service = format!("arn:aws:ecs:{REGION}:{ACCOUNT}:service/convox-myapp-ServiceWeb-1ABC2DEF");
     let other_rack_role = format!("arn:aws:iam::{ACCOUNT}:role/convox/convoxstaging-ApiRole-1XYZ");
     let other_stack = format!("arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/convox-myapp/1");
     let denied: Vec<Call> = vec![
         ("ecs:UpdateService", &app_service, vec![]),
+        ("ecs:UpdateService", &short_app_service, vec![]),
         ("ecs:DescribeServices", &app_service, vec![]),
         ("cloudformation:UpdateStack", &other_stack, vec![]),
         (

@@ -399,7 +399,7 @@ fn rollout_failure(
         .service
         .stopped
         .iter()
-        .filter(|t| t.launched_by(primary))
+        .filter(|t| t.launched_by(primary) && t.failed())
         .collect();
     stopped.sort_by_key(|t| t.created_at);
     let failures = primary.failed_tasks.max(stopped.len() as u32);
@@ -530,6 +530,20 @@ fn own_rollout(
     let own = ctx.own_rollouts.get(name)?;
     if own.undone && busy && primary.task_definition == own.from {
         let why = ctx.last_failure.as_deref().unwrap_or("the rollout failed");
+        let age = ctx.now.duration_since(primary.created_at).unwrap_or_default();
+        if age > ctx.rollout_timeout {
+            return Some(Eval::Failed(
+                "RollbackStuck",
+                format!(
+                    "{why}; pointing {name} back at {} has not completed in {} either ({}/{} tasks running): \
+                     see the service events",
+                    own.from,
+                    humantime::format_duration(Duration::from_secs(age.as_secs())),
+                    primary.running_count,
+                    primary.desired_count
+                ),
+            ));
+        }
         return Some(Eval::RollingBack(format!(
             "{why}; {name} is rolling back to {} ({}/{} tasks running)",
             own.from, primary.running_count, primary.desired_count
@@ -749,6 +763,7 @@ mod tests {
                 task_definition: primary.task_definition.clone(),
                 started_by: Some(primary.id.clone()),
                 stopped_reason: Some(reason.to_string()),
+                stop_code: Some("EssentialContainerExited".into()),
                 created_at: primary.created_at + Duration::from_secs(i as u64),
             })
             .collect();
@@ -1137,6 +1152,38 @@ mod tests {
                 phase: Phase::Failed,
                 reason: "RolloutFailed",
                 roll: Some(("ServiceWebApi", "web:2", "web:1")),
+            },
+            Case {
+                name: "new tasks stopped by a spot interruption are not failures",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    {
+                        let mut w = with_stopped(web(&[rolling("web:2", 0, 60), draining("web:1")], &["web:1"]), 5, "Your Spot Task was interrupted.");
+                        for t in &mut w.service.stopped {
+                            t.stop_code = Some("SpotInterruption".into());
+                        }
+                        w
+                    },
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: PlanContext { own_rollouts: own("ServiceWebApi", "web:1", "web:2", false), ..ctx() },
+                phase: Phase::Progressing,
+                reason: "RollingOut",
+                roll: None,
+            },
+            Case {
+                name: "the rollback itself stuck past the timeout: failed, no further write",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    web(&[rolling("web:1", 0, 1801), draining("web:2")], &["web:2"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: PlanContext { own_rollouts: own("ServiceWebApi", "web:1", "web:2", true), ..ctx() },
+                phase: Phase::Failed,
+                reason: "RollbackStuck",
+                roll: None,
             },
             Case {
                 name: "someone else's failing rollout is reported, not undone",

@@ -240,7 +240,17 @@ impl AwsRack {
         if message.contains("No updates are to be performed") {
             return Ok(StackUpdateOutcome::NoChange);
         }
-        let ours_maybe = message.contains("TokenAlreadyExists")
+        // The update may have started although no answer came back (a timeout, a dropped
+        // connection), or the SDK's retry of it found it under way.
+        let transient = matches!(
+            e,
+            RackError::Api {
+                kind: ApiErrorKind::Transient,
+                ..
+            }
+        );
+        let ours_maybe = transient
+            || message.contains("TokenAlreadyExists")
             || message.contains("_IN_PROGRESS state and can not be updated");
         if ours_maybe {
             let (events, _) = self.stack_events(None).await?;
@@ -571,7 +581,12 @@ impl Rack for AwsRack {
             }
             for status in statuses {
                 let arns = self.list_tasks(cluster, &s.name, status).await?;
-                wanted.extend(arns.into_iter().map(|a| (i, a)));
+                // A task stopping between the two listings shows up in both.
+                for a in arns {
+                    if !wanted.iter().any(|(_, w)| *w == a) {
+                        wanted.push((i, a));
+                    }
+                }
             }
         }
         for chunk in wanted.chunks(100) {
@@ -776,6 +791,7 @@ fn observed_task(task: aws_sdk_ecs::types::Task) -> Option<Observed> {
             task_definition,
             started_by: task.started_by,
             stopped_reason: task.stopped_reason,
+            stop_code: task.stop_code.map(|c| c.as_str().to_string()),
             created_at: task
                 .created_at
                 .map(system_time)

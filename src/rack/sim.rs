@@ -249,6 +249,7 @@ struct SimService {
 struct SimStopped {
     task_definition: String,
     deployment: String,
+    code: &'static str,
     reason: String,
     created: Instant,
     stopped: Instant,
@@ -987,7 +988,7 @@ impl SimService {
     /// Launches of the primary due by `t` become running tasks, or fail and are stopped with
     /// a reason. Returns whether a circuit breaker trips.
     fn resolve_launches(&mut self, p: usize, t: Instant, sched: Scheduling) -> bool {
-        let reason = self.stopped_reason();
+        let (code, reason) = self.stopped_reason();
         let d = &mut self.deployments[p];
         let due: Vec<Instant> = d.starting.iter().copied().filter(|s| *s <= t).collect();
         d.starting.retain(|s| *s > t);
@@ -1002,6 +1003,7 @@ impl SimService {
             self.stopped.push_back(SimStopped {
                 task_definition: d.task_definition.clone(),
                 deployment: d.id.clone(),
+                code,
                 reason: reason.clone(),
                 created: *ready - sched.task_start,
                 stopped: *ready,
@@ -1017,11 +1019,17 @@ impl SimService {
         }
     }
 
-    /// Why ECS stops a task of this service that fails to start.
-    fn stopped_reason(&self) -> String {
+    /// How ECS stops a task of this service that fails to start: its stop code and reason.
+    fn stopped_reason(&self) -> (&'static str, String) {
         match self.target_groups.first() {
-            Some(tg) => format!("Task failed ELB health checks in (target-group {tg})"),
-            None => "Essential container in task exited".to_string(),
+            Some(tg) => (
+                "ServiceSchedulerInitiated",
+                format!("Task failed ELB health checks in (target-group {tg})"),
+            ),
+            None => (
+                "EssentialContainerExited",
+                "Essential container in task exited".to_string(),
+            ),
         }
     }
 
@@ -1176,6 +1184,7 @@ impl SimService {
                         task_definition: t.task_definition.clone(),
                         started_by: Some(t.deployment.clone()),
                         stopped_reason: Some(t.reason.clone()),
+                        stop_code: Some(t.code.to_string()),
                         created_at: clock.wall_at(t.created),
                     })
                     .collect()
