@@ -5,7 +5,7 @@
 //! between runs (the last valid params, backoff, recent corrections, a task definition
 //! cache) can be lost in a restart without harm.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,6 +16,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::memory::{Memory, Persisted};
 use crate::metrics::Metrics;
 use crate::model::{
     ManagedParam, ObservedRack, ObservedService, RackVersion, ServiceTarget, StackState,
@@ -139,15 +140,6 @@ impl Report {
     }
 }
 
-impl Memory {
-    /// Pushes the next attempt back by the next backoff delay and returns the delay.
-    fn back_off(&mut self, fresh: ExponentialBackoff, max: Duration, now: SystemTime) -> Duration {
-        let delay = self.backoff.get_or_insert(fresh).next().unwrap_or(max);
-        self.retry_not_before = Some(now + delay);
-        delay
-    }
-}
-
 /// The answer of `check-downgrade`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionCheck {
@@ -155,32 +147,6 @@ pub struct VersionCheck {
     pub gate: plan::Gate,
     /// The target template, when it had to be read.
     pub template: Option<String>,
-}
-
-/// Per-parameter memory between runs.
-#[derive(Default)]
-struct Memory {
-    desired: Option<String>,
-    last_converged: Option<String>,
-    corrections: VecDeque<SystemTime>,
-    backoff: Option<ExponentialBackoff>,
-    retry_not_before: Option<SystemTime>,
-    drift_since: Option<SystemTime>,
-    /// Services whose latest rollout failed, until one is started again or all converge.
-    failed_services: std::collections::BTreeSet<String>,
-    /// Services rolled for the current intent and not yet seen converged → revision.
-    rolled_to: BTreeMap<String, String>,
-    /// The version last asked of CloudFormation, until seen applied or failed.
-    attempted: Option<RackVersion>,
-    /// Why that stack update failed, once looked up.
-    failure_reason: Option<String>,
-    /// Why the last attempt failed, for the message while backing off.
-    last_failure: Option<String>,
-    /// A write that must not be repeated failed in a way retrying cannot fix: nothing more
-    /// is written for this intent.
-    blocked: Option<String>,
-    last_phase: Option<Phase>,
-    last_logged: Option<(Phase, &'static str, String)>,
 }
 
 pub struct Reconciler {
@@ -201,6 +167,8 @@ pub struct Reconciler {
     /// Rollouts this controller started, by logical service id, until the service settles;
     /// kept across changes of the desired value, so a stuck rollout can be walked back.
     own_rollouts: BTreeMap<String, OwnRollout>,
+    /// Increments whenever the valid desired state changes.
+    generation: u64,
 }
 
 impl Reconciler {
@@ -220,7 +188,7 @@ impl Reconciler {
         status.update(|s| {
             s.params_file.path = settings.params_file.display().to_string();
         });
-        Reconciler {
+        let mut rec = Reconciler {
             rack,
             settings,
             metrics,
@@ -235,7 +203,10 @@ impl Reconciler {
             consecutive_errors: 0,
             last_written: None,
             own_rollouts: BTreeMap::new(),
-        }
+            generation: 0,
+        };
+        rec.restore();
+        rec
     }
 
     pub fn status(&self) -> StatusHandle {
@@ -251,14 +222,13 @@ impl Reconciler {
         self.consecutive_errors
     }
 
-    fn backoff(&self) -> ExponentialBackoff {
+    fn backoff(&self) -> ExponentialBuilder {
         ExponentialBuilder::default()
             .with_min_delay(self.settings.backoff_min)
             .with_max_delay(self.settings.backoff_max)
             .with_factor(2.0)
             .with_jitter()
             .without_max_times()
-            .build()
     }
 
     /// Observes everything the planner needs, reading each task definition revision once.
@@ -487,7 +457,7 @@ impl Reconciler {
         self.consecutive_errors += 1;
         let fresh = self.backoff();
         self.error_backoff
-            .get_or_insert(fresh)
+            .get_or_insert_with(|| fresh.build())
             .next()
             .unwrap_or(self.settings.backoff_max)
     }
@@ -525,7 +495,7 @@ impl Reconciler {
             self.write_status_file();
             return report;
         };
-        self.forget_changed_intents(&desired);
+        self.forget_changed_intents(&desired, now);
 
         let observed = match self.observe().await {
             Ok(o) => o,
@@ -650,9 +620,7 @@ impl Reconciler {
         if d.phase == Phase::Converged {
             let mem = self.memory.entry(param.name).or_default();
             mem.last_converged = Some(value.to_string());
-            mem.backoff = None;
-            mem.retry_not_before = None;
-            mem.last_failure = None;
+            mem.reset_backoff();
             mem.failed_services.clear();
         }
         if let Some(Action::Roll(roll)) = d.action.clone() {
@@ -761,8 +729,7 @@ impl Reconciler {
         let mem = self.memory.entry(VERSION_PARAM).or_default();
         match d.phase {
             Phase::Converged => {
-                mem.backoff = None;
-                mem.retry_not_before = None;
+                mem.reset_backoff();
                 mem.attempted = None;
                 mem.failure_reason = None;
             }
@@ -838,19 +805,71 @@ impl Reconciler {
     }
 
     /// A new desired value is a new intent: forget the backoff and convergence of the old.
-    fn forget_changed_intents(&mut self, desired: &DesiredParams) {
+    fn forget_changed_intents(&mut self, desired: &DesiredParams, now: SystemTime) {
+        let mut changed = false;
         for (name, value) in intents(desired) {
             let mem = self.memory.entry(name).or_default();
             if mem.desired != value {
                 if mem.desired.is_some() {
                     info!(parameter = name, from = ?mem.desired, to = ?value, "desired value changed");
                 }
-                *mem = Memory {
-                    desired: value,
-                    ..Memory::default()
-                };
+                mem.new_intent(value, now);
+                changed = true;
             }
         }
+        if changed {
+            self.generation += 1;
+        }
+    }
+
+    /// Writes down what must survive a restart: the rollouts started and the backoffs
+    /// running. Written to the status file with the rest of the status.
+    fn persist(&mut self) {
+        let controller = Persisted {
+            own_rollouts: self.own_rollouts.clone(),
+            failures: self
+                .memory
+                .iter()
+                .filter_map(|(name, m)| Some((name.to_string(), m.persisted()?)))
+                .collect(),
+            generation: self.generation,
+        };
+        self.status.update(|s| s.controller = controller);
+    }
+
+    /// Picks up what a previous run wrote down in the status file: the status itself (so
+    /// conditions keep their transition times), the rollouts it started and its backoffs.
+    fn restore(&mut self) {
+        let Some(path) = self.settings.status_file.clone() else {
+            return;
+        };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        let previous: Status = match serde_json::from_str(&text) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "ignoring an unreadable status file");
+                return;
+            }
+        };
+        let controller = previous.controller.clone();
+        self.own_rollouts = controller.own_rollouts.clone();
+        self.generation = controller.generation;
+        for (name, failure) in &controller.failures {
+            if let Some(param) = intent_name(name) {
+                self.memory
+                    .insert(param, Memory::restored(failure, self.backoff()));
+            }
+        }
+        if !controller.own_rollouts.is_empty() || !controller.failures.is_empty() {
+            info!(rollouts = controller.own_rollouts.len(), backoffs = controller.failures.len(),
+                "picked up the rollouts and backoffs of the previous run");
+        }
+        self.status.update(|s| {
+            s.parameters = previous.parameters;
+            s.controller = controller;
+        });
     }
 
     /// On entering `Failed` because a rollout failed, count it and push the next attempt back.
@@ -884,11 +903,53 @@ impl Reconciler {
     }
 
     /// Makes the one write of a decision: point the service at an existing revision, or at a
-    /// relabelled copy of the running one (reused or registered).
+    /// relabelled copy of the running one (reused or registered). The rollout is written down
+    /// as the controller's before `UpdateService` is called, so neither a crash nor an
+    /// abandoned run can leave a rollout of its own that it would not undo.
     async fn act(&mut self, roll: &Roll, d: &mut Decision, now: SystemTime) {
-        match self.roll(roll).await {
-            Ok(arn) => self.rolled(roll, &arn, d, now),
-            Err(e) => self.roll_failed(roll, &e, d, now),
+        let arn = match self.target_revision(roll).await {
+            Ok(arn) => arn,
+            Err(e) => return self.roll_failed(roll, &e, d, now),
+        };
+        let before = self.own_rollouts.get(&roll.service).cloned();
+        self.note_rollout(roll, &arn);
+        self.write_status_file();
+        match self
+            .rack
+            .update_service(&roll.cluster, &roll.service_name, &arn)
+            .await
+        {
+            Ok(()) => {
+                info!(service = %roll.service, task_definition = %arn, purpose = ?roll.purpose, "rolling service");
+                self.rolled(roll, &arn, d, now);
+            }
+            Err(e) => {
+                match before {
+                    Some(own) => self.own_rollouts.insert(roll.service.clone(), own),
+                    None => self.own_rollouts.remove(&roll.service),
+                };
+                self.roll_failed(roll, &e, d, now);
+            }
+        }
+    }
+
+    /// Records a rollout as the controller's: a new one from where the service is, or the
+    /// undo of one.
+    fn note_rollout(&mut self, roll: &Roll, arn: &str) {
+        match roll.purpose {
+            RollPurpose::Undo => {
+                if let Some(own) = self.own_rollouts.get_mut(&roll.service) {
+                    own.undone = true;
+                }
+            }
+            RollPurpose::Change | RollPurpose::Correction => {
+                let own = OwnRollout {
+                    from: roll.from_task_definition.clone(),
+                    to: arn.to_string(),
+                    undone: false,
+                };
+                self.own_rollouts.insert(roll.service.clone(), own);
+            }
         }
     }
 
@@ -896,21 +957,8 @@ impl Reconciler {
         self.metrics.rollout_started(&roll.service);
         let mem = self.memory.entry(d.param).or_default();
         let state = match roll.purpose {
-            RollPurpose::Undo => {
-                if let Some(own) = self.own_rollouts.get_mut(&roll.service) {
-                    own.undone = true;
-                }
-                ServiceState::RollingBack
-            }
+            RollPurpose::Undo => ServiceState::RollingBack,
             RollPurpose::Change | RollPurpose::Correction => {
-                self.own_rollouts.insert(
-                    roll.service.clone(),
-                    OwnRollout {
-                        from: roll.from_task_definition.clone(),
-                        to: arn.to_string(),
-                        undone: false,
-                    },
-                );
                 mem.failed_services.remove(&roll.service);
                 mem.rolled_to.insert(roll.service.clone(), arn.to_string());
                 ServiceState::RollingOut
@@ -952,27 +1000,22 @@ impl Reconciler {
         );
     }
 
-    async fn roll(&self, roll: &Roll) -> Result<String, RackError> {
-        let arn = match &roll.to {
-            RollTo::Revision(arn) => arn.clone(),
-            RollTo::Relabelled => {
-                let Relabelled { arn, reused } = self
-                    .rack
-                    .relabel(&roll.from_task_definition, &roll.label, &roll.value)
-                    .await?;
-                if reused {
-                    info!(service = %roll.service, task_definition = %arn, "reusing a revision registered earlier");
-                } else {
-                    info!(service = %roll.service, from = %roll.from_task_definition, task_definition = %arn,
-                        label = %roll.label, value = %roll.value, "registered relabelled revision");
-                }
-                arn
-            }
-        };
-        self.rack
-            .update_service(&roll.cluster, &roll.service_name, &arn)
+    /// The revision a roll points the service at: an existing one, or a relabelled copy of
+    /// the running one, reused or registered.
+    async fn target_revision(&self, roll: &Roll) -> Result<String, RackError> {
+        if let RollTo::Revision(arn) = &roll.to {
+            return Ok(arn.clone());
+        }
+        let Relabelled { arn, reused } = self
+            .rack
+            .relabel(&roll.from_task_definition, &roll.label, &roll.value)
             .await?;
-        info!(service = %roll.service, task_definition = %arn, purpose = ?roll.purpose, "rolling service");
+        if reused {
+            info!(service = %roll.service, task_definition = %arn, "reusing a revision registered earlier");
+        } else {
+            info!(service = %roll.service, from = %roll.from_task_definition, task_definition = %arn,
+                label = %roll.label, value = %roll.value, "registered relabelled revision");
+        }
         Ok(arn)
     }
 
@@ -1014,6 +1057,7 @@ impl Reconciler {
 
     /// Writes the status file when something a person would care about changed.
     fn write_status_file(&mut self) {
+        self.persist();
         let Some(path) = self.settings.status_file.clone() else {
             return;
         };
@@ -1129,6 +1173,15 @@ impl Reconciler {
     }
 }
 
+/// The parameter a persisted name stands for.
+fn intent_name(name: &str) -> Option<&'static str> {
+    MANAGED_PARAMS
+        .iter()
+        .map(|p| p.name)
+        .chain([VERSION_PARAM])
+        .find(|p| *p == name)
+}
+
 /// Every parameter the controller can manage, with its desired value when the params file
 /// sets one.
 fn intents(desired: &DesiredParams) -> Vec<(&'static str, Option<String>)> {
@@ -1183,7 +1236,7 @@ fn significant(s: &Status) -> String {
         })
         .collect();
     format!(
-        "{:?}|{:?}|{:?}|{}",
-        s.params_file, params, s.rack_error, s.ready
+        "{:?}|{:?}|{:?}|{}|{:?}",
+        s.params_file, params, s.rack_error, s.ready, s.controller
     )
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::memory::Persisted;
 use crate::plan::{Decision, PendingChange, Phase, ServiceProgress};
 
 /// A Kubernetes-style condition.
@@ -82,6 +83,9 @@ pub struct Status {
     pub observation_stale: bool,
     #[serde(skip)]
     pub last_observed_at: Option<SystemTime>,
+    /// What the controller writes down to survive a restart.
+    #[serde(default)]
+    pub controller: Persisted,
 }
 
 impl Status {

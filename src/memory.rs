@@ -1,0 +1,184 @@
+//! What the loop remembers between runs, and the part of it that is written down on purpose
+//! to survive a restart: the rollouts the controller started (so a failing one can still be
+//! undone after a restart) and each parameter's failure backoff (so a crash loop does not
+//! restart a failed rollout every time). The rest (corrections, the revision cache, log
+//! de-duplication) is harmless to lose.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::model::RackVersion;
+use crate::plan::{OwnRollout, Phase};
+
+/// Per-parameter memory between runs.
+#[derive(Default)]
+pub struct Memory {
+    pub desired: Option<String>,
+    pub last_converged: Option<String>,
+    pub corrections: VecDeque<SystemTime>,
+    pub backoff: Option<ExponentialBackoff>,
+    /// Failures since the parameter last converged (how far the backoff has grown).
+    pub failures: u32,
+    pub retry_not_before: Option<SystemTime>,
+    pub drift_since: Option<SystemTime>,
+    /// Services whose latest rollout failed, until one is started again or all converge.
+    pub failed_services: BTreeSet<String>,
+    /// Services rolled for the current intent and not yet seen converged → revision.
+    pub rolled_to: BTreeMap<String, String>,
+    /// The version last asked of CloudFormation, until seen applied or failed.
+    pub attempted: Option<RackVersion>,
+    /// Why that stack update failed, once looked up.
+    pub failure_reason: Option<String>,
+    /// Why the last attempt failed, for the message while backing off.
+    pub last_failure: Option<String>,
+    /// A write that must not be repeated failed in a way retrying cannot fix: nothing more
+    /// is written for this intent.
+    pub blocked: Option<String>,
+    pub last_phase: Option<Phase>,
+    pub last_logged: Option<(Phase, &'static str, String)>,
+}
+
+impl Memory {
+    /// Pushes the next attempt back by the next backoff delay and returns the delay.
+    pub fn back_off(&mut self, builder: ExponentialBuilder, max: Duration, now: SystemTime) -> Duration {
+        let delay = self.backoff.get_or_insert_with(|| builder.build()).next().unwrap_or(max);
+        self.failures += 1;
+        self.retry_not_before = Some(now + delay);
+        delay
+    }
+
+    /// Forgets the failures: the parameter converged.
+    pub fn reset_backoff(&mut self) {
+        self.backoff = None;
+        self.failures = 0;
+        self.retry_not_before = None;
+        self.last_failure = None;
+    }
+
+    /// A new desired value: a new intent, except that a backoff still running carries over
+    /// (an editor flipping the value must not get around it).
+    pub fn new_intent(&mut self, desired: Option<String>, now: SystemTime) {
+        let backing_off = self.retry_not_before.is_some_and(|t| t > now);
+        let kept = Memory {
+            desired,
+            drift_since: self.drift_since,
+            ..Memory::default()
+        };
+        let old = std::mem::replace(self, kept);
+        if backing_off {
+            self.backoff = old.backoff;
+            self.failures = old.failures;
+            self.retry_not_before = old.retry_not_before;
+            self.last_failure = old.last_failure;
+        }
+    }
+
+    /// The part of this memory worth keeping across a restart, if any.
+    pub fn persisted(&self) -> Option<PersistedFailure> {
+        Some(PersistedFailure {
+            desired: self.desired.clone()?,
+            retry_not_before: crate::status::rfc3339(self.retry_not_before?),
+            last_failure: self.last_failure.clone(),
+            failures: self.failures,
+        })
+    }
+
+    /// Memory restored from what a previous run wrote down.
+    pub fn restored(p: &PersistedFailure, builder: ExponentialBuilder) -> Memory {
+        let mut backoff = builder.build();
+        for _ in 0..p.failures {
+            backoff.next();
+        }
+        Memory {
+            desired: Some(p.desired.clone()),
+            backoff: Some(backoff),
+            failures: p.failures,
+            retry_not_before: humantime::parse_rfc3339(&p.retry_not_before).ok(),
+            last_failure: p.last_failure.clone(),
+            ..Memory::default()
+        }
+    }
+}
+
+/// What is written down (in the status file) to survive a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Persisted {
+    /// Rollouts the controller started, by logical service id, until the service settles.
+    #[serde(default)]
+    pub own_rollouts: BTreeMap<String, OwnRollout>,
+    /// Parameters backing off after a failure.
+    #[serde(default)]
+    pub failures: BTreeMap<String, PersistedFailure>,
+    /// Increments whenever the valid desired state changes (`observedGeneration`).
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// A parameter's failure backoff, as written down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistedFailure {
+    /// The desired value the failure was for.
+    pub desired: String,
+    /// RFC 3339: no new attempt before then.
+    pub retry_not_before: String,
+    pub last_failure: Option<String>,
+    /// Failures so far (how far the backoff has grown).
+    pub failures: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builder() -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(30))
+            .with_max_delay(Duration::from_secs(900))
+            .with_factor(2.0)
+            .without_max_times()
+    }
+
+    #[test]
+    fn a_backoff_survives_a_restart_and_keeps_growing() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut m = Memory {
+            desired: Some("Yes".into()),
+            ..Memory::default()
+        };
+        assert_eq!(m.back_off(builder(), Duration::from_secs(900), t0), Duration::from_secs(30));
+        assert_eq!(m.back_off(builder(), Duration::from_secs(900), t0), Duration::from_secs(60));
+        m.last_failure = Some("tasks failed".into());
+        let written = m.persisted().expect("backing off");
+        assert_eq!(written.failures, 2);
+        let mut back = Memory::restored(&written, builder());
+        assert_eq!(back.retry_not_before, Some(t0 + Duration::from_secs(60)));
+        assert_eq!(back.last_failure.as_deref(), Some("tasks failed"));
+        assert_eq!(
+            back.back_off(builder(), Duration::from_secs(900), t0),
+            Duration::from_secs(120),
+            "the next delay follows on"
+        );
+    }
+
+    #[test]
+    fn a_new_intent_keeps_a_running_backoff_only() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut m = Memory {
+            desired: Some("Yes".into()),
+            last_converged: Some("No".into()),
+            ..Memory::default()
+        };
+        m.back_off(builder(), Duration::from_secs(900), t0);
+        m.new_intent(Some("No".into()), t0 + Duration::from_secs(10));
+        assert_eq!(m.desired.as_deref(), Some("No"));
+        assert_eq!(m.retry_not_before, Some(t0 + Duration::from_secs(30)));
+        assert_eq!(m.last_converged, None);
+        m.new_intent(Some("Yes".into()), t0 + Duration::from_secs(31));
+        assert_eq!((m.retry_not_before, m.failures), (None, 0), "expired: forgotten");
+    }
+}
