@@ -182,20 +182,11 @@ impl Metrics {
         }
     }
 
-    /// Creates the series of a parameter and its services at zero, so dashboards and alerts
-    /// see them before the first event.
-    pub fn init_series(&self, params: &[&str], services: &[String]) {
+    /// Creates the series of the target services and the params file errors at zero, so
+    /// dashboards and alerts see them before the first event. A parameter's series appear
+    /// with its first decision and go when it leaves the params file.
+    pub fn init_series(&self, services: &[String]) {
         let m = &self.inner;
-        for p in params {
-            m.drift.with_label_values(&[*p]);
-            m.drift_start.with_label_values(&[*p]);
-            m.converged.with_label_values(&[*p]);
-            m.corrections.with_label_values(&[*p]);
-            m.corrections_capped.with_label_values(&[*p]);
-            for phase in Phase::ALL {
-                m.phase.with_label_values(&[*p, phase.as_str()]);
-            }
-        }
         for s in services {
             m.rollouts_in_progress.with_label_values(&[s]);
             m.rollout_failed.with_label_values(&[s]);
@@ -222,6 +213,14 @@ impl Metrics {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         m.drift_start.with_label_values(&[param]).set(since);
+        m.corrections.with_label_values(&[param]);
+        m.corrections_capped.with_label_values(&[param]);
+        self.set_phase(param, phase);
+    }
+
+    /// Sets only the phase of a parameter (drift and its start stay as last known).
+    pub fn set_phase(&self, param: &str, phase: Phase) {
+        let m = &self.inner;
         m.converged
             .with_label_values(&[param])
             .set(i64::from(phase == Phase::Converged));
@@ -229,6 +228,19 @@ impl Metrics {
             m.phase
                 .with_label_values(&[param, p.as_str()])
                 .set(i64::from(p == phase));
+        }
+    }
+
+    /// Removes every series of a parameter that is no longer managed.
+    pub fn remove_parameter(&self, param: &str) {
+        let m = &self.inner;
+        for vec in [&m.drift, &m.converged, &m.corrections_capped] {
+            let _ = vec.remove_label_values(&[param]);
+        }
+        let _ = m.drift_start.remove_label_values(&[param]);
+        let _ = m.corrections.remove_label_values(&[param]);
+        for p in Phase::ALL {
+            let _ = m.phase.remove_label_values(&[param, p.as_str()]);
         }
     }
 
@@ -348,7 +360,8 @@ mod tests {
     #[test]
     fn every_documented_metric_is_registered_and_named_by_convention() {
         let m = Metrics::new();
-        m.init_series(&["ECSExec"], &["ServiceWebApi".to_string()]);
+        m.init_series(&["ServiceWebApi".to_string()]);
+        m.set_parameter("ECSExec", Phase::Converged, false, None);
         m.reconciled("converged", Instant::now());
         m.api_call("ecs", "DescribeServices", "success");
         let text = m.render();
@@ -368,6 +381,16 @@ mod tests {
             );
         }
         assert_eq!(m.api_calls("DescribeServices"), 1);
+    }
+
+    #[test]
+    fn a_parameter_no_longer_managed_leaves_no_series_behind() {
+        let m = Metrics::new();
+        m.set_parameter("ECSExec", Phase::Failed, true, Some(SystemTime::now()));
+        m.set_corrections_capped("ECSExec", true);
+        assert!(m.render().contains("parameter=\"ECSExec\""));
+        m.remove_parameter("ECSExec");
+        assert!(!m.render().contains("parameter=\"ECSExec\""), "{}", m.render());
     }
 
     /// The README's metrics table is exactly [`METRICS`], so the docs cannot drift.

@@ -38,6 +38,9 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// Capabilities every update of a rack stack acknowledges.
 const RACK_CAPABILITIES: [&str; 2] = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"];
 
+/// Failures to observe the rack in a row after which the parameters' phases turn `Unknown`.
+const UNKNOWN_AFTER: u32 = 3;
+
 /// How long a reconcile in progress may go on after shutdown was asked for.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -179,12 +182,7 @@ impl Reconciler {
         status: StatusHandle,
     ) -> Self {
         let services: Vec<String> = settings.targets.iter().map(|t| t.service.clone()).collect();
-        let params: Vec<&str> = MANAGED_PARAMS
-            .iter()
-            .map(|p| p.name)
-            .chain([VERSION_PARAM])
-            .collect();
-        metrics.init_series(&params, &services);
+        metrics.init_series(&services);
         status.update(|s| {
             s.params_file.path = settings.params_file.display().to_string();
         });
@@ -496,41 +494,11 @@ impl Reconciler {
             return report;
         };
         self.forget_changed_intents(&desired, now);
+        self.forget_unmanaged(&desired);
 
         let observed = match self.observe().await {
             Ok(o) => o,
-            Err(e) => {
-                let delay = self.error_delay();
-                warn!(error = %e, attempt = self.consecutive_errors, retry_in = %humantime::format_duration(round(delay)),
-                    "observing the rack failed");
-                let message = format!(
-                    "observing the rack failed ({} time(s) in a row), retrying in {}: {e}",
-                    self.consecutive_errors,
-                    humantime::format_duration(round(delay))
-                );
-                let wanted: Vec<_> = intents(&desired)
-                    .into_iter()
-                    .filter_map(|(name, value)| Some((name, value?)))
-                    .collect();
-                self.status.update(|s| {
-                    s.ready = false;
-                    s.rack_error = Some(e.to_string());
-                    for (name, value) in &wanted {
-                        let (phase, reason) = (Phase::Unknown, "RackUnreachable");
-                        s.record_phase(name, Some(value), phase, reason, &message, now);
-                    }
-                });
-                for (name, _) in &wanted {
-                    report.phases.insert(name, Phase::Unknown);
-                    self.metrics
-                        .set_parameter(name, Phase::Unknown, false, None);
-                }
-                self.write_status_file();
-                report.result = "error";
-                report.rack_error = Some(e);
-                report.next = delay;
-                return report;
-            }
+            Err(e) => return self.unobservable(e, &desired, now, report),
         };
         self.consecutive_errors = 0;
         self.error_backoff = None;
@@ -631,6 +599,75 @@ impl Reconciler {
         }
         self.publish(&d, now);
         d
+    }
+
+    /// The rack could not be observed: say so, keep every parameter's last known drift and
+    /// its start (an outage does not reset the drift alert's window), and turn the phases
+    /// `Unknown` only after [`UNKNOWN_AFTER`] failures in a row (one transient error does not
+    /// flap them). The report says `Unknown` at once: nothing was decided.
+    fn unobservable(
+        &mut self,
+        e: RackError,
+        desired: &DesiredParams,
+        now: SystemTime,
+        mut report: Report,
+    ) -> Report {
+        let delay = self.error_delay();
+        warn!(error = %e, attempt = self.consecutive_errors, retry_in = %humantime::format_duration(round(delay)),
+            "observing the rack failed");
+        let message = format!(
+            "observing the rack failed ({} time(s) in a row), retrying in {}: {e}",
+            self.consecutive_errors,
+            humantime::format_duration(round(delay))
+        );
+        let wanted: Vec<_> = intents(desired)
+            .into_iter()
+            .filter_map(|(name, value)| Some((name, value?)))
+            .collect();
+        let unknown = self.consecutive_errors >= UNKNOWN_AFTER;
+        self.status.update(|s| {
+            s.ready = false;
+            s.rack_error = Some(e.to_string());
+            for (name, value) in &wanted {
+                if unknown || s.parameter(name).is_none() {
+                    let reason = "RackUnreachable";
+                    s.record_phase(name, Some(value), Phase::Unknown, reason, &message, now);
+                }
+            }
+        });
+        for (name, _) in &wanted {
+            report.phases.insert(name, Phase::Unknown);
+            if unknown {
+                self.metrics.set_phase(name, Phase::Unknown);
+            }
+        }
+        self.write_status_file();
+        report.result = "error";
+        report.rack_error = Some(e);
+        report.next = delay;
+        report
+    }
+
+    /// Parameters no longer in the params file are no longer managed: they leave the status,
+    /// the metrics (no alert fires for ever on a parameter nobody manages) and the memory.
+    fn forget_unmanaged(&mut self, desired: &DesiredParams) {
+        for (name, value) in intents(desired) {
+            if value.is_some() {
+                continue;
+            }
+            let known = self.status.update(|s| {
+                let before = s.parameters.len();
+                s.parameters.retain(|p| p.name != name);
+                before != s.parameters.len()
+            });
+            if known {
+                info!(parameter = name, "no longer in the params file: not managed any more");
+            }
+            self.metrics.remove_parameter(name);
+            if name == VERSION_PARAM {
+                self.metrics.set_downgrade_blocked(false);
+            }
+        }
     }
 
     /// A service with one deployment, completed, is no longer in a rollout of ours.

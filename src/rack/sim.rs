@@ -466,6 +466,11 @@ impl SimRack {
         *self.lock().api_faults.entry(operation).or_default() += count;
     }
 
+    /// Calls of `operation` succeed again.
+    pub fn clear_api_errors(&self, operation: &'static str) {
+        self.lock().api_faults.remove(operation);
+    }
+
     /// Sets the stack status; with `settle_after`, it becomes `UPDATE_COMPLETE` then.
     pub fn set_stack_status(&self, status: &str, settle_after: Option<Duration>) {
         let now = self.clock.instant();
