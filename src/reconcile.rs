@@ -856,6 +856,8 @@ impl Reconciler {
         }
         if changed {
             self.generation += 1;
+            let generation = self.generation;
+            self.status.update(|s| s.controller.generation = generation);
         }
     }
 
@@ -897,6 +899,13 @@ impl Reconciler {
             if let Some(param) = intent_name(name) {
                 self.memory
                     .insert(param, Memory::restored(failure, self.backoff()));
+            }
+        }
+        // The desired values it had: the same file read again is not a new generation.
+        for p in &previous.parameters {
+            if let (Some(param), Some(desired)) = (intent_name(&p.name), &p.desired) {
+                let mem = self.memory.entry(param).or_default();
+                mem.desired.get_or_insert_with(|| desired.clone());
             }
         }
         if !controller.own_rollouts.is_empty() || !controller.failures.is_empty() {

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use crate::memory::Persisted;
 use crate::plan::{Decision, PendingChange, Phase, ServiceProgress};
 
-/// A Kubernetes-style condition.
+/// A Kubernetes-style condition: one per aspect, `True`, `False` or `Unknown`, with a reason
+/// and a message only where it applies (when not `False`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
@@ -20,18 +21,24 @@ pub struct Condition {
     pub kind: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
-    /// RFC 3339; changes only when `status` changes.
+    /// The generation of the params file this condition was computed for.
+    #[serde(default)]
+    pub observed_generation: u64,
+    /// RFC 3339; changes only when `status` changes (kept across restarts).
     pub last_transition_time: String,
 }
 
 /// The condition types, and the phase that makes each `True`.
-pub const CONDITIONS: [(&str, Phase); 4] = [
-    ("Converged", Phase::Converged),
+pub const CONDITIONS: [(&str, Phase); 5] = [
+    ("Ready", Phase::Converged),
     ("Progressing", Phase::Progressing),
+    ("Degraded", Phase::Failed),
     ("Blocked", Phase::Blocked),
-    ("Failed", Phase::Failed),
+    ("Waiting", Phase::Waiting),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +137,7 @@ impl Status {
 
     /// Records a planner decision (possibly amended by what acting on it did).
     pub fn record(&mut self, d: &Decision, drift_since: Option<SystemTime>, now: SystemTime) {
+        let generation = self.controller.generation;
         let p = self.parameter_mut(d.param);
         p.desired = Some(d.desired.clone());
         p.observed = d.observed.clone();
@@ -138,7 +146,7 @@ impl Status {
         p.services = d.services.clone();
         p.pending = d.pending.clone();
         p.last_reconcile = Some(rfc3339(now));
-        set_phase(p, d.phase, d.reason, &d.message, now);
+        set_phase(p, generation, (d.phase, d.reason, &d.message), now);
     }
 
     /// Records a phase without a decision (the rack could not be observed, or nothing is
@@ -152,14 +160,20 @@ impl Status {
         message: &str,
         now: SystemTime,
     ) {
+        let generation = self.controller.generation;
         let p = self.parameter_mut(param);
         p.desired = desired.map(str::to_string);
         p.last_reconcile = Some(rfc3339(now));
-        set_phase(p, phase, reason, message, now);
+        set_phase(p, generation, (phase, reason, message), now);
     }
 }
 
-fn set_phase(p: &mut ParameterStatus, phase: Phase, reason: &str, message: &str, now: SystemTime) {
+fn set_phase(
+    p: &mut ParameterStatus,
+    generation: u64,
+    (phase, reason, message): (Phase, &str, &str),
+    now: SystemTime,
+) {
     p.phase = phase;
     p.reason = reason.to_string();
     p.message = message.to_string();
@@ -171,24 +185,32 @@ fn set_phase(p: &mut ParameterStatus, phase: Phase, reason: &str, message: &str,
         } else {
             "False"
         };
-        match p.conditions.iter_mut().find(|c| c.kind == kind) {
-            Some(c) => {
-                if c.status != status {
-                    c.last_transition_time = rfc3339(now);
-                }
-                c.status = status.to_string();
-                c.reason = reason.to_string();
-                c.message = message.to_string();
+        let applies = status != "False";
+        let c = match p.conditions.iter().position(|c| c.kind == kind) {
+            Some(i) => &mut p.conditions[i],
+            None => {
+                p.conditions.push(Condition {
+                    kind: kind.to_string(),
+                    status: String::new(),
+                    reason: String::new(),
+                    message: String::new(),
+                    observed_generation: generation,
+                    last_transition_time: rfc3339(now),
+                });
+                let last = p.conditions.len() - 1;
+                &mut p.conditions[last]
             }
-            None => p.conditions.push(Condition {
-                kind: kind.to_string(),
-                status: status.to_string(),
-                reason: reason.to_string(),
-                message: message.to_string(),
-                last_transition_time: rfc3339(now),
-            }),
+        };
+        if c.status != status {
+            c.last_transition_time = rfc3339(now);
         }
+        c.status = status.to_string();
+        c.observed_generation = generation;
+        c.reason = if applies { reason.to_string() } else { String::new() };
+        c.message = if applies { message.to_string() } else { String::new() };
     }
+    // Conditions of earlier versions of the controller are not carried along.
+    p.conditions.retain(|c| CONDITIONS.iter().any(|(k, _)| *k == c.kind));
 }
 
 pub fn rfc3339(t: SystemTime) -> String {
@@ -307,18 +329,17 @@ mod tests {
             t2,
         );
         let p = s.parameter("ECSExec").expect("param");
+        assert_eq!(p.conditions.len(), 5);
         for c in &p.conditions {
-            let want = if c.kind == "Converged" {
-                "True"
-            } else {
-                "False"
-            };
+            let want = if c.kind == "Ready" { "True" } else { "False" };
             assert_eq!(c.status, want, "{}", c.kind);
+            // A reason and a message only where the condition applies.
+            assert_eq!(c.reason.is_empty(), c.kind != "Ready", "{}", c.kind);
         }
         let conv = p
             .conditions
             .iter()
-            .find(|c| c.kind == "Converged")
+            .find(|c| c.kind == "Ready")
             .expect("cond");
         assert_eq!(conv.last_transition_time, rfc3339(t2));
         let blocked = p

@@ -47,9 +47,10 @@ async fn no_to_yes_rolls_web_then_monitor_and_converges() {
     let cond = p
         .conditions
         .iter()
-        .find(|c| c.kind == "Converged")
+        .find(|c| c.kind == "Ready")
         .expect("condition");
     assert_eq!(cond.status, "True");
+    assert_eq!(cond.observed_generation, 1, "the first valid params file");
     // The status file next to the params file tells the same.
     let file: serde_json::Value = serde_json::from_slice(
         &std::fs::read(h.dir.path().join("params.status.json")).expect("status file"),

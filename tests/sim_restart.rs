@@ -68,3 +68,36 @@ async fn a_rollout_started_before_a_restart_is_still_undone_when_it_fails() {
     assert_eq!(updates.len(), 2);
     assert_eq!(updates[1].task_definition, original);
 }
+
+#[tokio::test(start_paused = true)]
+async fn conditions_keep_their_transition_times_across_a_restart() {
+    let h = Harness::new("ECSExec: \"Yes\"\n");
+    let mut rec = h.reconciler();
+    drive(&mut rec, 200, |r| ecs_exec(r) == Some(Phase::Converged)).await;
+    let ready = |rec: &rack_reconciler::reconcile::Reconciler| {
+        common::param(rec, "ECSExec")
+            .conditions
+            .into_iter()
+            .find(|c| c.kind == "Ready")
+            .expect("Ready")
+    };
+    let before = ready(&rec);
+    assert_eq!(before.status, "True");
+    drop(rec);
+
+    common::let_pass(Duration::from_secs(600)).await;
+    let mut rec = h.reconciler();
+    let r = rec.reconcile(Trigger::Startup).await;
+    assert_eq!(ecs_exec(&r), Some(Phase::Converged));
+    let after = ready(&rec);
+    assert_eq!(after.status, "True");
+    assert_eq!(
+        after.last_transition_time, before.last_transition_time,
+        "no transition happened: the time is the one written before the restart"
+    );
+    assert_eq!(
+        (before.observed_generation, after.observed_generation),
+        (1, 1),
+        "the same params file read again is the same generation"
+    );
+}
