@@ -93,6 +93,13 @@ pub struct Intervals {
     /// Quiet time after the last file event before the params file is re-read.
     #[serde(with = "humantime_serde")]
     pub debounce: Duration,
+    /// Reconciles start at least this far apart, however often the params file changes.
+    #[serde(with = "humantime_serde")]
+    pub min_reconcile: Duration,
+    /// A service is written to at most once per this interval (undoing a failed rollout
+    /// excepted): a flapping params file cannot roll the rack API back and forth.
+    #[serde(with = "humantime_serde")]
+    pub min_write: Duration,
 }
 
 impl Default for Intervals {
@@ -102,6 +109,8 @@ impl Default for Intervals {
             poll: Duration::from_secs(5),
             jitter: 0.1,
             debounce: Duration::from_millis(300),
+            min_reconcile: Duration::from_secs(1),
+            min_write: Duration::from_secs(10),
         }
     }
 }
@@ -258,6 +267,17 @@ impl Config {
         }
         if !(0.0..1.0).contains(&self.intervals.jitter) {
             return Err("intervals.jitter: must be at least 0 and below 1".into());
+        }
+        if let Some(op) = self
+            .sim
+            .throttled
+            .keys()
+            .find(|op| crate::rack::sim::operation(op).is_none())
+        {
+            return Err(format!(
+                "sim.throttled: unknown operation {op}: one of {}",
+                crate::rack::sim::OPERATIONS.join(", ")
+            ));
         }
         let t = &self.timeouts;
         if [

@@ -58,11 +58,15 @@ struct Cli {
 enum Command {
     /// Run the controller until SIGTERM or SIGINT.
     Run,
-    /// Reconcile until converged, blocked or failed; the exit code says which.
+    /// Reconcile until converged, blocked or failed; the exit code says which. Errors worth
+    /// retrying (throttling, server errors, timeouts) are retried with backoff.
     Apply {
         /// Give up after this many consecutive failures to observe the rack.
         #[arg(long, default_value_t = 5)]
         max_errors: u32,
+        /// Give up (exit 1) when not done after this long, e.g. `45m`.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Print what `apply` would do; change nothing.
     Plan {
@@ -129,7 +133,10 @@ async fn dispatch(cli: Cli) -> Result<u8> {
     init_logging(cli.log_format.unwrap_or(cfg.log_format));
     match cli.command {
         Command::Run => run(cfg).await,
-        Command::Apply { max_errors } => apply(cfg, max_errors).await,
+        Command::Apply {
+            max_errors,
+            timeout,
+        } => apply(cfg, max_errors, timeout).await,
         Command::Plan { detailed_exitcode } => plan(cfg, detailed_exitcode).await,
         Command::Status {
             json,
@@ -223,11 +230,18 @@ async fn run(cfg: Config) -> Result<u8> {
     Ok(exit::CONVERGED)
 }
 
-async fn apply(cfg: Config, max_errors: u32) -> Result<u8> {
+async fn apply(cfg: Config, max_errors: u32, timeout: Duration) -> Result<u8> {
     let mut rec = reconciler(&cfg).await?;
     let shutdown = shutdown_signal()?;
-    let report = rec.apply(shutdown, max_errors.max(1)).await;
+    let run = tokio::time::timeout(timeout, rec.apply(shutdown, max_errors.max(1))).await;
     let status = rec.status().get();
+    let Ok(report) = run else {
+        print_status(&status);
+        bail!(
+            "not done after {} (--timeout): the rack is still converging; `rack-reconciler status` follows it",
+            humantime::format_duration(timeout)
+        );
+    };
     print_status(&status);
     if !report.has_desired {
         return Ok(exit::INVALID_PARAMS);
@@ -264,7 +278,8 @@ async fn plan(cfg: Config, detailed: bool) -> Result<u8> {
     );
     let mut changes = 0;
     for d in &decisions {
-        changes += print_plan(d);
+        // Anything that differs counts, a change held or blocked included.
+        changes += print_plan(d).max(usize::from(d.drift));
     }
     if decisions.is_empty() {
         println!("the params file manages no parameter: nothing to do");

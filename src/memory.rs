@@ -34,6 +34,8 @@ pub struct Memory {
     pub failure_reason: Option<String>,
     /// Why the last attempt failed, for the message while backing off.
     pub last_failure: Option<String>,
+    /// The last failure was an error worth retrying (throttling, a server error, a timeout).
+    pub retrying: bool,
     /// A write that must not be repeated failed in a way retrying cannot fix: nothing more
     /// is written for this intent.
     pub blocked: Option<String>,
@@ -56,6 +58,7 @@ impl Memory {
         self.failures = 0;
         self.retry_not_before = None;
         self.last_failure = None;
+        self.retrying = false;
     }
 
     /// A new desired value: a new intent, except that a backoff still running carries over

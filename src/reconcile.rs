@@ -55,6 +55,11 @@ pub struct Settings {
     pub poll: Duration,
     pub jitter: f64,
     pub rollout_timeout: Duration,
+    /// Reconciles start at least this far apart, however often the params file changes.
+    pub min_reconcile: Duration,
+    /// A service is written to (`UpdateService`) at most once per this interval, except to
+    /// undo a failed rollout.
+    pub min_write: Duration,
     /// New tasks of a rollout that may stop or fail to start before it is judged failed.
     pub failed_tasks_threshold: u32,
     /// A reconcile run that takes longer is abandoned (and reported as an error).
@@ -76,6 +81,8 @@ impl From<&Config> for Settings {
             poll: c.intervals.poll,
             jitter: c.intervals.jitter,
             rollout_timeout: c.timeouts.rollout,
+            min_reconcile: c.intervals.min_reconcile,
+            min_write: c.intervals.min_write,
             failed_tasks_threshold: c.rollouts.failed_tasks_threshold,
             reconcile_timeout: c.timeouts.reconcile,
             backoff_min: c.backoff.min,
@@ -121,6 +128,9 @@ pub struct Report {
     pub has_desired: bool,
     /// Whether the run made a write.
     pub acted: bool,
+    /// A write failed with an error worth retrying (throttling, a server error, a timeout):
+    /// `apply` keeps going.
+    pub retrying: bool,
 }
 
 impl Report {
@@ -172,6 +182,8 @@ pub struct Reconciler {
     own_rollouts: BTreeMap<String, OwnRollout>,
     /// Increments whenever the valid desired state changes.
     generation: u64,
+    /// When each service was last written to (`UpdateService`), for `intervals.min_write`.
+    last_write: BTreeMap<String, SystemTime>,
 }
 
 impl Reconciler {
@@ -202,6 +214,7 @@ impl Reconciler {
             last_written: None,
             own_rollouts: BTreeMap::new(),
             generation: 0,
+            last_write: BTreeMap::new(),
         };
         rec.restore();
         rec
@@ -405,6 +418,11 @@ impl Reconciler {
             corrections_last_hour: mem.corrections.len() as u32,
             max_corrections_per_hour: self.settings.max_corrections_per_hour,
             retry_not_before: mem.retry_not_before,
+            writes_not_before: self
+                .last_write
+                .iter()
+                .map(|(s, t)| (s.clone(), *t + self.settings.min_write))
+                .collect(),
             rolled_to: mem.rolled_to.clone(),
             failed_tasks_threshold: self.settings.failed_tasks_threshold,
             last_failure: mem.last_failure.clone(),
@@ -447,6 +465,7 @@ impl Reconciler {
             rack_error: Some(error),
             has_desired: self.desired.is_some(),
             acted: false,
+            retrying: false,
         }
     }
 
@@ -471,6 +490,7 @@ impl Reconciler {
             rack_error: None,
             has_desired: self.desired.is_some(),
             acted: false,
+            retrying: false,
         };
         let Some(desired) = self.desired.clone() else {
             let message = match &self.params_error {
@@ -538,6 +558,20 @@ impl Reconciler {
         }
 
         report.result = report.worst().map(phase_result).unwrap_or("converged");
+        report.retrying = self
+            .memory
+            .values()
+            .any(|m| m.retrying && m.retry_not_before.is_some());
+        let settling = decisions.iter().any(|d| d.reason == "Settling");
+        report.next = self.next_run(&report, rolling, settling, now);
+        self.write_status_file();
+        report
+    }
+
+    /// When to look again: at the poll interval while something moves, at the resync
+    /// interval otherwise, and no later than the next backoff or write cooldown ends.
+    fn next_run(&self, report: &Report, rolling: bool, settling: bool, now: SystemTime) -> Duration {
+        let mut next = report.next;
         let busy = report.acted
             || rolling
             || report
@@ -545,20 +579,18 @@ impl Reconciler {
                 .values()
                 .any(|p| matches!(p, Phase::Progressing | Phase::Waiting));
         if busy {
-            report.next = self.settings.poll;
+            next = self.settings.poll;
         }
-        if let Some(retry) = self
-            .memory
+        let cooldowns = self
+            .last_write
             .values()
-            .filter_map(|m| m.retry_not_before)
-            .min()
-        {
-            if let Ok(wait) = retry.duration_since(now) {
-                report.next = report.next.min(wait.max(Duration::from_millis(100)));
-            }
+            .filter(|_| settling)
+            .map(|t| *t + self.settings.min_write);
+        let waits = self.memory.values().filter_map(|m| m.retry_not_before).chain(cooldowns);
+        if let Some(wait) = waits.filter_map(|t| t.duration_since(now).ok()).min() {
+            next = next.min(wait.max(Duration::from_millis(100)));
         }
-        self.write_status_file();
-        report
+        next
     }
 
     /// Plans one parameter, makes its write if it has one (and none was made this run), and
@@ -831,6 +863,7 @@ impl Reconciler {
                 let backoff = self.backoff();
                 let mem = self.memory.entry(VERSION_PARAM).or_default();
                 let delay = mem.back_off(backoff, self.settings.backoff_max, now);
+                mem.retrying = e.is_transient();
                 d.phase = Phase::Failed;
                 d.reason = "ActionFailed";
                 d.message = format!(
@@ -945,6 +978,7 @@ impl Reconciler {
         }
         let delay = mem.back_off(backoff, self.settings.backoff_max, now);
         mem.last_failure = Some(d.message.clone());
+        mem.retrying = false;
         warn!(parameter = d.param, reason = d.reason, retry_in = %humantime::format_duration(round(delay)), "{}", d.message);
     }
 
@@ -1001,6 +1035,7 @@ impl Reconciler {
 
     fn rolled(&mut self, roll: &Roll, arn: &str, d: &mut Decision, now: SystemTime) {
         self.metrics.rollout_started(&roll.service);
+        self.last_write.insert(roll.service.clone(), now);
         let mem = self.memory.entry(d.param).or_default();
         let state = match roll.purpose {
             RollPurpose::Undo => ServiceState::RollingBack,
@@ -1035,6 +1070,7 @@ impl Reconciler {
             return;
         }
         let delay = mem.back_off(backoff, self.settings.backoff_max, now);
+        mem.retrying = e.is_transient();
         d.phase = Phase::Failed;
         d.reason = "ActionFailed";
         d.message = format!(
@@ -1133,8 +1169,12 @@ impl Reconciler {
     ) {
         let mut triggers = Some(triggers);
         let mut trigger = Trigger::Startup;
-        while let Some(report) = self.reconcile_unless_stopped(trigger, &mut shutdown).await {
-            let deadline = tokio::time::Instant::now() + report.next;
+        loop {
+            let started = tokio::time::Instant::now();
+            let Some(report) = self.reconcile_unless_stopped(trigger, &mut shutdown).await else {
+                break;
+            };
+            let deadline = started + report.next.max(self.settings.min_reconcile);
             loop {
                 tokio::select! {
                     _ = stopped(&mut shutdown) => {
@@ -1148,6 +1188,20 @@ impl Reconciler {
                         }
                     }
                     _ = tokio::time::sleep_until(deadline) => { trigger = Trigger::Timer; break; }
+                }
+            }
+            // However often the params file changes, runs start min_reconcile apart; the
+            // changes in between are coalesced into the next run (it reads the file anew).
+            let earliest = started + self.settings.min_reconcile;
+            tokio::select! {
+                _ = stopped(&mut shutdown) => break,
+                _ = tokio::time::sleep_until(earliest) => {}
+            }
+            while let Some(rx) = triggers.as_mut() {
+                match rx.try_recv() {
+                    Ok(_) => trigger = Trigger::ParamsChanged,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => triggers = None,
                 }
             }
         }
@@ -1190,7 +1244,7 @@ impl Reconciler {
                 return last.unwrap_or_else(|| self.interrupted());
             };
             let give_up = !report.has_desired || self.consecutive_errors >= max_errors;
-            if report.is_final()
+            if (report.is_final() && !report.retrying)
                 || give_up
                 || (report.phases.is_empty() && report.rack_error.is_none())
             {
@@ -1215,6 +1269,7 @@ impl Reconciler {
             rack_error: None,
             has_desired: self.desired.is_some(),
             acted: false,
+            retrying: false,
         }
     }
 }

@@ -221,3 +221,38 @@ async fn an_unreachable_rack_leaves_the_version_unknown() {
     assert_eq!(common::param(&rec, "Version").reason, "RackUnreachable");
     assert_eq!(h.sim.writes(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn unmanaged_ecs_exec_with_a_foreign_yes_to_no_rollout_refuses_until_every_task_runs_no() {
+    // The rack runs Yes; someone (not this controller) rolls the web service to No, and the
+    // params file asks only for an older version.
+    let h = Harness::with_sim(&format!("Version: \"{OLD}\"\n"), running_yes());
+    let stack = rack_reconciler::rack::Rack::describe_stack(h.sim.as_ref())
+        .await
+        .expect("stack");
+    let (cluster, web, monitor) = (
+        stack.resources["Cluster"].clone(),
+        stack.resources["ServiceWebApi"].clone(),
+        stack.resources["ServiceMonitorApi"].clone(),
+    );
+    for (service, td) in [(&web, "ApiWebTasks"), (&monitor, "ApiMonitorTasks")] {
+        let base = stack.resources[td].clone();
+        let no = h.sim.register_relabelled(&base, "rack.ECSExec", "No").expect("register");
+        rack_reconciler::rack::Rack::update_service(h.sim.as_ref(), &cluster, service, &no)
+            .await
+            .expect("update");
+    }
+    let mut rec = h.reconciler();
+    let reports = drive(&mut rec, 500, |_| !h.sim.stack_updates().is_empty()).await;
+    let first_update = h.sim.stack_updates()[0].clone();
+    assert!(
+        first_update.services_settled,
+        "the downgrade started only once every task ran No"
+    );
+    assert_eq!(
+        version(&reports[0]),
+        Some(Phase::Blocked),
+        "refused while Yes tasks still ran"
+    );
+    assert_eq!(first_update.version, OLD);
+}

@@ -31,6 +31,8 @@ pub struct PlanContext {
     pub max_corrections_per_hour: u32,
     /// After a failure, writes wait until then (exponential backoff).
     pub retry_not_before: Option<SystemTime>,
+    /// Per logical service id: no new rollout before then (`intervals.min_write`).
+    pub writes_not_before: BTreeMap<String, SystemTime>,
     /// Why the last attempt failed, for the message while backing off.
     pub last_failure: Option<String>,
     /// Services this controller rolled for the current desired value that have not been
@@ -281,6 +283,17 @@ fn hold_roll(
                  something (a CloudFormation stack update?) keeps resetting it; set the rack parameter {} \
                  to {desired} in the stack, or raise corrections.max_per_hour",
                 param.label, ctx.corrections_last_hour, ctx.max_corrections_per_hour, param.name
+            ),
+        ));
+    }
+    if let Some(at) = ctx.writes_not_before.get(name).filter(|at| **at > ctx.now) {
+        let wait = at.duration_since(ctx.now).unwrap_or_default();
+        return Some((
+            Phase::Progressing,
+            "Settling",
+            format!(
+                "{name} was written to moments ago; the next write waits {} (intervals.min_write)",
+                humantime::format_duration(round_secs(wait))
             ),
         ));
     }
@@ -803,6 +816,7 @@ mod tests {
             corrections_last_hour: 0,
             max_corrections_per_hour: 3,
             retry_not_before: None,
+            writes_not_before: BTreeMap::new(),
             rolled_to: BTreeMap::new(),
             failed_tasks_threshold: 3,
             last_failure: None,

@@ -166,6 +166,11 @@ fn hint(kind: ApiErrorKind) -> &'static str {
 }
 
 impl RackError {
+    /// Worth trying again as is: throttling, a server error, a timeout.
+    pub fn is_transient(&self) -> bool {
+        self.outcome() == "transient_error"
+    }
+
     /// A throttling answer: the request was refused before it was processed, so even a
     /// write that is not idempotent can be sent again.
     pub fn throttled(&self) -> bool {

@@ -36,6 +36,27 @@ use crate::templates::{declared_parameters, TemplateLocation, TemplateRef};
 
 const FIXTURE: &str = include_str!("sim_rack.json");
 const ACCOUNT: &str = "123456789012";
+/// The AWS operations the simulated rack answers, by name.
+pub const OPERATIONS: &[&str] = &[
+    "DescribeStacks",
+    "ListStackResources",
+    "DescribeStackEvents",
+    "GetTemplateSummary",
+    "UpdateStack",
+    "DescribeServices",
+    "ListTasks",
+    "DescribeTasks",
+    "DescribeTaskDefinition",
+    "ListTaskDefinitions",
+    "RegisterTaskDefinition",
+    "UpdateService",
+];
+
+/// The operation named `name`, if the simulated rack answers it.
+pub fn operation(name: &str) -> Option<&'static str> {
+    OPERATIONS.iter().copied().find(|op| *op == name)
+}
+
 /// The capability an update of the rack template must acknowledge (it creates IAM roles).
 const RACK_CAPABILITY: &str = "CAPABILITY_IAM";
 const CIRCUIT_BREAKER_REASON: &str = "ECS deployment circuit breaker: tasks failed to start.";
@@ -125,6 +146,8 @@ pub struct SimSettings {
     /// The rack parameter `HighAvailability`: the web service runs `ApiCount` tasks with
     /// minimum healthy 50%; without it, one task with minimum healthy 0%.
     pub high_availability: bool,
+    /// The first N calls of an operation (by its AWS name) are throttled.
+    pub throttled: BTreeMap<String, u32>,
     /// How long CloudFormation takes to update the stack (before the service rollouts it
     /// starts have to finish).
     #[serde(with = "humantime_serde")]
@@ -143,6 +166,7 @@ impl Default for SimSettings {
             circuit_breaker_threshold: 3,
             failing_rollouts: 0,
             high_availability: true,
+            throttled: BTreeMap::new(),
             stack_update: Duration::from_secs(60),
         }
     }
@@ -319,7 +343,11 @@ impl SimRack {
                 settings.failing_rollouts as usize,
             )
             .collect(),
-            api_faults: BTreeMap::new(),
+            api_faults: settings
+                .throttled
+                .iter()
+                .filter_map(|(op, n)| Some((operation(op)?, *n)))
+                .collect(),
             calls: BTreeMap::new(),
             updates: Vec::new(),
             stack_updates: Vec::new(),

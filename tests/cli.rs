@@ -1,0 +1,131 @@
+//! Exit codes of the real binary, as the README documents them, on the simulated rack.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const OLD: &str = "20240205000000";
+
+struct Rack {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+/// A config for the simulated rack with `sim` settings (YAML, indented under `sim:`), fast
+/// task starts and polls, and `params` as the params file.
+fn rack(sim: &str, params: &str) -> Rack {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+        l.local_addr().expect("addr").port()
+    };
+    let config = dir.path().join("rack-reconciler.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "backend: sim\nrack: convox\nparams_file: params.yaml\nlisten: 127.0.0.1:{port}\n\
+             intervals:\n  poll: 200ms\n  min_reconcile: 0s\n  min_write: 0s\n\
+             backoff:\n  min: 1s\n  max: 2s\n\
+             sim:\n{}{sim}",
+            if sim.contains("task_start") { "" } else { "  task_start: 300ms\n" }
+        ),
+    )
+    .expect("config");
+    std::fs::write(dir.path().join("params.yaml"), params).expect("params");
+    Rack { dir, config }
+}
+
+fn run(config: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rack-reconciler"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run rack-reconciler");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn validate_exits_0_when_valid_and_5_when_not() {
+    let r = rack("", "ECSExec: \"Yes\"\n");
+    assert_eq!(run(&r.config, &["validate"]).0, 0);
+    std::fs::write(r.dir.path().join("params.yaml"), "ECSExec: yes\n").expect("params");
+    let (code, out) = run(&r.config, &["validate"]);
+    assert_eq!(code, 5, "{out}");
+    assert!(out.contains("params.yaml:1: ECSExec"), "{out}");
+}
+
+#[test]
+fn plan_exits_2_whenever_desired_and_observed_differ_a_held_version_included() {
+    let r = rack("", "ECSExec: \"No\"\n");
+    let (code, out) = run(&r.config, &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "{out}");
+    std::fs::write(r.dir.path().join("params.yaml"), "ECSExec: \"Yes\"\n").expect("params");
+    assert_eq!(run(&r.config, &["plan", "--detailed-exitcode"]).0, 2);
+    assert_eq!(run(&r.config, &["plan"]).0, 0, "without --detailed-exitcode");
+
+    // A downgrade the gate refuses (the rack runs Yes): nothing would be written, yet the
+    // rack differs from the params file.
+    let r = rack("  initial_ecs_exec: \"Yes\"\n", &format!("Version: \"{OLD}\"\n"));
+    let (code, out) = run(&r.config, &["plan", "--detailed-exitcode"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("DowngradeBlocked") || out.contains("Blocked"), "{out}");
+}
+
+#[test]
+fn apply_exits_0_when_converged_even_after_a_throttled_write() {
+    let r = rack("  throttled:\n    UpdateService: 1\n", "ECSExec: \"Yes\"\n");
+    let (code, out) = run(&r.config, &["apply"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ECSExec: Converged"), "{out}");
+}
+
+#[test]
+fn apply_exits_3_when_a_rollout_fails_and_4_when_blocked() {
+    let r = rack("  failing_rollouts: 1\n", "ECSExec: \"Yes\"\n");
+    let (code, out) = run(&r.config, &["apply"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("ECSExec: Failed"), "{out}");
+
+    let r = rack("  initial_ecs_exec: \"Yes\"\n", &format!("Version: \"{OLD}\"\n"));
+    let (code, out) = run(&r.config, &["apply"]);
+    assert_eq!(code, 4, "{out}");
+}
+
+#[test]
+fn apply_gives_up_at_its_timeout_with_exit_1() {
+    let r = rack("  task_start: 1h\n", "ECSExec: \"Yes\"\n");
+    let (code, out) = run(&r.config, &["apply", "--timeout", "2s"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--timeout"), "{out}");
+}
+
+#[test]
+fn status_exits_1_with_controller_only_and_no_controller_else_0() {
+    let r = rack("", "ECSExec: \"No\"\n");
+    let (code, out) = run(&r.config, &["status", "--controller-only"]);
+    assert_eq!(code, 1, "{out}");
+    let (code, out) = run(&r.config, &["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no controller answers"), "{out}");
+}
+
+#[test]
+fn check_downgrade_exits_0_allowed_4_refused_5_not_a_version() {
+    let r = rack("  initial_ecs_exec: \"Yes\"\n", "ECSExec: \"Yes\"\n");
+    let (code, out) = run(&r.config, &["check-downgrade", "--to", OLD]);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("ECSExec: \"No\""), "{out}");
+    assert_eq!(run(&r.config, &["check-downgrade", "--to", "latest"]).0, 5);
+    assert_eq!(run(&r.config, &["check-downgrade", "--to", "20261201000000"]).0, 0);
+
+    // Unmanaged ECSExec, every task on No: allowed.
+    let r = rack("", "{}\n");
+    let (code, out) = run(&r.config, &["check-downgrade", "--to", OLD]);
+    assert_eq!(code, 0, "{out}");
+}
