@@ -45,8 +45,17 @@ pub struct Memory {
 
 impl Memory {
     /// Pushes the next attempt back by the next backoff delay and returns the delay.
-    pub fn back_off(&mut self, builder: ExponentialBuilder, max: Duration, now: SystemTime) -> Duration {
-        let delay = self.backoff.get_or_insert_with(|| builder.build()).next().unwrap_or(max);
+    pub fn back_off(
+        &mut self,
+        builder: ExponentialBuilder,
+        max: Duration,
+        now: SystemTime,
+    ) -> Duration {
+        let delay = self
+            .backoff
+            .get_or_insert_with(|| builder.build())
+            .next()
+            .unwrap_or(max);
         self.failures += 1;
         self.retry_not_before = Some(now + delay);
         delay
@@ -153,8 +162,14 @@ mod tests {
             desired: Some("Yes".into()),
             ..Memory::default()
         };
-        assert_eq!(m.back_off(builder(), Duration::from_secs(900), t0), Duration::from_secs(30));
-        assert_eq!(m.back_off(builder(), Duration::from_secs(900), t0), Duration::from_secs(60));
+        assert_eq!(
+            m.back_off(builder(), Duration::from_secs(900), t0),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            m.back_off(builder(), Duration::from_secs(900), t0),
+            Duration::from_secs(60)
+        );
         m.last_failure = Some("tasks failed".into());
         let written = m.persisted().expect("backing off");
         assert_eq!(written.failures, 2);
@@ -182,6 +197,10 @@ mod tests {
         assert_eq!(m.retry_not_before, Some(t0 + Duration::from_secs(30)));
         assert_eq!(m.last_converged, None);
         m.new_intent(Some("Yes".into()), t0 + Duration::from_secs(31));
-        assert_eq!((m.retry_not_before, m.failures), (None, 0), "expired: forgotten");
+        assert_eq!(
+            (m.retry_not_before, m.failures),
+            (None, 0),
+            "expired: forgotten"
+        );
     }
 }

@@ -390,7 +390,11 @@ mod tests {
         m.set_corrections_capped("ECSExec", true);
         assert!(m.render().contains("parameter=\"ECSExec\""));
         m.remove_parameter("ECSExec");
-        assert!(!m.render().contains("parameter=\"ECSExec\""), "{}", m.render());
+        assert!(
+            !m.render().contains("parameter=\"ECSExec\""),
+            "{}",
+            m.render()
+        );
     }
 
     /// The README's metrics table is exactly [`METRICS`], so the docs cannot drift.

@@ -382,7 +382,11 @@ impl Reconciler {
             current,
             gate: plan::downgrade_gate(
                 to,
-                observed.stack.parameters.get(VERSION_PARAM).map(String::as_str),
+                observed
+                    .stack
+                    .parameters
+                    .get(VERSION_PARAM)
+                    .map(String::as_str),
                 &declared,
                 &ecs,
             ),
@@ -570,7 +574,13 @@ impl Reconciler {
 
     /// When to look again: at the poll interval while something moves, at the resync
     /// interval otherwise, and no later than the next backoff or write cooldown ends.
-    fn next_run(&self, report: &Report, rolling: bool, settling: bool, now: SystemTime) -> Duration {
+    fn next_run(
+        &self,
+        report: &Report,
+        rolling: bool,
+        settling: bool,
+        now: SystemTime,
+    ) -> Duration {
         let mut next = report.next;
         let busy = report.acted
             || rolling
@@ -586,7 +596,11 @@ impl Reconciler {
             .values()
             .filter(|_| settling)
             .map(|t| *t + self.settings.min_write);
-        let waits = self.memory.values().filter_map(|m| m.retry_not_before).chain(cooldowns);
+        let waits = self
+            .memory
+            .values()
+            .filter_map(|m| m.retry_not_before)
+            .chain(cooldowns);
         if let Some(wait) = waits.filter_map(|t| t.duration_since(now).ok()).min() {
             next = next.min(wait.max(Duration::from_millis(100)));
         }
@@ -693,7 +707,10 @@ impl Reconciler {
                 before != s.parameters.len()
             });
             if known {
-                info!(parameter = name, "no longer in the params file: not managed any more");
+                info!(
+                    parameter = name,
+                    "no longer in the params file: not managed any more"
+                );
             }
             self.metrics.remove_parameter(name);
             if name == VERSION_PARAM {
@@ -942,8 +959,11 @@ impl Reconciler {
             }
         }
         if !controller.own_rollouts.is_empty() || !controller.failures.is_empty() {
-            info!(rollouts = controller.own_rollouts.len(), backoffs = controller.failures.len(),
-                "picked up the rollouts and backoffs of the previous run");
+            info!(
+                rollouts = controller.own_rollouts.len(),
+                backoffs = controller.failures.len(),
+                "picked up the rollouts and backoffs of the previous run"
+            );
         }
         self.status.update(|s| {
             s.parameters = previous.parameters;

@@ -206,11 +206,20 @@ fn set_phase(
         }
         c.status = status.to_string();
         c.observed_generation = generation;
-        c.reason = if applies { reason.to_string() } else { String::new() };
-        c.message = if applies { message.to_string() } else { String::new() };
+        c.reason = if applies {
+            reason.to_string()
+        } else {
+            String::new()
+        };
+        c.message = if applies {
+            message.to_string()
+        } else {
+            String::new()
+        };
     }
     // Conditions of earlier versions of the controller are not carried along.
-    p.conditions.retain(|c| CONDITIONS.iter().any(|(k, _)| *k == c.kind));
+    p.conditions
+        .retain(|c| CONDITIONS.iter().any(|(k, _)| *k == c.kind));
 }
 
 pub fn rfc3339(t: SystemTime) -> String {

@@ -245,7 +245,9 @@ fn mocked_with(initial: Scenario, faults: Faults) -> Mocked {
                                     .desired_status("STOPPED")
                                     .last_status("STOPPED")
                                     .stopped_reason(reason)
-                                    .stop_code(aws_sdk_ecs::types::TaskStopCode::ServiceSchedulerInitiated)
+                                    .stop_code(
+                                        aws_sdk_ecs::types::TaskStopCode::ServiceSchedulerInitiated,
+                                    )
                                     .created_at(DateTime::from(SystemTime::now()))
                                     .build(),
                             );

@@ -229,6 +229,41 @@ async fn check_downgrade_exit_codes() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("20230101000000"), "{out}");
 
+    // The stack's Version parameter no longer reads as a version: with ECSExec wanted Yes
+    // and a target that predates it, the gate cannot tell and refuses.
+    std::fs::write(&params, "ECSExec: \"Yes\"\n").expect("params");
+    let (cfn, _) = moto.clients().await;
+    let stack = cfn
+        .describe_stacks()
+        .stack_name(STACK)
+        .send()
+        .await
+        .expect("describe");
+    let keep: Vec<_> = stack.stacks()[0]
+        .parameters()
+        .iter()
+        .filter_map(|p| p.parameter_key())
+        .map(|k| {
+            let p = aws_sdk_cloudformation::types::Parameter::builder().parameter_key(k);
+            if k == "Version" {
+                p.parameter_value("latest").build()
+            } else {
+                p.use_previous_value(true).build()
+            }
+        })
+        .collect();
+    cfn.update_stack()
+        .stack_name(STACK)
+        .use_previous_template(true)
+        .set_parameters(Some(keep))
+        .send()
+        .await
+        .expect("update_stack");
+    let (code, out) = run_check(&config, &moto.endpoint, OLD);
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("current version is unknown"), "{out}");
+    std::fs::write(&params, "ECSExec: \"No\"\n").expect("params");
+
     // A template of a real rack's size cannot be sent as a body: a local copy is refused
     // with what to do instead.
     let local = dir.path().join("local.yaml");

@@ -40,13 +40,26 @@ async fn six_hundred_flapping_edits_in_a_minute_cause_bounded_reconciles_and_wri
         .filter(|l| l.starts_with("rack_reconciler_reconcile_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert!(reconciles >= 30.0, "the loop kept up: {reconciles} reconciles");
-    assert!(reconciles <= MAX_RECONCILES, "{reconciles} reconciles in a minute");
+    assert!(
+        reconciles >= 30.0,
+        "the loop kept up: {reconciles} reconciles"
+    );
+    assert!(
+        reconciles <= MAX_RECONCILES,
+        "{reconciles} reconciles in a minute"
+    );
     let writes = h.sim.writes();
     assert!(writes >= 2, "it did act: {writes} writes");
-    assert!(writes <= MAX_WRITES, "{writes} writes in a minute: {:?}", h.sim.updates());
+    assert!(
+        writes <= MAX_WRITES,
+        "{writes} writes in a minute: {:?}",
+        h.sim.updates()
+    );
     let updates = h.sim.updates();
     for pair in updates.windows(2) {
-        assert!(pair[1].at - pair[0].at >= Duration::from_secs(10), "{updates:?}");
+        assert!(
+            pair[1].at - pair[0].at >= Duration::from_secs(10),
+            "{updates:?}"
+        );
     }
 }

@@ -26,7 +26,11 @@ fn rack(sim: &str, params: &str) -> Rack {
              intervals:\n  poll: 200ms\n  min_reconcile: 0s\n  min_write: 0s\n\
              backoff:\n  min: 1s\n  max: 2s\n\
              sim:\n{}{sim}",
-            if sim.contains("task_start") { "" } else { "  task_start: 300ms\n" }
+            if sim.contains("task_start") {
+                ""
+            } else {
+                "  task_start: 300ms\n"
+            }
         ),
     )
     .expect("config");
@@ -67,14 +71,24 @@ fn plan_exits_2_whenever_desired_and_observed_differ_a_held_version_included() {
     assert_eq!(code, 0, "{out}");
     std::fs::write(r.dir.path().join("params.yaml"), "ECSExec: \"Yes\"\n").expect("params");
     assert_eq!(run(&r.config, &["plan", "--detailed-exitcode"]).0, 2);
-    assert_eq!(run(&r.config, &["plan"]).0, 0, "without --detailed-exitcode");
+    assert_eq!(
+        run(&r.config, &["plan"]).0,
+        0,
+        "without --detailed-exitcode"
+    );
 
     // A downgrade the gate refuses (the rack runs Yes): nothing would be written, yet the
     // rack differs from the params file.
-    let r = rack("  initial_ecs_exec: \"Yes\"\n", &format!("Version: \"{OLD}\"\n"));
+    let r = rack(
+        "  initial_ecs_exec: \"Yes\"\n",
+        &format!("Version: \"{OLD}\"\n"),
+    );
     let (code, out) = run(&r.config, &["plan", "--detailed-exitcode"]);
     assert_eq!(code, 2, "{out}");
-    assert!(out.contains("DowngradeBlocked") || out.contains("Blocked"), "{out}");
+    assert!(
+        out.contains("DowngradeBlocked") || out.contains("Blocked"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -92,7 +106,10 @@ fn apply_exits_3_when_a_rollout_fails_and_4_when_blocked() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("ECSExec: Failed"), "{out}");
 
-    let r = rack("  initial_ecs_exec: \"Yes\"\n", &format!("Version: \"{OLD}\"\n"));
+    let r = rack(
+        "  initial_ecs_exec: \"Yes\"\n",
+        &format!("Version: \"{OLD}\"\n"),
+    );
     let (code, out) = run(&r.config, &["apply"]);
     assert_eq!(code, 4, "{out}");
 }
@@ -122,7 +139,10 @@ fn check_downgrade_exits_0_allowed_4_refused_5_not_a_version() {
     assert_eq!(code, 4, "{out}");
     assert!(out.contains("ECSExec: \"No\""), "{out}");
     assert_eq!(run(&r.config, &["check-downgrade", "--to", "latest"]).0, 5);
-    assert_eq!(run(&r.config, &["check-downgrade", "--to", "20261201000000"]).0, 0);
+    assert_eq!(
+        run(&r.config, &["check-downgrade", "--to", "20261201000000"]).0,
+        0
+    );
 
     // Unmanaged ECSExec, every task on No: allowed.
     let r = rack("", "{}\n");

@@ -145,7 +145,8 @@ async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond()
     let app_service = format!(
         "arn:aws:ecs:{REGION}:{ACCOUNT}:service/{cluster}/convox-myapp-ServiceWeb-1ABC2DEF"
     );
-    let short_app_service = format!("arn:aws:ecs:{REGION}:{ACCOUNT}:service/convox-myapp-ServiceWeb-1ABC2DEF");
+    let short_app_service =
+        format!("arn:aws:ecs:{REGION}:{ACCOUNT}:service/convox-myapp-ServiceWeb-1ABC2DEF");
     let other_rack_role = format!("arn:aws:iam::{ACCOUNT}:role/convox/convoxstaging-ApiRole-1XYZ");
     let other_stack = format!("arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/convox-myapp/1");
     let denied: Vec<Call> = vec![

@@ -26,8 +26,17 @@ async fn a_restart_right_after_a_failed_rollout_waits_for_the_backoff() {
     let failed_at = tokio::time::Instant::now();
     let retry_not_before = {
         let status = rec.status().get();
-        let written = status.controller.failures.get("ECSExec").cloned().expect("backoff written down");
-        assert!(written.last_failure.as_deref().unwrap_or("").contains("ELB health checks"));
+        let written = status
+            .controller
+            .failures
+            .get("ECSExec")
+            .cloned()
+            .expect("backoff written down");
+        assert!(written
+            .last_failure
+            .as_deref()
+            .unwrap_or("")
+            .contains("ELB health checks"));
         written.retry_not_before
     };
     drop(rec);
@@ -36,20 +45,35 @@ async fn a_restart_right_after_a_failed_rollout_waits_for_the_backoff() {
     for _ in 0..5 {
         let mut rec = h.reconciler();
         let r = rec.reconcile(Trigger::Startup).await;
-        assert_eq!(ecs_exec(&r), Some(Phase::Failed), "{}", common::param(&rec, "ECSExec").message);
+        assert_eq!(
+            ecs_exec(&r),
+            Some(Phase::Failed),
+            "{}",
+            common::param(&rec, "ECSExec").message
+        );
         common::let_pass(Duration::from_secs(3)).await;
     }
     let updates = h.sim.updates();
-    assert_eq!(updates.len(), 2, "the rollout and its undo, nothing more: {updates:?}");
+    assert_eq!(
+        updates.len(),
+        2,
+        "the rollout and its undo, nothing more: {updates:?}"
+    );
 
     // The next process retries once the written-down backoff has passed, not before.
     let mut rec = h.reconciler();
     let reports = drive(&mut rec, 300, |r| ecs_exec(r) == Some(Phase::Converged)).await;
-    assert_eq!(ecs_exec(reports.last().expect("report")), Some(Phase::Converged));
+    assert_eq!(
+        ecs_exec(reports.last().expect("report")),
+        Some(Phase::Converged)
+    );
     let retry = &h.sim.updates()[2];
     let not_before = humantime::parse_rfc3339(&retry_not_before).expect("time");
     let waited = retry.at - failed_at;
-    assert!(waited >= Duration::from_secs(30), "retried after {waited:?}, backoff until {not_before:?}");
+    assert!(
+        waited >= Duration::from_secs(30),
+        "retried after {waited:?}, backoff until {not_before:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -63,7 +87,10 @@ async fn a_rollout_started_before_a_restart_is_still_undone_when_it_fails() {
 
     let mut rec = h.reconciler();
     let reports = drive(&mut rec, 100, |r| ecs_exec(r) == Some(Phase::Failed)).await;
-    assert!(reports.last().expect("report").acted, "undone by the new process");
+    assert!(
+        reports.last().expect("report").acted,
+        "undone by the new process"
+    );
     let updates = h.sim.updates();
     assert_eq!(updates.len(), 2);
     assert_eq!(updates[1].task_definition, original);

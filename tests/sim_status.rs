@@ -25,16 +25,27 @@ async fn a_parameter_removed_while_drifting_disappears_from_status_and_metrics()
     let mut rec = h.reconciler();
     common::run_for(&mut rec, Duration::from_secs(60)).await;
     let text = rec.metrics().render();
-    assert_eq!(metric(&text, "rack_reconciler_parameter_drift{parameter=\"ECSExec\"}"), Some(1.0));
+    assert_eq!(
+        metric(
+            &text,
+            "rack_reconciler_parameter_drift{parameter=\"ECSExec\"}"
+        ),
+        Some(1.0)
+    );
 
     h.write_params("Version: \"20260418101514\"\n");
     rec.reconcile(Trigger::ParamsChanged).await;
     let status = rec.status().get();
-    assert!(status.parameter("ECSExec").is_none(), "{:?}", status.parameters);
+    assert!(
+        status.parameter("ECSExec").is_none(),
+        "{:?}",
+        status.parameters
+    );
     assert!(status.parameter("Version").is_some());
     let text = rec.metrics().render();
     assert!(!text.contains("parameter=\"ECSExec\""), "{text}");
-    let file = std::fs::read_to_string(h.dir.path().join("params.status.json")).expect("status file");
+    let file =
+        std::fs::read_to_string(h.dir.path().join("params.status.json")).expect("status file");
     assert!(!file.contains("\"name\": \"ECSExec\""), "{file}");
 }
 
@@ -44,7 +55,12 @@ async fn an_hour_without_the_rack_keeps_the_drift_and_its_start() {
     h.sim.inject_rollout_fault(RolloutFault::NeverHealthy);
     let mut rec = h.reconciler();
     common::run_for(&mut rec, Duration::from_secs(30)).await;
-    let before = rec.status().get().parameter("ECSExec").cloned().expect("status");
+    let before = rec
+        .status()
+        .get()
+        .parameter("ECSExec")
+        .cloned()
+        .expect("status");
     assert!(before.drift);
     let since = before.drift_since.clone().expect("drift start");
     let series = "rack_reconciler_parameter_drift_start_timestamp_seconds{parameter=\"ECSExec\"}";
@@ -62,7 +78,10 @@ async fn an_hour_without_the_rack_keeps_the_drift_and_its_start() {
     let r = rec.reconcile(Trigger::Timer).await;
     assert_eq!(r.result, "error");
     let p = common::param(&rec, "ECSExec");
-    assert_eq!(p.phase, before.phase, "one error does not turn the phase Unknown");
+    assert_eq!(
+        p.phase, before.phase,
+        "one error does not turn the phase Unknown"
+    );
 
     // An hour of outage.
     h.sim.inject_api_errors("DescribeStacks", 100_000);
@@ -72,17 +91,37 @@ async fn an_hour_without_the_rack_keeps_the_drift_and_its_start() {
     let p = status.parameter("ECSExec").expect("status");
     assert_eq!(p.phase, Phase::Unknown);
     assert!(p.drift, "the last known drift is kept");
-    assert_eq!(p.drift_since.as_deref(), Some(since.as_str()), "drift start unchanged");
+    assert_eq!(
+        p.drift_since.as_deref(),
+        Some(since.as_str()),
+        "drift start unchanged"
+    );
     assert!(!status.ready);
     let text = rec.metrics().render();
-    assert_eq!(metric(&text, series), Some(start_metric), "drift start metric unchanged");
-    assert_eq!(metric(&text, "rack_reconciler_parameter_drift{parameter=\"ECSExec\"}"), Some(1.0));
     assert_eq!(
-        metric(&text, "rack_reconciler_parameter_phase{parameter=\"ECSExec\",phase=\"Unknown\"}"),
+        metric(&text, series),
+        Some(start_metric),
+        "drift start metric unchanged"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "rack_reconciler_parameter_drift{parameter=\"ECSExec\"}"
+        ),
         Some(1.0)
     );
     assert_eq!(
-        metric(&text, "rack_reconciler_last_successful_observation_timestamp_seconds"),
+        metric(
+            &text,
+            "rack_reconciler_parameter_phase{parameter=\"ECSExec\",phase=\"Unknown\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "rack_reconciler_last_successful_observation_timestamp_seconds"
+        ),
         Some(observed_at),
         "no observation since the outage began"
     );

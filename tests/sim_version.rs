@@ -237,7 +237,10 @@ async fn unmanaged_ecs_exec_with_a_foreign_yes_to_no_rollout_refuses_until_every
     );
     for (service, td) in [(&web, "ApiWebTasks"), (&monitor, "ApiMonitorTasks")] {
         let base = stack.resources[td].clone();
-        let no = h.sim.register_relabelled(&base, "rack.ECSExec", "No").expect("register");
+        let no = h
+            .sim
+            .register_relabelled(&base, "rack.ECSExec", "No")
+            .expect("register");
         rack_reconciler::rack::Rack::update_service(h.sim.as_ref(), &cluster, service, &no)
             .await
             .expect("update");

@@ -59,11 +59,14 @@ impl EcsExecState {
     /// The value a stack update should keep for `ECSExec`: the desired one, else the stack's,
     /// else the one every revision agrees on.
     pub fn value_to_keep(&self) -> Option<String> {
-        self.desired.clone().or_else(|| self.stack.clone()).or_else(|| {
-            (self.running.len() == 1)
-                .then(|| self.running.iter().next().cloned())
-                .flatten()
-        })
+        self.desired
+            .clone()
+            .or_else(|| self.stack.clone())
+            .or_else(|| {
+                (self.running.len() == 1)
+                    .then(|| self.running.iter().next().cloned())
+                    .flatten()
+            })
     }
 
     fn yes_anywhere(&self) -> bool {
@@ -106,7 +109,8 @@ pub fn downgrade_gate(
     if to >= from {
         return Gate::NotNeeded;
     }
-    let strand = format!("version {to} predates ECSExec: downgrading from {from} now would strand it");
+    let strand =
+        format!("version {to} predates ECSExec: downgrading from {from} now would strand it");
     match ecs.desired.as_deref() {
         Some("Yes") => {
             return Gate::Refused(format!(

@@ -543,7 +543,10 @@ fn own_rollout(
     let own = ctx.own_rollouts.get(name)?;
     if own.undone && busy && primary.task_definition == own.from {
         let why = ctx.last_failure.as_deref().unwrap_or("the rollout failed");
-        let age = ctx.now.duration_since(primary.created_at).unwrap_or_default();
+        let age = ctx
+            .now
+            .duration_since(primary.created_at)
+            .unwrap_or_default();
         if age > ctx.rollout_timeout {
             return Some(Eval::Failed(
                 "RollbackStuck",
