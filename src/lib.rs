@@ -20,6 +20,7 @@ pub mod model;
 pub mod params;
 pub mod plan;
 pub mod rack;
+pub mod spec;
 pub mod reconcile;
 pub mod status;
 pub mod templates;

@@ -4,29 +4,85 @@
 //! ECSExec: "Yes"
 //! ```
 //!
-//! Parsing is strict: values are the rack's own spellings, unknown and duplicate keys are
-//! errors, and every error names the file, the line, the key, the bad value and what is
-//! allowed. A key that is absent is not managed: the controller leaves it as the rack has it.
+//! Any parameter the rack's template declares may appear. Parsing is strict: duplicate keys
+//! are errors, values are strings (or numbers), `ECSExec` is exactly `Yes` or `No` and
+//! `Version` a rack version; then [`DesiredParams::check`] holds the rest against the
+//! running template's declarations (unknown keys, allowed values, patterns, bounds, secrets).
+//! Every error names the file, the line, the key, the bad value and what is allowed. A key
+//! that is absent is not managed: the controller leaves it as the rack has it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use thiserror::Error;
 
-use crate::model::{managed_param, ManagedParam, RackVersion, MANAGED_PARAMS, VERSION_PARAM};
+use crate::model::{managed_param, ManagedParam, RackVersion, VERSION_PARAM};
+use crate::spec::{quoted_list, Declarations, Misfit};
 
 /// The desired state read from a valid params file.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DesiredParams {
-    /// Managed parameter name → desired value (always one of its allowed values).
-    pub values: BTreeMap<&'static str, String>,
+    /// Parameter name → desired value (`Version` apart).
+    pub values: BTreeMap<String, String>,
     /// The rack version the rack should run, when the file says.
     pub version: Option<RackVersion>,
+    /// The line each key is on, for errors found later against the template.
+    pub lines: BTreeMap<String, usize>,
+    /// The file, for those errors.
+    pub path: String,
 }
 
 impl DesiredParams {
     pub fn get(&self, param: &ManagedParam) -> Option<&str> {
-        self.values.get(param.name).map(String::as_str)
+        self.value(param.name)
+    }
+
+    pub fn value(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    /// Holds every key and value against what the running template declares: unknown keys,
+    /// values outside the declaration and secrets (`NoEcho`) are refused. `ECSExec` was
+    /// checked when parsed and is allowed whether or not the template declares it.
+    pub fn check(&self, declared: &Declarations) -> Result<(), ParamsError> {
+        for (key, value) in &self.values {
+            let line = self.lines.get(key).copied().unwrap_or(1);
+            let path = self.path.clone();
+            let Some(decl) = declared.get(key) else {
+                if managed_param(key).is_some() {
+                    continue;
+                }
+                return Err(ParamsError::UnknownKey {
+                    path,
+                    line,
+                    key: key.clone(),
+                    allowed: format!(
+                        "the parameters the rack's template declares (and Version): {}",
+                        declared.allowed_keys().join(", ")
+                    ),
+                });
+            };
+            match decl.check(value) {
+                Ok(()) => {}
+                Err(Misfit::Secret) => {
+                    return Err(ParamsError::Secret {
+                        path,
+                        line,
+                        key: key.clone(),
+                    })
+                }
+                Err(Misfit::Constraint(allowed)) => {
+                    return Err(ParamsError::InvalidValue {
+                        path,
+                        line,
+                        key: key.clone(),
+                        value: format!("\"{value}\""),
+                        allowed,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -65,7 +121,13 @@ pub enum ParamsError {
         key: String,
         allowed: String,
     },
-    #[error("{path}:{line}: {key}: invalid value {value}: allowed values are {allowed} (exact spelling, quoted)")]
+    #[error("{path}:{line}: {key} is a secret (NoEcho) parameter: secrets do not belong in the params file; set it with `convox rack params set` and remove it here")]
+    Secret {
+        path: String,
+        line: usize,
+        key: String,
+    },
+    #[error("{path}:{line}: {key}: invalid value {value}: allowed: {allowed}")]
     InvalidValue {
         path: String,
         line: usize,
@@ -87,6 +149,7 @@ impl ParamsError {
             ParamsError::DuplicateKey { .. } => "duplicate_key",
             ParamsError::UnknownKey { .. } => "unknown_key",
             ParamsError::InvalidValue { .. } => "invalid_value",
+            ParamsError::Secret { .. } => "secret",
         }
     }
 
@@ -100,6 +163,7 @@ impl ParamsError {
         "duplicate_key",
         "unknown_key",
         "invalid_value",
+        "secret",
     ];
 }
 
@@ -145,72 +209,67 @@ pub fn parse(path: &str, text: &str) -> Result<DesiredParams, ParamsError> {
         }
     };
 
-    let mut values = BTreeMap::new();
-    let mut version = None;
+    let mut desired = DesiredParams {
+        path: path.clone(),
+        ..DesiredParams::default()
+    };
     for (key, value) in &mapping {
         let key_text = match key {
             serde_yaml::Value::String(s) => s.clone(),
             other => scalar_text(other),
         };
         let line = key_line(text, &key_text);
+        let invalid = |allowed: String| ParamsError::InvalidValue {
+            path: path.clone(),
+            line,
+            key: key_text.clone(),
+            value: scalar_text(value),
+            allowed,
+        };
         if key_text == VERSION_PARAM {
             let parsed = match value {
                 serde_yaml::Value::String(s) => RackVersion::parse(s),
                 serde_yaml::Value::Number(n) => RackVersion::parse(&n.to_string()),
                 _ => None,
             };
-            match parsed {
-                Some(v) => version = Some(v),
-                None => {
-                    return Err(ParamsError::InvalidValue {
-                        path,
-                        line,
-                        key: key_text,
-                        value: scalar_text(value),
-                        allowed: "a Convox rack version: 14 digits, e.g. \"20260418101514\"".into(),
-                    })
-                }
-            }
+            let v = parsed.ok_or_else(|| {
+                invalid("a Convox rack version: 14 digits, e.g. \"20260418101514\"".into())
+            })?;
+            desired.version = Some(v);
+            desired.lines.insert(key_text, line);
             continue;
         }
-        let Some(param) = managed_param(&key_text) else {
-            return Err(ParamsError::UnknownKey {
-                path,
-                line,
-                key: key_text,
-                allowed: MANAGED_PARAMS
-                    .iter()
-                    .map(|p| p.name)
-                    .chain([VERSION_PARAM])
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
+        let text_value = match (managed_param(&key_text), value) {
+            // Strict: exactly the rack's spellings, as strings.
+            (Some(param), serde_yaml::Value::String(s)) if param.allowed.contains(&s.as_str()) => {
+                s.clone()
+            }
+            (Some(param), _) => {
+                return Err(invalid(format!(
+                    "{} (exact spelling, quoted)",
+                    allowed_list(param)
+                )))
+            }
+            (None, serde_yaml::Value::String(s)) => s.clone(),
+            (None, serde_yaml::Value::Number(n)) => n.to_string(),
+            (None, _) => return Err(invalid("a string (quoted) or a number".into())),
         };
-        match value {
-            serde_yaml::Value::String(s) if param.allowed.contains(&s.as_str()) => {
-                values.insert(param.name, s.clone());
-            }
-            other => {
-                return Err(ParamsError::InvalidValue {
-                    path,
-                    line,
-                    key: key_text,
-                    value: scalar_text(other),
-                    allowed: allowed_list(param),
-                })
-            }
-        }
+        desired.values.insert(key_text.clone(), text_value);
+        desired.lines.insert(key_text, line);
     }
-    Ok(DesiredParams { values, version })
+    Ok(desired)
+}
+
+/// Reads a params file and holds it against the declarations of a template.
+pub fn load_checked(path: &Path, declared: &Declarations) -> Result<DesiredParams, ParamsError> {
+    let desired = load(path)?;
+    desired.check(declared)?;
+    Ok(desired)
 }
 
 fn allowed_list(param: &ManagedParam) -> String {
-    param
-        .allowed
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(" or ")
+    let allowed: Vec<String> = param.allowed.iter().map(|a| a.to_string()).collect();
+    quoted_list(&allowed)
 }
 
 /// Maps a YAML parse error to a params error: duplicate keys are reported as such, the rest
@@ -360,7 +419,8 @@ mod tests {
 
     #[test]
     fn an_empty_mapping_manages_nothing() {
-        assert_eq!(ok("{}\n"), DesiredParams::default());
+        let d = ok("{}\n");
+        assert!(d.values.is_empty() && d.version.is_none());
     }
 
     #[test]
@@ -382,7 +442,7 @@ mod tests {
                     line: 2,
                     key: "ECSExec".into(),
                     value: value.into(),
-                    allowed: "\"Yes\" or \"No\"".into(),
+                    allowed: "\"Yes\" or \"No\" (exact spelling, quoted)".into(),
                 },
                 "{text:?}"
             );
@@ -395,10 +455,9 @@ mod tests {
 
     #[test]
     fn rejects_structural_problems() {
-        let table: [(&str, &str, usize); 8] = [
+        let table: [(&str, &str, usize); 7] = [
             ("", "empty", 0),
             ("# only a comment\n\n", "empty", 0),
-            ("ECSExec: \"No\"\nEcsExec: \"Yes\"\n", "unknown_key", 2),
             ("ECSExec: \"No\"\nECSExec: \"Yes\"\n", "duplicate_key", 2),
             ("- ECSExec\n", "not_mapping", 1),
             ("\"Yes\"\n", "not_mapping", 1),
@@ -414,6 +473,46 @@ mod tests {
                     "{e}"
                 );
             }
+        }
+    }
+
+    const TEMPLATE: &str = r#"{"Parameters": {
+        "ApiCount": {"Type": "String", "Default": "2"},
+        "InstanceCount": {"Type": "Number", "Default": "3", "MinValue": "3"},
+        "Private": {"Type": "String", "Default": "No", "AllowedValues": ["Yes", "No"]},
+        "InstanceType": {"Type": "String", "AllowedPattern": "[a-z0-9]+\\.[a-z0-9]+"},
+        "Password": {"Type": "String", "NoEcho": "true"},
+        "Version": {"Type": "String", "MinLength": 1}
+    }}"#;
+
+    fn check(text: &str) -> Result<DesiredParams, ParamsError> {
+        let declared = Declarations::from_template(TEMPLATE).expect("template");
+        let d = parse("params.yaml", text)?;
+        d.check(&declared)?;
+        Ok(d)
+    }
+
+    #[test]
+    fn any_declared_parameter_is_held_against_its_declaration() {
+        let d = check("ECSExec: \"Yes\"\nApiCount: \"3\"\nInstanceCount: 4\nVersion: \"20260418101514\"\n")
+            .expect("valid");
+        assert_eq!(d.value("ApiCount"), Some("3"));
+        assert_eq!(d.value("InstanceCount"), Some("4"), "a YAML number is taken as written");
+        let cases = [
+            ("Bogus: \"1\"\n", "unknown_key", "Bogus"),
+            ("EcsExec: \"Yes\"\n", "unknown_key", "EcsExec"),
+            ("InstanceCount: \"2\"\n", "invalid_value", "a number of at least 3"),
+            ("Private: \"yes\"\n", "invalid_value", "\"Yes\" or \"No\""),
+            ("InstanceType: \"huge\"\n", "invalid_value", "pattern"),
+            ("ApiCount: [3]\n", "invalid_value", "a string (quoted) or a number"),
+            ("Password: \"hunter2\"\n", "secret", "convox rack params set"),
+        ];
+        for (text, kind, says) in cases {
+            let e = check(&format!("# comment\n{text}")).expect_err(text);
+            assert_eq!(e.kind(), kind, "{text:?}: {e}");
+            let msg = e.to_string();
+            assert!(msg.starts_with("params.yaml:2:") && msg.contains(says), "{msg}");
+            assert!(!msg.contains("hunter2"), "a secret is never repeated: {msg}");
         }
     }
 
