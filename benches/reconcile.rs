@@ -43,6 +43,8 @@ fn settings(params: &std::path::Path) -> Settings {
         backoff_max: Duration::from_secs(900),
         max_corrections_per_hour: 3,
         templates: TemplateSource::default(),
+        methods: Default::default(),
+        stack_role: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Wall-clock time derived from tokio's clock, so that a paused test clock moves timestamps
 //! (deployment creation times, condition transitions) as well as timers.
 
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use tokio::time::Instant;
@@ -17,12 +18,15 @@ impl Default for Clock {
     }
 }
 
+/// The process's one anchor between tokio's clock and the wall clock: every [`Clock`] of a
+/// process agrees, so times written by one component (or one run of the loop, before a
+/// restart in a test) read the same in another, even on a paused test clock.
+static ANCHOR: OnceLock<(Instant, SystemTime)> = OnceLock::new();
+
 impl Clock {
     pub fn new() -> Self {
-        Clock {
-            origin: Instant::now(),
-            wall: SystemTime::now(),
-        }
+        let (origin, wall) = *ANCHOR.get_or_init(|| (Instant::now(), SystemTime::now()));
+        Clock { origin, wall }
     }
 
     /// Tokio's monotonic now.

@@ -1,5 +1,6 @@
 //! The controller's configuration file (`config/rack-reconciler.yaml`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -62,6 +63,13 @@ pub struct Config {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub rollouts: Rollouts,
+    /// Per parameter: how it is changed.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, ParamSettings>,
+    /// A CloudFormation service role for the controller's stack updates (`RoleARN`): the
+    /// update then acts with that role's permissions, not the controller's.
+    #[serde(default)]
+    pub stack_role_arn: Option<String>,
     #[serde(default)]
     pub backoff: Backoff,
     #[serde(default)]
@@ -151,6 +159,26 @@ impl Default for Timeouts {
             observation_stale: Duration::from_secs(10 * 60),
         }
     }
+}
+
+/// How a parameter is changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Through the stack when the running template declares it, else (`ECSExec`) by
+    /// relabelling the rack API's task definitions.
+    #[default]
+    Auto,
+    /// Always through the stack (`UpdateStack`).
+    Stack,
+    /// Always by relabelling (`ECSExec` only).
+    Relabel,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParamSettings {
+    pub method: Method,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -277,6 +305,15 @@ impl Config {
             return Err(format!(
                 "sim.throttled: unknown operation {op}: one of {}",
                 crate::rack::sim::OPERATIONS.join(", ")
+            ));
+        }
+        if let Some((name, _)) = self
+            .parameters
+            .iter()
+            .find(|(k, p)| p.method == Method::Relabel && k.as_str() != crate::model::ECS_EXEC.name)
+        {
+            return Err(format!(
+                "parameters.{name}.method: relabel works for ECSExec only (the one parameter carried by a label)"
             ));
         }
         let t = &self.timeouts;

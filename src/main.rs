@@ -317,7 +317,7 @@ fn print_plan(d: &Decision) -> usize {
             c.from_value.as_deref().unwrap_or("?"),
             c.to_value,
             short_arn(&c.from_task_definition),
-            param_label(d.param),
+            param_label(&d.param),
             c.to_value
         );
     }

@@ -74,6 +74,9 @@ pub struct StackSnapshot {
     pub parameters: BTreeMap<String, String>,
     /// Logical resource id → physical resource id.
     pub resources: BTreeMap<String, String>,
+    /// `LastUpdatedTime` (or the creation time): changes with every stack update, so what was
+    /// read of the stack's template can be kept until it does.
+    pub last_updated: Option<String>,
 }
 
 /// How the controller may treat the stack, derived from its status.
@@ -318,9 +321,11 @@ impl ObservedService {
 }
 
 /// Everything one reconcile observed of the rack.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ObservedRack {
     pub stack: StackSnapshot,
+    /// What the stack's running template declares about its parameters.
+    pub declared: crate::spec::Declarations,
     pub cluster: String,
     /// In target order (web first).
     pub services: Vec<ObservedService>,

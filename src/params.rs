@@ -494,25 +494,49 @@ mod tests {
 
     #[test]
     fn any_declared_parameter_is_held_against_its_declaration() {
-        let d = check("ECSExec: \"Yes\"\nApiCount: \"3\"\nInstanceCount: 4\nVersion: \"20260418101514\"\n")
-            .expect("valid");
+        let d = check(
+            "ECSExec: \"Yes\"\nApiCount: \"3\"\nInstanceCount: 4\nVersion: \"20260418101514\"\n",
+        )
+        .expect("valid");
         assert_eq!(d.value("ApiCount"), Some("3"));
-        assert_eq!(d.value("InstanceCount"), Some("4"), "a YAML number is taken as written");
+        assert_eq!(
+            d.value("InstanceCount"),
+            Some("4"),
+            "a YAML number is taken as written"
+        );
         let cases = [
             ("Bogus: \"1\"\n", "unknown_key", "Bogus"),
             ("EcsExec: \"Yes\"\n", "unknown_key", "EcsExec"),
-            ("InstanceCount: \"2\"\n", "invalid_value", "a number of at least 3"),
+            (
+                "InstanceCount: \"2\"\n",
+                "invalid_value",
+                "a number of at least 3",
+            ),
             ("Private: \"yes\"\n", "invalid_value", "\"Yes\" or \"No\""),
             ("InstanceType: \"huge\"\n", "invalid_value", "pattern"),
-            ("ApiCount: [3]\n", "invalid_value", "a string (quoted) or a number"),
-            ("Password: \"hunter2\"\n", "secret", "convox rack params set"),
+            (
+                "ApiCount: [3]\n",
+                "invalid_value",
+                "a string (quoted) or a number",
+            ),
+            (
+                "Password: \"hunter2\"\n",
+                "secret",
+                "convox rack params set",
+            ),
         ];
         for (text, kind, says) in cases {
             let e = check(&format!("# comment\n{text}")).expect_err(text);
             assert_eq!(e.kind(), kind, "{text:?}: {e}");
             let msg = e.to_string();
-            assert!(msg.starts_with("params.yaml:2:") && msg.contains(says), "{msg}");
-            assert!(!msg.contains("hunter2"), "a secret is never repeated: {msg}");
+            assert!(
+                msg.starts_with("params.yaml:2:") && msg.contains(says),
+                "{msg}"
+            );
+            assert!(
+                !msg.contains("hunter2"),
+                "a secret is never repeated: {msg}"
+            );
         }
     }
 

@@ -80,8 +80,9 @@ impl ParamDecl {
             ));
         }
         if let Some(pattern) = &self.allowed_pattern {
-            let full = regex_lite::Regex::new(&format!("^(?:{pattern})$"))
-                .map_err(|e| format!("a value matching {pattern} (the pattern does not compile: {e})"))?;
+            let full = regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+                format!("a value matching {pattern} (the pattern does not compile: {e})")
+            })?;
             if !full.is_match(value) {
                 let why = self
                     .constraint_description
@@ -236,7 +237,10 @@ mod tests {
         assert_eq!(check("InstanceCount", "5"), Ok(()));
         assert_eq!(misfit("InstanceCount", "2"), "a number of at least 3");
         assert_eq!(misfit("InstanceCount", "many"), "a number of at least 3");
-        assert_eq!(misfit("LoadBalancerIdleTimeout", "4001"), "a number from 1 to 4000");
+        assert_eq!(
+            misfit("LoadBalancerIdleTimeout", "4001"),
+            "a number from 1 to 4000"
+        );
         assert_eq!(check("LoadBalancerIdleTimeout", "60"), Ok(()));
         assert_eq!(misfit("Private", "yes"), "\"Yes\" or \"No\"");
         assert_eq!(check("InstanceType", "m5.large"), Ok(()));
@@ -244,7 +248,10 @@ mod tests {
             misfit("InstanceType", "huge"),
             "a value matching the pattern [a-z0-9]+\\.[a-z0-9]+ (an EC2 instance type)"
         );
-        assert_eq!(check("SpotFleetAllowedInstanceTypes", "t3.small,t3.medium"), Ok(()));
+        assert_eq!(
+            check("SpotFleetAllowedInstanceTypes", "t3.small,t3.medium"),
+            Ok(())
+        );
         assert_eq!(misfit("Tenancy", "shared"), "\"default\" or \"dedicated\"");
     }
 

@@ -138,7 +138,7 @@ impl Status {
     /// Records a planner decision (possibly amended by what acting on it did).
     pub fn record(&mut self, d: &Decision, drift_since: Option<SystemTime>, now: SystemTime) {
         let generation = self.controller.generation;
-        let p = self.parameter_mut(d.param);
+        let p = self.parameter_mut(&d.param);
         p.desired = Some(d.desired.clone());
         p.observed = d.observed.clone();
         p.drift = d.drift;

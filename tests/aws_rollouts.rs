@@ -188,10 +188,16 @@ fn mocked_with(initial: Scenario, faults: Faults) -> Mocked {
                 .stack_resource_summaries(r("ServiceMonitorApi", MON_ARN))
                 .build()
         });
+    // The running template: the 2026 release, which does not declare ECSExec (relabel path).
+    let template = mock!(aws_sdk_cloudformation::Client::get_template).then_compute_output(|_| {
+        aws_sdk_cloudformation::operation::get_template::GetTemplateOutput::builder()
+            .template_body(r#"{"Parameters": {"Version": {"Type": "String"}, "Password": {"Type": "String", "NoEcho": true}}}"#)
+            .build()
+    });
     let cfn = mock_client!(
         aws_sdk_cloudformation,
         RuleMode::MatchAny,
-        &[&stacks, &resources]
+        &[&stacks, &resources, &template]
     );
 
     let s = scenario.clone();

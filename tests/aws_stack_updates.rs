@@ -51,12 +51,13 @@ fn rack(rules: &[&Rule]) -> AwsRack {
 
 fn request(token: &str) -> StackUpdateRequest {
     StackUpdateRequest {
-        template: TemplateRef {
+        template: Some(TemplateRef {
             version: RackVersion::parse("20240205000000").expect("version"),
             location: TemplateLocation::Url(
                 "https://convox.s3.amazonaws.com/release/20240205000000/rack.json".into(),
             ),
-        },
+        }),
+        role_arn: None,
         parameters: vec![StackParameter {
             key: "Version".into(),
             value: Some("20240205000000".into()),
@@ -101,7 +102,7 @@ async fn the_capabilities_a_template_asks_for_are_read_from_its_summary() {
             .capabilities(Capability::CapabilityNamedIam)
             .build()
     });
-    let t = request("x").template;
+    let t = request("x").template.expect("template");
     let s = rack(&[&summary])
         .template_summary(&t)
         .await

@@ -56,6 +56,9 @@ impl Rack for Hanging {
     ) -> Result<(), RackError> {
         self.sim.update_service(cluster, service, td).await
     }
+    async fn stack_declarations(&self) -> Result<rack_reconciler::spec::Declarations, RackError> {
+        self.sim.stack_declarations().await
+    }
     async fn template_summary(&self, t: &TemplateRef) -> Result<TemplateSummary, RackError> {
         self.sim.template_summary(t).await
     }
@@ -64,6 +67,9 @@ impl Rack for Hanging {
         request: &StackUpdateRequest,
     ) -> Result<StackUpdateOutcome, RackError> {
         self.sim.update_stack(request).await
+    }
+    async fn cancel_update_stack(&self) -> Result<(), RackError> {
+        self.sim.cancel_update_stack().await
     }
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError> {
         self.sim.stack_failure_reason().await

@@ -47,6 +47,10 @@ fn policy(cluster: &str) -> Value {
         .replace("REGION", REGION)
         .replace("ACCOUNT_ID", ACCOUNT)
         .replace("CLUSTER", cluster)
+        .replace(
+            "STACK_ROLE",
+            "convox-rack-reconciler-CloudFormationRole-1ABC",
+        )
         .replace("RACK", "convox");
     serde_json::from_str(&text).expect("policy is JSON")
 }
@@ -104,6 +108,8 @@ async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond()
     let new_td = format!("{}:2", web_td.rsplit_once(':').expect("revision").0);
     let short_web = web.replace(&format!("service/{cluster}/"), "service/");
     assert_ne!(short_web, web);
+    let stack_role =
+        format!("arn:aws:iam::{ACCOUNT}:role/convox-rack-reconciler-CloudFormationRole-1ABC");
     let p = policy(&cluster);
 
     let calls: Vec<Call> = vec![
@@ -178,6 +184,17 @@ async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond()
             vec![("ecs:CreateAction", "RunTask")],
         ),
         ("ecs:DeregisterTaskDefinition", "*", vec![]),
+        // The stack role goes to CloudFormation only, and the API role never does.
+        (
+            "iam:PassRole",
+            &stack_role,
+            vec![("iam:PassedToService", "ecs-tasks.amazonaws.com")],
+        ),
+        (
+            "iam:PassRole",
+            &role,
+            vec![("iam:PassedToService", "cloudformation.amazonaws.com")],
+        ),
     ];
     for (action, resource, context) in &denied {
         assert!(
@@ -213,7 +230,8 @@ fn untag(v: serde_yaml::Value) -> serde_yaml::Value {
                     .replace("${AWS::Region}", "REGION")
                     .replace("${AWS::AccountId}", "ACCOUNT_ID")
                     .replace("${Rack}", "RACK")
-                    .replace("${Cluster}", "CLUSTER"),
+                    .replace("${Cluster}", "CLUSTER")
+                    .replace("${CloudFormationRole}", "STACK_ROLE"),
             ),
             other => untag(other),
         },

@@ -16,10 +16,12 @@ use crate::model::StackParameter;
 
 pub mod gate;
 pub mod relabel;
+pub mod stack;
 pub mod version;
 
 pub use gate::{downgrade_gate, EcsExecState, Gate};
 pub use relabel::{observed_value, plan, OwnRollout, PlanContext, Roll, RollPurpose, RollTo};
+pub use stack::{plan_stack, StackContext, StackPlan};
 pub use version::{plan_version, version_template_unavailable, VersionContext};
 
 /// Where a managed parameter stands.
@@ -77,8 +79,10 @@ impl std::fmt::Display for Phase {
 pub enum Action {
     /// Point a service at a relabelled revision (registered or reused), or at an existing one.
     Roll(Roll),
-    /// Update the rack stack to another version's template.
+    /// Update the rack stack: parameters, or another version's template (with parameters).
     UpdateStack(StackUpdate),
+    /// Cancel the controller's own stack update, which CloudFormation then rolls back.
+    CancelStackUpdate,
 }
 
 /// An `UpdateStack` to another rack version.
@@ -87,6 +91,8 @@ pub struct StackUpdate {
     pub from: Option<String>,
     pub to: String,
     pub downgrade: bool,
+    /// The stack keeps its template (`UsePreviousTemplate`): only parameters change.
+    pub reuse_template: bool,
     /// Every parameter the target template declares that can be given: changed ones with a
     /// value, the rest `UsePreviousValue`. Parameters the target does not declare are left out.
     pub parameters: Vec<StackParameter>,
@@ -139,7 +145,7 @@ impl ServiceState {
 /// The planner's answer for one parameter.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decision {
-    pub param: &'static str,
+    pub param: String,
     pub desired: String,
     /// The value every service's primary revision agrees on; `None` while they differ.
     pub observed: Option<String>,

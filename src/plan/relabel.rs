@@ -163,7 +163,7 @@ pub fn plan(
         }
     }
     let d = Decision {
-        param: param.name,
+        param: param.name.to_string(),
         desired: desired.to_string(),
         observed: observed_value(param, rack),
         phase: Phase::Converged,
@@ -402,7 +402,7 @@ fn evaluate_holding(s: &ObservedService, primary: &Deployment, ctx: &PlanContext
 
 /// Whether a rollout in progress has failed: too many of its new tasks stopped or failed to
 /// start (the API services have no circuit breaker to say so), or it ran past the timeout.
-fn rollout_failure(
+pub(super) fn rollout_failure(
     s: &ObservedService,
     primary: &Deployment,
     ctx: &PlanContext,
@@ -799,7 +799,9 @@ mod tests {
 
     fn rack(status: &str, web: ObservedService, mon: ObservedService) -> ObservedRack {
         ObservedRack {
+            declared: Default::default(),
             stack: StackSnapshot {
+                last_updated: None,
                 name: "convox".into(),
                 status: status.into(),
                 status_reason: None,
@@ -1304,7 +1306,9 @@ mod tests {
                         RollTo::Revision(arn) => arn.as_str(),
                     },
                 ),
-                Action::UpdateStack(_) => panic!("{}: unexpected stack update", c.name),
+                Action::UpdateStack(_) | Action::CancelStackUpdate => {
+                    panic!("{}: unexpected stack write", c.name)
+                }
             });
             assert_eq!(roll, c.roll, "{}", c.name);
             if let Some(Action::Roll(r)) = &d.action {

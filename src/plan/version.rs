@@ -24,7 +24,7 @@ pub struct VersionContext {
 /// A `Version` decision with what the stack shows filled in, to be completed with a phase.
 fn version_decision(desired: RackVersion, rack: &ObservedRack) -> Decision {
     Decision {
-        param: VERSION_PARAM,
+        param: VERSION_PARAM.to_string(),
         desired: desired.to_string(),
         observed: rack.stack.parameters.get(VERSION_PARAM).cloned(),
         phase: Phase::Unknown,
@@ -107,6 +107,7 @@ pub fn plan_version(
         from: current.map(|c| c.to_string()),
         to: desired.to_string(),
         downgrade,
+        reuse_template: false,
         parameters,
     }));
     d.with(Phase::Progressing, "UpdatingStack", message)
@@ -206,7 +207,9 @@ mod version_tests {
 
     fn rack(status: &str, version: &str) -> ObservedRack {
         ObservedRack {
+            declared: Default::default(),
             stack: StackSnapshot {
+                last_updated: None,
                 name: "convox".into(),
                 status: status.into(),
                 status_reason: Some(

@@ -34,6 +34,7 @@ use crate::model::{
     Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, StackEvent,
     StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
 };
+use crate::spec::Declarations;
 use crate::templates::{TemplateLocation, TemplateRef};
 
 /// The SDK behavior version, pinned so an SDK upgrade cannot change defaults (retries,
@@ -549,7 +550,12 @@ impl Rack for AwsRack {
                 break;
             }
         }
+        let last_updated = stack
+            .last_updated_time
+            .or(stack.creation_time)
+            .map(|t| t.secs().to_string());
         Ok(StackSnapshot {
+            last_updated,
             name: stack.stack_name.unwrap_or_else(|| self.stack.clone()),
             status_reason: stack.stack_status_reason,
             status: stack
@@ -615,6 +621,29 @@ impl Rack for AwsRack {
         Ok(Relabelled { arn, reused: false })
     }
 
+    async fn stack_declarations(&self) -> Result<Declarations, RackError> {
+        let out = self
+            .call(
+                "cloudformation",
+                "GetTemplate",
+                &self.stack,
+                self.cfn
+                    .get_template()
+                    .stack_name(&self.stack)
+                    .template_stage(aws_sdk_cloudformation::types::TemplateStage::Original)
+                    .send(),
+            )
+            .await?;
+        let body = out.template_body.unwrap_or_default();
+        Declarations::from_template(&body).map_err(|e| RackError::Api {
+            service: "cloudformation",
+            operation: "GetTemplate",
+            resource: self.stack.clone(),
+            kind: ApiErrorKind::Rejected,
+            message: format!("the stack's template cannot be read: {e}"),
+        })
+    }
+
     async fn template_summary(&self, template: &TemplateRef) -> Result<TemplateSummary, RackError> {
         let req = self.cfn.get_template_summary();
         let req = match &template.location {
@@ -674,10 +703,12 @@ impl Rack for AwsRack {
                     })
                     .collect(),
             ));
-        let req = match &request.template.location {
-            TemplateLocation::Url(url) => req.template_url(url),
-            TemplateLocation::Body { body, .. } => req.template_body(body),
+        let req = match request.template.as_ref().map(|t| &t.location) {
+            None => req.use_previous_template(true),
+            Some(TemplateLocation::Url(url)) => req.template_url(url),
+            Some(TemplateLocation::Body { body, .. }) => req.template_body(body),
         };
+        let req = req.set_role_arn(request.role_arn.clone());
         match self
             .call("cloudformation", "UpdateStack", &self.stack, req.send())
             .await
@@ -685,6 +716,20 @@ impl Rack for AwsRack {
             Ok(_) => Ok(StackUpdateOutcome::Started),
             Err(e) => self.update_stack_refused(e, &request.token).await,
         }
+    }
+
+    async fn cancel_update_stack(&self) -> Result<(), RackError> {
+        self.call(
+            "cloudformation",
+            "CancelUpdateStack",
+            &self.stack,
+            self.cfn
+                .cancel_update_stack()
+                .stack_name(&self.stack)
+                .send(),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError> {

@@ -9,6 +9,7 @@ use thiserror::Error;
 use std::collections::BTreeSet;
 
 use crate::model::{ServiceSnapshot, StackParameter, StackSnapshot, TaskDefinitionInfo};
+use crate::spec::Declarations;
 use crate::templates::TemplateRef;
 
 pub mod aws;
@@ -45,6 +46,10 @@ pub trait Rack: Send + Sync {
         task_definition: &str,
     ) -> Result<(), RackError>;
 
+    /// What the stack's running template declares about its parameters (`GetTemplate`, read
+    /// from the template body: `GetTemplateSummary` leaves out patterns and bounds).
+    async fn stack_declarations(&self) -> Result<Declarations, RackError>;
+
     /// The parameters a rack template declares and the capabilities it needs
     /// (`GetTemplateSummary`).
     async fn template_summary(&self, template: &TemplateRef) -> Result<TemplateSummary, RackError>;
@@ -56,6 +61,10 @@ pub trait Rack: Send + Sync {
         &self,
         request: &StackUpdateRequest,
     ) -> Result<StackUpdateOutcome, RackError>;
+
+    /// Cancels the stack update in progress; CloudFormation rolls it back
+    /// (`CancelUpdateStack`).
+    async fn cancel_update_stack(&self) -> Result<(), RackError>;
 
     /// Why the stack's latest update failed: the first resource that failed, with the reason
     /// CloudFormation gave (`DescribeStackEvents`, page by page back to the update's start).
@@ -74,11 +83,14 @@ pub struct TemplateSummary {
 /// One `UpdateStack`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackUpdateRequest {
-    pub template: TemplateRef,
+    /// The template to update to; `None` keeps the stack's (`UsePreviousTemplate`).
+    pub template: Option<TemplateRef>,
     pub parameters: Vec<StackParameter>,
     pub capabilities: Vec<String>,
     /// `ClientRequestToken`: the same for every retry of this one update.
     pub token: String,
+    /// A CloudFormation service role the update runs with (`RoleARN`), if configured.
+    pub role_arn: Option<String>,
 }
 
 /// How an `UpdateStack` ended.

@@ -32,6 +32,7 @@ use crate::model::{
     Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, StackEvent,
     StackParameter, StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
 };
+use crate::spec::{Declarations, ParamDecl};
 use crate::templates::{declared_parameters, TemplateLocation, TemplateRef};
 
 const FIXTURE: &str = include_str!("sim_rack.json");
@@ -41,8 +42,10 @@ pub const OPERATIONS: &[&str] = &[
     "DescribeStacks",
     "ListStackResources",
     "DescribeStackEvents",
+    "GetTemplate",
     "GetTemplateSummary",
     "UpdateStack",
+    "CancelUpdateStack",
     "DescribeServices",
     "ListTasks",
     "DescribeTasks",
@@ -84,6 +87,35 @@ pub struct FixtureParameter {
     pub allowed: Vec<String>,
     #[serde(default)]
     pub no_echo: bool,
+    /// `String` when absent.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub min_value: Option<String>,
+    #[serde(default)]
+    pub max_value: Option<String>,
+    #[serde(default)]
+    pub min_length: Option<String>,
+    #[serde(default)]
+    pub max_length: Option<String>,
+}
+
+impl FixtureParameter {
+    /// The declaration as the template writes it.
+    pub fn declaration(&self, name: &str) -> ParamDecl {
+        ParamDecl {
+            name: name.to_string(),
+            kind: self.kind.clone().unwrap_or_else(|| "String".into()),
+            default: self.default.clone(),
+            allowed_values: self.allowed.clone(),
+            min_value: self.min_value.as_deref().and_then(|v| v.parse().ok()),
+            max_value: self.max_value.as_deref().and_then(|v| v.parse().ok()),
+            min_length: self.min_length.as_deref().and_then(|v| v.parse().ok()),
+            max_length: self.max_length.as_deref().and_then(|v| v.parse().ok()),
+            no_echo: self.no_echo,
+            ..ParamDecl::default()
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,7 +237,7 @@ struct State {
     /// The `ClientRequestToken` of the latest stack update.
     stack_token: Option<String>,
     /// Parameters each known template declares, by version, with defaults.
-    templates: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    templates: BTreeMap<String, Declarations>,
     parameters: BTreeMap<String, String>,
     /// Logical id → physical id, as CloudFormation last set them.
     stack_resources: BTreeMap<String, String>,
@@ -229,7 +261,14 @@ struct PendingStackUpdate {
     fault: Option<(String, String)>,
     /// Resources updated; waiting for the service rollouts to finish.
     applied: bool,
+    /// What a rollback restores: the parameters and each service's revision before.
+    previous: (BTreeMap<String, String>, Vec<String>),
+    /// Rolling back (cancelled, or the services did not stabilise).
+    rolling_back: bool,
 }
+
+/// How long CloudFormation waits for an ECS service to stabilise before it fails the update.
+const STABILIZE_TIMEOUT: Duration = Duration::from_secs(3 * 3600);
 
 /// One `UpdateStack` the sim accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,25 +347,34 @@ impl SimRack {
         let fx = fixture();
         let rack = settings.rack.clone();
         let cluster = format!("{rack}-Cluster-1P2Q3R4S5T6U");
-        let mut parameters: BTreeMap<String, String> = fx
-            .templates
+        let known = templates(&fx);
+        let declared = known
             .get(&settings.version)
-            .or_else(|| fx.templates.values().next_back())
-            .map(|t| {
-                t.parameters
-                    .iter()
-                    .map(|(k, p)| {
-                        let v = if p.no_echo {
-                            "****".to_string()
-                        } else {
-                            p.default.clone().unwrap_or_default()
-                        };
-                        (k.clone(), v)
-                    })
-                    .collect()
-            })
+            .or_else(|| known.values().next_back())
+            .cloned()
             .unwrap_or_default();
+        let mut parameters: BTreeMap<String, String> = declared
+            .params
+            .values()
+            .map(|p| {
+                let v = if p.no_echo {
+                    "****".to_string()
+                } else {
+                    p.default.clone().unwrap_or_default()
+                };
+                (p.name.clone(), v)
+            })
+            .collect();
         parameters.insert("Version".into(), settings.version.clone());
+        // A template that declares ECSExec writes it into the labels, as the stack holds it.
+        let stack_ecs_exec = declared.declares("ECSExec").then(|| {
+            let v = settings
+                .initial_ecs_exec
+                .clone()
+                .unwrap_or_else(|| "No".into());
+            parameters.insert("ECSExec".into(), v.clone());
+            v
+        });
 
         let mut state = State {
             cluster: cluster.clone(),
@@ -355,7 +403,7 @@ impl SimRack {
             stack_update_faults: VecDeque::new(),
             stack_events: Vec::new(),
             stack_token: None,
-            templates: templates(&fx),
+            templates: known,
             next_id: 1,
             settings: settings.clone(),
         };
@@ -366,7 +414,10 @@ impl SimRack {
             };
             let family = format!("{rack}{}", td.family_suffix);
             let mut labels = td.docker_labels.clone();
-            if let Some(v) = &settings.initial_ecs_exec {
+            if let Some(v) = stack_ecs_exec
+                .as_ref()
+                .or(settings.initial_ecs_exec.as_ref())
+            {
                 labels.insert("rack.ECSExec".into(), v.clone());
             }
             let body = initial_task_definition(&rack, &settings, &family, &td.container, &labels);
@@ -751,6 +802,20 @@ impl State {
 }
 
 impl State {
+    /// The parameters (with defaults) of the stack's own template.
+    fn current_declared(&self) -> BTreeMap<String, Option<String>> {
+        let version = self.parameters.get("Version").cloned().unwrap_or_default();
+        self.templates
+            .get(&version)
+            .map(|d| {
+                d.params
+                    .values()
+                    .map(|p| (p.name.clone(), p.default.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The parameters (with defaults) of the template an update names.
     fn declared(
         &self,
@@ -766,7 +831,12 @@ impl State {
             TemplateLocation::Url(_) => self
                 .templates
                 .get(&template.version.to_string())
-                .cloned()
+                .map(|d| {
+                    d.params
+                        .values()
+                        .map(|p| (p.name.clone(), p.default.clone()))
+                        .collect()
+                })
                 .ok_or_else(|| cfn_validation("UpdateStack", name, "S3 error: Access Denied")),
         }
     }
@@ -814,7 +884,10 @@ impl State {
         declared: BTreeMap<String, Option<String>>,
     ) {
         let services_settled = self.services.iter().all(SimService::settled);
-        let version = request.template.version.to_string();
+        let version = match &request.template {
+            Some(t) => t.version.to_string(),
+            None => self.parameters.get("Version").cloned().unwrap_or_default(),
+        };
         self.stack_updates.push(StackUpdateRecord {
             version: version.clone(),
             at: now,
@@ -841,6 +914,18 @@ impl State {
             declared,
             fault,
             applied: false,
+            previous: (
+                self.parameters.clone(),
+                self.services
+                    .iter()
+                    .map(|s| {
+                        s.primary()
+                            .map(|d| d.task_definition.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect(),
+            ),
+            rolling_back: false,
         });
     }
 
@@ -888,6 +973,9 @@ impl State {
         if u.at > now {
             return;
         }
+        if u.rolling_back {
+            return self.finish_rollback();
+        }
         if let Some((resource, reason)) = u.fault.clone() {
             let at = u.at;
             self.stack_update = None;
@@ -903,55 +991,124 @@ impl State {
             return;
         }
         if !u.applied {
-            let (version, parameters, declared) =
-                (u.version.clone(), u.parameters.clone(), u.declared.clone());
-            self.parameters = parameters;
-            let ecs_exec = declared.contains_key("ECSExec").then(|| {
-                self.parameters
-                    .get("ECSExec")
-                    .cloned()
-                    .unwrap_or_else(|| "No".into())
-            });
-            for i in 0..self.services.len() {
-                self.stack_roll(i, now, |body| {
-                    for label in ["rack.Version", "convox.release"] {
-                        set_label(body, label, Some(&version));
-                    }
-                    set_label(body, "rack.ECSExec", ecs_exec.as_deref());
-                    body["containerDefinitions"][0]["image"] =
-                        json!(format!("convox/rack:{version}"));
-                });
-            }
-            if let Some(u) = self.stack_update.as_mut() {
-                u.applied = true;
-            }
+            self.apply_stack_update(now);
         }
         let settled = self.services.iter().all(SimService::settled);
+        let waited_too_long = self
+            .stack_update
+            .as_ref()
+            .is_some_and(|u| now >= u.at + STABILIZE_TIMEOUT);
         if settled {
             self.stack_update = None;
             self.stack_status = "UPDATE_COMPLETE".into();
             self.stack_status_reason = None;
+        } else if waited_too_long {
+            self.roll_back_stack(
+                now,
+                "ServiceWebApi",
+                "Service did not stabilize within the time CloudFormation waits.",
+            );
+        }
+    }
+
+    /// CloudFormation updates the resources: the parameters, and the API task definitions
+    /// (and services) when what their labels carry changes.
+    fn apply_stack_update(&mut self, now: Instant) {
+        let Some(u) = self.stack_update.as_mut() else {
+            return;
+        };
+        u.applied = true;
+        let (version, parameters, declared) =
+            (u.version.clone(), u.parameters.clone(), u.declared.clone());
+        let labels_before = (
+            self.parameters.get("Version").cloned(),
+            self.parameters.get("ECSExec").cloned(),
+        );
+        self.parameters = parameters;
+        let ecs_exec = declared.contains_key("ECSExec").then(|| {
+            self.parameters
+                .get("ECSExec")
+                .cloned()
+                .unwrap_or_else(|| "No".into())
+        });
+        let labels_after = (Some(version.clone()), ecs_exec.clone());
+        if labels_before == labels_after {
+            return;
+        }
+        for i in 0..self.services.len() {
+            self.stack_roll(i, now, |body| {
+                for label in ["rack.Version", "convox.release"] {
+                    set_label(body, label, Some(&version));
+                }
+                set_label(body, "rack.ECSExec", ecs_exec.as_deref());
+                body["containerDefinitions"][0]["image"] = json!(format!("convox/rack:{version}"));
+            });
+        }
+    }
+
+    /// CloudFormation rolls the update back: the parameters as they were, every service back
+    /// on the revision it ran before.
+    fn roll_back_stack(&mut self, now: Instant, resource: &str, reason: &str) {
+        let Some(u) = self.stack_update.as_mut() else {
+            return;
+        };
+        u.rolling_back = true;
+        u.at = now;
+        let (parameters, revisions) = u.previous.clone();
+        self.record_failed_update(resource, reason);
+        self.stack_status = "UPDATE_ROLLBACK_IN_PROGRESS".into();
+        self.stack_status_reason = Some(format!(
+            "The following resource(s) failed to update: [{resource}]."
+        ));
+        self.parameters = parameters;
+        for (i, td) in revisions.into_iter().enumerate() {
+            let current = self.services[i]
+                .primary()
+                .map(|d| d.task_definition.clone());
+            if current.as_deref() != Some(td.as_str()) && !td.is_empty() {
+                self.stack_resources
+                    .insert(self.services[i].task_logical.clone(), td.clone());
+                self.deploy(i, td, now);
+            }
+        }
+    }
+
+    fn finish_rollback(&mut self) {
+        if self.services.iter().all(SimService::settled) {
+            self.stack_update = None;
+            self.stack_status = "UPDATE_ROLLBACK_COMPLETE".into();
         }
     }
 }
 
 /// Parameters (with defaults) each template the sim knows declares, by version.
-fn templates(fx: &Fixture) -> BTreeMap<String, BTreeMap<String, Option<String>>> {
-    let mut out: BTreeMap<String, BTreeMap<String, Option<String>>> = fx
+/// What each template the sim knows declares, by version: the fixture's releases, and the
+/// synthetic release that adds `ECSExec` (`Yes`/`No`, default `No`) to the latest.
+fn templates(fx: &Fixture) -> BTreeMap<String, Declarations> {
+    let mut out: BTreeMap<String, Declarations> = fx
         .templates
         .iter()
         .map(|(v, t)| {
             let params = t
                 .parameters
                 .iter()
-                .map(|(k, p)| (k.clone(), p.default.clone()))
+                .map(|(k, p)| (k.clone(), p.declaration(k)))
                 .collect();
-            (v.clone(), params)
+            (v.clone(), Declarations { params })
         })
         .collect();
     if let Some(latest) = out.values().next_back().cloned() {
         let mut with = latest;
-        with.insert("ECSExec".into(), Some("No".into()));
+        with.params.insert(
+            "ECSExec".into(),
+            ParamDecl {
+                name: "ECSExec".into(),
+                kind: "String".into(),
+                default: Some("No".into()),
+                allowed_values: vec!["Yes".into(), "No".into()],
+                ..ParamDecl::default()
+            },
+        );
         out.insert(SIM_ECSEXEC_VERSION.into(), with);
     }
     out
@@ -1242,6 +1399,7 @@ impl Rack for SimRack {
             status_reason: s.stack_status_reason.clone(),
             parameters: s.parameters.clone(),
             resources: s.resources(),
+            last_updated: Some(s.stack_updates.len().to_string()),
         })
     }
 
@@ -1336,6 +1494,16 @@ impl Rack for SimRack {
         Ok(())
     }
 
+    async fn stack_declarations(&self) -> Result<Declarations, RackError> {
+        let mut s = self.lock();
+        let name = s.settings.rack.clone();
+        self.call(&mut s, "cloudformation", "GetTemplate", &name)?;
+        let version = s.parameters.get("Version").cloned().unwrap_or_default();
+        s.templates.get(&version).cloned().ok_or_else(|| {
+            cfn_validation("GetTemplate", &name, "the stack's template is not known")
+        })
+    }
+
     async fn template_summary(&self, template: &TemplateRef) -> Result<TemplateSummary, RackError> {
         let mut s = self.lock();
         let shown = template.to_string();
@@ -1346,7 +1514,7 @@ impl Rack for SimRack {
             TemplateLocation::Url(_) => s
                 .templates
                 .get(&template.version.to_string())
-                .map(|t| t.keys().cloned().collect())
+                .map(|t| t.params.keys().cloned().collect())
                 .ok_or_else(|| RackError::Api {
                     service: "cloudformation",
                     operation: "GetTemplateSummary",
@@ -1390,13 +1558,32 @@ impl Rack for SimRack {
                 message: format!("InsufficientCapabilitiesException: Requires capabilities : [{RACK_CAPABILITY}]"),
             });
         }
-        let declared = s.declared(&request.template, &name)?;
+        let declared = match &request.template {
+            Some(t) => s.declared(t, &name)?,
+            None => s.current_declared(),
+        };
         let next = s.next_parameters(&declared, &request.parameters, &name)?;
         if next == s.parameters {
             return Ok(StackUpdateOutcome::NoChange);
         }
         s.start_stack_update(now, request, next, declared);
         Ok(StackUpdateOutcome::Started)
+    }
+
+    async fn cancel_update_stack(&self) -> Result<(), RackError> {
+        let now = self.clock.instant();
+        let mut s = self.lock();
+        let name = s.settings.rack.clone();
+        self.call(&mut s, "cloudformation", "CancelUpdateStack", &name)?;
+        if s.stack_status != "UPDATE_IN_PROGRESS" || s.stack_update.is_none() {
+            let message = format!(
+                "CancelUpdateStack cannot be called from current stack status {}",
+                s.stack_status
+            );
+            return Err(cfn_validation("CancelUpdateStack", &name, &message));
+        }
+        s.roll_back_stack(now, "ServiceWebApi", "Resource update cancelled");
+        Ok(())
     }
 
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError> {

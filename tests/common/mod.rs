@@ -54,6 +54,8 @@ impl Harness {
             backoff_max: Duration::from_secs(15 * 60),
             max_corrections_per_hour: 3,
             templates: rack_reconciler::templates::TemplateSource::default(),
+            methods: Default::default(),
+            stack_role: None,
         }
     }
 
@@ -160,5 +162,7 @@ pub fn aws_settings(dir: &std::path::Path, targets: Vec<ServiceTarget>) -> Setti
         backoff_max: Duration::from_millis(10),
         max_corrections_per_hour: 3,
         templates: rack_reconciler::templates::TemplateSource::default(),
+        methods: Default::default(),
+        stack_role: None,
     }
 }

@@ -15,28 +15,24 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Method};
 use crate::memory::{Memory, Persisted};
 use crate::metrics::Metrics;
 use crate::model::{
-    ManagedParam, ObservedRack, ObservedService, RackVersion, ServiceTarget, StackState,
-    TaskDefinitionInfo, ECS_EXEC, MANAGED_PARAMS, VERSION_PARAM,
+    ManagedParam, ObservedRack, ObservedService, RackVersion, ServiceTarget, StackSnapshot,
+    StackState, TaskDefinitionInfo, ECS_EXEC, MANAGED_PARAMS, VERSION_PARAM,
 };
 use crate::params::{self, DesiredParams, ParamsError};
 use crate::plan::{
     self, Action, Decision, EcsExecState, OwnRollout, Phase, PlanContext, Roll, RollPurpose,
-    RollTo, ServiceState, StackUpdate, VersionContext,
+    RollTo, ServiceState, VersionContext,
 };
-use crate::rack::{
-    Rack, RackError, Relabelled, StackUpdateOutcome, StackUpdateRequest, TemplateSummary,
-};
+use crate::rack::{Rack, RackError, Relabelled, TemplateSummary};
+use crate::spec::Declarations;
 use crate::status::{write_status_file, ParamsFileStatus, Status, StatusHandle};
 use crate::templates::{TemplateRef, TemplateSource};
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// Capabilities every update of a rack stack acknowledges.
-const RACK_CAPABILITIES: [&str; 2] = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"];
 
 /// Failures to observe the rack in a row after which the parameters' phases turn `Unknown`.
 const UNKNOWN_AFTER: u32 = 3;
@@ -68,6 +64,10 @@ pub struct Settings {
     pub backoff_max: Duration,
     pub max_corrections_per_hour: u32,
     pub templates: TemplateSource,
+    /// Per parameter, how it is changed (absent: `auto`).
+    pub methods: BTreeMap<String, Method>,
+    /// A CloudFormation service role stack updates run with.
+    pub stack_role: Option<String>,
 }
 
 impl From<&Config> for Settings {
@@ -89,6 +89,12 @@ impl From<&Config> for Settings {
             backoff_max: c.backoff.max,
             max_corrections_per_hour: c.corrections.max_per_hour,
             templates: c.templates.clone(),
+            stack_role: c.stack_role_arn.clone(),
+            methods: c
+                .parameters
+                .iter()
+                .map(|(k, p)| (k.clone(), p.method))
+                .collect(),
         }
     }
 }
@@ -117,7 +123,7 @@ pub struct Report {
     /// `converged`, `progressing`, `waiting`, `blocked`, `failed`, `unknown`, `error`,
     /// `no_params`.
     pub result: &'static str,
-    pub phases: BTreeMap<&'static str, Phase>,
+    pub phases: BTreeMap<String, Phase>,
     /// When to look again.
     pub next: Duration,
     /// The params file's error at this run, if it was invalid.
@@ -162,6 +168,8 @@ pub struct VersionCheck {
     pub template: Option<String>,
 }
 
+mod stack;
+
 pub struct Reconciler {
     rack: Arc<dyn Rack>,
     settings: Settings,
@@ -173,7 +181,7 @@ pub struct Reconciler {
     templates: BTreeMap<RackVersion, (TemplateRef, TemplateSummary)>,
     desired: Option<DesiredParams>,
     params_error: Option<ParamsError>,
-    memory: BTreeMap<&'static str, Memory>,
+    memory: BTreeMap<String, Memory>,
     error_backoff: Option<ExponentialBackoff>,
     consecutive_errors: u32,
     last_written: Option<String>,
@@ -184,6 +192,20 @@ pub struct Reconciler {
     generation: u64,
     /// When each service was last written to (`UpdateService`), for `intervals.min_write`.
     last_write: BTreeMap<String, SystemTime>,
+    /// The running template's declarations, with the stack's `LastUpdatedTime` they are for.
+    declared: Option<(Option<String>, Declarations)>,
+    /// What the params file holds, parsed but not yet held against the running template.
+    candidate: Option<DesiredParams>,
+    /// The controller's stack update for parameters: what it asked for, and its backoff.
+    stack: StackMemory,
+}
+
+/// What the loop remembers of its stack updates for parameters.
+#[derive(Default)]
+struct StackMemory {
+    /// Key → value of the update in flight (or last made), until seen applied or failed.
+    attempted: BTreeMap<String, String>,
+    memory: Memory,
 }
 
 impl Reconciler {
@@ -215,6 +237,9 @@ impl Reconciler {
             own_rollouts: BTreeMap::new(),
             generation: 0,
             last_write: BTreeMap::new(),
+            declared: None,
+            candidate: None,
+            stack: StackMemory::default(),
         };
         rec.restore();
         rec
@@ -295,37 +320,82 @@ impl Reconciler {
         }
         // Revisions are immutable; keep only those still in use so the cache stays small.
         self.cache.retain(|arn, _| referenced.contains(arn));
+        let declared = self.declarations(&stack).await?;
         Ok(ObservedRack {
+            declared,
             stack,
             cluster,
             services,
         })
     }
 
-    /// Reads the params file, keeping the last valid state when it is invalid.
+    /// What the running template declares, read again only when the stack has changed.
+    async fn declarations(&mut self, stack: &StackSnapshot) -> Result<Declarations, RackError> {
+        if let Some((seen, declared)) = &self.declared {
+            if stack.last_updated.is_some() && *seen == stack.last_updated {
+                return Ok(declared.clone());
+            }
+        }
+        let declared = self.rack.stack_declarations().await?;
+        self.declared = Some((stack.last_updated.clone(), declared.clone()));
+        Ok(declared)
+    }
+
+    /// Reads the params file. A file that parses is held against the running template once
+    /// the rack is observed ([`Self::accept`]); one that does not is rejected at once.
     fn reload_params(&mut self) {
         match params::load(&self.settings.params_file) {
             Ok(d) => {
-                if self.params_error.is_some() || self.desired.as_ref() != Some(&d) {
-                    info!(file = %self.settings.params_file.display(), desired = ?d.values, "params file loaded");
+                if self.candidate.as_ref() != Some(&d) {
+                    // Keys only: a value may be a secret until the template says otherwise.
+                    let keys: Vec<&String> = d.values.keys().collect();
+                    info!(file = %self.settings.params_file.display(), parameters = ?keys, version = ?d.version,
+                        "params file read");
                 }
-                self.desired = Some(d);
-                self.params_error = None;
-                self.metrics.params_valid(true);
+                self.candidate = Some(d);
             }
             Err(e) => {
-                if self.params_error.as_ref() != Some(&e) {
-                    self.metrics.params_error(e.kind());
-                    if self.desired.is_some() {
-                        warn!(error = %e, "params file rejected; keeping the last valid desired state");
-                    } else {
-                        warn!(error = %e, "params file rejected; no valid desired state yet, nothing will be changed");
-                    }
-                }
-                self.params_error = Some(e);
-                self.metrics.params_valid(false);
+                self.candidate = None;
+                self.reject(e);
             }
         }
+    }
+
+    /// Holds what the params file holds against what the running template declares: it
+    /// becomes the desired state, or is rejected and the last valid desired state is kept.
+    fn accept(&mut self, declared: &Declarations) {
+        let Some(candidate) = self.candidate.clone() else {
+            return;
+        };
+        match candidate.check(declared) {
+            Ok(()) => {
+                if self.params_error.is_some() || self.desired.as_ref() != Some(&candidate) {
+                    info!(file = %self.settings.params_file.display(), "params file accepted");
+                }
+                self.desired = Some(candidate);
+                self.params_error = None;
+                self.metrics.params_valid(true);
+                self.show_params_file();
+            }
+            Err(e) => self.reject(e),
+        }
+    }
+
+    fn reject(&mut self, e: ParamsError) {
+        if self.params_error.as_ref() != Some(&e) {
+            self.metrics.params_error(e.kind());
+            if self.desired.is_some() {
+                warn!(error = %e, "params file rejected; keeping the last valid desired state");
+            } else {
+                warn!(error = %e, "params file rejected; no valid desired state yet, nothing will be changed");
+            }
+        }
+        self.params_error = Some(e);
+        self.metrics.params_valid(false);
+        self.show_params_file();
+    }
+
+    fn show_params_file(&mut self) {
         let file = ParamsFileStatus {
             path: self.settings.params_file.display().to_string(),
             valid: self.params_error.is_none(),
@@ -350,15 +420,24 @@ impl Reconciler {
     async fn preview_params(&mut self) -> Result<(ObservedRack, Vec<Decision>), RackError> {
         self.reload_params();
         let observed = self.observe().await?;
+        self.accept(&observed.declared);
         let now = self.clock.now();
-        let decisions = MANAGED_PARAMS
-            .iter()
-            .filter_map(|p| {
-                let value = self.desired.as_ref()?.get(p)?.to_string();
-                let ctx = self.context(p.name, now);
-                Some(plan::plan(p, &value, &observed, &ctx))
+        let Some(desired) = self.desired.clone() else {
+            return Ok((observed, Vec::new()));
+        };
+        let (relabel, stack_desired) = self.split_by_method(&desired, &observed);
+        let mut decisions: Vec<Decision> = relabel
+            .map(|value| {
+                let ctx = self.context(ECS_EXEC.name, now);
+                plan::plan(&ECS_EXEC, &value, &observed, &ctx)
             })
+            .into_iter()
             .collect();
+        decisions.extend(
+            self.plan_stack_params(&stack_desired, &observed, now)
+                .await
+                .decisions,
+        );
         Ok((observed, decisions))
     }
 
@@ -407,7 +486,7 @@ impl Reconciler {
     }
 
     fn context(&mut self, param: &'static str, now: SystemTime) -> PlanContext {
-        let mem = self.memory.entry(param).or_default();
+        let mem = mem_of(&mut self.memory, param);
         while mem
             .corrections
             .front()
@@ -492,41 +571,50 @@ impl Reconciler {
             next: self.jittered(self.settings.resync),
             params_error: self.params_error.clone(),
             rack_error: None,
-            has_desired: self.desired.is_some(),
+            has_desired: self.desired.is_some() || self.candidate.is_some(),
             acted: false,
             retrying: false,
         };
+        let Some(wanted) = self.desired.clone().or_else(|| self.candidate.clone()) else {
+            return self.no_desired_state(now, report);
+        };
+        let observed = match self.observe().await {
+            Ok(o) => o,
+            Err(e) => return self.unobservable(e, &wanted, now, report),
+        };
+        self.accept(&observed.declared);
+        report.params_error = self.params_error.clone();
         let Some(desired) = self.desired.clone() else {
-            let message = match &self.params_error {
-                Some(e) => format!("no valid params file yet, nothing is changed: {e}"),
-                None => "no valid params file yet, nothing is changed".to_string(),
-            };
-            self.status.update(|s| {
-                s.ready = false;
-                for p in MANAGED_PARAMS {
-                    s.record_phase(
-                        p.name,
-                        None,
-                        Phase::Unknown,
-                        "NoDesiredState",
-                        &message,
-                        now,
-                    );
-                }
-            });
-            self.write_status_file();
-            return report;
+            report.has_desired = false;
+            return self.no_desired_state(now, report);
         };
         self.forget_changed_intents(&desired, now);
         self.forget_unmanaged(&desired);
+        self.observed_ok(&observed, now);
 
-        let observed = match self.observe().await {
-            Ok(o) => o,
-            Err(e) => return self.unobservable(e, &desired, now, report),
-        };
+        let decisions = self
+            .decide_and_act(&desired, &observed, now, &mut report)
+            .await;
+        report.result = report.worst().map(phase_result).unwrap_or("converged");
+        report.retrying = self
+            .memory
+            .values()
+            .chain([&self.stack.memory])
+            .any(|m| m.retrying && m.retry_not_before.is_some());
+        let rolling = decisions
+            .iter()
+            .any(|d| d.services.iter().any(|s| s.state.rolling()));
+        let settling = decisions.iter().any(|d| d.reason == "Settling");
+        report.next = self.next_run(&report, rolling, settling, now);
+        self.write_status_file();
+        report
+    }
+
+    /// The rack was observed: ready, and what it showed.
+    fn observed_ok(&mut self, observed: &ObservedRack, now: SystemTime) {
         self.consecutive_errors = 0;
         self.error_backoff = None;
-        self.forget_settled_rollouts(&observed);
+        self.forget_settled_rollouts(observed);
         self.metrics.observed(now);
         self.status.update(|s| {
             s.ready = true;
@@ -535,41 +623,101 @@ impl Reconciler {
             s.last_reconcile = Some(crate::status::rfc3339(now));
             s.observed(now);
         });
+    }
 
-        let mut decisions: Vec<Decision> = Vec::new();
-        let mut rolling = false;
-        for param in MANAGED_PARAMS {
-            let Some(value) = desired.get(param) else {
-                continue;
-            };
-            let span = info_span!("parameter", parameter = param.name, desired = value);
-            let d = self
-                .reconcile_param(param, value, &observed, now, &mut report.acted)
-                .instrument(span)
-                .await;
-            report.phases.insert(param.name, d.phase);
-            rolling |= d.services.iter().any(|s| s.state.rolling());
-            decisions.push(d);
-        }
-        let ecs = self.ecs_exec_state(&observed);
-        if let Some(version) = desired.version {
-            let span = info_span!("parameter", parameter = VERSION_PARAM, desired = %version);
-            let d = self
-                .reconcile_version(version, &observed, &ecs, now, &mut report.acted)
-                .instrument(span)
-                .await;
-            report.phases.insert(VERSION_PARAM, d.phase);
-        }
-
-        report.result = report.worst().map(phase_result).unwrap_or("converged");
-        report.retrying = self
-            .memory
-            .values()
-            .any(|m| m.retrying && m.retry_not_before.is_some());
-        let settling = decisions.iter().any(|d| d.reason == "Settling");
-        report.next = self.next_run(&report, rolling, settling, now);
+    /// No valid params file (yet): nothing is changed, and the status says why.
+    fn no_desired_state(&mut self, now: SystemTime, report: Report) -> Report {
+        let message = match &self.params_error {
+            Some(e) => format!("no valid params file yet, nothing is changed: {e}"),
+            None => "no valid params file yet, nothing is changed".to_string(),
+        };
+        self.status.update(|s| {
+            s.ready = false;
+            for p in MANAGED_PARAMS {
+                s.record_phase(
+                    p.name,
+                    None,
+                    Phase::Unknown,
+                    "NoDesiredState",
+                    &message,
+                    now,
+                );
+            }
+        });
         self.write_status_file();
         report
+    }
+
+    /// Every decision of this run, with at most one write: a relabel roll (or its undo), or
+    /// the one stack write (cancel, or an update batching every stack parameter and the
+    /// version). Each decision is published.
+    async fn decide_and_act(
+        &mut self,
+        desired: &DesiredParams,
+        observed: &ObservedRack,
+        now: SystemTime,
+        report: &mut Report,
+    ) -> Vec<Decision> {
+        let (relabel, stack_desired) = self.split_by_method(desired, observed);
+        let mut decisions = Vec::new();
+        if let Some(value) = relabel {
+            let span = info_span!("parameter", parameter = ECS_EXEC.name, desired = %value);
+            let d = self
+                .reconcile_param(&ECS_EXEC, &value, observed, now, &mut report.acted)
+                .instrument(span)
+                .await;
+            decisions.push(d);
+        }
+        let mut stack = self.plan_stack_params(&stack_desired, observed, now).await;
+        let ecs = self.ecs_exec_state(observed);
+        let mut version = match desired.version {
+            Some(v) => Some(self.plan_version_change(v, observed, &ecs, now).await),
+            None => None,
+        };
+        self.write_stack(
+            &mut stack,
+            version.as_mut(),
+            observed,
+            now,
+            &mut report.acted,
+        )
+        .await;
+        let mut rest = stack.decisions;
+        rest.extend(version.map(|(d, _)| d));
+        for d in &rest {
+            self.publish(d, now);
+        }
+        decisions.extend(rest);
+        for d in &decisions {
+            report.phases.insert(d.param.clone(), d.phase);
+        }
+        decisions
+    }
+
+    /// `ECSExec` by relabelling (when the running template does not declare it, or the config
+    /// says so), every other parameter through the stack.
+    fn split_by_method(
+        &self,
+        desired: &DesiredParams,
+        observed: &ObservedRack,
+    ) -> (Option<String>, BTreeMap<String, String>) {
+        let mut relabel = None;
+        let mut stack = BTreeMap::new();
+        for (key, value) in &desired.values {
+            let method = self.settings.methods.get(key).copied().unwrap_or_default();
+            let by_label = key == ECS_EXEC.name
+                && match method {
+                    Method::Relabel => true,
+                    Method::Stack => false,
+                    Method::Auto => !observed.declared.declares(key),
+                };
+            if by_label {
+                relabel = Some(value.clone());
+            } else {
+                stack.insert(key.clone(), value.clone());
+            }
+        }
+        (relabel, stack)
     }
 
     /// When to look again: at the poll interval while something moves, at the resync
@@ -619,7 +767,7 @@ impl Reconciler {
     ) -> Decision {
         let ctx = self.context(param.name, now);
         let mut d = plan::plan(param, value, observed, &ctx);
-        let mem = self.memory.entry(param.name).or_default();
+        let mem = mem_of(&mut self.memory, param.name);
         if let Some(message) = mem.blocked.clone().filter(|_| d.phase != Phase::Converged) {
             d = d.blocked("RevisionMismatch", message);
         }
@@ -632,7 +780,7 @@ impl Reconciler {
         }
         self.account_failure(&d, now);
         if d.phase == Phase::Converged {
-            let mem = self.memory.entry(param.name).or_default();
+            let mem = mem_of(&mut self.memory, param.name);
             mem.last_converged = Some(value.to_string());
             mem.reset_backoff();
             mem.failed_services.clear();
@@ -666,10 +814,7 @@ impl Reconciler {
             self.consecutive_errors,
             humantime::format_duration(round(delay))
         );
-        let wanted: Vec<_> = intents(desired)
-            .into_iter()
-            .filter_map(|(name, value)| Some((name, value?)))
-            .collect();
+        let wanted = intents(desired);
         let unknown = self.consecutive_errors >= UNKNOWN_AFTER;
         self.status.update(|s| {
             s.ready = false;
@@ -682,7 +827,7 @@ impl Reconciler {
             }
         });
         for (name, _) in &wanted {
-            report.phases.insert(name, Phase::Unknown);
+            report.phases.insert(name.clone(), Phase::Unknown);
             if unknown {
                 self.metrics.set_phase(name, Phase::Unknown);
             }
@@ -697,21 +842,25 @@ impl Reconciler {
     /// Parameters no longer in the params file are no longer managed: they leave the status,
     /// the metrics (no alert fires for ever on a parameter nobody manages) and the memory.
     fn forget_unmanaged(&mut self, desired: &DesiredParams) {
-        for (name, value) in intents(desired) {
-            if value.is_some() {
-                continue;
-            }
-            let known = self.status.update(|s| {
+        let managed: BTreeSet<String> = intents(desired).into_iter().map(|(k, _)| k).collect();
+        let known: BTreeSet<String> = self
+            .status
+            .get()
+            .parameters
+            .iter()
+            .map(|p| p.name.clone())
+            .chain(self.memory.keys().cloned())
+            .collect();
+        for name in known.difference(&managed) {
+            let was_shown = self.status.update(|s| {
                 let before = s.parameters.len();
-                s.parameters.retain(|p| p.name != name);
+                s.parameters.retain(|p| p.name != *name);
                 before != s.parameters.len()
             });
-            if known {
-                info!(
-                    parameter = name,
-                    "no longer in the params file: not managed any more"
-                );
+            if was_shown {
+                info!(parameter = %name, "no longer in the params file: not managed any more");
             }
+            self.memory.remove(name);
             self.metrics.remove_parameter(name);
             if name == VERSION_PARAM {
                 self.metrics.set_downgrade_blocked(false);
@@ -777,17 +926,17 @@ impl Reconciler {
                 return (d, None);
             }
         };
-        let mem = self.memory.entry(VERSION_PARAM).or_default();
+        let mem = mem_of(&mut self.memory, VERSION_PARAM);
         let ours_failed = mem.attempted == Some(version) && stack.status.contains("ROLLBACK");
         if ours_failed && mem.failure_reason.is_none() {
             match self.rack.stack_failure_reason().await {
-                Ok(reason) => self.memory.entry(VERSION_PARAM).or_default().failure_reason = reason,
+                Ok(reason) => mem_of(&mut self.memory, VERSION_PARAM).failure_reason = reason,
                 Err(e) => {
                     warn!(error = %e, "cannot read the stack events to say why the update failed")
                 }
             }
         }
-        let mem = self.memory.entry(VERSION_PARAM).or_default();
+        let mem = mem_of(&mut self.memory, VERSION_PARAM);
         let ctx = VersionContext {
             now,
             attempted: mem.attempted,
@@ -800,107 +949,16 @@ impl Reconciler {
         )
     }
 
-    /// Plans the rack version (with the downgrade gate), makes the stack update if it is due
-    /// and no other write was made this run, and publishes the outcome.
-    async fn reconcile_version(
-        &mut self,
-        version: RackVersion,
-        observed: &ObservedRack,
-        ecs: &EcsExecState,
-        now: SystemTime,
-        acted: &mut bool,
-    ) -> Decision {
-        let (mut d, template) = self.version_decision(version, observed, ecs, now).await;
-        self.account_failure(&d, now);
-        let mem = self.memory.entry(VERSION_PARAM).or_default();
-        match d.phase {
-            Phase::Converged => {
-                mem.reset_backoff();
-                mem.attempted = None;
-                mem.failure_reason = None;
-            }
-            Phase::Failed if d.reason == "StackUpdateRolledBack" => {
-                // Counted once; the retry after the backoff is a new attempt.
-                mem.attempted = None;
-            }
-            _ => {}
-        }
-        if let (Some(Action::UpdateStack(update)), Some(template)) = (d.action.clone(), template) {
-            if !*acted {
-                *acted = true;
-                self.update_stack(version, &update, template, &mut d, now)
-                    .await;
-            }
-        }
-        self.publish(&d, now);
-        d
-    }
-
-    /// Makes the stack update of a `Version` decision, with a fresh idempotency token (the
-    /// SDK's own retries of this one call reuse it).
-    async fn update_stack(
-        &mut self,
-        version: RackVersion,
-        update: &StackUpdate,
-        template: TemplateRef,
-        d: &mut Decision,
-        now: SystemTime,
-    ) {
-        // What GetTemplateSummary asks for, and always the IAM acknowledgements: the rack
-        // template creates IAM roles (a summary may leave them out; acknowledging a
-        // capability a template does not need is harmless).
-        let mut capabilities: Vec<String> = self
-            .templates
-            .get(&version)
-            .map(|(_, summary)| summary.capabilities.clone())
-            .unwrap_or_default();
-        for c in RACK_CAPABILITIES {
-            if !capabilities.iter().any(|have| have == c) {
-                capabilities.push(c.to_string());
-            }
-        }
-        let request = StackUpdateRequest {
-            template,
-            parameters: update.parameters.clone(),
-            capabilities,
-            token: format!("rack-reconciler-{version}-{:016x}", fastrand::u64(..)),
-        };
-        match self.rack.update_stack(&request).await {
-            Ok(outcome) => {
-                let mem = self.memory.entry(VERSION_PARAM).or_default();
-                mem.attempted = Some(version);
-                mem.failure_reason = None;
-                if outcome == StackUpdateOutcome::Started {
-                    self.metrics.stack_update_started();
-                }
-                info!(from = ?update.from, to = %update.to, downgrade = update.downgrade,
-                    parameters = update.parameters.len(), token = %request.token, ?outcome, "stack update started");
-            }
-            Err(e) => {
-                let backoff = self.backoff();
-                let mem = self.memory.entry(VERSION_PARAM).or_default();
-                let delay = mem.back_off(backoff, self.settings.backoff_max, now);
-                mem.retrying = e.is_transient();
-                d.phase = Phase::Failed;
-                d.reason = "ActionFailed";
-                d.message = format!(
-                    "updating the stack to version {version} failed, next attempt in {}: {e}",
-                    humantime::format_duration(round(delay))
-                );
-            }
-        }
-    }
-
     /// A new desired value is a new intent: forget the backoff and convergence of the old.
     fn forget_changed_intents(&mut self, desired: &DesiredParams, now: SystemTime) {
         let mut changed = false;
         for (name, value) in intents(desired) {
-            let mem = self.memory.entry(name).or_default();
-            if mem.desired != value {
+            let mem = mem_of(&mut self.memory, &name);
+            if mem.desired.as_deref() != Some(value.as_str()) {
                 if mem.desired.is_some() {
-                    info!(parameter = name, from = ?mem.desired, to = ?value, "desired value changed");
+                    info!(parameter = %name, from = ?mem.desired, to = %value, "desired value changed");
                 }
-                mem.new_intent(value, now);
+                mem.new_intent(Some(value), now);
                 changed = true;
             }
         }
@@ -946,15 +1004,13 @@ impl Reconciler {
         self.own_rollouts = controller.own_rollouts.clone();
         self.generation = controller.generation;
         for (name, failure) in &controller.failures {
-            if let Some(param) = intent_name(name) {
-                self.memory
-                    .insert(param, Memory::restored(failure, self.backoff()));
-            }
+            self.memory
+                .insert(name.clone(), Memory::restored(failure, self.backoff()));
         }
         // The desired values it had: the same file read again is not a new generation.
         for p in &previous.parameters {
-            if let (Some(param), Some(desired)) = (intent_name(&p.name), &p.desired) {
-                let mem = self.memory.entry(param).or_default();
+            if let Some(desired) = &p.desired {
+                let mem = mem_of(&mut self.memory, &p.name);
                 mem.desired.get_or_insert_with(|| desired.clone());
             }
         }
@@ -982,7 +1038,7 @@ impl Reconciler {
                 | "TemplateUnavailable"
         );
         let backoff = self.backoff();
-        let mem = self.memory.entry(d.param).or_default();
+        let mem = mem_of(&mut self.memory, &d.param);
         if d.phase != Phase::Failed || !fresh || mem.last_phase == Some(Phase::Failed) {
             return;
         }
@@ -1056,7 +1112,7 @@ impl Reconciler {
     fn rolled(&mut self, roll: &Roll, arn: &str, d: &mut Decision, now: SystemTime) {
         self.metrics.rollout_started(&roll.service);
         self.last_write.insert(roll.service.clone(), now);
-        let mem = self.memory.entry(d.param).or_default();
+        let mem = mem_of(&mut self.memory, &d.param);
         let state = match roll.purpose {
             RollPurpose::Undo => ServiceState::RollingBack,
             RollPurpose::Change | RollPurpose::Correction => {
@@ -1068,7 +1124,7 @@ impl Reconciler {
         if roll.purpose == RollPurpose::Correction {
             mem.corrections.push_back(now);
             mem.last_converged = None;
-            self.metrics.correction(d.param);
+            self.metrics.correction(&d.param);
         }
         d.message = format!("{}; {} now deploys {}", d.message, roll.service, arn);
         if let Some(s) = d.services.iter_mut().find(|s| s.service == roll.service) {
@@ -1078,7 +1134,7 @@ impl Reconciler {
 
     fn roll_failed(&mut self, roll: &Roll, e: &RackError, d: &mut Decision, now: SystemTime) {
         let backoff = self.backoff();
-        let mem = self.memory.entry(d.param).or_default();
+        let mem = mem_of(&mut self.memory, &d.param);
         if let RackError::RevisionMismatch { .. } = e {
             // Registering again would only add another wrong revision.
             let message = format!(
@@ -1123,7 +1179,7 @@ impl Reconciler {
 
     /// Records a decision in status, metrics and (when it changed) the log.
     fn publish(&mut self, d: &Decision, now: SystemTime) {
-        let mem = self.memory.entry(d.param).or_default();
+        let mem = mem_of(&mut self.memory, &d.param);
         let drift_since = if d.drift {
             Some(*mem.drift_since.get_or_insert(now))
         } else {
@@ -1140,9 +1196,9 @@ impl Reconciler {
             debug!(parameter = d.param, phase = %d.phase, reason = d.reason, "{}", d.message);
         }
         self.metrics
-            .set_parameter(d.param, d.phase, d.drift, drift_since);
+            .set_parameter(&d.param, d.phase, d.drift, drift_since);
         self.metrics
-            .set_corrections_capped(d.param, d.reason == "CorrectionsCapped");
+            .set_corrections_capped(&d.param, d.reason == "CorrectionsCapped");
         if d.param == VERSION_PARAM {
             self.metrics
                 .set_downgrade_blocked(matches!(d.reason, "DowngradeBlocked" | "DowngradeWaiting"));
@@ -1294,22 +1350,22 @@ impl Reconciler {
     }
 }
 
-/// The parameter a persisted name stands for.
-fn intent_name(name: &str) -> Option<&'static str> {
-    MANAGED_PARAMS
-        .iter()
-        .map(|p| p.name)
-        .chain([VERSION_PARAM])
-        .find(|p| *p == name)
+/// The memory of a parameter, created empty on first use.
+fn mem_of<'a>(memory: &'a mut BTreeMap<String, Memory>, name: &str) -> &'a mut Memory {
+    memory.entry(name.to_string()).or_default()
 }
 
-/// Every parameter the controller can manage, with its desired value when the params file
-/// sets one.
-fn intents(desired: &DesiredParams) -> Vec<(&'static str, Option<String>)> {
-    MANAGED_PARAMS
+/// Every parameter the params file manages, with its desired value (`Version` included).
+fn intents(desired: &DesiredParams) -> Vec<(String, String)> {
+    desired
+        .values
         .iter()
-        .map(|p| (p.name, desired.get(p).map(str::to_string)))
-        .chain([(VERSION_PARAM, desired.version.map(|v| v.to_string()))])
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain(
+            desired
+                .version
+                .map(|v| (VERSION_PARAM.to_string(), v.to_string())),
+        )
         .collect()
 }
 

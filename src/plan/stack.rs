@@ -1,0 +1,196 @@
+//! The stack method: a parameter the running template declares is changed through
+//! CloudFormation, every pending change in one `UpdateStack` that keeps the template
+//! (`UsePreviousTemplate`) and every other parameter (`UsePreviousValue`), then followed to
+//! the end: the stack `*_COMPLETE` with the value, and for a parameter that feeds the rack
+//! API's labels (`ECSExec`), every API service converged on it. An update of the
+//! controller's whose new API tasks keep failing (no circuit breaker) is cancelled instead of
+//! letting CloudFormation wait for hours.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use super::relabel::{self, rollout_failure, PlanContext};
+use super::{round_secs, Decision, Phase};
+use crate::model::{ObservedRack, RolloutState, StackParameter, StackState, ECS_EXEC};
+
+/// What the stack planner remembers and its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackContext {
+    pub now: SystemTime,
+    /// The values the controller's stack update in flight (or last made) asked for, until the
+    /// stack is seen with them or the update failed.
+    pub attempted: BTreeMap<String, String>,
+    /// After a failed update, the next waits until then.
+    pub retry_not_before: Option<SystemTime>,
+    /// Why the controller's last update rolled back, once read from the stack events.
+    pub failure_reason: Option<String>,
+    /// For parameters that feed the rack API's labels: how their rollouts are judged.
+    pub rollouts: PlanContext,
+}
+
+/// The stack planner's answer for every stack parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StackPlan {
+    pub decisions: Vec<Decision>,
+    /// Changes to make in one `UpdateStack`: key → value.
+    pub changes: BTreeMap<String, String>,
+    /// The controller's update in progress is failing (why): cancel it.
+    pub cancel: Option<String>,
+}
+
+/// Decides every stack parameter: nothing, wait, follow, or change (batched).
+pub fn plan_stack(
+    desired: &BTreeMap<String, String>,
+    rack: &ObservedRack,
+    ctx: &StackContext,
+) -> StackPlan {
+    let mut plan = StackPlan {
+        cancel: failing_update(rack, ctx),
+        ..StackPlan::default()
+    };
+    for (key, value) in desired {
+        let d = decide(key, value, rack, ctx, plan.cancel.as_deref());
+        if d.reason == "UpdatingStack" && rack.stack.state() == StackState::Stable {
+            plan.changes.insert(key.clone(), value.clone());
+        }
+        plan.decisions.push(d);
+    }
+    plan
+}
+
+/// The `UpdateStack` parameters for `changes`: every parameter the stack has, the changed
+/// ones with their value, the rest (secrets included) `UsePreviousValue`.
+pub fn update_parameters(
+    rack: &ObservedRack,
+    changes: &BTreeMap<String, String>,
+) -> Vec<StackParameter> {
+    rack.stack
+        .parameters
+        .keys()
+        .map(|key| StackParameter {
+            key: key.clone(),
+            value: changes.get(key).cloned(),
+        })
+        .collect()
+}
+
+fn decide(
+    key: &str,
+    value: &str,
+    rack: &ObservedRack,
+    ctx: &StackContext,
+    cancel: Option<&str>,
+) -> Decision {
+    let stack = &rack.stack;
+    let observed = stack.parameters.get(key).cloned();
+    let d = Decision {
+        param: key.to_string(),
+        desired: value.to_string(),
+        observed: observed.clone(),
+        phase: Phase::Unknown,
+        reason: "NotObserved",
+        message: String::new(),
+        drift: observed.as_deref() != Some(value),
+        action: None,
+        pending: Vec::new(),
+        services: Vec::new(),
+    };
+    if !rack.declared.declares(key) {
+        let message = format!(
+            "the stack's template does not declare {key}, so it cannot be set through the stack (parameters.{key}.method is stack)"
+        );
+        return d.with(Phase::Blocked, "NotDeclared", message);
+    }
+    let ours = ctx.attempted.get(key).is_some_and(|v| v == value);
+    let (name, status) = (&stack.name, &stack.status);
+    match stack.state() {
+        StackState::InProgress if ours => {
+            if let Some(why) = cancel {
+                let message = format!(
+                    "the update of stack {name} setting {key}={value} is failing ({why}): cancelling it, CloudFormation rolls it back"
+                );
+                return d.with(Phase::Failed, "StackUpdateFailing", message);
+            }
+            let message = format!("stack {name} is {status}: setting {key}={value}");
+            return d.with(Phase::Progressing, "UpdatingStack", message);
+        }
+        StackState::InProgress => {
+            let message = format!(
+                "stack {name} is {status}: CloudFormation owns the rack until it settles; no changes until then"
+            );
+            return d.with(Phase::Waiting, "StackUpdating", message);
+        }
+        StackState::Unusable => {
+            let message = format!(
+                "stack {name} is {status}: repair the stack (see its CloudFormation events) before the controller can act"
+            );
+            return d.with(Phase::Blocked, "StackUnusable", message);
+        }
+        StackState::Stable => {}
+    }
+    if observed.as_deref() == Some(value) {
+        return holding(d, key, value, rack, ctx);
+    }
+    if ours && status.contains("ROLLBACK") {
+        let reason = ctx
+            .failure_reason
+            .clone()
+            .or_else(|| stack.status_reason.clone())
+            .unwrap_or_else(|| "CloudFormation gave no reason".into());
+        let message = format!(
+            "the update of stack {name} setting {key}={value} was rolled back ({status}): {reason}"
+        );
+        return d.with(Phase::Failed, "StackUpdateRolledBack", message);
+    }
+    if let Some(at) = ctx.retry_not_before.filter(|at| *at > ctx.now) {
+        let wait = at.duration_since(ctx.now).unwrap_or_default();
+        let message = format!(
+            "the last update of stack {name} setting {key}={value} failed; next attempt in {}",
+            humantime::format_duration(round_secs(wait))
+        );
+        return d.with(Phase::Failed, "BackingOff", message);
+    }
+    let from = observed.unwrap_or_else(|| "(not set)".into());
+    let message = format!("updating stack {name}: {key} {from} → {value} (UpdateStack, the template and every other parameter kept)");
+    d.with(Phase::Progressing, "UpdatingStack", message)
+}
+
+/// The stack holds the value. A parameter that feeds the rack API's labels is converged only
+/// when the API services run it too; when they do not (changed outside CloudFormation), the
+/// relabel planner puts them back in line with the stack.
+fn holding(
+    d: Decision,
+    key: &str,
+    value: &str,
+    rack: &ObservedRack,
+    ctx: &StackContext,
+) -> Decision {
+    if key != ECS_EXEC.name {
+        let message = format!(
+            "stack {} holds {key}={value} ({})",
+            rack.stack.name, rack.stack.status
+        );
+        return d.with(Phase::Converged, "Converged", message);
+    }
+    relabel::plan(&ECS_EXEC, value, rack, &ctx.rollouts)
+}
+
+/// Whether a rollout of the API services that the controller's own stack update started is
+/// failing (its new tasks keep stopping), and why.
+fn failing_update(rack: &ObservedRack, ctx: &StackContext) -> Option<String> {
+    if ctx.attempted.is_empty() || rack.stack.state() != StackState::InProgress {
+        return None;
+    }
+    rack.services.iter().find_map(|s| {
+        let primary = s.service.primary()?;
+        if primary.rollout_state != Some(RolloutState::InProgress) {
+            return None;
+        }
+        let ctx = PlanContext {
+            // CloudFormation's own wait (hours) is not ours to judge: only failing tasks.
+            rollout_timeout: std::time::Duration::MAX,
+            ..ctx.rollouts.clone()
+        };
+        rollout_failure(s, primary, &ctx).map(|(_, why)| why)
+    })
+}
