@@ -52,6 +52,8 @@ fn setup(dir: &std::path::Path, desired: &str) -> (Arc<SimRack>, Reconciler) {
     let params = dir.join("params.yaml");
     std::fs::write(&params, format!("ECSExec: \"{desired}\"\n")).expect("params");
     let sim = Arc::new(SimRack::new(SimSettings {
+        // The relabel path: the release whose template predates ECSExec.
+        version: "20260418101514".into(),
         rack: "convox".into(),
         region: "us-east-1".into(),
         ..SimSettings::default()

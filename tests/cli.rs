@@ -25,7 +25,7 @@ fn rack(sim: &str, params: &str) -> Rack {
             "backend: sim\nrack: convox\nparams_file: params.yaml\nlisten: 127.0.0.1:{port}\n\
              intervals:\n  poll: 200ms\n  min_reconcile: 0s\n  min_write: 0s\n\
              backoff:\n  min: 1s\n  max: 2s\n\
-             sim:\n{}{sim}",
+             sim:\n  stack_update: 1s\n{}{sim}",
             if sim.contains("task_start") {
                 ""
             } else {

@@ -191,7 +191,8 @@ impl Default for SimSettings {
         SimSettings {
             rack: "convox".into(),
             region: "us-east-1".into(),
-            version: "20260418101514".into(),
+            // A release whose template declares ECSExec, as every rack that supports it.
+            version: SIM_ECSEXEC_VERSION.into(),
             initial_ecs_exec: None,
             task_start: Duration::from_secs(20),
             circuit_breaker: false,

@@ -12,6 +12,9 @@ use rack_reconciler::rack::sim::{SimRack, SimSettings};
 use rack_reconciler::reconcile::{Reconciler, Report, Settings, Trigger};
 use rack_reconciler::status::{Status, StatusHandle};
 
+/// The public release the sim knows, whose template does not declare `ECSExec`.
+pub const RELABEL_RELEASE: &str = "20260418101514";
+
 pub struct Harness {
     pub sim: Arc<SimRack>,
     pub dir: tempfile::TempDir,
@@ -19,11 +22,29 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// A rack on the public release, whose template predates `ECSExec` (the relabel path).
     pub fn new(initial: &str) -> Harness {
         Self::with_sim(initial, SimSettings::default())
     }
 
+    /// A rack on a release whose template declares `ECSExec` (the stack path).
+    pub fn stack_first(initial: &str, settings: SimSettings) -> Harness {
+        let settings = SimSettings {
+            version: rack_reconciler::rack::sim::SIM_ECSEXEC_VERSION.into(),
+            ..settings
+        };
+        Self::build(initial, settings)
+    }
+
+    /// A rack with the given settings; the public release unless they name another.
     pub fn with_sim(initial: &str, mut settings: SimSettings) -> Harness {
+        if settings.version == SimSettings::default().version {
+            settings.version = RELABEL_RELEASE.into();
+        }
+        Self::build(initial, settings)
+    }
+
+    fn build(initial: &str, mut settings: SimSettings) -> Harness {
         settings.rack = "convox".into();
         settings.region = "us-east-1".into();
         let dir = tempfile::tempdir().expect("tempdir");
