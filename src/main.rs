@@ -19,6 +19,7 @@ use rack_reconciler::rack::aws::AwsRack;
 use rack_reconciler::rack::sim::SimRack;
 use rack_reconciler::rack::Rack;
 use rack_reconciler::reconcile::{Reconciler, Settings};
+use rack_reconciler::spec::Declarations;
 use rack_reconciler::status::{Status, StatusHandle};
 
 /// Exit codes, documented in the README.
@@ -95,10 +96,28 @@ enum Command {
         #[arg(long)]
         to: String,
     },
-    /// Check a params file.
+    /// Check a params file: against a template file with `--template`, else against the
+    /// rack's running template (the simulated rack's with `backend: sim`).
     Validate {
         /// The params file (default: `params_file` from the config).
         file: Option<PathBuf>,
+        /// A rack template (JSON or YAML) to check against, offline.
+        #[arg(long)]
+        template: Option<PathBuf>,
+    },
+    /// Set parameters in the params file (`KEY=VALUE ...`), as `convox rack params set` does:
+    /// checked against the rack's template first, comments and order kept.
+    Set {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        assignments: Vec<String>,
+        /// A rack template to check against instead of the rack's.
+        #[arg(long)]
+        template: Option<PathBuf>,
+    },
+    /// Show each managed parameter: desired, the stack's value, and its phase.
+    Get {
+        /// Only this parameter.
+        key: Option<String>,
     },
 }
 
@@ -125,9 +144,15 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<u8> {
-    if let Command::Validate { file: Some(file) } = &cli.command {
+    if let Command::Validate {
+        file: Some(file),
+        template: Some(template),
+    } = &cli.command
+    {
+        // Offline: no config needed.
         init_logging(cli.log_format.unwrap_or_default());
-        return Ok(validate(file));
+        let declared = template_declarations(template)?;
+        return Ok(validate(file, Some(&declared)));
     }
     let cfg = Config::load(&cli.config)?;
     init_logging(cli.log_format.unwrap_or(cfg.log_format));
@@ -143,7 +168,19 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             url,
             controller_only,
         } => status(cfg, json, url, controller_only).await,
-        Command::Validate { file } => Ok(validate(file.as_deref().unwrap_or(&cfg.params_file))),
+        Command::Validate { file, template } => {
+            let file = file.unwrap_or_else(|| cfg.params_file.clone());
+            let declared = declarations(&cfg, template.as_deref()).await;
+            if let Err(e) = &declared {
+                eprintln!("warning: {e:#}; checking the syntax only");
+            }
+            Ok(validate(&file, declared.ok().as_ref()))
+        }
+        Command::Set {
+            assignments,
+            template,
+        } => set(cfg, &assignments, template.as_deref()).await,
+        Command::Get { key } => get(cfg, key.as_deref()).await,
         Command::CheckDowngrade { to } => check_downgrade(cfg, &to).await,
     }
 }
@@ -479,17 +516,46 @@ async fn check_downgrade(cfg: Config, to: &str) -> Result<u8> {
     Ok(code)
 }
 
-fn validate(file: &Path) -> u8 {
-    match params::load(file) {
+/// What a template file declares.
+fn template_declarations(path: &Path) -> Result<Declarations> {
+    let body = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the template {}", path.display()))?;
+    Declarations::from_template(&body)
+        .map_err(|e| anyhow::anyhow!("{} is not a rack template: {e}", path.display()))
+}
+
+/// What the parameters may be: a template file's declarations, or the running template's.
+async fn declarations(cfg: &Config, template: Option<&Path>) -> Result<Declarations> {
+    if let Some(t) = template {
+        return template_declarations(t);
+    }
+    let rack = build_rack(cfg, &Metrics::new()).await?;
+    rack.stack_declarations()
+        .await
+        .with_context(|| format!("cannot read the template of stack {}", cfg.rack))
+}
+
+fn validate(file: &Path, declared: Option<&Declarations>) -> u8 {
+    let checked = params::load(file).and_then(|d| match declared {
+        Some(decl) => d.check(decl).map(|()| d),
+        None => Ok(d),
+    });
+    match checked {
         Ok(d) => {
-            let values: Vec<String> = d.values.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut shown: Vec<String> = d.values.keys().cloned().collect();
+            shown.extend(d.version.map(|v| format!("Version={v}")));
             println!(
-                "{}: valid ({})",
+                "{}: valid{} ({})",
                 file.display(),
-                if values.is_empty() {
+                if declared.is_some() {
+                    ""
+                } else {
+                    " YAML (not checked against a template)"
+                },
+                if shown.is_empty() {
                     "manages nothing".into()
                 } else {
-                    values.join(", ")
+                    shown.join(", ")
                 }
             );
             exit::CONVERGED
@@ -499,4 +565,74 @@ fn validate(file: &Path) -> u8 {
             exit::INVALID_PARAMS
         }
     }
+}
+
+/// `set KEY=VALUE ...`: the params file with those values, written only if it is valid
+/// against the template (atomically: a temporary file, then a rename).
+async fn set(cfg: Config, assignments: &[String], template: Option<&Path>) -> Result<u8> {
+    let path = &cfg.params_file;
+    let mut text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    for a in assignments {
+        let Some((key, value)) = a.split_once('=') else {
+            println!("{a}: expected KEY=VALUE, e.g. ECSExec=Yes");
+            return Ok(exit::INVALID_PARAMS);
+        };
+        text = params::set_in_text(&text, key.trim(), value.trim());
+    }
+    let declared = declarations(&cfg, template).await?;
+    let shown = path.display().to_string();
+    if let Err(e) = params::parse(&shown, &text).and_then(|d| d.check(&declared)) {
+        println!("{e}\n{shown} is unchanged");
+        return Ok(exit::INVALID_PARAMS);
+    }
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {shown}"))?;
+    println!("{shown}: set {}", assignments.join(" "));
+    Ok(exit::CONVERGED)
+}
+
+/// `get [KEY]`: desired, the stack's value and the phase of each managed parameter.
+async fn get(cfg: Config, key: Option<&str>) -> Result<u8> {
+    let mut rec = reconciler(&cfg).await?;
+    let (observed, decisions) = rec.preview().await?;
+    if let Some(e) = rec.params_error() {
+        println!("{e}");
+        return Ok(exit::INVALID_PARAMS);
+    }
+    println!(
+        "{:<28} {:<16} {:<16} PHASE",
+        "PARAMETER", "DESIRED", "STACK"
+    );
+    for d in decisions
+        .iter()
+        .filter(|d| key.is_none_or(|k| k == d.param))
+    {
+        let stack = observed
+            .stack
+            .parameters
+            .get(&d.param)
+            .map(String::as_str)
+            .unwrap_or("(not declared)");
+        println!(
+            "{:<28} {:<16} {:<16} {} ({})",
+            d.param, d.desired, stack, d.phase, d.reason
+        );
+    }
+    if let Some(k) = key.filter(|k| !decisions.iter().any(|d| d.param == *k)) {
+        println!(
+            "{k} is not in the params file: the rack's value is {}",
+            observed
+                .stack
+                .parameters
+                .get(k)
+                .map(String::as_str)
+                .unwrap_or("(not declared)")
+        );
+    }
+    Ok(exit::CONVERGED)
 }

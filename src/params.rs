@@ -548,3 +548,84 @@ mod tests {
         assert!(e.to_string().contains("nope.yaml"));
     }
 }
+
+/// A params file's text with `key` set to `value`, as a person would edit it: the key's
+/// top-level line keeps its place and its comment, only the value changes; a key not in the
+/// file is appended. Values are written double-quoted (the rack's spellings are strings).
+pub fn set_in_text(text: &str, key: &str, value: &str) -> String {
+    let quoted = format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut found = false;
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(|line| match value_span(line, key) {
+            Some((start, end)) if !found => {
+                found = true;
+                format!("{}{quoted}{}", &line[..start], &line[end..])
+            }
+            _ => line.to_string(),
+        })
+        .collect();
+    if !found {
+        lines.push(format!("{key}: {quoted}"));
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
+/// Where the value of a top-level `key:` line is (byte range), comment excluded.
+fn value_span(line: &str, key: &str) -> Option<(usize, usize)> {
+    let rest = [key.to_string(), format!("\"{key}\""), format!("'{key}'")]
+        .iter()
+        .find_map(|k| line.strip_prefix(k.as_str()))?;
+    let after_colon = rest.trim_start().strip_prefix(':')?;
+    let start =
+        line.len() - after_colon.len() + (after_colon.len() - after_colon.trim_start().len());
+    let value = &line[start..];
+    let len = match value.chars().next() {
+        Some(q @ ('"' | '\'')) => {
+            let mut escaped = false;
+            let close = value[1..].char_indices().find(|(_, c)| {
+                let hit = *c == q && !escaped;
+                escaped = *c == '\\' && !escaped && q == '"';
+                hit
+            });
+            close.map(|(i, _)| i + 2).unwrap_or(value.len())
+        }
+        _ => value.find(" #").unwrap_or(value.len()),
+    };
+    let end = start + value[..len].trim_end().len();
+    Some((start, end))
+}
+
+#[cfg(test)]
+mod edit_tests {
+    use super::set_in_text;
+
+    #[test]
+    fn set_keeps_comments_order_and_other_keys() {
+        let text = "# Desired rack parameters.\nECSExec: \"No\"   # off for now\nApiCount: 2\n\n# the version\nVersion: \"20260418101514\"\n";
+        let out = set_in_text(text, "ECSExec", "Yes");
+        assert_eq!(
+            out,
+            "# Desired rack parameters.\nECSExec: \"Yes\"   # off for now\nApiCount: 2\n\n# the version\nVersion: \"20260418101514\"\n"
+        );
+        let out = set_in_text(&out, "ApiCount", "3");
+        assert!(out.contains("\nApiCount: \"3\"\n"), "{out}");
+        let out = set_in_text(&out, "Private", "Yes");
+        assert!(
+            out.ends_with("Version: \"20260418101514\"\nPrivate: \"Yes\"\n"),
+            "{out}"
+        );
+        // A key that only starts the same is another key.
+        let out = set_in_text("ECSExecX: \"a\"\n", "ECSExec", "No");
+        assert_eq!(out, "ECSExecX: \"a\"\nECSExec: \"No\"\n");
+        // A quoted value with a '#' is not cut at it.
+        let out = set_in_text(
+            "WhiteList: \"10.0.0.0/8 # x\" # note\n",
+            "WhiteList",
+            "0.0.0.0/0",
+        );
+        assert_eq!(out, "WhiteList: \"0.0.0.0/0\" # note\n");
+    }
+}

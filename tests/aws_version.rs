@@ -279,3 +279,97 @@ async fn check_downgrade_exit_codes() {
         "{out}"
     );
 }
+
+/// A reconciler on moto through a recording proxy, with `params` and `stack_role`.
+async fn recorded(
+    moto: &Moto,
+    dir: &std::path::Path,
+    params: &str,
+    stack_role: Option<&str>,
+) -> (Reconciler, FaultProxy, Metrics) {
+    std::fs::write(dir.join("params.yaml"), params).expect("params");
+    let proxy = FaultProxy::start_matching(&moto.endpoint, "never-matches", Vec::new()).await;
+    let config = moto.sdk_config(&proxy.endpoint).await;
+    let metrics = Metrics::new();
+    let aws = AwsRack::new(
+        STACK,
+        aws_sdk_cloudformation::Client::new(&config),
+        aws_sdk_ecs::Client::new(&config),
+        metrics.clone(),
+    );
+    let mut settings = common::aws_settings(dir, ServiceTarget::rack_api());
+    settings.stack_role = stack_role.map(str::to_string);
+    let rec = Reconciler::new(
+        Arc::new(aws),
+        settings,
+        metrics.clone(),
+        StatusHandle::new(Status::default()),
+    );
+    (rec, proxy, metrics)
+}
+
+#[tokio::test]
+async fn a_declared_parameter_changes_by_update_stack_with_the_rest_kept_and_no_secret_sent() {
+    let moto = Moto::start().await;
+    rack_fixture::create(&moto).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut rec, proxy, metrics) = recorded(&moto, dir.path(), "ApiCount: \"3\"\n", None).await;
+    let r = rec.reconcile(Trigger::Startup).await;
+    assert!(r.acted, "{:?}", rec.status().get().parameter("ApiCount"));
+    assert_eq!(metrics.api_calls("UpdateStack"), 1);
+    let body = proxy
+        .bodies()
+        .into_iter()
+        .find(|b| b.contains("Action=UpdateStack"))
+        .expect("an UpdateStack request");
+    assert!(
+        body.contains("UsePreviousTemplate=true"),
+        "the template is kept"
+    );
+    assert!(body.contains("ClientRequestToken=rack-reconciler-"));
+    let sent = stack_parameters(&body);
+    let given: Vec<_> = sent.iter().filter(|(_, v)| v.is_some()).collect();
+    assert_eq!(
+        given,
+        vec![(&"ApiCount".to_string(), &Some("3".to_string()))]
+    );
+    assert_eq!(
+        sent.get("Password"),
+        Some(&None),
+        "the NoEcho parameter is never sent"
+    );
+    let fx = rack_reconciler::rack::sim::fixture();
+    assert_eq!(
+        sent.len(),
+        fx.templates["20260418101514"].parameters.len(),
+        "every parameter"
+    );
+    assert!(!body.contains(rack_fixture::SECRET));
+
+    // moto applies it at once; another run sees it and writes nothing.
+    let r = rec.reconcile(Trigger::Timer).await;
+    assert_eq!(
+        r.phases.get("ApiCount"),
+        Some(&rack_reconciler::plan::Phase::Converged)
+    );
+    assert!(!r.acted);
+    assert_eq!(metrics.api_calls("UpdateStack"), 1);
+    assert_eq!(metrics.api_calls("RegisterTaskDefinition"), 0);
+    assert_eq!(metrics.api_calls("UpdateService"), 0);
+}
+
+#[tokio::test]
+async fn with_a_service_role_the_update_carries_its_arn() {
+    let moto = Moto::start().await;
+    rack_fixture::create(&moto).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let role = "arn:aws:iam::123456789012:role/convox-rack-reconciler-CloudFormationRole-1ABC";
+    let (mut rec, proxy, _) = recorded(&moto, dir.path(), "ApiCount: \"4\"\n", Some(role)).await;
+    assert!(rec.reconcile(Trigger::Startup).await.acted);
+    let body = proxy
+        .bodies()
+        .into_iter()
+        .find(|b| b.contains("Action=UpdateStack"))
+        .expect("an UpdateStack request");
+    assert!(decode(&body).contains(&format!("RoleARN={role}")), "{body}");
+}

@@ -93,10 +93,23 @@ fn plan_exits_2_whenever_desired_and_observed_differ_a_held_version_included() {
 
 #[test]
 fn apply_exits_0_when_converged_even_after_a_throttled_write() {
-    let r = rack("  throttled:\n    UpdateService: 1\n", "ECSExec: \"Yes\"\n");
+    // The stack path (the default release declares ECSExec): UpdateStack throttled once.
+    let r = rack("  throttled:\n    UpdateStack: 1\n", "ECSExec: \"Yes\"\n");
     let (code, out) = run(&r.config, &["apply"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ECSExec: Converged"), "{out}");
+    assert!(
+        out.contains("ThrottlingException"),
+        "the throttled write was retried: {out}"
+    );
+    // The relabel path: UpdateService throttled once.
+    let r = rack(
+        "  version: \"20260418101514\"\n  throttled:\n    UpdateService: 1\n",
+        "ECSExec: \"Yes\"\n",
+    );
+    let (code, out) = run(&r.config, &["apply"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ThrottlingException"), "{out}");
 }
 
 #[test]
@@ -148,4 +161,82 @@ fn check_downgrade_exits_0_allowed_4_refused_5_not_a_version() {
     let r = rack("", "{}\n");
     let (code, out) = run(&r.config, &["check-downgrade", "--to", OLD]);
     assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn set_edits_like_convox_rack_params_set_and_refuses_what_the_template_does_not_allow() {
+    let original = "# Desired rack parameters.\nECSExec: \"No\"   # off for now\n\n# the API\nApiCount: \"2\"\n";
+    let r = rack("", original);
+    let params = r.dir.path().join("params.yaml");
+    let (code, out) = run(&r.config, &["set", "ECSExec=Yes", "ApiCount=3"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&params).expect("params"),
+        "# Desired rack parameters.\nECSExec: \"Yes\"   # off for now\n\n# the API\nApiCount: \"3\"\n"
+    );
+    let before = std::fs::read_to_string(&params).expect("params");
+    for bad in [
+        "Bogus=1",
+        "ECSExec=yes",
+        "InstanceCount=2",
+        "Password=hunter2",
+    ] {
+        let (code, out) = run(&r.config, &["set", bad]);
+        assert_eq!(code, 5, "{bad}: {out}");
+        assert!(out.contains("unchanged"), "{out}");
+        assert!(!out.contains("hunter2"), "{out}");
+        assert_eq!(
+            std::fs::read_to_string(&params).expect("params"),
+            before,
+            "{bad}"
+        );
+    }
+    let (code, out) = run(&r.config, &["get"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ApiCount") && l.contains(" 3 ") && l.contains(" 2 ")),
+        "{out}"
+    );
+}
+
+#[test]
+fn validate_checks_against_a_template_file_offline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let template = dir.path().join("rack.json");
+    std::fs::write(
+        &template,
+        r#"{"Parameters": {"InstanceCount": {"Type": "Number", "MinValue": 3},
+            "InstanceType": {"Type": "String", "AllowedPattern": "[a-z0-9]+\\.[a-z0-9]+"},
+            "Password": {"Type": "String", "NoEcho": true}}}"#,
+    )
+    .expect("template");
+    let params = dir.path().join("params.yaml");
+    let check = |text: &str| {
+        std::fs::write(&params, text).expect("params");
+        let out = Command::new(env!("CARGO_BIN_EXE_rack-reconciler"))
+            .arg("validate")
+            .arg(&params)
+            .arg("--template")
+            .arg(&template)
+            .output()
+            .expect("run");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(check("InstanceCount: 4\nECSExec: \"Yes\"\n").0, 0);
+    let (code, out) = check("InstanceCount: \"2\"\n");
+    assert_eq!(code, 5);
+    assert!(out.contains("a number of at least 3"), "{out}");
+    let (code, out) = check("InstanceType: \"huge\"\n");
+    assert_eq!(code, 5);
+    assert!(out.contains("pattern"), "{out}");
+    let (code, out) = check("Password: \"x\"\n");
+    assert_eq!(code, 5);
+    assert!(out.contains("secret"), "{out}");
+    let (code, out) = check("Bogus: \"1\"\n");
+    assert_eq!(code, 5);
+    assert!(out.contains("unknown key Bogus"), "{out}");
 }

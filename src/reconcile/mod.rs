@@ -747,6 +747,7 @@ impl Reconciler {
         let waits = self
             .memory
             .values()
+            .chain([&self.stack.memory])
             .filter_map(|m| m.retry_not_before)
             .chain(cooldowns);
         if let Some(wait) = waits.filter_map(|t| t.duration_since(now).ok()).min() {
