@@ -41,7 +41,7 @@ async fn six_hundred_flapping_edits_in_a_minute_cause_bounded_reconciles_and_wri
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(
-        reconciles >= 30.0,
+        reconciles >= 60.0,
         "the loop kept up: {reconciles} reconciles"
     );
     assert!(
@@ -56,6 +56,7 @@ async fn six_hundred_flapping_edits_in_a_minute_cause_bounded_reconciles_and_wri
         h.sim.updates()
     );
     let updates = h.sim.updates();
+    assert!(updates.len() >= 2, "{updates:?}");
     for pair in updates.windows(2) {
         assert!(
             pair[1].at - pair[0].at >= Duration::from_secs(10),

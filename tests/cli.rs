@@ -86,7 +86,7 @@ fn plan_exits_2_whenever_desired_and_observed_differ_a_held_version_included() {
     let (code, out) = run(&r.config, &["plan", "--detailed-exitcode"]);
     assert_eq!(code, 2, "{out}");
     assert!(
-        out.contains("DowngradeBlocked") || out.contains("Blocked"),
+        out.contains("Version: desired 20240205000000, observed 20261101000000 (Blocked)"),
         "{out}"
     );
 }

@@ -1165,7 +1165,7 @@ mod policy_tests {
             }
         }
         let mut wanted = called_operations();
-        assert!(wanted.len() >= 9, "{wanted:?}");
+        assert_eq!(wanted.len(), 14, "{wanted:?}");
         wanted.insert("iam:PassRole".into());
         wanted.insert("ecs:TagResource".into());
         assert_eq!(granted, wanted);
