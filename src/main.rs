@@ -12,7 +12,7 @@ use tracing::{error, info};
 
 use rack_reconciler::config::{Backend, Config, LogFormat};
 use rack_reconciler::metrics::Metrics;
-use rack_reconciler::model::RackVersion;
+use rack_reconciler::model::{ObservedRack, RackVersion};
 use rack_reconciler::params;
 use rack_reconciler::plan::{Action, Decision, Gate, Phase};
 use rack_reconciler::rack::aws::AwsRack;
@@ -300,13 +300,23 @@ async fn apply(cfg: Config, max_errors: u32, timeout: Duration) -> Result<u8> {
     })
 }
 
-async fn plan(cfg: Config, detailed: bool) -> Result<u8> {
-    let mut rec = reconciler(&cfg).await?;
-    let (observed, decisions) = rec.preview().await?;
+/// What the rack is and what the controller would decide, without acting; `Err` with the exit
+/// code when the params file is invalid.
+async fn preview(cfg: &Config) -> Result<std::result::Result<(ObservedRack, Vec<Decision>), u8>> {
+    let mut rec = reconciler(cfg).await?;
+    let previewed = rec.preview().await?;
     if let Some(e) = rec.params_error() {
         println!("{e}");
-        return Ok(exit::INVALID_PARAMS);
+        return Ok(Err(exit::INVALID_PARAMS));
     }
+    Ok(Ok(previewed))
+}
+
+async fn plan(cfg: Config, detailed: bool) -> Result<u8> {
+    let (observed, decisions) = match preview(&cfg).await? {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
     println!(
         "rack {} (stack {}), params {}",
         cfg.rack,
@@ -598,12 +608,10 @@ async fn set(cfg: Config, assignments: &[String], template: Option<&Path>) -> Re
 
 /// `get [KEY]`: desired, the stack's value and the phase of each managed parameter.
 async fn get(cfg: Config, key: Option<&str>) -> Result<u8> {
-    let mut rec = reconciler(&cfg).await?;
-    let (observed, decisions) = rec.preview().await?;
-    if let Some(e) = rec.params_error() {
-        println!("{e}");
-        return Ok(exit::INVALID_PARAMS);
-    }
+    let (observed, decisions) = match preview(&cfg).await? {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
     println!(
         "{:<28} {:<16} {:<16} PHASE",
         "PARAMETER", "DESIRED", "STACK"

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::StackParameter;
+use crate::model::{ObservedRack, StackParameter, StackState};
 
 pub mod gate;
 pub mod relabel;
@@ -178,6 +178,33 @@ impl Decision {
         self.action = Some(Action::Roll(roll));
         self
     }
+}
+
+/// While the stack is updating or broken, the services are not the controller's to touch.
+pub(crate) fn stack_hold(rack: &ObservedRack) -> Option<(Phase, &'static str, String)> {
+    let (name, status) = (&rack.stack.name, &rack.stack.status);
+    match rack.stack.state() {
+        StackState::InProgress => Some((
+            Phase::Waiting,
+            "StackUpdating",
+            format!("stack {name} is {status}: CloudFormation owns the rack until it settles; no changes until then"),
+        )),
+        StackState::Unusable => Some((
+            Phase::Blocked,
+            "StackUnusable",
+            format!("stack {name} is {status}: repair the stack (see its CloudFormation events) before the controller can act"),
+        )),
+        StackState::Stable => None,
+    }
+}
+
+/// Why an update of the controller's rolled back: the first failed resource from the stack
+/// events, else the stack's own status reason.
+pub(crate) fn rollback_cause(failure_reason: Option<&String>, rack: &ObservedRack) -> String {
+    failure_reason
+        .cloned()
+        .or_else(|| rack.stack.status_reason.clone())
+        .unwrap_or_else(|| "CloudFormation gave no reason".into())
 }
 
 pub(crate) fn round_secs(d: Duration) -> Duration {

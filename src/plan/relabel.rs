@@ -8,9 +8,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{round_secs, Decision, PendingChange, Phase, ServiceProgress, ServiceState};
+use super::{
+    round_secs, stack_hold, Decision, PendingChange, Phase, ServiceProgress, ServiceState,
+};
 use crate::model::{
-    Deployment, ManagedParam, ObservedRack, ObservedService, RolloutState, StackState, StoppedTask,
+    Deployment, ManagedParam, ObservedRack, ObservedService, RolloutState, StoppedTask,
 };
 
 /// What the controller remembers between reconciles, and its settings. Losing the remembered
@@ -183,24 +185,6 @@ pub fn plan(
     match first_open {
         None => converged(d, param, rack),
         Some((index, eval)) => decide(d, param, &rack.services[index], rack, eval, ctx),
-    }
-}
-
-/// While the stack is updating or broken, the services are not the controller's to touch.
-fn stack_hold(rack: &ObservedRack) -> Option<(Phase, &'static str, String)> {
-    let (name, status) = (&rack.stack.name, &rack.stack.status);
-    match rack.stack.state() {
-        StackState::InProgress => Some((
-            Phase::Waiting,
-            "StackUpdating",
-            format!("stack {name} is {status}: CloudFormation owns the rack until it settles; no changes until then"),
-        )),
-        StackState::Unusable => Some((
-            Phase::Blocked,
-            "StackUnusable",
-            format!("stack {name} is {status}: repair the stack (see its CloudFormation events) before the controller can act"),
-        )),
-        StackState::Stable => None,
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use super::relabel::{self, rollout_failure, PlanContext};
-use super::{round_secs, Decision, Phase};
+use super::{rollback_cause, round_secs, stack_hold, Decision, Phase};
 use crate::model::{ObservedRack, RolloutState, StackParameter, StackState, ECS_EXEC};
 
 /// What the stack planner remembers and its settings.
@@ -114,17 +114,10 @@ fn decide(
             let message = format!("stack {name} is {status}: setting {key}={value}");
             return d.with(Phase::Progressing, "UpdatingStack", message);
         }
-        StackState::InProgress => {
-            let message = format!(
-                "stack {name} is {status}: CloudFormation owns the rack until it settles; no changes until then"
-            );
-            return d.with(Phase::Waiting, "StackUpdating", message);
-        }
-        StackState::Unusable => {
-            let message = format!(
-                "stack {name} is {status}: repair the stack (see its CloudFormation events) before the controller can act"
-            );
-            return d.with(Phase::Blocked, "StackUnusable", message);
+        StackState::InProgress | StackState::Unusable => {
+            if let Some((phase, reason, message)) = stack_hold(rack) {
+                return d.with(phase, reason, message);
+            }
         }
         StackState::Stable => {}
     }
@@ -132,11 +125,7 @@ fn decide(
         return holding(d, key, value, rack, ctx);
     }
     if ours && status.contains("ROLLBACK") {
-        let reason = ctx
-            .failure_reason
-            .clone()
-            .or_else(|| stack.status_reason.clone())
-            .unwrap_or_else(|| "CloudFormation gave no reason".into());
+        let reason = rollback_cause(ctx.failure_reason.as_ref(), rack);
         let message = format!(
             "the update of stack {name} setting {key}={value} was rolled back ({status}): {reason}"
         );

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use super::gate::{downgrade_gate, EcsExecState, Gate};
-use super::{round_secs, Action, Decision, Phase, StackUpdate};
+use super::{rollback_cause, round_secs, stack_hold, Action, Decision, Phase, StackUpdate};
 use crate::model::{
     ObservedRack, RackVersion, StackParameter, StackState, ECS_EXEC, VERSION_PARAM,
 };
@@ -128,18 +128,7 @@ fn stack_phase(
             let message = format!("stack {name} is {status}: updating it to version {desired}");
             return Some((Phase::Progressing, "UpdatingStack", message));
         }
-        StackState::InProgress => {
-            let message = format!(
-                "stack {name} is {status}: CloudFormation owns the rack until it settles; no changes until then"
-            );
-            return Some((Phase::Waiting, "StackUpdating", message));
-        }
-        StackState::Unusable => {
-            let message = format!(
-                "stack {name} is {status}: repair the stack (see its CloudFormation events) before the controller can act"
-            );
-            return Some((Phase::Blocked, "StackUnusable", message));
-        }
+        StackState::InProgress | StackState::Unusable => return stack_hold(rack),
         StackState::Stable => {}
     }
     if stack.version() == Some(desired) {
@@ -147,11 +136,7 @@ fn stack_phase(
         return Some((Phase::Converged, "Converged", message));
     }
     if ours && status.contains("ROLLBACK") {
-        let reason = ctx
-            .failure_reason
-            .clone()
-            .or_else(|| stack.status_reason.clone())
-            .unwrap_or_else(|| "CloudFormation gave no reason".into());
+        let reason = rollback_cause(ctx.failure_reason.as_ref(), rack);
         let message = format!(
             "the update of stack {name} to version {desired} was rolled back ({status}): {reason}"
         );
