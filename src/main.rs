@@ -313,10 +313,12 @@ async fn preview(cfg: &Config) -> Result<std::result::Result<(ObservedRack, Vec<
 }
 
 async fn plan(cfg: Config, detailed: bool) -> Result<u8> {
-    let (observed, decisions) = match preview(&cfg).await? {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
-    };
+    let mut rec = reconciler(&cfg).await?;
+    let (observed, decisions) = rec.preview().await?;
+    if let Some(e) = rec.params_error() {
+        println!("{e}");
+        return Ok(exit::INVALID_PARAMS);
+    }
     println!(
         "rack {} (stack {}), params {}",
         cfg.rack,
@@ -326,10 +328,32 @@ async fn plan(cfg: Config, detailed: bool) -> Result<u8> {
     let mut changes = 0;
     for d in &decisions {
         // Anything that differs counts, a change held or blocked included.
-        changes += print_plan(d).max(usize::from(d.drift));
+        changes += print_plan(d, method(d, &observed)).max(usize::from(d.drift));
     }
     if decisions.is_empty() {
         println!("the params file manages no parameter: nothing to do");
+    }
+    match rec.preview_stack_update(&observed).await {
+        None => {}
+        Some(Ok(resources)) => {
+            println!(
+                "\nCloudFormation change set: {} resource change(s)",
+                resources.len()
+            );
+            for r in &resources {
+                println!(
+                    "  {} {} ({}{})",
+                    r.action,
+                    r.logical_id,
+                    r.resource_type,
+                    r.replacement
+                        .as_deref()
+                        .map(|x| format!(", replacement {x}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        Some(Err(e)) => println!("\nno change set preview: {e}"),
     }
     println!(
         "\nPlan: {changes} change(s). {}",
@@ -346,10 +370,21 @@ async fn plan(cfg: Config, detailed: bool) -> Result<u8> {
     })
 }
 
-fn print_plan(d: &Decision) -> usize {
+/// How a parameter changes, for `plan`.
+fn method(d: &Decision, observed: &ObservedRack) -> &'static str {
+    if d.param == "Version" {
+        "version: UpdateStack to the target template"
+    } else if !d.pending.is_empty() || !observed.declared.declares(&d.param) {
+        "relabel: RegisterTaskDefinition + UpdateService, service by service"
+    } else {
+        "stack: UpdateStack, template and other parameters kept"
+    }
+}
+
+fn print_plan(d: &Decision, method: &str) -> usize {
     let observed = d.observed.as_deref().unwrap_or("mixed");
     println!(
-        "\n{}: desired {}, observed {} ({})",
+        "\n{}: desired {}, observed {} ({}) [{method}]",
         d.param, d.desired, observed, d.phase
     );
     if !matches!(d.phase, Phase::Converged | Phase::Progressing) || d.pending.is_empty() {

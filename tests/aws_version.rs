@@ -373,3 +373,53 @@ async fn with_a_service_role_the_update_carries_its_arn() {
         .expect("an UpdateStack request");
     assert!(decode(&body).contains(&format!("RoleARN={role}")), "{body}");
 }
+
+#[tokio::test]
+async fn plan_previews_a_stack_update_as_a_change_set_and_leaves_nothing_behind() {
+    let moto = Moto::start().await;
+    rack_fixture::create(&moto).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut rec, _proxy, metrics) = recorded(&moto, dir.path(), "ApiCount: \"3\"\n", None).await;
+    let (observed, _) = rec.preview().await.expect("preview");
+    let preview = rec
+        .preview_stack_update(&observed)
+        .await
+        .expect("a stack change to preview");
+    preview.expect("the change set is described");
+    assert_eq!(
+        (
+            metrics.api_calls("CreateChangeSet"),
+            metrics.api_calls("DeleteChangeSet"),
+            metrics.api_calls("UpdateStack")
+        ),
+        (1, 1, 0),
+        "previewed, cleaned up, nothing executed"
+    );
+    let (cfn, _) = moto.clients().await;
+    let left = cfn
+        .list_change_sets()
+        .stack_name(STACK)
+        .send()
+        .await
+        .expect("list change sets");
+    assert!(left.summaries().is_empty(), "no change set left behind");
+    let stack = cfn
+        .describe_stacks()
+        .stack_name(STACK)
+        .send()
+        .await
+        .expect("describe");
+    let api_count = stack.stacks()[0]
+        .parameters()
+        .iter()
+        .find(|p| p.parameter_key() == Some("ApiCount"))
+        .and_then(|p| p.parameter_value())
+        .map(str::to_string);
+    assert_eq!(api_count.as_deref(), Some("2"), "the stack is unchanged");
+
+    // Nothing to change through the stack: no change set at all.
+    std::fs::write(dir.path().join("params.yaml"), "ApiCount: \"2\"\n").expect("params");
+    let (observed, _) = rec.preview().await.expect("preview");
+    assert!(rec.preview_stack_update(&observed).await.is_none());
+    assert_eq!(metrics.api_calls("CreateChangeSet"), 1);
+}

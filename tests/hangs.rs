@@ -68,6 +68,12 @@ impl Rack for Hanging {
     ) -> Result<StackUpdateOutcome, RackError> {
         self.sim.update_stack(request).await
     }
+    async fn preview_stack_update(
+        &self,
+        request: &StackUpdateRequest,
+    ) -> Result<Vec<rack_reconciler::rack::ResourceChange>, RackError> {
+        self.sim.preview_stack_update(request).await
+    }
     async fn cancel_update_stack(&self) -> Result<(), RackError> {
         self.sim.cancel_update_stack().await
     }

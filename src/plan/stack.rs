@@ -49,7 +49,11 @@ pub fn plan_stack(
         ..StackPlan::default()
     };
     for (key, value) in desired {
-        let d = decide(key, value, rack, ctx, plan.cancel.as_deref());
+        let mut d = decide(key, value, rack, ctx, plan.cancel.as_deref());
+        if key == ECS_EXEC.name && d.services.is_empty() {
+            // The API services' progress: the rollouts the stack update started.
+            d.services = relabel::plan(&ECS_EXEC, value, rack, &ctx.rollouts).services;
+        }
         if d.reason == "UpdatingStack" && rack.stack.state() == StackState::Stable {
             plan.changes.insert(key.clone(), value.clone());
         }
@@ -182,4 +186,240 @@ fn failing_update(rack: &ObservedRack, ctx: &StackContext) -> Option<String> {
         };
         rollout_failure(s, primary, &ctx).map(|(_, why)| why)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::StackSnapshot;
+    use crate::spec::{Declarations, ParamDecl};
+    use std::time::Duration;
+
+    fn rack(status: &str, params: &[(&str, &str)]) -> ObservedRack {
+        let declared = Declarations {
+            params: params
+                .iter()
+                .chain(&[("Password", "****")])
+                .map(|(k, _)| {
+                    (
+                        k.to_string(),
+                        ParamDecl {
+                            name: k.to_string(),
+                            no_echo: *k == "Password",
+                            ..ParamDecl::default()
+                        },
+                    )
+                })
+                .collect(),
+        };
+        ObservedRack {
+            declared,
+            stack: StackSnapshot {
+                name: "convox".into(),
+                status: status.into(),
+                status_reason: None,
+                parameters: params
+                    .iter()
+                    .chain(&[("Password", "****")])
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                resources: BTreeMap::new(),
+                last_updated: None,
+            },
+            cluster: "convox-Cluster-1".into(),
+            services: Vec::new(),
+        }
+    }
+
+    fn ctx() -> StackContext {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        StackContext {
+            now,
+            attempted: BTreeMap::new(),
+            retry_not_before: None,
+            failure_reason: None,
+            rollouts: PlanContext {
+                now,
+                rollout_timeout: Duration::from_secs(1800),
+                failed_tasks_threshold: 3,
+                last_converged: None,
+                corrections_last_hour: 0,
+                max_corrections_per_hour: 3,
+                retry_not_before: None,
+                writes_not_before: BTreeMap::new(),
+                last_failure: None,
+                rolled_to: BTreeMap::new(),
+                own_rollouts: BTreeMap::new(),
+            },
+        }
+    }
+
+    fn desired(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Name, rack, context, the phase and reason wanted, the changes batched.
+    type Case = (
+        &'static str,
+        ObservedRack,
+        StackContext,
+        Phase,
+        &'static str,
+        Vec<&'static str>,
+    );
+
+    #[test]
+    fn decisions() {
+        let stable = "UPDATE_COMPLETE";
+        let ours = StackContext {
+            attempted: desired(&[("ApiCount", "3")]),
+            ..ctx()
+        };
+        let cases: Vec<Case> = vec![
+            (
+                "holds the value",
+                rack(stable, &[("ApiCount", "3")]),
+                ctx(),
+                Phase::Converged,
+                "Converged",
+                vec![],
+            ),
+            (
+                "differs: batched",
+                rack(stable, &[("ApiCount", "2")]),
+                ctx(),
+                Phase::Progressing,
+                "UpdatingStack",
+                vec!["ApiCount"],
+            ),
+            (
+                "our update runs",
+                rack("UPDATE_IN_PROGRESS", &[("ApiCount", "2")]),
+                ours.clone(),
+                Phase::Progressing,
+                "UpdatingStack",
+                vec![],
+            ),
+            (
+                "someone else's update",
+                rack("UPDATE_IN_PROGRESS", &[("ApiCount", "2")]),
+                ctx(),
+                Phase::Waiting,
+                "StackUpdating",
+                vec![],
+            ),
+            (
+                "stack broken",
+                rack("UPDATE_ROLLBACK_FAILED", &[("ApiCount", "2")]),
+                ctx(),
+                Phase::Blocked,
+                "StackUnusable",
+                vec![],
+            ),
+            (
+                "ours rolled back",
+                rack("UPDATE_ROLLBACK_COMPLETE", &[("ApiCount", "2")]),
+                StackContext {
+                    failure_reason: Some(
+                        "ServiceWebApi: not authorized to perform iam:PassRole".into(),
+                    ),
+                    ..ours.clone()
+                },
+                Phase::Failed,
+                "StackUpdateRolledBack",
+                vec![],
+            ),
+            (
+                "backing off",
+                rack(stable, &[("ApiCount", "2")]),
+                StackContext {
+                    retry_not_before: Some(ctx().now + Duration::from_secs(60)),
+                    ..ctx()
+                },
+                Phase::Failed,
+                "BackingOff",
+                vec![],
+            ),
+        ];
+        for (name, r, c, phase, reason, changes) in cases {
+            let plan = plan_stack(&desired(&[("ApiCount", "3")]), &r, &c);
+            let d = &plan.decisions[0];
+            assert_eq!(
+                (d.phase, d.reason),
+                (phase, reason),
+                "{name}: {}",
+                d.message
+            );
+            let got: Vec<&str> = plan.changes.keys().map(String::as_str).collect();
+            assert_eq!(got, changes, "{name}");
+            assert!(plan.cancel.is_none(), "{name}");
+        }
+        let rolled_back = plan_stack(
+            &desired(&[("ApiCount", "3")]),
+            &rack("UPDATE_ROLLBACK_COMPLETE", &[("ApiCount", "2")]),
+            &StackContext {
+                failure_reason: Some(
+                    "ServiceWebApi: not authorized to perform iam:PassRole".into(),
+                ),
+                ..ours
+            },
+        );
+        assert!(
+            rolled_back.decisions[0].message.contains("iam:PassRole"),
+            "the permission CloudFormation named"
+        );
+    }
+
+    #[test]
+    fn several_changes_are_one_batch_and_secrets_stay_unsent() {
+        let r = rack(
+            "UPDATE_COMPLETE",
+            &[("ApiCount", "2"), ("Private", "No"), ("Tenancy", "default")],
+        );
+        let plan = plan_stack(
+            &desired(&[
+                ("ApiCount", "3"),
+                ("Private", "Yes"),
+                ("Tenancy", "default"),
+            ]),
+            &r,
+            &ctx(),
+        );
+        assert_eq!(
+            plan.changes,
+            desired(&[("ApiCount", "3"), ("Private", "Yes")])
+        );
+        let params = update_parameters(&r, &plan.changes);
+        assert_eq!(params.len(), 4, "every parameter of the stack");
+        let given: Vec<(&str, Option<&str>)> = params
+            .iter()
+            .map(|p| (p.key.as_str(), p.value.as_deref()))
+            .collect();
+        assert_eq!(
+            given,
+            vec![
+                ("ApiCount", Some("3")),
+                ("Password", None),
+                ("Private", Some("Yes")),
+                ("Tenancy", None)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_parameter_the_template_does_not_declare_is_blocked() {
+        let plan = plan_stack(
+            &desired(&[("ECSExec", "Yes")]),
+            &rack("UPDATE_COMPLETE", &[("ApiCount", "2")]),
+            &ctx(),
+        );
+        assert_eq!(
+            (plan.decisions[0].phase, plan.decisions[0].reason),
+            (Phase::Blocked, "NotDeclared")
+        );
+        assert!(plan.changes.is_empty());
+    }
 }

@@ -25,14 +25,14 @@ use aws_sdk_ecs::Client as EcsClient;
 use backon::{ExponentialBuilder, Retryable};
 
 use super::{
-    ApiErrorKind, Rack, RackError, Relabelled, StackUpdateOutcome, StackUpdateRequest,
-    TemplateSummary, THROTTLING_CODES,
+    ApiErrorKind, Rack, RackError, Relabelled, ResourceChange, StackUpdateOutcome,
+    StackUpdateRequest, TemplateSummary, THROTTLING_CODES,
 };
 use crate::config::Timeouts;
 use crate::metrics::Metrics;
 use crate::model::{
     Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, StackEvent,
-    StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
+    StackParameter, StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
 };
 use crate::spec::Declarations;
 use crate::templates::{TemplateLocation, TemplateRef};
@@ -192,6 +192,63 @@ impl AwsRack {
                 return Ok(found);
             }
         }
+    }
+
+    /// The resource changes of a change set, once CloudFormation has computed them (polled
+    /// for up to 30 seconds). A change set without changes is an empty list.
+    async fn change_set_changes(&self, id: &str) -> Result<Vec<ResourceChange>, RackError> {
+        for _ in 0..30 {
+            let out = self
+                .call(
+                    "cloudformation",
+                    "DescribeChangeSet",
+                    id,
+                    self.cfn
+                        .describe_change_set()
+                        .change_set_name(id)
+                        .stack_name(&self.stack)
+                        .send(),
+                )
+                .await?;
+            let status = out
+                .status
+                .as_ref()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default();
+            if status.ends_with("_PENDING") || status.ends_with("_IN_PROGRESS") {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            let reason = out.status_reason.clone().unwrap_or_default();
+            if status == "FAILED" && !reason.contains("didn't contain changes") {
+                return Err(RackError::Api {
+                    service: "cloudformation",
+                    operation: "DescribeChangeSet",
+                    resource: id.to_string(),
+                    kind: ApiErrorKind::Rejected,
+                    message: format!("the change set failed: {reason}"),
+                });
+            }
+            return Ok(out
+                .changes
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|c| c.resource_change)
+                .map(|r| ResourceChange {
+                    action: r.action.map(|a| a.as_str().to_string()).unwrap_or_default(),
+                    logical_id: r.logical_resource_id.unwrap_or_default(),
+                    resource_type: r.resource_type.unwrap_or_default(),
+                    replacement: r.replacement.map(|x| x.as_str().to_string()),
+                })
+                .collect());
+        }
+        Err(RackError::Api {
+            service: "cloudformation",
+            operation: "DescribeChangeSet",
+            resource: id.to_string(),
+            kind: ApiErrorKind::Transient,
+            message: "the change set was not ready after 30 seconds".into(),
+        })
     }
 
     /// One page of the stack's events, newest first, and the token of the next (older) page.
@@ -690,19 +747,7 @@ impl Rack for AwsRack {
                     .map(|c| Capability::from(c.as_str()))
                     .collect(),
             ))
-            .set_parameters(Some(
-                request
-                    .parameters
-                    .iter()
-                    .map(|p| {
-                        Parameter::builder()
-                            .parameter_key(&p.key)
-                            .set_parameter_value(p.value.clone())
-                            .set_use_previous_value(p.value.is_none().then_some(true))
-                            .build()
-                    })
-                    .collect(),
-            ));
+            .set_parameters(Some(cfn_parameters(&request.parameters)));
         let req = match request.template.as_ref().map(|t| &t.location) {
             None => req.use_previous_template(true),
             Some(TemplateLocation::Url(url)) => req.template_url(url),
@@ -716,6 +761,51 @@ impl Rack for AwsRack {
             Ok(_) => Ok(StackUpdateOutcome::Started),
             Err(e) => self.update_stack_refused(e, &request.token).await,
         }
+    }
+
+    async fn preview_stack_update(
+        &self,
+        request: &StackUpdateRequest,
+    ) -> Result<Vec<ResourceChange>, RackError> {
+        let name = format!("rack-reconciler-plan-{:016x}", fastrand::u64(..));
+        let req = self
+            .cfn
+            .create_change_set()
+            .stack_name(&self.stack)
+            .change_set_name(&name)
+            .change_set_type(aws_sdk_cloudformation::types::ChangeSetType::Update)
+            .set_capabilities(Some(
+                request
+                    .capabilities
+                    .iter()
+                    .map(|c| Capability::from(c.as_str()))
+                    .collect(),
+            ))
+            .set_parameters(Some(cfn_parameters(&request.parameters)))
+            .set_role_arn(request.role_arn.clone());
+        let req = match request.template.as_ref().map(|t| &t.location) {
+            None => req.use_previous_template(true),
+            Some(TemplateLocation::Url(url)) => req.template_url(url),
+            Some(TemplateLocation::Body { body, .. }) => req.template_body(body),
+        };
+        let created = self
+            .call("cloudformation", "CreateChangeSet", &self.stack, req.send())
+            .await?;
+        let id = created.id.unwrap_or(name);
+        let changes = self.change_set_changes(&id).await;
+        // Never leave a change set behind, whatever describing it gave.
+        self.call(
+            "cloudformation",
+            "DeleteChangeSet",
+            &id,
+            self.cfn
+                .delete_change_set()
+                .change_set_name(&id)
+                .stack_name(&self.stack)
+                .send(),
+        )
+        .await?;
+        changes
     }
 
     async fn cancel_update_stack(&self) -> Result<(), RackError> {
@@ -847,6 +937,20 @@ fn observed_task(task: aws_sdk_ecs::types::Task) -> Option<Observed> {
         task_definition,
         last_status: task.last_status.unwrap_or_default(),
     }))
+}
+
+/// `UpdateStack`/`CreateChangeSet` parameters: a value, or `UsePreviousValue`.
+fn cfn_parameters(parameters: &[StackParameter]) -> Vec<Parameter> {
+    parameters
+        .iter()
+        .map(|p| {
+            Parameter::builder()
+                .parameter_key(&p.key)
+                .set_parameter_value(p.value.clone())
+                .set_use_previous_value(p.value.is_none().then_some(true))
+                .build()
+        })
+        .collect()
 }
 
 fn count(n: i32) -> u32 {
@@ -1165,7 +1269,7 @@ mod policy_tests {
             }
         }
         let mut wanted = called_operations();
-        assert_eq!(wanted.len(), 14, "{wanted:?}");
+        assert_eq!(wanted.len(), 17, "{wanted:?}");
         wanted.insert("iam:PassRole".into());
         wanted.insert("ecs:TagResource".into());
         assert_eq!(granted, wanted);

@@ -62,6 +62,14 @@ pub trait Rack: Send + Sync {
         request: &StackUpdateRequest,
     ) -> Result<StackUpdateOutcome, RackError>;
 
+    /// What CloudFormation would change for `request`, without changing anything: a change
+    /// set created, described and deleted (`CreateChangeSet`, `DescribeChangeSet`,
+    /// `DeleteChangeSet`).
+    async fn preview_stack_update(
+        &self,
+        request: &StackUpdateRequest,
+    ) -> Result<Vec<ResourceChange>, RackError>;
+
     /// Cancels the stack update in progress; CloudFormation rolls it back
     /// (`CancelUpdateStack`).
     async fn cancel_update_stack(&self) -> Result<(), RackError>;
@@ -78,6 +86,17 @@ pub struct TemplateSummary {
     pub parameters: BTreeSet<String>,
     /// Capabilities an update to it must acknowledge (`CAPABILITY_IAM`, ...).
     pub capabilities: Vec<String>,
+}
+
+/// A resource a stack update would change, as a change set lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceChange {
+    /// `Add`, `Modify`, `Remove`...
+    pub action: String,
+    pub logical_id: String,
+    pub resource_type: String,
+    /// `True`, `False` or `Conditional` for a modification.
+    pub replacement: Option<String>,
 }
 
 /// One `UpdateStack`.

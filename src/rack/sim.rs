@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::{
-    ApiErrorKind, Rack, RackError, Relabelled, StackUpdateOutcome, StackUpdateRequest,
-    TemplateSummary,
+    ApiErrorKind, Rack, RackError, Relabelled, ResourceChange, StackUpdateOutcome,
+    StackUpdateRequest, TemplateSummary,
 };
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -46,6 +46,9 @@ pub const OPERATIONS: &[&str] = &[
     "GetTemplateSummary",
     "UpdateStack",
     "CancelUpdateStack",
+    "CreateChangeSet",
+    "DescribeChangeSet",
+    "DeleteChangeSet",
     "DescribeServices",
     "ListTasks",
     "DescribeTasks",
@@ -1569,6 +1572,40 @@ impl Rack for SimRack {
         }
         s.start_stack_update(now, request, next, declared);
         Ok(StackUpdateOutcome::Started)
+    }
+
+    async fn preview_stack_update(
+        &self,
+        request: &StackUpdateRequest,
+    ) -> Result<Vec<ResourceChange>, RackError> {
+        let mut s = self.lock();
+        let name = s.settings.rack.clone();
+        for op in ["CreateChangeSet", "DescribeChangeSet", "DeleteChangeSet"] {
+            self.call(&mut s, "cloudformation", op, &name)?;
+        }
+        // The rack template writes Version and ECSExec into the API task definitions' labels:
+        // changing them replaces those and updates the services. The sim models no other
+        // resource.
+        let relabels = request.parameters.iter().any(|p| {
+            matches!(p.key.as_str(), "Version" | "ECSExec")
+                && p.value.is_some()
+                && p.value.as_ref() != s.parameters.get(&p.key)
+        });
+        if !relabels {
+            return Ok(Vec::new());
+        }
+        let change = |logical: &str, kind: &str, replacement: &str| ResourceChange {
+            action: "Modify".into(),
+            logical_id: logical.into(),
+            resource_type: kind.into(),
+            replacement: Some(replacement.into()),
+        };
+        Ok(vec![
+            change("ApiWebTasks", "AWS::ECS::TaskDefinition", "True"),
+            change("ApiMonitorTasks", "AWS::ECS::TaskDefinition", "True"),
+            change("ServiceWebApi", "AWS::ECS::Service", "False"),
+            change("ServiceMonitorApi", "AWS::ECS::Service", "False"),
+        ])
     }
 
     async fn cancel_update_stack(&self) -> Result<(), RackError> {

@@ -13,7 +13,7 @@ use crate::plan::stack::update_parameters;
 use crate::plan::{
     self, Action, Decision, EcsExecState, Phase, StackContext, StackPlan, StackUpdate,
 };
-use crate::rack::{RackError, StackUpdateOutcome, StackUpdateRequest};
+use crate::rack::{RackError, ResourceChange, StackUpdateOutcome, StackUpdateRequest};
 use crate::templates::TemplateRef;
 
 /// Capabilities every update of a rack stack acknowledges: the rack template creates IAM
@@ -51,6 +51,30 @@ impl Reconciler {
         let plan = plan::plan_stack(desired, observed, &ctx);
         self.settle_stack_attempt(&plan, observed, now);
         plan
+    }
+
+    /// What CloudFormation would change for the pending stack parameter changes (for `plan`):
+    /// a change set, created and deleted, nothing executed. `None` when no parameter is to
+    /// change through the stack.
+    pub async fn preview_stack_update(
+        &mut self,
+        observed: &ObservedRack,
+    ) -> Option<Result<Vec<ResourceChange>, RackError>> {
+        let desired = self.desired.clone()?;
+        let (_, stack_desired) = self.split_by_method(&desired, observed);
+        let now = self.clock.now();
+        let plan = self.plan_stack_params(&stack_desired, observed, now).await;
+        if plan.changes.is_empty() {
+            return None;
+        }
+        let request = StackUpdateRequest {
+            template: None,
+            parameters: update_parameters(observed, &plan.changes),
+            capabilities: RACK_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            token: format!("rack-reconciler-plan-{:016x}", fastrand::u64(..)),
+            role_arn: self.settings.stack_role.clone(),
+        };
+        Some(self.rack.preview_stack_update(&request).await)
     }
 
     /// Once the stack has settled, the attempt is over: applied (forget it), or rolled back
