@@ -51,7 +51,7 @@ docs! {
     "rack_reconciler_last_reconcile_timestamp_seconds", "gauge", "", "Unix time the last reconcile run finished.";
     "rack_reconciler_last_successful_observation_timestamp_seconds", "gauge", "", "Unix time the rack was last observed completely (stack and services); stale while AWS hangs or fails.";
     "rack_reconciler_params_file_valid", "gauge", "", "1 when the params file was valid at the last read.";
-    "rack_reconciler_params_file_errors_total", "counter", "kind", "Params file reads rejected, by kind (missing, empty, syntax, not_mapping, duplicate_key, unknown_key, invalid_value, unreadable).";
+    "rack_reconciler_params_file_errors_total", "counter", "kind", "Params file reads rejected, by kind (missing, empty, syntax, not_mapping, duplicate_key, unknown_key, invalid_value, secret, unreadable).";
     "rack_reconciler_aws_api_calls_total", "counter", "service, operation, outcome", "Calls to AWS (or the simulated rack) by service, operation and outcome: the controller's cost.";
 }
 

@@ -134,3 +134,38 @@ async fn an_hour_without_the_rack_keeps_the_drift_and_its_start() {
     assert_eq!(p.drift_since.as_deref(), Some(since.as_str()));
     assert_ne!(ecs_exec(r.last().expect("report")), Some(Phase::Unknown));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_secret_in_the_params_file_is_refused_and_never_shown() {
+    let secret = "hunter2-do-not-show";
+    let h = Harness::stack_first(
+        &format!("ECSExec: \"Yes\"\nPassword: \"{secret}\"\n"),
+        rack_reconciler::rack::sim::SimSettings::default(),
+    );
+    h.sim.inject_api_errors("DescribeStacks", 1);
+    let mut rec = h.reconciler();
+    // Unreachable first: the file is not checked yet, so nothing of it is shown.
+    let r = rec.reconcile(Trigger::Startup).await;
+    assert_eq!(r.result, "error");
+    let r = rec.reconcile(Trigger::Timer).await;
+    assert_eq!(r.result, "no_params");
+    let status = rec.status().get();
+    assert!(!status.params_file.valid);
+    let error = status.params_file.error.clone().expect("error");
+    assert!(error.contains("Password is a secret (NoEcho)"), "{error}");
+    let shown = serde_json::to_string(&status).expect("json");
+    let file = std::fs::read_to_string(h.dir.path().join("params.status.json")).expect("file");
+    let text = rec.metrics().render();
+    for place in [&shown, &file, &text] {
+        assert!(!place.contains(secret), "a secret is shown");
+    }
+    assert!(
+        text.contains("rack_reconciler_params_file_errors_total{kind=\"secret\"} 1"),
+        "{text}"
+    );
+    assert_eq!(
+        h.sim.writes(),
+        0,
+        "nothing acts on a file that holds a secret"
+    );
+}

@@ -575,12 +575,17 @@ impl Reconciler {
             acted: false,
             retrying: false,
         };
-        let Some(wanted) = self.desired.clone().or_else(|| self.candidate.clone()) else {
+        if self.desired.is_none() && self.candidate.is_none() {
             return self.no_desired_state(now, report);
-        };
+        }
         let observed = match self.observe().await {
             Ok(o) => o,
-            Err(e) => return self.unobservable(e, &wanted, now, report),
+            // Only what was checked against a template is shown: an unchecked file may hold
+            // a secret.
+            Err(e) => {
+                let shown = self.desired.clone().unwrap_or_default();
+                return self.unobservable(e, &shown, now, report);
+            }
         };
         self.accept(&observed.declared);
         report.params_error = self.params_error.clone();
