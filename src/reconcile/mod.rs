@@ -580,10 +580,8 @@ impl Reconciler {
         }
         let observed = match self.observe().await {
             Ok(o) => o,
-            // Only what was checked against a template is shown: an unchecked file may hold
-            // a secret.
             Err(e) => {
-                let shown = self.desired.clone().unwrap_or_default();
+                let shown = self.shown_while_unobservable();
                 return self.unobservable(e, &shown, now, report);
             }
         };
@@ -613,6 +611,18 @@ impl Reconciler {
         report.next = self.next_run(&report, rolling, settling, now);
         self.write_status_file();
         report
+    }
+
+    /// What the status may show of the desired state before the rack's template has checked
+    /// it: the last accepted state, else only what parsing already checked in full (`ECSExec`,
+    /// `Version`); an unchecked value may be a secret.
+    fn shown_while_unobservable(&self) -> DesiredParams {
+        if let Some(d) = &self.desired {
+            return d.clone();
+        }
+        let mut shown = self.candidate.clone().unwrap_or_default();
+        shown.values.retain(|k, _| crate::model::managed_param(k).is_some());
+        shown
     }
 
     /// The rack was observed: ready, and what it showed.
