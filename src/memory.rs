@@ -128,6 +128,27 @@ pub struct Persisted {
     /// Increments whenever the valid desired state changes (`observedGeneration`).
     #[serde(default)]
     pub generation: u64,
+    /// The controller's stack update for parameters: what it asked for, and its backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_update: Option<PersistedStackUpdate>,
+}
+
+/// The controller's stack update, as written down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersistedStackUpdate {
+    /// Key → value the update in flight (or last made) asked for.
+    #[serde(default)]
+    pub attempted: BTreeMap<String, String>,
+    /// The stack's `LastUpdatedTime` before it, so the update is seen to have happened.
+    #[serde(default)]
+    pub before: Option<String>,
+    /// Cancelled already: not again.
+    #[serde(default)]
+    pub cancelled: bool,
+    /// Its backoff, after a failure.
+    #[serde(default)]
+    pub failure: Option<PersistedFailure>,
 }
 
 /// A parameter's failure backoff, as written down.

@@ -46,9 +46,16 @@ impl ParamDecl {
         if self.kind == "Number" {
             return self.check_number(value).map_err(Misfit::Constraint);
         }
-        if self.kind == "CommaDelimitedList" || self.kind.starts_with("List<") {
+        if self.kind == "List<Number>" {
             for item in value.split(',') {
-                self.check_string(item.trim()).map_err(Misfit::Constraint)?;
+                self.check_number(item.trim()).map_err(Misfit::Constraint)?;
+            }
+            return Ok(());
+        }
+        if self.kind == "CommaDelimitedList" || self.kind.starts_with("List<") {
+            // AllowedValues and AllowedPattern apply to each item; lengths to strings only.
+            for item in value.split(',') {
+                self.check_item(item.trim()).map_err(Misfit::Constraint)?;
             }
             return Ok(());
         }
@@ -56,10 +63,14 @@ impl ParamDecl {
     }
 
     fn check_number(&self, value: &str) -> Result<(), String> {
-        let n: f64 = value
-            .trim()
-            .parse()
-            .map_err(|_| format!("a number{}", self.bounds()))?;
+        // Plain decimal digits: no spaces, signs other than a leading minus, exponents,
+        // infinities or NaN.
+        let plain = regex_lite::Regex::new(r"^-?[0-9]+(\.[0-9]+)?$").map_err(|e| e.to_string())?;
+        let n: f64 = plain
+            .is_match(value)
+            .then(|| value.parse().ok())
+            .flatten()
+            .ok_or_else(|| format!("a number{}", self.bounds()))?;
         let below = self.min_value.is_some_and(|m| n < m);
         let above = self.max_value.is_some_and(|m| n > m);
         if below || above {
@@ -79,6 +90,11 @@ impl ParamDecl {
                     .unwrap_or_else(|| "any number of".into())
             ));
         }
+        self.check_item(value)
+    }
+
+    /// The pattern and the allowed values, which apply to each item of a list too.
+    fn check_item(&self, value: &str) -> Result<(), String> {
         if let Some(pattern) = &self.allowed_pattern {
             let full = regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
                 format!("a value matching {pattern} (the pattern does not compile: {e})")
@@ -237,6 +253,14 @@ mod tests {
         assert_eq!(check("InstanceCount", "5"), Ok(()));
         assert_eq!(misfit("InstanceCount", "2"), "a number of at least 3");
         assert_eq!(misfit("InstanceCount", "many"), "a number of at least 3");
+        for loose in [" 5", "+5", "5e3", "inf", "NaN", "0x10", ""] {
+            assert_eq!(
+                misfit("InstanceCount", loose),
+                "a number of at least 3",
+                "{loose:?}"
+            );
+        }
+        assert_eq!(check("LoadBalancerIdleTimeout", "1.5"), Ok(()));
         assert_eq!(
             misfit("LoadBalancerIdleTimeout", "4001"),
             "a number from 1 to 4000"

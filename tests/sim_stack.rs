@@ -155,3 +155,36 @@ async fn a_stack_update_whose_new_api_tasks_fail_is_cancelled_and_failed_with_th
     assert!(converged(reports.last().expect("report")));
     assert_eq!(h.sim.stack_updates().len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stack_update_made_before_a_restart_is_still_the_controllers_to_cancel() {
+    let h = Harness::stack_first("ECSExec: \"Yes\"\n", SimSettings::default());
+    h.sim.inject_rollout_fault(RolloutFault::FailToStart);
+    let mut rec = h.reconciler();
+    assert!(
+        rec.reconcile(rack_reconciler::reconcile::Trigger::Startup)
+            .await
+            .acted
+    );
+    drop(rec);
+
+    let mut rec = h.reconciler();
+    let status = rec.status();
+    let rolled_back = move || {
+        status
+            .get()
+            .parameter("ECSExec")
+            .is_some_and(|p| p.reason == "StackUpdateRolledBack")
+    };
+    drive(&mut rec, 400, |_| rolled_back()).await;
+    assert_eq!(
+        h.sim.calls("CancelUpdateStack"),
+        1,
+        "the new process cancelled it, once"
+    );
+    assert_eq!(
+        h.sim.stack_updates().len(),
+        1,
+        "and did not retry before the backoff"
+    );
+}

@@ -171,7 +171,9 @@ fn holding(
 /// Whether a rollout of the API services that the controller's own stack update started is
 /// failing (its new tasks keep stopping), and why.
 fn failing_update(rack: &ObservedRack, ctx: &StackContext) -> Option<String> {
-    if ctx.attempted.is_empty() || rack.stack.state() != StackState::InProgress {
+    // CancelUpdateStack only works while the update itself runs (not during its rollback
+    // or clean-up).
+    if ctx.attempted.is_empty() || rack.stack.status != "UPDATE_IN_PROGRESS" {
         return None;
     }
     rack.services.iter().find_map(|s| {

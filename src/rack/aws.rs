@@ -793,19 +793,23 @@ impl Rack for AwsRack {
             .await?;
         let id = created.id.unwrap_or(name);
         let changes = self.change_set_changes(&id).await;
-        // Never leave a change set behind, whatever describing it gave.
-        self.call(
-            "cloudformation",
-            "DeleteChangeSet",
-            &id,
-            self.cfn
-                .delete_change_set()
-                .change_set_name(&id)
-                .stack_name(&self.stack)
-                .send(),
-        )
-        .await?;
-        changes
+        // Never leave a change set behind; a failure to describe it says more than one to
+        // delete it.
+        let deleted = self
+            .call(
+                "cloudformation",
+                "DeleteChangeSet",
+                &id,
+                self.cfn
+                    .delete_change_set()
+                    .change_set_name(&id)
+                    .stack_name(&self.stack)
+                    .send(),
+            )
+            .await;
+        let changes = changes?;
+        deleted?;
+        Ok(changes)
     }
 
     async fn cancel_update_stack(&self) -> Result<(), RackError> {

@@ -205,7 +205,38 @@ pub struct Reconciler {
 struct StackMemory {
     /// Key → value of the update in flight (or last made), until seen applied or failed.
     attempted: BTreeMap<String, String>,
+    /// The stack's `LastUpdatedTime` when the update was made: it has happened once that moves.
+    before: Option<String>,
+    /// The update was cancelled (once is enough).
+    cancelled: bool,
     memory: Memory,
+}
+
+impl StackMemory {
+    fn persisted(&self) -> Option<crate::memory::PersistedStackUpdate> {
+        let failure = self.memory.persisted();
+        (!self.attempted.is_empty() || failure.is_some()).then(|| {
+            crate::memory::PersistedStackUpdate {
+                attempted: self.attempted.clone(),
+                before: self.before.clone(),
+                cancelled: self.cancelled,
+                failure,
+            }
+        })
+    }
+
+    fn restored(p: &crate::memory::PersistedStackUpdate, builder: ExponentialBuilder) -> Self {
+        StackMemory {
+            attempted: p.attempted.clone(),
+            before: p.before.clone(),
+            cancelled: p.cancelled,
+            memory: p
+                .failure
+                .as_ref()
+                .map(|f| Memory::restored(f, builder))
+                .unwrap_or_default(),
+        }
+    }
 }
 
 impl Reconciler {
@@ -621,7 +652,9 @@ impl Reconciler {
             return d.clone();
         }
         let mut shown = self.candidate.clone().unwrap_or_default();
-        shown.values.retain(|k, _| crate::model::managed_param(k).is_some());
+        shown
+            .values
+            .retain(|k, _| crate::model::managed_param(k).is_some());
         shown
     }
 
@@ -996,6 +1029,7 @@ impl Reconciler {
                 .filter_map(|(name, m)| Some((name.to_string(), m.persisted()?)))
                 .collect(),
             generation: self.generation,
+            stack_update: self.stack.persisted(),
         };
         self.status.update(|s| s.controller = controller);
     }
@@ -1019,6 +1053,9 @@ impl Reconciler {
         let controller = previous.controller.clone();
         self.own_rollouts = controller.own_rollouts.clone();
         self.generation = controller.generation;
+        if let Some(update) = &controller.stack_update {
+            self.stack = StackMemory::restored(update, self.backoff());
+        }
         for (name, failure) in &controller.failures {
             self.memory
                 .insert(name.clone(), Memory::restored(failure, self.backoff()));

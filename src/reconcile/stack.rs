@@ -21,6 +21,9 @@ use crate::templates::TemplateRef;
 /// harmless).
 const RACK_CAPABILITIES: [&str; 2] = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"];
 
+/// What the stack update's backoff is written down as.
+const STACK_PARAMETERS: &str = "stack parameters";
+
 impl Reconciler {
     /// The stack parameters' decisions, no write; reads the stack events once after an update
     /// of ours rolled back.
@@ -80,7 +83,11 @@ impl Reconciler {
     /// Once the stack has settled, the attempt is over: applied (forget it), or rolled back
     /// (count the failure, back off, and forget it so the retry is a new attempt).
     fn settle_stack_attempt(&mut self, plan: &StackPlan, observed: &ObservedRack, now: SystemTime) {
-        if self.stack.attempted.is_empty() || observed.stack.state() != StackState::Stable {
+        // Over only once the stack has moved past the update (its LastUpdatedTime changed)
+        // and settled.
+        let moved = observed.stack.last_updated != self.stack.before;
+        if self.stack.attempted.is_empty() || observed.stack.state() != StackState::Stable || !moved
+        {
             return;
         }
         if let Some(d) = plan
@@ -89,6 +96,7 @@ impl Reconciler {
             .find(|d| d.reason == "StackUpdateRolledBack")
         {
             let builder = self.backoff();
+            self.stack.memory.desired = Some(STACK_PARAMETERS.into());
             let delay = self
                 .stack
                 .memory
@@ -99,6 +107,7 @@ impl Reconciler {
             self.stack.memory.reset_backoff();
         }
         self.stack.attempted.clear();
+        self.stack.cancelled = false;
         self.stack.memory.failure_reason = None;
     }
 
@@ -142,14 +151,18 @@ impl Reconciler {
             return;
         }
         if stack.cancel.is_some() {
+            if self.stack.cancelled {
+                return;
+            }
             *acted = true;
             return self.cancel(stack).await;
         }
         if let Some((d, Some(template))) = version {
             if let Some(Action::UpdateStack(update)) = d.action.clone() {
                 *acted = true;
+                let before = observed.stack.last_updated.clone();
                 return self
-                    .update_version(d, update, template.clone(), stack, now)
+                    .update_version(d, update, template.clone(), stack, now, before)
                     .await;
             }
         }
@@ -170,13 +183,15 @@ impl Reconciler {
             parameters: update_parameters(observed, &stack.changes),
         };
         let result = self.send(None, &update, Vec::new()).await;
-        self.after_parameter_update(stack, &update, result, now);
+        let before = observed.stack.last_updated.clone();
+        self.after_parameter_update(stack, &update, result, now, before);
     }
 
     async fn cancel(&mut self, stack: &mut StackPlan) {
         match self.rack.cancel_update_stack().await {
             Ok(()) => {
-                info!(reason = ?stack.cancel, "cancelled the controller's failing stack update")
+                self.stack.cancelled = true;
+                info!(reason = ?stack.cancel, "cancelled the controller's failing stack update");
             }
             Err(e) => {
                 warn!(error = %e, "cancelling the stack update failed");
@@ -198,6 +213,7 @@ impl Reconciler {
         template: TemplateRef,
         stack: &mut StackPlan,
         now: SystemTime,
+        before: Option<String>,
     ) {
         for p in &mut update.parameters {
             if let Some(v) = stack.changes.get(&p.key) {
@@ -217,7 +233,7 @@ impl Reconciler {
                 if outcome == StackUpdateOutcome::Started {
                     self.metrics.stack_update_started();
                 }
-                self.note_parameter_changes(stack, &update, "with the version change");
+                self.note_parameter_changes(stack, &update, "with the version change", before);
                 info!(from = ?update.from, to = %update.to, downgrade = update.downgrade,
                     parameters = update.parameters.len(), ?outcome, "stack update started");
             }
@@ -231,41 +247,62 @@ impl Reconciler {
         update: &StackUpdate,
         result: Result<StackUpdateOutcome, RackError>,
         now: SystemTime,
+        before: Option<String>,
     ) {
-        match result {
-            Ok(outcome) => {
-                if outcome == StackUpdateOutcome::Started {
-                    self.metrics.stack_update_started();
-                }
+        let (reason, message, retrying) = match result {
+            Ok(StackUpdateOutcome::Started) => {
+                self.metrics.stack_update_started();
                 let changed: Vec<&String> = stack.changes.keys().collect();
-                info!(parameters = ?changed, ?outcome, "stack update started");
-                self.note_parameter_changes(stack, update, "");
+                info!(parameters = ?changed, "stack update started");
+                return self.note_parameter_changes(stack, update, "", before);
             }
-            Err(e) => {
-                let builder = self.backoff();
-                let delay = self
-                    .stack
-                    .memory
-                    .back_off(builder, self.settings.backoff_max, now);
-                self.stack.memory.retrying = e.is_transient();
-                for d in stack
-                    .decisions
-                    .iter_mut()
-                    .filter(|d| stack.changes.contains_key(&d.param))
-                {
-                    d.phase = Phase::Failed;
-                    d.reason = "ActionFailed";
-                    d.message = format!(
-                        "updating the stack failed, next attempt in {}: {e}",
-                        humantime::format_duration(round(delay))
-                    );
-                }
-            }
+            // The stack reads differently from what CloudFormation holds (a spelling it
+            // normalises, say): asking again would change nothing either.
+            Ok(StackUpdateOutcome::NoChange) => (
+                "StackUnchanged",
+                "CloudFormation reports no change to make although the stack shows another value: \
+                 check the spelling of the value in the params file"
+                    .to_string(),
+                false,
+            ),
+            Err(e) => (
+                "ActionFailed",
+                format!("updating the stack failed: {e}"),
+                e.is_transient(),
+            ),
+        };
+        let builder = self.backoff();
+        self.stack.memory.desired = Some(STACK_PARAMETERS.into());
+        let delay = self
+            .stack
+            .memory
+            .back_off(builder, self.settings.backoff_max, now);
+        self.stack.memory.retrying = retrying;
+        self.stack.memory.last_failure = Some(message.clone());
+        for d in stack
+            .decisions
+            .iter_mut()
+            .filter(|d| stack.changes.contains_key(&d.param))
+        {
+            d.phase = Phase::Failed;
+            d.reason = reason;
+            d.message = format!(
+                "{message}; next attempt in {}",
+                humantime::format_duration(round(delay))
+            );
         }
     }
 
     /// The parameter changes an update carries are the controller's attempt.
-    fn note_parameter_changes(&mut self, stack: &mut StackPlan, update: &StackUpdate, how: &str) {
+    fn note_parameter_changes(
+        &mut self,
+        stack: &mut StackPlan,
+        update: &StackUpdate,
+        how: &str,
+        before: Option<String>,
+    ) {
+        self.stack.before = before;
+        self.stack.cancelled = false;
         for p in &update.parameters {
             if let (Some(v), true) = (&p.value, stack.changes.contains_key(&p.key)) {
                 self.stack.attempted.insert(p.key.clone(), v.clone());
