@@ -1,9 +1,10 @@
 //! The loop: read the desired state, observe the rack, ask the planner, make at most one
 //! write, record status and metrics, and decide when to look again.
 //!
-//! Level-triggered: a run is not told what changed, it looks. Whatever the loop remembers
-//! between runs (the last valid params, backoff, recent corrections, a task definition
-//! cache) can be lost in a restart without harm.
+//! Level-triggered: a run is not told what changed, it looks. What must survive a restart
+//! (the rollouts and stack update it started, its backoffs) is written down on purpose in the
+//! status file ([`crate::memory`]); the rest (recent corrections, a task definition cache) can
+//! be lost without harm.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -1198,17 +1199,8 @@ impl Reconciler {
             *d = d.clone().blocked("RevisionMismatch", message);
             return;
         }
-        let delay = mem.back_off(backoff, self.settings.backoff_max, now);
-        mem.retrying = e.is_transient();
-        d.phase = Phase::Failed;
-        d.reason = "ActionFailed";
-        d.message = format!(
-            "rolling {} to {}={} failed, next attempt in {}: {e}",
-            roll.service,
-            roll.label,
-            roll.value,
-            humantime::format_duration(round(delay))
-        );
+        let what = format!("rolling {} to {}={}", roll.service, roll.label, roll.value);
+        write_failed(mem, (backoff, self.settings.backoff_max, now), e, d, &what);
     }
 
     /// The revision a roll points the service at: an existing one, or a relabelled copy of
@@ -1401,6 +1393,24 @@ impl Reconciler {
             retrying: false,
         }
     }
+}
+
+/// A write failed: back off (`retrying` when the error is worth it) and say so in the decision.
+fn write_failed(
+    mem: &mut Memory,
+    (builder, max, now): (ExponentialBuilder, Duration, SystemTime),
+    e: &RackError,
+    d: &mut Decision,
+    what: &str,
+) {
+    let delay = mem.back_off(builder, max, now);
+    mem.retrying = e.is_transient();
+    d.phase = Phase::Failed;
+    d.reason = "ActionFailed";
+    d.message = format!(
+        "{what} failed, next attempt in {}: {e}",
+        humantime::format_duration(round(delay))
+    );
 }
 
 /// The memory of a parameter, created empty on first use.

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use tracing::{info, warn};
 
-use super::{mem_of, round, Reconciler};
+use super::{mem_of, round, write_failed, Reconciler};
 use crate::model::{ObservedRack, RackVersion, StackState, VERSION_PARAM};
 use crate::plan::stack::update_parameters;
 use crate::plan::{
@@ -322,15 +322,8 @@ impl Reconciler {
     fn update_failed(&mut self, d: &mut Decision, e: &RackError, now: SystemTime) {
         let builder = self.backoff();
         let mem = mem_of(&mut self.memory, VERSION_PARAM);
-        let delay = mem.back_off(builder, self.settings.backoff_max, now);
-        mem.retrying = e.is_transient();
-        d.phase = Phase::Failed;
-        d.reason = "ActionFailed";
-        d.message = format!(
-            "updating the stack to version {} failed, next attempt in {}: {e}",
-            d.desired,
-            humantime::format_duration(round(delay))
-        );
+        let what = format!("updating the stack to version {}", d.desired);
+        write_failed(mem, (builder, self.settings.backoff_max, now), e, d, &what);
     }
 
     /// One `UpdateStack`, with a fresh idempotency token (the SDK's own retries of this one
