@@ -188,3 +188,39 @@ async fn a_stack_update_made_before_a_restart_is_still_the_controllers_to_cancel
         "and did not retry before the backoff"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_parameter_the_target_version_drops_is_not_silently_lost_with_the_version_change() {
+    // ECSExec goes to No with a downgrade to the 2024 template, which declares neither
+    // ECSExec nor BuildMethod (added since); the BuildMethod change cannot go with it.
+    let h = Harness::stack_first(
+        "ECSExec: \"No\"\nBuildMethod: \"fargate\"\nVersion: \"20240205000000\"\n",
+        SimSettings::default(),
+    );
+    let mut rec = h.reconciler();
+    let status = rec.status();
+    let said = move || {
+        status
+            .get()
+            .parameter("BuildMethod")
+            .is_some_and(|p| p.reason == "NotInTargetTemplate")
+    };
+    drive(&mut rec, 50, |_| said()).await;
+    let p = common::param(&rec, "BuildMethod");
+    assert_eq!(p.phase, Phase::Blocked, "{}", p.message);
+    assert!(
+        p.message.contains("remove it from the params file"),
+        "{}",
+        p.message
+    );
+    let updates = h.sim.stack_updates();
+    assert_eq!(updates.len(), 1);
+    assert!(
+        updates[0]
+            .parameters
+            .iter()
+            .all(|(k, _)| k != "BuildMethod"),
+        "{:?}",
+        updates[0].parameters
+    );
+}

@@ -220,6 +220,19 @@ impl Reconciler {
                 p.value = Some(v.clone());
             }
         }
+        // A change the target template does not declare cannot go with the version change:
+        // the parameter goes away with it.
+        for d in stack.decisions.iter_mut() {
+            let carried = update.parameters.iter().any(|p| p.key == d.param);
+            if stack.changes.contains_key(&d.param) && !carried {
+                let message = format!(
+                    "version {} does not declare {}: the parameter goes away with the version change; \
+                     remove it from the params file",
+                    update.to, d.param
+                );
+                *d = d.clone().blocked("NotInTargetTemplate", message);
+            }
+        }
         let version = RackVersion::parse(&update.to);
         let capabilities = version
             .and_then(|v| self.templates.get(&v))
