@@ -90,8 +90,13 @@ impl Memory {
 
     /// The part of this memory worth keeping across a restart, if any.
     pub fn persisted(&self) -> Option<PersistedFailure> {
+        self.backoff_record(self.desired.as_deref()?)
+    }
+
+    /// The running backoff, written down as for `desired`, if there is one.
+    pub fn backoff_record(&self, desired: &str) -> Option<PersistedFailure> {
         Some(PersistedFailure {
-            desired: self.desired.clone()?,
+            desired: desired.to_string(),
             retry_not_before: crate::status::rfc3339(self.retry_not_before?),
             last_failure: self.last_failure.clone(),
             failures: self.failures,

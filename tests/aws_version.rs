@@ -98,29 +98,11 @@ async fn the_update_stack_request_carries_exactly_the_right_parameters() {
     let rack = rack_fixture::create(&moto).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let url = publish_old_template(&moto, dir.path(), &rack).await;
-    std::fs::write(
-        dir.path().join("params.yaml"),
-        format!("ECSExec: \"No\"\nVersion: \"{OLD}\"\n"),
-    )
-    .expect("params");
-
-    let proxy = FaultProxy::start_matching(&moto.endpoint, "never-matches", Vec::new()).await;
-    let config = moto.sdk_config(&proxy.endpoint).await;
-    let metrics = Metrics::new();
-    let aws = AwsRack::new(
-        STACK,
-        aws_sdk_cloudformation::Client::new(&config),
-        aws_sdk_ecs::Client::new(&config),
-        metrics.clone(),
-    );
-    let mut settings = common::aws_settings(dir.path(), ServiceTarget::rack_api());
-    settings.templates = TemplateSource { url, dir: None };
-    let mut rec = Reconciler::new(
-        Arc::new(aws),
-        settings,
-        metrics.clone(),
-        StatusHandle::new(Status::default()),
-    );
+    let params = format!("ECSExec: \"No\"\nVersion: \"{OLD}\"\n");
+    let (mut rec, proxy, metrics) = recorded(&moto, dir.path(), &params, |settings| {
+        settings.templates = TemplateSource { url, dir: None };
+    })
+    .await;
     let r = rec.reconcile(Trigger::Startup).await;
     assert!(r.acted, "{:?}", rec.status().get().parameter("Version"));
     assert_eq!(metrics.api_calls("UpdateStack"), 1);
@@ -285,7 +267,7 @@ async fn recorded(
     moto: &Moto,
     dir: &std::path::Path,
     params: &str,
-    stack_role: Option<&str>,
+    configure: impl FnOnce(&mut rack_reconciler::reconcile::Settings),
 ) -> (Reconciler, FaultProxy, Metrics) {
     std::fs::write(dir.join("params.yaml"), params).expect("params");
     let proxy = FaultProxy::start_matching(&moto.endpoint, "never-matches", Vec::new()).await;
@@ -298,7 +280,7 @@ async fn recorded(
         metrics.clone(),
     );
     let mut settings = common::aws_settings(dir, ServiceTarget::rack_api());
-    settings.stack_role = stack_role.map(str::to_string);
+    configure(&mut settings);
     let rec = Reconciler::new(
         Arc::new(aws),
         settings,
@@ -313,7 +295,7 @@ async fn a_declared_parameter_changes_by_update_stack_with_the_rest_kept_and_no_
     let moto = Moto::start().await;
     rack_fixture::create(&moto).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut rec, proxy, metrics) = recorded(&moto, dir.path(), "ApiCount: \"3\"\n", None).await;
+    let (mut rec, proxy, metrics) = recorded(&moto, dir.path(), "ApiCount: \"3\"\n", |_| {}).await;
     let r = rec.reconcile(Trigger::Startup).await;
     assert!(r.acted, "{:?}", rec.status().get().parameter("ApiCount"));
     assert_eq!(metrics.api_calls("UpdateStack"), 1);
@@ -364,7 +346,10 @@ async fn with_a_service_role_the_update_carries_its_arn() {
     rack_fixture::create(&moto).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let role = "arn:aws:iam::123456789012:role/convox-rack-reconciler-CloudFormationRole-1ABC";
-    let (mut rec, proxy, _) = recorded(&moto, dir.path(), "ApiCount: \"4\"\n", Some(role)).await;
+    let (mut rec, proxy, _) = recorded(&moto, dir.path(), "ApiCount: \"4\"\n", |settings| {
+        settings.stack_role = Some(role.to_string());
+    })
+    .await;
     assert!(rec.reconcile(Trigger::Startup).await.acted);
     let body = proxy
         .bodies()
@@ -379,7 +364,7 @@ async fn plan_previews_a_stack_update_as_a_change_set_and_leaves_nothing_behind(
     let moto = Moto::start().await;
     rack_fixture::create(&moto).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut rec, _proxy, metrics) = recorded(&moto, dir.path(), "ApiCount: \"3\"\n", None).await;
+    let (mut rec, _proxy, metrics) = recorded(&moto, dir.path(), "ApiCount: \"3\"\n", |_| {}).await;
     let (observed, _) = rec.preview().await.expect("preview");
     let preview = rec
         .preview_stack_update(&observed)

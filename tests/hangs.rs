@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::binary::{free_port, Binary};
 use common::Harness;
 use rack_reconciler::model::{ServiceSnapshot, StackSnapshot, TaskDefinitionInfo};
 use rack_reconciler::plan::Phase;
@@ -185,11 +186,6 @@ impl Drop for BlackHole {
     }
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    l.local_addr().expect("addr").port()
-}
-
 #[tokio::test]
 async fn the_binary_reports_a_stuck_loop_and_still_stops_promptly() {
     let hole = BlackHole::start().await;
@@ -198,44 +194,31 @@ async fn the_binary_reports_a_stuck_loop_and_still_stops_promptly() {
     let port = free_port();
     let config = dir.path().join("rack-reconciler.yaml");
     // Every AWS timeout far away: the loop is stuck in its first call for the whole test.
+    // The observation counts as stale at once (1ms), so nothing has to wait for it.
     std::fs::write(
         &config,
         format!(
             "backend: aws\nrack: convox\nparams_file: params.yaml\nlisten: 127.0.0.1:{port}\n\
-             timeouts:\n  reconcile: 10m\n  aws_call: 10m\n  aws_attempt: 10m\n  aws_connect: 10m\n  observation_stale: 2s\n"
+             timeouts:\n  reconcile: 10m\n  aws_call: 10m\n  aws_attempt: 10m\n  aws_connect: 10m\n  observation_stale: 1ms\n"
         ),
     )
     .expect("config");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rack-reconciler"))
-        .args(["--config", &config.display().to_string(), "run"])
-        .env("AWS_ENDPOINT_URL", &hole.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run rack-reconciler");
+    let mut controller = Binary::run(&config, &hole.endpoint, &[]);
+    controller.wait_for("rack-reconciler starting").await;
 
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let mut stale = None;
-    for _ in 0..200 {
-        if let Ok(resp) = http.get(format!("{base}/readyz")).send().await {
-            let code = resp.status().as_u16();
-            let body = resp.text().await.unwrap_or_default();
-            if code == 503 && body.contains("timeouts.observation_stale") {
-                stale = Some(body);
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let body = stale.expect("/readyz never reported the stale observation");
-    assert!(body.contains("never"), "{body}");
+    let resp = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(resp.status().as_u16(), 503);
+    let body = resp.text().await.expect("body");
+    assert!(
+        body.contains("timeouts.observation_stale") && body.contains("never"),
+        "{body}"
+    );
     let status: Status = http
         .get(format!("{base}/status"))
         .send()
@@ -272,15 +255,6 @@ async fn the_binary_reports_a_stuck_loop_and_still_stops_promptly() {
 
     // SIGTERM: the stuck reconcile gets its grace period, then the process exits (long before
     // the 10-minute deadline).
-    let pid = child.id().expect("pid");
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("did not stop after SIGTERM")
-        .expect("wait");
-    assert!(exit.success(), "{exit:?}");
+    let (exit, log) = controller.terminate().await;
+    assert!(exit.success(), "{exit:?}\n{log}");
 }

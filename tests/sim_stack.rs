@@ -113,14 +113,8 @@ async fn a_stack_update_whose_new_api_tasks_fail_is_cancelled_and_failed_with_th
     let h = Harness::stack_first("ECSExec: \"Yes\"\n", SimSettings::default());
     h.sim.inject_rollout_fault(RolloutFault::FailToStart);
     let mut rec = h.reconciler();
-    let status = rec.status();
-    let rolled_back = move || {
-        status
-            .get()
-            .parameter("ECSExec")
-            .is_some_and(|p| p.reason == "StackUpdateRolledBack")
-    };
-    let reports = drive(&mut rec, 400, |_| rolled_back()).await;
+    let rolled_back = common::shows_reason(&rec, "ECSExec", "StackUpdateRolledBack");
+    let reports = drive(&mut rec, 400, rolled_back).await;
     let last = reports.last().expect("report");
     let p = common::param(&rec, "ECSExec");
     assert_eq!(
@@ -169,14 +163,8 @@ async fn a_stack_update_made_before_a_restart_is_still_the_controllers_to_cancel
     drop(rec);
 
     let mut rec = h.reconciler();
-    let status = rec.status();
-    let rolled_back = move || {
-        status
-            .get()
-            .parameter("ECSExec")
-            .is_some_and(|p| p.reason == "StackUpdateRolledBack")
-    };
-    drive(&mut rec, 400, |_| rolled_back()).await;
+    let rolled_back = common::shows_reason(&rec, "ECSExec", "StackUpdateRolledBack");
+    drive(&mut rec, 400, rolled_back).await;
     assert_eq!(
         h.sim.calls("CancelUpdateStack"),
         1,
@@ -198,14 +186,8 @@ async fn a_parameter_the_target_version_drops_is_not_silently_lost_with_the_vers
         SimSettings::default(),
     );
     let mut rec = h.reconciler();
-    let status = rec.status();
-    let said = move || {
-        status
-            .get()
-            .parameter("BuildMethod")
-            .is_some_and(|p| p.reason == "NotInTargetTemplate")
-    };
-    drive(&mut rec, 50, |_| said()).await;
+    let said = common::shows_reason(&rec, "BuildMethod", "NotInTargetTemplate");
+    drive(&mut rec, 50, said).await;
     let p = common::param(&rec, "BuildMethod");
     assert_eq!(p.phase, Phase::Blocked, "{}", p.message);
     assert!(

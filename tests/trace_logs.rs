@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::time::Duration;
-
+use common::binary::{free_port, Binary};
 use common::moto::Moto;
 use common::rack_fixture::{self, SECRETS, STACK};
-use tokio::io::AsyncReadExt;
 
 #[tokio::test]
 async fn no_secret_of_the_rack_reaches_trace_logs_status_or_the_status_file() {
@@ -18,10 +16,7 @@ async fn no_secret_of_the_rack_reaches_trace_logs_status_or_the_status_file() {
     let (_, ecs) = moto.clients().await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("params.yaml"), "ECSExec: \"Yes\"\n").expect("params");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
-        l.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let config = dir.path().join("rack-reconciler.yaml");
     // The monitor first, so the revision registered is the one carrying PASSWORD.
     std::fs::write(
@@ -34,54 +29,22 @@ async fn no_secret_of_the_rack_reaches_trace_logs_status_or_the_status_file() {
         ),
     )
     .expect("config");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_rack-reconciler"))
-        .args(["--config", &config.display().to_string(), "run"])
-        .env("RUST_LOG", "trace")
-        .env("AWS_ENDPOINT_URL", &moto.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("run rack-reconciler");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let logs = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
+    let mut controller = Binary::run(&config, &moto.endpoint, &[("RUST_LOG", "trace")]);
 
-    // Wait until the monitor service points at the relabelled revision.
-    let mut moved = false;
-    for _ in 0..300 {
-        let now = rack_fixture::service_task_definition(&ecs, rack_fixture::MONITOR).await;
-        if now != rack.monitor_task_definition {
-            moved = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(moved, "the monitor service was never rolled");
+    // Wait until the controller says the monitor service rolls to the relabelled revision.
+    controller.wait_for("rolling service").await;
+    let now = rack_fixture::service_task_definition(&ecs, rack_fixture::MONITOR).await;
+    assert_ne!(
+        now, rack.monitor_task_definition,
+        "the monitor service was never rolled"
+    );
     let status = reqwest::get(format!("http://127.0.0.1:{port}/status"))
         .await
         .expect("GET /status")
         .text()
         .await
         .expect("body");
-    let pid = child.id().expect("pid");
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill");
-    tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("stops on SIGTERM")
-        .expect("wait");
-    let logs = logs.await.expect("logs");
+    let (_, logs) = controller.terminate().await;
     let status_file =
         std::fs::read_to_string(dir.path().join("params.status.json")).expect("status file");
 

@@ -17,7 +17,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::config::{Config, Method};
-use crate::memory::{Memory, Persisted};
+use crate::memory::Memory;
 use crate::metrics::Metrics;
 use crate::model::{
     ManagedParam, ObservedRack, ObservedService, RackVersion, ServiceTarget, StackSnapshot,
@@ -189,8 +189,6 @@ pub struct Reconciler {
     /// Rollouts this controller started, by logical service id, until the service settles;
     /// kept across changes of the desired value, so a stuck rollout can be walked back.
     own_rollouts: BTreeMap<String, OwnRollout>,
-    /// Increments whenever the valid desired state changes.
-    generation: u64,
     /// When each service was last written to (`UpdateService`), for `intervals.min_write`.
     last_write: BTreeMap<String, SystemTime>,
     /// The running template's declarations, with the stack's `LastUpdatedTime` they are for.
@@ -213,9 +211,12 @@ struct StackMemory {
     memory: Memory,
 }
 
+/// What the stack update's backoff is written down as.
+const STACK_BACKOFF: &str = "stack parameters";
+
 impl StackMemory {
     fn persisted(&self) -> Option<crate::memory::PersistedStackUpdate> {
-        let failure = self.memory.persisted();
+        let failure = self.memory.backoff_record(STACK_BACKOFF);
         (!self.attempted.is_empty() || failure.is_some()).then(|| {
             crate::memory::PersistedStackUpdate {
                 attempted: self.attempted.clone(),
@@ -267,7 +268,6 @@ impl Reconciler {
             consecutive_errors: 0,
             last_written: None,
             own_rollouts: BTreeMap::new(),
-            generation: 0,
             last_write: BTreeMap::new(),
             declared: None,
             candidate: None,
@@ -1013,26 +1013,26 @@ impl Reconciler {
             }
         }
         if changed {
-            self.generation += 1;
-            let generation = self.generation;
-            self.status.update(|s| s.controller.generation = generation);
+            self.status.update(|s| s.controller.generation += 1);
         }
     }
 
     /// Writes down what must survive a restart: the rollouts started and the backoffs
     /// running. Written to the status file with the rest of the status.
     fn persist(&mut self) {
-        let controller = Persisted {
-            own_rollouts: self.own_rollouts.clone(),
-            failures: self
-                .memory
-                .iter()
-                .filter_map(|(name, m)| Some((name.to_string(), m.persisted()?)))
-                .collect(),
-            generation: self.generation,
-            stack_update: self.stack.persisted(),
-        };
-        self.status.update(|s| s.controller = controller);
+        let own_rollouts = self.own_rollouts.clone();
+        let failures = self
+            .memory
+            .iter()
+            .filter_map(|(name, m)| Some((name.to_string(), m.persisted()?)))
+            .collect();
+        let stack_update = self.stack.persisted();
+        // The generation is kept where it is counted, in the status.
+        self.status.update(|s| {
+            s.controller.own_rollouts = own_rollouts;
+            s.controller.failures = failures;
+            s.controller.stack_update = stack_update;
+        });
     }
 
     /// Picks up what a previous run wrote down in the status file: the status itself (so
@@ -1053,7 +1053,6 @@ impl Reconciler {
         };
         let controller = previous.controller.clone();
         self.own_rollouts = controller.own_rollouts.clone();
-        self.generation = controller.generation;
         if let Some(update) = &controller.stack_update {
             self.stack = StackMemory::restored(update, self.backoff());
         }

@@ -21,9 +21,6 @@ use crate::templates::TemplateRef;
 /// harmless).
 const RACK_CAPABILITIES: [&str; 2] = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"];
 
-/// What the stack update's backoff is written down as.
-const STACK_PARAMETERS: &str = "stack parameters";
-
 impl Reconciler {
     /// The stack parameters' decisions, no write; reads the stack events once after an update
     /// of ours rolled back.
@@ -96,7 +93,6 @@ impl Reconciler {
             .find(|d| d.reason == "StackUpdateRolledBack")
         {
             let builder = self.backoff();
-            self.stack.memory.desired = Some(STACK_PARAMETERS.into());
             let delay = self
                 .stack
                 .memory
@@ -285,7 +281,6 @@ impl Reconciler {
             ),
         };
         let builder = self.backoff();
-        self.stack.memory.desired = Some(STACK_PARAMETERS.into());
         let delay = self
             .stack
             .memory

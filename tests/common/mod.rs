@@ -156,10 +156,26 @@ pub async fn run_for(rec: &mut Reconciler, span: Duration) -> Vec<Report> {
     reports
 }
 
+/// A condition for [`drive`]: the status shows `reason` for `param`.
+pub fn shows_reason(
+    rec: &Reconciler,
+    param: &'static str,
+    reason: &'static str,
+) -> impl Fn(&Report) -> bool {
+    let status = rec.status();
+    move |_| {
+        status
+            .get()
+            .parameter(param)
+            .is_some_and(|p| p.reason == reason)
+    }
+}
+
 pub fn ecs_exec(r: &Report) -> Option<rack_reconciler::plan::Phase> {
     r.phases.get("ECSExec").copied()
 }
 
+pub mod binary;
 pub mod moto;
 pub mod proxy;
 pub mod rack_fixture;
