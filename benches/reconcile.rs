@@ -29,7 +29,7 @@ fn settings(params: &std::path::Path) -> Settings {
     Settings {
         targets: ServiceTarget::rack_api(),
         cluster_resource: "Cluster".into(),
-        params_file: params.to_path_buf(),
+        params_file: rack_reconciler::store::Location::File(params.to_path_buf()),
         status_file: None,
         resync: Duration::from_secs(60),
         poll: Duration::from_secs(5),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::model::ServiceTarget;
 use crate::rack::sim::SimSettings;
+use crate::store::Location;
 use crate::templates::TemplateSource;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -47,8 +48,10 @@ pub struct Config {
     /// AWS region; when absent, the standard AWS environment decides.
     #[serde(default)]
     pub region: Option<String>,
-    /// The params file; relative paths are relative to the config file's directory.
-    pub params_file: PathBuf,
+    /// The params file: a path (relative to the config file's directory), or an S3 object
+    /// `s3://bucket/key` (in a rack: its `Settings` bucket).
+    #[serde(deserialize_with = "location")]
+    pub params_file: Location,
     /// Address of `/metrics`, `/status`, `/healthz`, `/readyz`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
@@ -83,8 +86,57 @@ pub struct Config {
     /// Where rack templates come from, for version changes.
     #[serde(default)]
     pub templates: TemplateSource,
+    /// One active writer per rack: a lease in a DynamoDB table, or `none`. Required with
+    /// `backend: aws`.
+    #[serde(default)]
+    pub lease: Option<LeaseSetting>,
     #[serde(default)]
     pub sim: SimSettings,
+}
+
+/// `lease: none`, or the lease table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "serde_yaml::Value")]
+pub enum LeaseSetting {
+    /// No lease: for one-off use on a rack nothing else manages.
+    None,
+    Table(LeaseTable),
+}
+
+impl TryFrom<serde_yaml::Value> for LeaseSetting {
+    type Error = String;
+
+    fn try_from(v: serde_yaml::Value) -> Result<Self, String> {
+        match v {
+            serde_yaml::Value::String(s) if s == "none" => Ok(LeaseSetting::None),
+            v @ serde_yaml::Value::Mapping(_) => serde_yaml::from_value(v)
+                .map(LeaseSetting::Table)
+                .map_err(|e| format!("lease: {e}")),
+            other => Err(format!(
+                "lease: expected `none` or a table such as `{{table: convox-rack-reconciler-lease, duration: 30s}}`, found {other:?}"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseTable {
+    /// The DynamoDB table (string hash key `name`), created by deploy/controller.yaml.
+    pub table: String,
+    /// The lease's item in the table; default: the rack's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A holder that stops renewing loses the lease after this long; it renews every third.
+    #[serde(default = "default_lease_duration", with = "humantime_serde")]
+    pub duration: Duration,
+    /// This controller's name in the lease; default `user@host:pid`.
+    #[serde(default)]
+    pub holder: Option<String>,
+}
+
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -98,6 +150,9 @@ pub struct Intervals {
     pub poll: Duration,
     /// Fraction of the resync interval added or removed at random.
     pub jitter: f64,
+    /// How often an S3 params object is polled (a conditional request: 304 when unchanged).
+    #[serde(with = "humantime_serde")]
+    pub params_poll: Duration,
     /// Quiet time after the last file event before the params file is re-read.
     #[serde(with = "humantime_serde")]
     pub debounce: Duration,
@@ -116,6 +171,7 @@ impl Default for Intervals {
             resync: Duration::from_secs(60),
             poll: Duration::from_secs(5),
             jitter: 0.1,
+            params_poll: Duration::from_secs(10),
             debounce: Duration::from_millis(300),
             min_reconcile: Duration::from_secs(1),
             min_write: Duration::from_secs(10),
@@ -230,6 +286,11 @@ impl Default for Corrections {
     }
 }
 
+fn location<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Location, D::Error> {
+    let text = String::deserialize(d)?;
+    Location::parse(&text, Path::new("")).map_err(serde::de::Error::custom)
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9464))
 }
@@ -261,13 +322,19 @@ impl Config {
             path: shown.clone(),
             source,
         })?;
-        let mut cfg: Config = serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        Config::parse(&text, &shown, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Reads and validates a config given as text (`shown` names it in errors); relative
+    /// paths in it are relative to `base`.
+    pub fn parse(text: &str, shown: &str, base: &Path) -> Result<Config, ConfigError> {
+        let shown = shown.to_string();
+        let mut cfg: Config = serde_yaml::from_str(text).map_err(|e| ConfigError::Invalid {
             path: shown.clone(),
             detail: e.to_string(),
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        if cfg.params_file.is_relative() {
-            cfg.params_file = base.join(&cfg.params_file);
+        if let Location::File(p) = &cfg.params_file {
+            cfg.params_file = Location::File(base.join(p));
         }
         if let Some(dir) = cfg.templates.dir.as_mut().filter(|d| d.is_relative()) {
             *dir = base.join(&*dir);
@@ -290,8 +357,15 @@ impl Config {
         if self.services.is_empty() {
             return Err("services: at least one target service is required".into());
         }
-        if self.intervals.poll.is_zero() || self.intervals.resync.is_zero() {
-            return Err("intervals: poll and resync must be greater than zero".into());
+        if [
+            self.intervals.poll,
+            self.intervals.resync,
+            self.intervals.params_poll,
+        ]
+        .iter()
+        .any(Duration::is_zero)
+        {
+            return Err("intervals: poll, resync and params_poll must be greater than zero".into());
         }
         if !(0.0..1.0).contains(&self.intervals.jitter) {
             return Err("intervals.jitter: must be at least 0 and below 1".into());
@@ -335,6 +409,18 @@ impl Config {
                     .into(),
             );
         }
+        match &self.lease {
+            None if self.backend == Backend::Aws => {
+                return Err("lease: required with backend aws: `lease: {table: TABLE}` (the DynamoDB table of deploy/controller.yaml) so that two controllers never write at once, or `lease: none` for a rack nothing else manages".into());
+            }
+            Some(LeaseSetting::Table(t)) if t.table.trim().is_empty() => {
+                return Err("lease.table: the DynamoDB table name is required".into());
+            }
+            Some(LeaseSetting::Table(t)) if t.duration < Duration::from_secs(3) => {
+                return Err("lease.duration: at least 3s".into());
+            }
+            _ => {}
+        }
         if self.backoff.min.is_zero() || self.backoff.max < self.backoff.min {
             return Err("backoff: min must be greater than zero and at most max".into());
         }
@@ -342,9 +428,8 @@ impl Config {
     }
 
     /// Where the status file goes, if enabled.
-    pub fn status_path(&self) -> Option<PathBuf> {
-        self.status_file
-            .then(|| crate::status::status_file_for(&self.params_file))
+    pub fn status_path(&self) -> Option<Location> {
+        self.status_file.then(|| self.params_file.status())
     }
 }
 
@@ -357,7 +442,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/rack-reconciler.yaml");
         let cfg = Config::load(&path).expect("shipped config is valid");
         assert_eq!(cfg.backend, Backend::Sim);
-        assert!(cfg.params_file.ends_with("config/params.yaml"));
+        assert!(matches!(&cfg.params_file, Location::File(p) if p.ends_with("config/params.yaml")));
         assert!(cfg.listen.ip().is_loopback());
         assert_eq!(cfg.services, ServiceTarget::rack_api());
     }
@@ -367,7 +452,10 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rack-reconciler.yaml");
         let cfg = Config::load(&path).expect("deploy config is valid");
         assert_eq!(cfg.backend, Backend::Aws);
-        assert!(cfg.params_file.ends_with("deploy/params.yaml"));
+        assert_eq!(
+            cfg.params_file.to_string(),
+            "s3://SETTINGS_BUCKET/rack-reconciler/params.yaml"
+        );
     }
 
     #[test]
@@ -380,7 +468,20 @@ mod tests {
                 "bogus",
             ),
             ("backend: gcp\nrack: r\nparams_file: p.yaml\n", "gcp"),
+            ("backend: aws\nrack: r\nparams_file: p.yaml\n", "lease"),
+            (
+                "backend: aws\nrack: r\nparams_file: p.yaml\nlease: nobody\n",
+                "expected `none`",
+            ),
+            (
+                "backend: aws\nrack: r\nparams_file: p.yaml\nlease: {table: t, duration: 1s}\n",
+                "lease.duration",
+            ),
             ("backend: sim\nrack: \"\"\nparams_file: p.yaml\n", "rack"),
+            (
+                "backend: sim\nrack: r\nparams_file: s3://b\n",
+                "s3://BUCKET/KEY",
+            ),
             (
                 "backend: sim\nrack: r\nparams_file: p.yaml\nintervals: {poll: 0s}\n",
                 "poll",

@@ -13,6 +13,7 @@
 pub mod clock;
 pub mod config;
 pub mod http;
+pub mod lease;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
@@ -23,5 +24,6 @@ pub mod rack;
 pub mod reconcile;
 pub mod spec;
 pub mod status;
+pub mod store;
 pub mod templates;
 pub mod watch;

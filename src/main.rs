@@ -10,17 +10,21 @@ use clap::{Parser, Subcommand};
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
-use rack_reconciler::config::{Backend, Config, LogFormat};
+use rack_reconciler::config::{Backend, Config, LeaseSetting, LogFormat};
+use rack_reconciler::lease::dynamodb::DynamoLeaseStore;
+use rack_reconciler::lease::{default_holder, standby_message, Lease, Timing};
 use rack_reconciler::metrics::Metrics;
 use rack_reconciler::model::{ObservedRack, RackVersion};
 use rack_reconciler::params;
 use rack_reconciler::plan::{Action, Decision, Gate, Phase};
-use rack_reconciler::rack::aws::AwsRack;
+use rack_reconciler::rack::aws::{sdk_config, AwsRack};
+use rack_reconciler::rack::fenced::FencedRack;
 use rack_reconciler::rack::sim::SimRack;
 use rack_reconciler::rack::Rack;
-use rack_reconciler::reconcile::{Reconciler, Settings};
+use rack_reconciler::reconcile::{Reconciler, Settings, Trigger};
 use rack_reconciler::spec::Declarations;
 use rack_reconciler::status::{Status, StatusHandle};
+use rack_reconciler::store::{Fetch, Location, Store};
 
 /// Exit codes, documented in the README.
 mod exit {
@@ -48,6 +52,14 @@ struct Cli {
         global = true
     )]
     config: PathBuf,
+    /// The whole config as YAML text, instead of a file (a container's environment).
+    #[arg(
+        long,
+        env = "RACK_RECONCILER_CONFIG_YAML",
+        global = true,
+        hide_env_values = true
+    )]
+    config_yaml: Option<String>,
     /// Log format; overrides `log_format` in the config.
     #[arg(long, env = "RACK_RECONCILER_LOG_FORMAT", global = true)]
     log_format: Option<LogFormat>,
@@ -99,8 +111,9 @@ enum Command {
     /// Check a params file: against a template file with `--template`, else against the
     /// rack's running template (the simulated rack's with `backend: sim`).
     Validate {
-        /// The params file (default: `params_file` from the config).
-        file: Option<PathBuf>,
+        /// The params file, a path or `s3://bucket/key` (default: `params_file` from the
+        /// config).
+        file: Option<String>,
         /// A rack template (JSON or YAML) to check against, offline.
         #[arg(long)]
         template: Option<PathBuf>,
@@ -149,12 +162,17 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         template: Some(template),
     } = &cli.command
     {
-        // Offline: no config needed.
+        // Offline: no config needed (an S3 file needs the standard AWS environment).
         init_logging(cli.log_format.unwrap_or_default());
         let declared = template_declarations(template)?;
-        return Ok(validate(file, Some(&declared)));
+        let at = Location::parse(file, Path::new("")).map_err(anyhow::Error::msg)?;
+        let store = store_for(&at, None, &Default::default(), &Metrics::new()).await;
+        return Ok(validate(&store, &at, Some(&declared)).await);
     }
-    let cfg = Config::load(&cli.config)?;
+    let cfg = match &cli.config_yaml {
+        Some(text) => Config::parse(text, "RACK_RECONCILER_CONFIG_YAML", Path::new("."))?,
+        None => Config::load(&cli.config)?,
+    };
     init_logging(cli.log_format.unwrap_or(cfg.log_format));
     match cli.command {
         Command::Run => run(cfg).await,
@@ -169,12 +187,16 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             controller_only,
         } => status(cfg, json, url, controller_only).await,
         Command::Validate { file, template } => {
-            let file = file.unwrap_or_else(|| cfg.params_file.clone());
+            let at = match file {
+                Some(f) => Location::parse(&f, Path::new("")).map_err(anyhow::Error::msg)?,
+                None => cfg.params_file.clone(),
+            };
+            let store = store_for(&at, cfg.region.clone(), &cfg.timeouts, &Metrics::new()).await;
             let declared = declarations(&cfg, template.as_deref()).await;
             if let Err(e) = &declared {
                 eprintln!("warning: {e:#}; checking the syntax only");
             }
-            Ok(validate(&file, declared.ok().as_ref()))
+            Ok(validate(&store, &at, declared.ok().as_ref()).await)
         }
         Command::Set {
             assignments,
@@ -208,15 +230,108 @@ async fn build_rack(cfg: &Config, metrics: &Metrics) -> Result<Arc<dyn Rack>> {
     }
 }
 
-async fn reconciler(cfg: &Config) -> Result<Reconciler> {
-    let metrics = Metrics::new();
-    let rack = build_rack(cfg, &metrics).await?;
+/// What a command shares between the loop and the tasks around it.
+struct Wiring {
+    metrics: Metrics,
+    /// Reads the params file and writes the status document (S3 when they are there).
+    store: Store,
+    /// The lease, for the commands that write.
+    lease: Option<Lease>,
+}
+
+impl Wiring {
+    /// `with_lease`: the command writes, so it takes part in the lease when one is configured.
+    async fn new(cfg: &Config, with_lease: bool) -> Wiring {
+        let metrics = Metrics::new();
+        let store = store_for(
+            &cfg.params_file,
+            cfg.region.clone(),
+            &cfg.timeouts,
+            &metrics,
+        )
+        .await;
+        let lease = match (&cfg.lease, with_lease) {
+            (Some(LeaseSetting::Table(t)), true) => {
+                let sdk = sdk_config(cfg.region.clone(), &cfg.timeouts).await;
+                let table = DynamoLeaseStore::new(
+                    aws_sdk_dynamodb::Client::new(&sdk),
+                    &t.table,
+                    t.name.as_deref().unwrap_or(&cfg.rack),
+                    metrics.clone(),
+                );
+                let holder = t.holder.clone().unwrap_or_else(default_holder);
+                metrics.set_leader(false);
+                Some(Lease::new(
+                    Arc::new(table),
+                    holder,
+                    Timing::for_duration(t.duration),
+                ))
+            }
+            _ => None,
+        };
+        Wiring {
+            metrics,
+            store,
+            lease,
+        }
+    }
+}
+
+/// A store that reaches S3 when `at` is there.
+async fn store_for(
+    at: &Location,
+    region: Option<String>,
+    timeouts: &rack_reconciler::config::Timeouts,
+    metrics: &Metrics,
+) -> Store {
+    if at.as_file().is_some() {
+        return Store::local();
+    }
+    let sdk = sdk_config(region, timeouts).await;
+    // A custom endpoint (an S3-compatible server) is addressed by path, not by host name.
+    let path_style = sdk.endpoint_url().is_some();
+    let s3 = aws_sdk_s3::config::Builder::from(&sdk)
+        .force_path_style(path_style)
+        .build();
+    Store::with_s3(aws_sdk_s3::Client::from_conf(s3), metrics.clone())
+}
+
+async fn reconciler(cfg: &Config, wiring: &Wiring) -> Result<Reconciler> {
+    let mut rack = build_rack(cfg, &wiring.metrics).await?;
+    if let Some(lease) = &wiring.lease {
+        // Every write re-checks the lease right before it is made.
+        rack = Arc::new(FencedRack::new(rack, lease.clone()));
+    }
     let status = StatusHandle::new(Status {
         rack: cfg.rack.clone(),
         backend: cfg.backend.as_str().to_string(),
         ..Status::default()
     });
-    Ok(Reconciler::new(rack, Settings::from(cfg), metrics, status))
+    let rec = Reconciler::new(rack, Settings::from(cfg), wiring.metrics.clone(), status)
+        .with_store(wiring.store.clone())
+        .await;
+    Ok(match &wiring.lease {
+        Some(lease) => rec.with_lease(lease.clone()),
+        None => rec,
+    })
+}
+
+/// Keeps the lease while the command runs (released on `shutdown`), and wakes the loop when
+/// this controller takes the lease over.
+fn keep_lease(lease: &Lease, shutdown: watch::Receiver<bool>, wake: Option<mpsc::Sender<Trigger>>) {
+    tokio::spawn(lease.clone().keep(shutdown));
+    let Some(wake) = wake else { return };
+    let mut views = lease.subscribe();
+    tokio::spawn(async move {
+        let mut leader = false;
+        while views.changed().await.is_ok() {
+            let now = views.borrow().leader;
+            if now && !leader {
+                let _ = wake.try_send(Trigger::LeaseAcquired);
+            }
+            leader = now;
+        }
+    });
 }
 
 /// A watch channel that turns true on SIGTERM or SIGINT.
@@ -235,13 +350,14 @@ fn shutdown_signal() -> Result<watch::Receiver<bool>> {
 }
 
 async fn run(cfg: Config) -> Result<u8> {
-    let rec = reconciler(&cfg).await?;
+    let wiring = Wiring::new(&cfg, true).await;
+    let rec = reconciler(&cfg, &wiring).await?;
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {} (`listen` in the config)", cfg.listen))?;
     info!(
-        rack = %cfg.rack, backend = cfg.backend.as_str(), params = %cfg.params_file.display(),
+        rack = %cfg.rack, backend = cfg.backend.as_str(), params = %cfg.params_file,
         listen = %cfg.listen, "rack-reconciler starting"
     );
     let mut http_shutdown = shutdown.clone();
@@ -255,9 +371,30 @@ async fn run(cfg: Config) -> Result<u8> {
         },
     ));
     let (tx, rx) = mpsc::channel(1);
-    let _watcher =
-        rack_reconciler::watch::watch_params(&cfg.params_file, cfg.intervals.debounce, tx)?;
+    let _watcher = match &cfg.params_file {
+        Location::File(path) => Some(rack_reconciler::watch::watch_params(
+            path,
+            cfg.intervals.debounce,
+            tx.clone(),
+        )?),
+        at => {
+            tokio::spawn(rack_reconciler::store::watch_object(
+                wiring.store.clone(),
+                at.clone(),
+                cfg.intervals.params_poll,
+                tx.clone(),
+                shutdown.clone(),
+            ));
+            None
+        }
+    };
+    if let Some(lease) = &wiring.lease {
+        keep_lease(lease, shutdown.clone(), Some(tx));
+    }
     rec.run(rx, shutdown).await;
+    if let Some(lease) = &wiring.lease {
+        lease.release().await;
+    }
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => error!(error = %e, "HTTP server failed"),
@@ -268,9 +405,29 @@ async fn run(cfg: Config) -> Result<u8> {
 }
 
 async fn apply(cfg: Config, max_errors: u32, timeout: Duration) -> Result<u8> {
-    let mut rec = reconciler(&cfg).await?;
+    let wiring = Wiring::new(&cfg, true).await;
+    if let Some(lease) = &wiring.lease {
+        // Fail closed: a lease that cannot be read or is held elsewhere means no writes.
+        lease
+            .tick()
+            .await
+            .context("cannot take the lease, so nothing is written")?;
+        if !lease.is_leader() {
+            println!("not applying: {}", standby_message(&lease.view()));
+            return Ok(exit::BLOCKED);
+        }
+    }
+    let mut rec = reconciler(&cfg, &wiring).await?;
     let shutdown = shutdown_signal()?;
+    let (stop_lease, lease_stopped) = watch::channel(false);
+    if let Some(lease) = &wiring.lease {
+        keep_lease(lease, lease_stopped, None);
+    }
     let run = tokio::time::timeout(timeout, rec.apply(shutdown, max_errors.max(1))).await;
+    let _ = stop_lease.send(true);
+    if let Some(lease) = &wiring.lease {
+        lease.release().await;
+    }
     let status = rec.status().get();
     let Ok(report) = run else {
         print_status(&status);
@@ -303,7 +460,7 @@ async fn apply(cfg: Config, max_errors: u32, timeout: Duration) -> Result<u8> {
 /// What the rack is and what the controller would decide, without acting; `Err` with the exit
 /// code when the params file is invalid.
 async fn preview(cfg: &Config) -> Result<std::result::Result<(ObservedRack, Vec<Decision>), u8>> {
-    let mut rec = reconciler(cfg).await?;
+    let mut rec = reconciler(cfg, &Wiring::new(cfg, false).await).await?;
     let previewed = rec.preview().await?;
     if let Some(e) = rec.params_error() {
         println!("{e}");
@@ -313,7 +470,7 @@ async fn preview(cfg: &Config) -> Result<std::result::Result<(ObservedRack, Vec<
 }
 
 async fn plan(cfg: Config, detailed: bool) -> Result<u8> {
-    let mut rec = reconciler(&cfg).await?;
+    let mut rec = reconciler(&cfg, &Wiring::new(&cfg, false).await).await?;
     let (observed, decisions) = rec.preview().await?;
     if let Some(e) = rec.params_error() {
         println!("{e}");
@@ -321,9 +478,7 @@ async fn plan(cfg: Config, detailed: bool) -> Result<u8> {
     }
     println!(
         "rack {} (stack {}), params {}",
-        cfg.rack,
-        observed.stack.status,
-        cfg.params_file.display()
+        cfg.rack, observed.stack.status, cfg.params_file
     );
     let mut changes = 0;
     for d in &decisions {
@@ -454,7 +609,7 @@ async fn status(cfg: Config, json: bool, url: Option<String>, controller_only: b
         Some(s) => s,
         None => {
             eprintln!("no controller answers at {url}; reading the rack directly");
-            let mut rec = reconciler(&cfg).await?;
+            let mut rec = reconciler(&cfg, &Wiring::new(&cfg, false).await).await?;
             let (observed, decisions) = rec.preview().await?;
             let handle = rec.status();
             let now = std::time::SystemTime::now();
@@ -526,7 +681,7 @@ async fn check_downgrade(cfg: Config, to: &str) -> Result<u8> {
         println!("--to {to:?}: not a Convox rack version (14 digits, e.g. 20260418101514)");
         return Ok(exit::INVALID_PARAMS);
     };
-    let mut rec = reconciler(&cfg).await?;
+    let mut rec = reconciler(&cfg, &Wiring::new(&cfg, false).await).await?;
     let check = rec
         .check_version(version)
         .await
@@ -580,27 +735,45 @@ async fn declarations(cfg: &Config, template: Option<&Path>) -> Result<Declarati
         .with_context(|| format!("cannot read the template of stack {}", cfg.rack))
 }
 
-fn validate(file: &Path, declared: Option<&Declarations>) -> u8 {
-    let checked = params::load(file).and_then(|d| match declared {
+/// The text of the params document at `at` and its version (ETag); empty when there is none.
+async fn read_params(store: &Store, at: &Location) -> Result<(String, Option<String>)> {
+    match store.read(at, None).await? {
+        Fetch::Text { text, etag } => Ok((text, etag)),
+        Fetch::Missing | Fetch::Unchanged => Ok((String::new(), None)),
+    }
+}
+
+async fn validate(store: &Store, at: &Location, declared: Option<&Declarations>) -> u8 {
+    let shown = at.to_string();
+    let checked = match store.read(at, None).await {
+        Ok(Fetch::Text { text, .. }) => params::parse(&shown, &text),
+        Ok(_) => Err(params::ParamsError::Missing {
+            path: shown.clone(),
+        }),
+        Err(e) => Err(params::ParamsError::Unreadable {
+            path: shown.clone(),
+            reason: e.to_string(),
+        }),
+    }
+    .and_then(|d| match declared {
         Some(decl) => d.check(decl).map(|()| d),
         None => Ok(d),
     });
     match checked {
         Ok(d) => {
-            let mut shown: Vec<String> = d.values.keys().cloned().collect();
-            shown.extend(d.version.map(|v| format!("Version={v}")));
+            let mut names: Vec<String> = d.values.keys().cloned().collect();
+            names.extend(d.version.map(|v| format!("Version={v}")));
             println!(
-                "{}: valid{} ({})",
-                file.display(),
+                "{shown}: valid{} ({})",
                 if declared.is_some() {
                     ""
                 } else {
                     " YAML (not checked against a template)"
                 },
-                if shown.is_empty() {
+                if names.is_empty() {
                     "manages nothing".into()
                 } else {
-                    shown.join(", ")
+                    names.join(", ")
                 }
             );
             exit::CONVERGED
@@ -613,14 +786,14 @@ fn validate(file: &Path, declared: Option<&Declarations>) -> u8 {
 }
 
 /// `set KEY=VALUE ...`: the params file with those values, written only if it is valid
-/// against the template (atomically: a temporary file, then a rename).
+/// against the template (a local file atomically; an S3 object only if nobody changed it
+/// since it was read).
 async fn set(cfg: Config, assignments: &[String], template: Option<&Path>) -> Result<u8> {
-    let path = &cfg.params_file;
-    let mut text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
+    let at = &cfg.params_file;
+    let store = store_for(at, cfg.region.clone(), &cfg.timeouts, &Metrics::new()).await;
+    let (mut text, etag) = read_params(&store, at)
+        .await
+        .with_context(|| format!("cannot read {at}"))?;
     for a in assignments {
         let Some((key, value)) = a.split_once('=') else {
             println!("{a}: expected KEY=VALUE, e.g. ECSExec=Yes");
@@ -629,14 +802,15 @@ async fn set(cfg: Config, assignments: &[String], template: Option<&Path>) -> Re
         text = params::set_in_text(&text, key.trim(), value.trim());
     }
     let declared = declarations(&cfg, template).await?;
-    let shown = path.display().to_string();
+    let shown = at.to_string();
     if let Err(e) = params::parse(&shown, &text).and_then(|d| d.check(&declared)) {
         println!("{e}\n{shown} is unchanged");
         return Ok(exit::INVALID_PARAMS);
     }
-    let tmp = path.with_extension("yaml.tmp");
-    std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {shown}"))?;
+    store
+        .write_if_unchanged(at, &text, etag.as_deref())
+        .await
+        .with_context(|| format!("cannot write {shown}"))?;
     println!("{shown}: set {}", assignments.join(" "));
     Ok(exit::CONVERGED)
 }

@@ -52,7 +52,8 @@ docs! {
     "rack_reconciler_last_successful_observation_timestamp_seconds", "gauge", "", "Unix time the rack was last observed completely (stack and services); stale while AWS hangs or fails.";
     "rack_reconciler_params_file_valid", "gauge", "", "1 when the params file was valid at the last read.";
     "rack_reconciler_params_file_errors_total", "counter", "kind", "Params file reads rejected, by kind (missing, empty, syntax, not_mapping, duplicate_key, unknown_key, invalid_value, secret, unreadable).";
-    "rack_reconciler_aws_api_calls_total", "counter", "service, operation, outcome", "Calls to AWS (or the simulated rack) by service, operation and outcome: the controller's cost.";
+    "rack_reconciler_aws_api_calls_total", "counter", "service, operation, outcome", "Calls to AWS (or the simulated rack) by service, operation and outcome (success, transient_error, access_denied, not_found, error, condition_failed, not_modified): the controller's cost.";
+    "rack_reconciler_leader", "gauge", "", "1 while this controller holds the lease and may write; 0 on a standby (always 1 with `lease: none`).";
 }
 
 #[derive(Clone)]
@@ -81,6 +82,7 @@ struct Inner {
     downgrade_blocked: IntGauge,
     stack_updates: prometheus::IntCounter,
     api_calls: IntCounterVec,
+    leader: IntGauge,
 }
 
 fn doc(name: &str) -> &'static MetricDoc {
@@ -151,6 +153,9 @@ impl Metrics {
                 .expect("counter");
         r.register(Box::new(stack_updates.clone()))
             .expect("counter");
+        let leader = IntGauge::with_opts(opts("rack_reconciler_leader")).expect("gauge");
+        r.register(Box::new(leader.clone())).expect("gauge");
+        leader.set(1);
         let inner = Inner {
             drift: register!(r, IntGaugeVec, "rack_reconciler_parameter_drift"),
             drift_start: register!(
@@ -175,6 +180,7 @@ impl Metrics {
             stack_updates,
             params_errors: register!(r, IntCounterVec, "rack_reconciler_params_file_errors_total"),
             api_calls: register!(r, IntCounterVec, "rack_reconciler_aws_api_calls_total"),
+            leader,
             registry: r,
         };
         Metrics {
@@ -315,6 +321,11 @@ impl Metrics {
 
     pub fn params_error(&self, kind: &str) {
         self.inner.params_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// Whether this controller holds the lease (and so may write).
+    pub fn set_leader(&self, leader: bool) {
+        self.inner.leader.set(i64::from(leader));
     }
 
     /// Counts one call to AWS (or to the simulated rack, under the AWS names it models).

@@ -93,6 +93,35 @@ pub struct Status {
     /// What the controller writes down to survive a restart.
     #[serde(default)]
     pub controller: Persisted,
+    /// The lease, when the controller uses one: who writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseStatus>,
+}
+
+/// The lease as this controller sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseStatus {
+    /// This controller holds the lease and writes; `false`: a standby that only observes.
+    pub leader: bool,
+    pub holder: Option<String>,
+    /// The fencing counter of the holder's lease.
+    pub fence: u64,
+    /// When the holder's lease runs out unless renewed (RFC 3339, the holder's clock).
+    pub expires_at: Option<String>,
+    pub error: Option<String>,
+}
+
+impl From<&crate::lease::LeaseView> for LeaseStatus {
+    fn from(v: &crate::lease::LeaseView) -> Self {
+        LeaseStatus {
+            leader: v.leader,
+            holder: v.holder.clone(),
+            fence: v.fence,
+            expires_at: v.expires_at.map(rfc3339),
+            error: v.error.clone(),
+        }
+    }
 }
 
 impl Status {
@@ -273,18 +302,8 @@ pub fn status_file_for(params: &Path) -> PathBuf {
 /// Writes the status atomically: a temporary file in the same directory, then a rename, so
 /// readers never see half a file.
 pub fn write_status_file(path: &Path, status: &Status) -> std::io::Result<()> {
-    let body = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, body)?;
-    std::fs::rename(&tmp, path)
+    let body = serde_json::to_string_pretty(status).map_err(std::io::Error::other)?;
+    crate::store::write_file(path, &body)
 }
 
 #[cfg(test)]

@@ -180,7 +180,7 @@ async fn check_downgrade_exit_codes() {
     std::fs::write(
         &config,
         format!(
-            "backend: aws\nrack: {STACK}\nparams_file: params.yaml\ntemplates:\n  url: \"{url}\"\n"
+            "backend: aws\nrack: {STACK}\nparams_file: params.yaml\nlease: none\ntemplates:\n  url: \"{url}\"\n"
         ),
     )
     .expect("config");
@@ -251,7 +251,7 @@ async fn check_downgrade_exit_codes() {
     let local = dir.path().join("local.yaml");
     std::fs::write(
         &local,
-        format!("backend: aws\nrack: {STACK}\nparams_file: params.yaml\ntemplates:\n  dir: .\n"),
+        format!("backend: aws\nrack: {STACK}\nparams_file: params.yaml\nlease: none\ntemplates:\n  dir: .\n"),
     )
     .expect("config");
     let (code, out) = run_check(&local, &moto.endpoint, OLD);

@@ -198,7 +198,7 @@ async fn the_binary_reports_a_stuck_loop_and_still_stops_promptly() {
     std::fs::write(
         &config,
         format!(
-            "backend: aws\nrack: convox\nparams_file: params.yaml\nlisten: 127.0.0.1:{port}\n\
+            "backend: aws\nrack: convox\nparams_file: params.yaml\nlease: none\nlisten: 127.0.0.1:{port}\n\
              timeouts:\n  reconcile: 10m\n  aws_call: 10m\n  aws_attempt: 10m\n  aws_connect: 10m\n  observation_stale: 1ms\n"
         ),
     )
@@ -208,13 +208,22 @@ async fn the_binary_reports_a_stuck_loop_and_still_stops_promptly() {
 
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
-    let resp = http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    assert_eq!(resp.status().as_u16(), 503);
-    let body = resp.text().await.expect("body");
+    // The first request may reach the server within a millisecond of its start, before the
+    // observation counts as stale: ask until it does (it never becomes ready).
+    let mut body = String::new();
+    for _ in 0..50 {
+        let resp = http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        assert_eq!(resp.status().as_u16(), 503);
+        body = resp.text().await.expect("body");
+        if body.contains("timeouts.observation_stale") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(
         body.contains("timeouts.observation_stale") && body.contains("never"),
         "{body}"

@@ -22,7 +22,7 @@ async fn no_secret_of_the_rack_reaches_trace_logs_status_or_the_status_file() {
     std::fs::write(
         &config,
         format!(
-            "backend: aws\nrack: {STACK}\nparams_file: params.yaml\nlisten: 127.0.0.1:{port}\n\
+            "backend: aws\nrack: {STACK}\nparams_file: params.yaml\nlease: none\nlisten: 127.0.0.1:{port}\n\
              services:\n  - service: ServiceMonitorApi\n    task_definition: ApiMonitorTasks\n\
              \x20 - service: ServiceWebApi\n    task_definition: ApiWebTasks\n\
              intervals:\n  poll: 1s\n"

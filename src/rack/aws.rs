@@ -56,6 +56,21 @@ pub struct AwsRack {
     metrics: Metrics,
 }
 
+/// The standard AWS environment, with `region` overriding it when given, and a timeout on
+/// connecting, on each attempt and on each call: the configuration of every client.
+pub async fn sdk_config(region: Option<String>, timeouts: &Timeouts) -> aws_config::SdkConfig {
+    let timeout_config = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(timeouts.aws_connect)
+        .operation_attempt_timeout(timeouts.aws_attempt)
+        .operation_timeout(timeouts.aws_call)
+        .build();
+    let mut loader = aws_config::defaults(behavior_version()).timeout_config(timeout_config);
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region));
+    }
+    loader.load().await
+}
+
 impl AwsRack {
     /// Clients from the standard AWS environment, with `region` overriding it when given,
     /// and a timeout on connecting, on each attempt and on each call.
@@ -65,16 +80,7 @@ impl AwsRack {
         timeouts: &Timeouts,
         metrics: Metrics,
     ) -> AwsRack {
-        let timeout_config = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(timeouts.aws_connect)
-            .operation_attempt_timeout(timeouts.aws_attempt)
-            .operation_timeout(timeouts.aws_call)
-            .build();
-        let mut loader = aws_config::defaults(behavior_version()).timeout_config(timeout_config);
-        if let Some(region) = region {
-            loader = loader.region(aws_config::Region::new(region));
-        }
-        let config = loader.load().await;
+        let config = sdk_config(region, timeouts).await;
         AwsRack::new(
             stack,
             CfnClient::new(&config),
@@ -1108,7 +1114,7 @@ fn container_difference(
 
 /// Maps an SDK error to a rack error: what failed, on which resource, and the kind, which
 /// decides the hint and the metric outcome. The message is AWS's, never request data.
-fn map_error<E>(
+pub(crate) fn map_error<E>(
     service: &'static str,
     operation: &'static str,
     resource: &str,

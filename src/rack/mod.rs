@@ -13,6 +13,7 @@ use crate::spec::Declarations;
 use crate::templates::TemplateRef;
 
 pub mod aws;
+pub mod fenced;
 pub mod sim;
 
 /// The operations a rack offers the controller.
@@ -177,6 +178,9 @@ pub enum RackError {
     #[error("the reconcile did not finish within {} (timeouts.reconcile): an AWS call hangs or the rack answers too slowly; abandoned and retried with backoff", humantime::format_duration(*after))]
     Deadline { after: std::time::Duration },
 
+    #[error("not written: {message}")]
+    NotLeader { message: String },
+
     #[error("new revision {new} of {base} differs from it in {field}, not only in the label: not rolling it out; report this as a bug")]
     RevisionMismatch {
         base: String,
@@ -240,7 +244,8 @@ impl RackError {
                 kind: ApiErrorKind::Rejected,
                 ..
             }
-            | RackError::RevisionMismatch { .. } => "error",
+            | RackError::RevisionMismatch { .. }
+            | RackError::NotLeader { .. } => "error",
         }
     }
 }

@@ -7,7 +7,6 @@
 //! be lost without harm.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +16,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::config::{Config, Method};
+use crate::lease::{standby_message, Lease};
 use crate::memory::Memory;
 use crate::metrics::Metrics;
 use crate::model::{
@@ -30,7 +30,8 @@ use crate::plan::{
 };
 use crate::rack::{Rack, RackError, Relabelled, TemplateSummary};
 use crate::spec::Declarations;
-use crate::status::{write_status_file, ParamsFileStatus, Status, StatusHandle};
+use crate::status::{LeaseStatus, ParamsFileStatus, Status, StatusHandle};
+use crate::store::{Fetch, Location, Store, StoreError};
 use crate::templates::{TemplateRef, TemplateSource};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -46,8 +47,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct Settings {
     pub targets: Vec<ServiceTarget>,
     pub cluster_resource: String,
-    pub params_file: PathBuf,
-    pub status_file: Option<PathBuf>,
+    /// The params file: a local file or an S3 object.
+    pub params_file: Location,
+    /// The status document next to it, if enabled.
+    pub status_file: Option<Location>,
     pub resync: Duration,
     pub poll: Duration,
     pub jitter: f64,
@@ -106,6 +109,8 @@ pub enum Trigger {
     Startup,
     ParamsChanged,
     Timer,
+    /// This controller has just taken the lease.
+    LeaseAcquired,
 }
 
 impl Trigger {
@@ -113,6 +118,7 @@ impl Trigger {
         match self {
             Trigger::Startup => "startup",
             Trigger::ParamsChanged => "params_changed",
+            Trigger::LeaseAcquired => "lease_acquired",
             Trigger::Timer => "timer",
         }
     }
@@ -197,6 +203,12 @@ pub struct Reconciler {
     candidate: Option<DesiredParams>,
     /// The controller's stack update for parameters: what it asked for, and its backoff.
     stack: StackMemory,
+    /// The lease that makes this controller the rack's one writer (`None`: `lease: none`).
+    lease: Option<Lease>,
+    /// Reads the params file and writes the status document.
+    store: Store,
+    /// The ETag of the params object read last: an unchanged object is not read again.
+    params_etag: Option<String>,
 }
 
 /// What the loop remembers of its stack updates for parameters.
@@ -251,7 +263,7 @@ impl Reconciler {
         let services: Vec<String> = settings.targets.iter().map(|t| t.service.clone()).collect();
         metrics.init_series(&services);
         status.update(|s| {
-            s.params_file.path = settings.params_file.display().to_string();
+            s.params_file.path = settings.params_file.to_string();
         });
         let mut rec = Reconciler {
             rack,
@@ -272,9 +284,48 @@ impl Reconciler {
             declared: None,
             candidate: None,
             stack: StackMemory::default(),
+            lease: None,
+            store: Store::local(),
+            params_etag: None,
         };
-        rec.restore();
+        if let Some(Location::File(path)) = rec.settings.status_file.clone() {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                rec.restore(&text);
+            }
+        }
         rec
+    }
+
+    /// Reads and writes the params file and status document through `store` (needed for S3
+    /// locations), and picks up what the status document in it wrote down.
+    pub async fn with_store(mut self, store: Store) -> Self {
+        self.store = store;
+        if let Some(at @ Location::S3 { .. }) = self.settings.status_file.clone() {
+            match self.store.read(&at, None).await {
+                Ok(Fetch::Text { text, .. }) => self.restore(&text),
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(status = %at, error = %e, "cannot read the status document; starting without what it wrote down")
+                }
+            }
+        }
+        self
+    }
+
+    /// Makes this controller write only while it holds `lease`; its writes must go through
+    /// a [`crate::rack::fenced::FencedRack`] on the same lease.
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Why this controller must not write now, if it must not: another holds the lease.
+    fn standby(&mut self) -> Option<String> {
+        let view = self.lease.as_ref()?.view();
+        self.metrics.set_leader(view.leader);
+        self.status
+            .update(|s| s.lease = Some(LeaseStatus::from(&view)));
+        (!view.leader).then(|| standby_message(&view))
     }
 
     pub fn status(&self) -> StatusHandle {
@@ -375,13 +426,32 @@ impl Reconciler {
 
     /// Reads the params file. A file that parses is held against the running template once
     /// the rack is observed ([`Self::accept`]); one that does not is rejected at once.
-    fn reload_params(&mut self) {
-        match params::load(&self.settings.params_file) {
+    async fn reload_params(&mut self) {
+        let at = &self.settings.params_file;
+        let fetched = self.store.read(at, self.params_etag.as_deref()).await;
+        let loaded = match fetched {
+            Ok(Fetch::Unchanged) => return,
+            Ok(Fetch::Text { text, etag }) => {
+                self.params_etag = etag;
+                params::parse(&at.to_string(), &text)
+            }
+            Ok(Fetch::Missing) => Err(ParamsError::Missing {
+                path: at.to_string(),
+            }),
+            Err(e) => Err(ParamsError::Unreadable {
+                path: at.to_string(),
+                reason: e.to_string(),
+            }),
+        };
+        if loaded.is_err() {
+            self.params_etag = None;
+        }
+        match loaded {
             Ok(d) => {
                 if self.candidate.as_ref() != Some(&d) {
                     // Keys only: a value may be a secret until the template says otherwise.
                     let keys: Vec<&String> = d.values.keys().collect();
-                    info!(file = %self.settings.params_file.display(), parameters = ?keys, version = ?d.version,
+                    info!(file = %self.settings.params_file, parameters = ?keys, version = ?d.version,
                         "params file read");
                 }
                 self.candidate = Some(d);
@@ -402,7 +472,7 @@ impl Reconciler {
         match candidate.check(declared) {
             Ok(()) => {
                 if self.params_error.is_some() || self.desired.as_ref() != Some(&candidate) {
-                    info!(file = %self.settings.params_file.display(), "params file accepted");
+                    info!(file = %self.settings.params_file, "params file accepted");
                 }
                 self.desired = Some(candidate);
                 self.params_error = None;
@@ -429,7 +499,7 @@ impl Reconciler {
 
     fn show_params_file(&mut self) {
         let file = ParamsFileStatus {
-            path: self.settings.params_file.display().to_string(),
+            path: self.settings.params_file.to_string(),
             valid: self.params_error.is_none(),
             error: self.params_error.as_ref().map(ToString::to_string),
         };
@@ -450,7 +520,7 @@ impl Reconciler {
 
     /// The managed parameters' decisions (not the version's), without acting.
     async fn preview_params(&mut self) -> Result<(ObservedRack, Vec<Decision>), RackError> {
-        self.reload_params();
+        self.reload_params().await;
         let observed = self.observe().await?;
         self.accept(&observed.declared);
         let now = self.clock.now();
@@ -553,7 +623,7 @@ impl Reconciler {
         let run = tokio::time::timeout(deadline, self.reconcile_inner().instrument(span)).await;
         let report = match run {
             Ok(report) => report,
-            Err(_) => self.deadline_exceeded(deadline),
+            Err(_) => self.deadline_exceeded(deadline).await,
         };
         self.metrics.reconciled(report.result, started);
         report
@@ -561,7 +631,7 @@ impl Reconciler {
 
     /// A run that did not finish in time was abandoned where it stood (an AWS call that
     /// hangs, most likely). Like an unobservable rack: report it and retry with backoff.
-    fn deadline_exceeded(&mut self, deadline: Duration) -> Report {
+    async fn deadline_exceeded(&mut self, deadline: Duration) -> Report {
         let error = RackError::Deadline { after: deadline };
         let delay = self.error_delay();
         warn!(error = %error, attempt = self.consecutive_errors, retry_in = %humantime::format_duration(round(delay)),
@@ -571,7 +641,7 @@ impl Reconciler {
             s.ready = false;
             s.rack_error = Some(message);
         });
-        self.write_status_file();
+        self.write_status_file().await;
         Report {
             result: "error",
             phases: BTreeMap::new(),
@@ -595,7 +665,7 @@ impl Reconciler {
     }
 
     async fn reconcile_inner(&mut self) -> Report {
-        self.reload_params();
+        self.reload_params().await;
         let now = self.clock.now();
         let mut report = Report {
             result: "no_params",
@@ -608,20 +678,20 @@ impl Reconciler {
             retrying: false,
         };
         if self.desired.is_none() && self.candidate.is_none() {
-            return self.no_desired_state(now, report);
+            return self.no_desired_state(now, report).await;
         }
         let observed = match self.observe().await {
             Ok(o) => o,
             Err(e) => {
                 let shown = self.shown_while_unobservable();
-                return self.unobservable(e, &shown, now, report);
+                return self.unobservable(e, &shown, now, report).await;
             }
         };
         self.accept(&observed.declared);
         report.params_error = self.params_error.clone();
         let Some(desired) = self.desired.clone() else {
             report.has_desired = false;
-            return self.no_desired_state(now, report);
+            return self.no_desired_state(now, report).await;
         };
         self.forget_changed_intents(&desired, now);
         self.forget_unmanaged(&desired);
@@ -641,7 +711,7 @@ impl Reconciler {
             .any(|d| d.services.iter().any(|s| s.state.rolling()));
         let settling = decisions.iter().any(|d| d.reason == "Settling");
         report.next = self.next_run(&report, rolling, settling, now);
-        self.write_status_file();
+        self.write_status_file().await;
         report
     }
 
@@ -675,7 +745,7 @@ impl Reconciler {
     }
 
     /// No valid params file (yet): nothing is changed, and the status says why.
-    fn no_desired_state(&mut self, now: SystemTime, report: Report) -> Report {
+    async fn no_desired_state(&mut self, now: SystemTime, report: Report) -> Report {
         let message = match &self.params_error {
             Some(e) => format!("no valid params file yet, nothing is changed: {e}"),
             None => "no valid params file yet, nothing is changed".to_string(),
@@ -693,7 +763,7 @@ impl Reconciler {
                 );
             }
         });
-        self.write_status_file();
+        self.write_status_file().await;
         report
     }
 
@@ -708,11 +778,14 @@ impl Reconciler {
         report: &mut Report,
     ) -> Vec<Decision> {
         let (relabel, stack_desired) = self.split_by_method(desired, observed);
+        let standby = self.standby();
+        // A standby decides as the holder would, and writes nothing.
+        let mut acted = standby.is_some();
         let mut decisions = Vec::new();
         if let Some(value) = relabel {
             let span = info_span!("parameter", parameter = ECS_EXEC.name, desired = %value);
             let d = self
-                .reconcile_param(&ECS_EXEC, &value, observed, now, &mut report.acted)
+                .reconcile_param(&ECS_EXEC, &value, observed, now, &mut acted, &standby)
                 .instrument(span)
                 .await;
             decisions.push(d);
@@ -723,16 +796,23 @@ impl Reconciler {
             Some(v) => Some(self.plan_version_change(v, observed, &ecs, now).await),
             None => None,
         };
-        self.write_stack(
-            &mut stack,
-            version.as_mut(),
-            observed,
-            now,
-            &mut report.acted,
-        )
-        .await;
-        let mut rest = stack.decisions;
-        rest.extend(version.map(|(d, _)| d));
+        self.write_stack(&mut stack, version.as_mut(), observed, now, &mut acted)
+            .await;
+        report.acted = acted && standby.is_none();
+        let mut rest = Vec::new();
+        for mut d in stack.decisions {
+            let writes = stack.cancel.is_some() || stack.changes.contains_key(&d.param);
+            if let Some(m) = standby.as_deref().filter(|_| writes) {
+                standing_by(&mut d, m);
+            }
+            rest.push(d);
+        }
+        if let Some((mut d, _)) = version {
+            if let Some(m) = standby.as_deref().filter(|_| d.action.is_some()) {
+                standing_by(&mut d, m);
+            }
+            rest.push(d);
+        }
         for d in &rest {
             self.publish(d, now);
         }
@@ -814,6 +894,7 @@ impl Reconciler {
         observed: &ObservedRack,
         now: SystemTime,
         acted: &mut bool,
+        standby: &Option<String>,
     ) -> Decision {
         let ctx = self.context(param.name, now);
         let mut d = plan::plan(param, value, observed, &ctx);
@@ -841,6 +922,9 @@ impl Reconciler {
                 *acted = true;
             }
         }
+        if let Some(m) = standby.as_deref().filter(|_| d.action.is_some()) {
+            standing_by(&mut d, m);
+        }
         self.publish(&d, now);
         d
     }
@@ -849,7 +933,7 @@ impl Reconciler {
     /// its start (an outage does not reset the drift alert's window), and turn the phases
     /// `Unknown` only after [`UNKNOWN_AFTER`] failures in a row (one transient error does not
     /// flap them). The report says `Unknown` at once: nothing was decided.
-    fn unobservable(
+    async fn unobservable(
         &mut self,
         e: RackError,
         desired: &DesiredParams,
@@ -882,7 +966,7 @@ impl Reconciler {
                 self.metrics.set_phase(name, Phase::Unknown);
             }
         }
-        self.write_status_file();
+        self.write_status_file().await;
         report.result = "error";
         report.rack_error = Some(e);
         report.next = delay;
@@ -1037,17 +1121,11 @@ impl Reconciler {
 
     /// Picks up what a previous run wrote down in the status file: the status itself (so
     /// conditions keep their transition times), the rollouts it started and its backoffs.
-    fn restore(&mut self) {
-        let Some(path) = self.settings.status_file.clone() else {
-            return;
-        };
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return;
-        };
-        let previous: Status = match serde_json::from_str(&text) {
+    fn restore(&mut self, text: &str) {
+        let previous: Status = match serde_json::from_str(text) {
             Ok(s) => s,
             Err(e) => {
-                warn!(file = %path.display(), error = %e, "ignoring an unreadable status file");
+                warn!(error = %e, "ignoring an unreadable status file");
                 return;
             }
         };
@@ -1122,7 +1200,7 @@ impl Reconciler {
         };
         let before = self.own_rollouts.get(&roll.service).cloned();
         self.note_rollout(roll, &arn);
-        self.write_status_file();
+        self.write_status_file().await;
         match self
             .rack
             .update_service(&roll.cluster, &roll.service_name, &arn)
@@ -1258,9 +1336,9 @@ impl Reconciler {
     }
 
     /// Writes the status file when something a person would care about changed.
-    fn write_status_file(&mut self) {
+    async fn write_status_file(&mut self) {
         self.persist();
-        let Some(path) = self.settings.status_file.clone() else {
+        let Some(at) = self.settings.status_file.clone() else {
             return;
         };
         let status = self.status.get();
@@ -1268,9 +1346,16 @@ impl Reconciler {
         if self.last_written.as_ref() == Some(&key) {
             return;
         }
-        match write_status_file(&path, &status) {
+        let written = match serde_json::to_string_pretty(&status) {
+            Ok(body) => self.store.write(&at, &body).await,
+            Err(e) => Err(StoreError::Io {
+                location: at.to_string(),
+                reason: e.to_string(),
+            }),
+        };
+        match written {
             Ok(()) => self.last_written = Some(key),
-            Err(e) => warn!(file = %path.display(), error = %e, "cannot write the status file"),
+            Err(e) => warn!(file = %at, error = %e, "cannot write the status file"),
         }
     }
 
@@ -1402,6 +1487,11 @@ fn write_failed(
     d: &mut Decision,
     what: &str,
 ) {
+    if let RackError::NotLeader { message } = e {
+        // Lost the lease right before writing: the holder makes this change, no backoff.
+        standing_by(d, message);
+        return;
+    }
     let delay = mem.back_off(builder, max, now);
     mem.retrying = e.is_transient();
     d.phase = Phase::Failed;
@@ -1410,6 +1500,13 @@ fn write_failed(
         "{what} failed, next attempt in {}: {e}",
         humantime::format_duration(round(delay))
     );
+}
+
+/// A change this controller would make, left to the lease holder.
+fn standing_by(d: &mut Decision, message: &str) {
+    d.phase = Phase::Waiting;
+    d.reason = "Standby";
+    d.message = format!("{}; not written here: {message}", d.message);
 }
 
 /// The memory of a parameter, created empty on first use.

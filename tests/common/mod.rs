@@ -11,6 +11,7 @@ use rack_reconciler::model::ServiceTarget;
 use rack_reconciler::rack::sim::{SimRack, SimSettings};
 use rack_reconciler::reconcile::{Reconciler, Report, Settings, Trigger};
 use rack_reconciler::status::{Status, StatusHandle};
+use rack_reconciler::store::Location;
 
 /// The public release the sim knows, whose template does not declare `ECSExec`.
 pub const RELABEL_RELEASE: &str = "20260418101514";
@@ -61,8 +62,8 @@ impl Harness {
         Settings {
             targets: ServiceTarget::rack_api(),
             cluster_resource: "Cluster".into(),
-            params_file: self.params.clone(),
-            status_file: Some(self.dir.path().join("params.status.json")),
+            params_file: Location::File(self.params.clone()),
+            status_file: Some(Location::File(self.dir.path().join("params.status.json"))),
             resync: Duration::from_secs(60),
             poll: Duration::from_secs(5),
             jitter: 0.1,
@@ -185,8 +186,8 @@ pub fn aws_settings(dir: &std::path::Path, targets: Vec<ServiceTarget>) -> Setti
     Settings {
         targets,
         cluster_resource: "Cluster".into(),
-        params_file: dir.join("params.yaml"),
-        status_file: Some(dir.join("params.status.json")),
+        params_file: Location::File(dir.join("params.yaml")),
+        status_file: Some(Location::File(dir.join("params.status.json"))),
         resync: Duration::from_secs(60),
         poll: Duration::from_secs(5),
         jitter: 0.1,

@@ -1,0 +1,166 @@
+//! The lease in a DynamoDB table: one item per rack, keyed by `name` (a string hash key), every
+//! write conditional on the item last read. The table's TTL attribute, when enabled, is
+//! `expires` (epoch seconds): a lease whose holder is gone for good is removed by DynamoDB.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+
+use super::{LeaseError, LeaseRecord, LeaseStore};
+use crate::metrics::Metrics;
+
+/// A rack's lease item in a DynamoDB table.
+pub struct DynamoLeaseStore {
+    client: Client,
+    table: String,
+    name: String,
+    metrics: Metrics,
+}
+
+impl DynamoLeaseStore {
+    pub fn new(client: Client, table: &str, name: &str, metrics: Metrics) -> Self {
+        DynamoLeaseStore {
+            client,
+            table: table.into(),
+            name: name.into(),
+            metrics,
+        }
+    }
+
+    fn error<E: ProvideErrorMetadata + std::fmt::Debug>(
+        &self,
+        operation: &'static str,
+        e: &SdkError<E>,
+    ) -> LeaseError {
+        let message = match e {
+            SdkError::ServiceError(s) => format!(
+                "{}: {}",
+                s.err().code().unwrap_or("error"),
+                s.err().message().unwrap_or("")
+            ),
+            other => format!("{other}"),
+        };
+        LeaseError {
+            table: self.table.clone(),
+            operation,
+            message,
+        }
+    }
+
+    fn count(&self, operation: &'static str, outcome: &'static str) {
+        self.metrics.api_call("dynamodb", operation, outcome);
+    }
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn number(item: &std::collections::HashMap<String, AttributeValue>, key: &str) -> Option<u64> {
+    item.get(key)?.as_n().ok()?.parse().ok()
+}
+
+#[async_trait]
+impl LeaseStore for DynamoLeaseStore {
+    async fn read(&self) -> Result<Option<LeaseRecord>, LeaseError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("name", AttributeValue::S(self.name.clone()))
+            .consistent_read(true)
+            .send()
+            .await;
+        let out = match out {
+            Ok(o) => {
+                self.count("GetItem", "success");
+                o
+            }
+            Err(e) => {
+                self.count("GetItem", "error");
+                return Err(self.error("GetItem", &e));
+            }
+        };
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let holder = item
+            .get("holder")
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default();
+        match (
+            number(&item, "fence"),
+            number(&item, "renewals"),
+            number(&item, "expires_at_ms"),
+        ) {
+            (Some(fence), Some(renewals), Some(ms)) => Ok(Some(LeaseRecord {
+                holder,
+                fence,
+                renewals,
+                expires_at: UNIX_EPOCH + Duration::from_millis(ms),
+            })),
+            _ => Err(LeaseError {
+                table: self.table.clone(),
+                operation: "GetItem",
+                message: format!(
+                    "the item {} is not a rack-reconciler lease (fence, renewals, expires_at_ms): is the table another tool's?",
+                    self.name
+                ),
+            }),
+        }
+    }
+
+    async fn swap(
+        &self,
+        expected: Option<&LeaseRecord>,
+        new: &LeaseRecord,
+    ) -> Result<bool, LeaseError> {
+        let ms = epoch_ms(new.expires_at);
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("name", AttributeValue::S(self.name.clone()))
+            .item("holder", AttributeValue::S(new.holder.clone()))
+            .item("fence", n(new.fence))
+            .item("renewals", n(new.renewals))
+            .item("expires_at_ms", n(ms))
+            // For the table's TTL: a day after the lease ran out, the item may go.
+            .item("expires", n(ms / 1000 + 86_400));
+        put = match expected {
+            None => put
+                .condition_expression("attribute_not_exists(#n)")
+                .expression_attribute_names("#n", "name"),
+            Some(old) => put
+                .condition_expression("#h = :h AND fence = :f AND renewals = :r")
+                .expression_attribute_names("#h", "holder")
+                .expression_attribute_values(":h", AttributeValue::S(old.holder.clone()))
+                .expression_attribute_values(":f", n(old.fence))
+                .expression_attribute_values(":r", n(old.renewals)),
+        };
+        match put.send().await {
+            Ok(_) => {
+                self.count("PutItem", "success");
+                Ok(true)
+            }
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                self.count("PutItem", "condition_failed");
+                Ok(false)
+            }
+            Err(e) => {
+                self.count("PutItem", "error");
+                Err(self.error("PutItem", &e))
+            }
+        }
+    }
+}
