@@ -422,8 +422,11 @@ impl Inner {
         let sent = Instant::now();
         match self.elector.next(current, sent, self.clock.now()) {
             Step::Wait { holder } => {
+                let known = self.view.borrow().holder.clone();
                 if was_leader {
                     warn!(holder = %holder.holder, fence = holder.fence, "lease lost; standing by");
+                } else if known.as_deref() != Some(holder.holder.as_str()) {
+                    info!(holder = %holder.holder, fence = holder.fence, "another controller holds the lease; standing by");
                 }
                 self.view.send_modify(|v| {
                     v.holder = Some(holder.holder.clone());

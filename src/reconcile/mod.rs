@@ -207,6 +207,8 @@ pub struct Reconciler {
     lease: Option<Lease>,
     /// Reads the params file and writes the status document.
     store: Store,
+    /// This controller held the lease at its last look.
+    leading: bool,
     /// The ETag of the params object read last: an unchanged object is not read again.
     params_etag: Option<String>,
 }
@@ -286,6 +288,7 @@ impl Reconciler {
             stack: StackMemory::default(),
             lease: None,
             store: Store::local(),
+            leading: false,
             params_etag: None,
         };
         if let Some(Location::File(path)) = rec.settings.status_file.clone() {
@@ -300,14 +303,8 @@ impl Reconciler {
     /// locations), and picks up what the status document in it wrote down.
     pub async fn with_store(mut self, store: Store) -> Self {
         self.store = store;
-        if let Some(at @ Location::S3 { .. }) = self.settings.status_file.clone() {
-            match self.store.read(&at, None).await {
-                Ok(Fetch::Text { text, .. }) => self.restore(&text),
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(status = %at, error = %e, "cannot read the status document; starting without what it wrote down")
-                }
-            }
+        if let Some(Location::S3 { .. }) = &self.settings.status_file {
+            self.restore_from_store().await;
         }
         self
     }
@@ -320,12 +317,31 @@ impl Reconciler {
     }
 
     /// Why this controller must not write now, if it must not: another holds the lease.
-    fn standby(&mut self) -> Option<String> {
+    /// A controller that has just taken the lease over first picks up what the previous
+    /// holder wrote down (its rollouts, stack update and backoffs), as after a restart.
+    async fn standby(&mut self) -> Option<String> {
         let view = self.lease.as_ref()?.view();
         self.metrics.set_leader(view.leader);
         self.status
             .update(|s| s.lease = Some(LeaseStatus::from(&view)));
+        if view.leader && !self.leading {
+            self.restore_from_store().await;
+        }
+        self.leading = view.leader;
         (!view.leader).then(|| standby_message(&view))
+    }
+
+    async fn restore_from_store(&mut self) {
+        let Some(at) = self.settings.status_file.clone() else {
+            return;
+        };
+        match self.store.read(&at, None).await {
+            Ok(Fetch::Text { text, .. }) => self.restore(&text),
+            Ok(_) => {}
+            Err(e) => {
+                warn!(status = %at, error = %e, "cannot read the status document; going on without what it wrote down")
+            }
+        }
     }
 
     pub fn status(&self) -> StatusHandle {
@@ -778,7 +794,7 @@ impl Reconciler {
         report: &mut Report,
     ) -> Vec<Decision> {
         let (relabel, stack_desired) = self.split_by_method(desired, observed);
-        let standby = self.standby();
+        let standby = self.standby().await;
         // A standby decides as the holder would, and writes nothing.
         let mut acted = standby.is_some();
         let mut decisions = Vec::new();
@@ -1341,6 +1357,10 @@ impl Reconciler {
         let Some(at) = self.settings.status_file.clone() else {
             return;
         };
+        if self.lease.is_some() && !self.leading {
+            // The holder's status document; a standby's would overwrite what it wrote down.
+            return;
+        }
         let status = self.status.get();
         let key = significant(&status);
         if self.last_written.as_ref() == Some(&key) {

@@ -22,19 +22,27 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+/// `rack-reconciler --config CONFIG ARGS...` with the standard AWS environment pointed at
+/// `endpoint`.
+pub fn command(config: &std::path::Path, endpoint: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rack-reconciler"));
+    cmd.args(["--config", &config.display().to_string()])
+        .args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("NO_COLOR", "1")
+        .env_remove("AWS_PROFILE");
+    cmd
+}
+
 impl Binary {
     /// `rack-reconciler --config CONFIG run` with the standard AWS environment pointed at
     /// `endpoint` and `env` on top.
     pub fn run(config: &std::path::Path, endpoint: &str, env: &[(&str, &str)]) -> Binary {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rack-reconciler"))
-            .args(["--config", &config.display().to_string(), "run"])
-            .env("AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("NO_COLOR", "1")
-            .env_remove("AWS_PROFILE")
+        let mut child = command(config, endpoint, &["run"])
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -70,6 +78,13 @@ impl Binary {
             Ok(Some(line)) => line,
             _ => panic!("the controller never logged {needle:?}:\n{}", self.log()),
         }
+    }
+
+    /// `SIGKILL`: the process dies without a chance to clean up (its lease stays behind).
+    pub async fn kill(mut self) -> String {
+        self.child.kill().await.expect("kill -9");
+        while self.lines.recv().await.is_some() {}
+        self.log()
     }
 
     /// Everything logged so far.

@@ -1,0 +1,195 @@
+//! One active writer, against moto's DynamoDB: the lease's conditional writes, a paused
+//! holder that wakes after its lease ran out and writes nothing, two `run` processes on one
+//! rack of which only the holder writes, the standby taking over from a killed holder, and
+//! `apply` refusing to write while another controller holds the lease.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
+use common::binary::{command, free_port, Binary};
+use common::moto::Moto;
+use common::rack_fixture::{self, STACK, WEB};
+use rack_reconciler::lease::dynamodb::DynamoLeaseStore;
+use rack_reconciler::lease::{Lease, LeaseStore, Timing};
+use rack_reconciler::metrics::Metrics;
+use rack_reconciler::rack::fenced::FencedRack;
+use rack_reconciler::rack::sim::{SimRack, SimSettings};
+use rack_reconciler::rack::{Rack, RackError};
+
+const TABLE: &str = "convox-rack-reconciler-lease";
+
+/// The lease table as deploy/controller.yaml creates it.
+async fn create_table(moto: &Moto) -> aws_sdk_dynamodb::Client {
+    let client = aws_sdk_dynamodb::Client::new(&moto.sdk_config(&moto.endpoint).await);
+    client
+        .create_table()
+        .table_name(TABLE)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("name")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attribute"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("name")
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key"),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create the lease table");
+    client
+}
+
+fn lease(client: &aws_sdk_dynamodb::Client, holder: &str, timing: Timing) -> Lease {
+    let store: Arc<dyn LeaseStore> = Arc::new(DynamoLeaseStore::new(
+        client.clone(),
+        TABLE,
+        STACK,
+        Metrics::new(),
+    ));
+    Lease::new(store, holder, timing)
+}
+
+#[tokio::test]
+async fn a_holder_paused_past_its_lease_writes_nothing() {
+    let moto = Moto::start().await;
+    let client = create_table(&moto).await;
+    let timing = Timing::for_duration(Duration::from_secs(3));
+    let a = lease(&client, "a", timing);
+    let b = lease(&client, "b", timing);
+    a.tick().await.expect("a looks");
+    b.tick().await.expect("b looks");
+    assert!(a.is_leader() && !b.is_leader());
+
+    // a's writes go to a rack through the fence.
+    let sim = Arc::new(SimRack::new(SimSettings::default()));
+    let rack = FencedRack::new(sim.clone(), a.clone());
+    let cluster = sim.resource("Cluster").expect("cluster");
+    let web = sim.service_snapshot("ServiceWebApi").expect("web");
+    let (service, td) = (web.name.clone(), web.deployments[0].task_definition.clone());
+    rack.update_service(&cluster, &service, &td)
+        .await
+        .expect("the holder writes");
+
+    // a stops renewing (paused); b sees the record unchanged for a lease duration and takes it.
+    for _ in 0..40 {
+        tokio::time::sleep(timing.retry).await;
+        b.tick().await.expect("b looks");
+        if b.is_leader() {
+            break;
+        }
+    }
+    assert!(b.is_leader(), "the standby never took over");
+    assert_eq!(b.view().fence, 2);
+
+    // a wakes and tries to write: the fence refuses, and says who holds the lease.
+    let writes = sim.writes();
+    let refused = rack
+        .update_service(&cluster, &service, &td)
+        .await
+        .expect_err("a paused holder must not write");
+    assert!(
+        matches!(&refused, RackError::NotLeader { message } if message.contains("b (fence 2)")),
+        "{refused}"
+    );
+    assert_eq!(sim.writes(), writes, "nothing was written");
+    assert!(!a.is_leader());
+}
+
+/// A controller on the moto rack, managing the web service only, with the shared lease.
+fn config(dir: &std::path::Path, name: &str, port: u16) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "backend: aws\nrack: {STACK}\nparams_file: params.yaml\nstatus_file: true\n\
+             listen: 127.0.0.1:{port}\n\
+             lease:\n  table: {TABLE}\n  duration: 3s\n  holder: {name}\n\
+             services:\n  - service: ServiceWebApi\n    task_definition: ApiWebTasks\n\
+             intervals:\n  poll: 500ms\n  resync: 2s\n  min_write: 100ms\n"
+        ),
+    )
+    .expect("config");
+    path
+}
+
+fn writes(log: &str) -> usize {
+    log.matches("rolling service").count()
+}
+
+#[tokio::test]
+async fn two_controllers_one_writer_takeover_and_apply_refused() {
+    let moto = Moto::start().await;
+    let _rack = rack_fixture::create(&moto).await;
+    let (_, ecs) = moto.clients().await;
+    create_table(&moto).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("params.yaml"), "ECSExec: \"No\"\n").expect("params");
+
+    let mut first = Binary::run(
+        &config(dir.path(), "first", free_port()),
+        &moto.endpoint,
+        &[],
+    );
+    first.wait_for("lease acquired").await;
+    let mut second = Binary::run(
+        &config(dir.path(), "second", free_port()),
+        &moto.endpoint,
+        &[],
+    );
+    second
+        .wait_for("another controller holds the lease; standing by")
+        .await;
+    second.wait_for("phase=Converged").await;
+
+    // Both see the edit; only the holder writes, the standby says it stands by.
+    let before = rack_fixture::service_task_definition(&ecs, WEB).await;
+    std::fs::write(dir.path().join("params.yaml"), "ECSExec: \"Yes\"\n").expect("edit");
+    first.wait_for("rolling service").await;
+    second.wait_for("reason=\"Standby\"").await;
+    assert_eq!(writes(&second.log()), 0, "{}", second.log());
+    let rolled = rack_fixture::service_task_definition(&ecs, WEB).await;
+    assert_ne!(before, rolled, "the holder rolled the web service");
+
+    // The holder dies without releasing the lease. (moto's ECS never moves a deployment
+    // on, so the change still looks unfinished.) The standby takes over once the lease
+    // has gone unrenewed for its duration and makes the change itself.
+    let first_log = first.kill().await;
+    assert!(writes(&first_log) >= 1);
+    second.wait_for("lease acquired").await;
+    second.wait_for("rolling service").await;
+
+    // A workstation `apply` while the second controller holds the lease writes nothing and
+    // says who holds it until when.
+    std::fs::write(dir.path().join("params.yaml"), "ECSExec: \"Yes\"\n").expect("edit");
+    let out = command(
+        &config(dir.path(), "workstation", free_port()),
+        &moto.endpoint,
+        &["apply"],
+    )
+    .output()
+    .await
+    .expect("apply");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}");
+    assert!(
+        stdout.contains("another controller holds the lease: second (fence 2) until"),
+        "{stdout}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("rolling service"),
+        "apply wrote"
+    );
+    let (_, second_log) = second.terminate().await;
+    assert!(second_log.contains("lease released"), "{second_log}");
+}
