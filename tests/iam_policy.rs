@@ -51,6 +51,8 @@ fn policy(cluster: &str) -> Value {
             "STACK_ROLE",
             "convox-rack-reconciler-CloudFormationRole-1ABC",
         )
+        .replace("SETTINGS_BUCKET", "convox-settings-1abc")
+        .replace("SETTINGS_KEY", "1234abcd-12ab-34cd-56ef-1234567890ab")
         .replace("RACK", "convox");
     serde_json::from_str(&text).expect("policy is JSON")
 }
@@ -111,6 +113,12 @@ async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond()
     let stack_role =
         format!("arn:aws:iam::{ACCOUNT}:role/convox-rack-reconciler-CloudFormationRole-1ABC");
     let p = policy(&cluster);
+    let lease_table =
+        format!("arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/convox-rack-reconciler-lease");
+    let params_object = "arn:aws:s3:::convox-settings-1abc/rack-reconciler/params.yaml";
+    let status_object = "arn:aws:s3:::convox-settings-1abc/rack-reconciler/params.status.json";
+    let settings_key =
+        format!("arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab");
 
     let calls: Vec<Call> = vec![
         ("cloudformation:DescribeStacks", &stack_arn, vec![]),
@@ -139,6 +147,20 @@ async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond()
             "iam:PassRole",
             &role,
             vec![("iam:PassedToService", "ecs-tasks.amazonaws.com")],
+        ),
+        ("dynamodb:GetItem", &lease_table, vec![]),
+        ("dynamodb:PutItem", &lease_table, vec![]),
+        ("s3:GetObject", &params_object, vec![]),
+        ("s3:PutObject", &status_object, vec![]),
+        (
+            "kms:Decrypt",
+            &settings_key,
+            vec![("kms:ViaService", "s3.us-east-1.amazonaws.com")],
+        ),
+        (
+            "kms:GenerateDataKey",
+            &settings_key,
+            vec![("kms:ViaService", "s3.us-east-1.amazonaws.com")],
         ),
     ];
     for (action, resource, context) in &calls {
@@ -184,6 +206,15 @@ async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond()
             vec![("ecs:CreateAction", "RunTask")],
         ),
         ("ecs:DeregisterTaskDefinition", "*", vec![]),
+        // The Settings bucket's other objects (apps' environments) stay out of reach, and
+        // the bucket's key is usable only through S3.
+        (
+            "s3:GetObject",
+            "arn:aws:s3:::convox-settings-1abc/releases/myapp/env",
+            vec![],
+        ),
+        ("kms:Decrypt", &settings_key, vec![]),
+        ("dynamodb:DeleteTable", &lease_table, vec![]),
         // The stack role goes to CloudFormation only, and the API role never does.
         (
             "iam:PassRole",
@@ -231,7 +262,9 @@ fn untag(v: serde_yaml::Value) -> serde_yaml::Value {
                     .replace("${AWS::AccountId}", "ACCOUNT_ID")
                     .replace("${Rack}", "RACK")
                     .replace("${Cluster}", "CLUSTER")
-                    .replace("${CloudFormationRole}", "STACK_ROLE"),
+                    .replace("${CloudFormationRole}", "STACK_ROLE")
+                    .replace("${SettingsBucket}", "SETTINGS_BUCKET")
+                    .replace("${SettingsKey}", "SETTINGS_KEY"),
             ),
             other => untag(other),
         },

@@ -84,7 +84,11 @@ async fn the_params_object_is_polled_cheaply_and_validated_like_a_file() {
         .await
         .expect("the edit is seen within a few polls");
     assert_eq!(woken, Some(Trigger::ParamsChanged));
-    assert_eq!(count(&poll_metrics, "success"), 2, "the new version read once");
+    assert_eq!(
+        count(&poll_metrics, "success"),
+        2,
+        "the new version read once"
+    );
     let _ = stop.send(true);
 
     // The loop reads the object (conditionally) and writes the status document next to it.
