@@ -316,18 +316,25 @@ async fn reconciler(cfg: &Config, wiring: &Wiring) -> Result<Reconciler> {
     })
 }
 
-/// Keeps the lease while the command runs (released on `shutdown`), and wakes the loop when
-/// this controller takes the lease over.
-fn keep_lease(lease: &Lease, shutdown: watch::Receiver<bool>, wake: Option<mpsc::Sender<Trigger>>) {
+/// Keeps the lease while the command runs (released on `shutdown`), shows it in
+/// `rack_reconciler_leader`, and wakes the loop when this controller takes the lease over.
+fn keep_lease(
+    lease: &Lease,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+    wake: Option<mpsc::Sender<Trigger>>,
+) {
     tokio::spawn(lease.clone().keep(shutdown));
-    let Some(wake) = wake else { return };
     let mut views = lease.subscribe();
     tokio::spawn(async move {
         let mut leader = false;
         while views.changed().await.is_ok() {
             let now = views.borrow().leader;
+            metrics.set_leader(now);
             if now && !leader {
-                let _ = wake.try_send(Trigger::LeaseAcquired);
+                if let Some(wake) = &wake {
+                    let _ = wake.try_send(Trigger::LeaseAcquired);
+                }
             }
             leader = now;
         }
@@ -389,7 +396,7 @@ async fn run(cfg: Config) -> Result<u8> {
         }
     };
     if let Some(lease) = &wiring.lease {
-        keep_lease(lease, shutdown.clone(), Some(tx));
+        keep_lease(lease, wiring.metrics.clone(), shutdown.clone(), Some(tx));
     }
     rec.run(rx, shutdown).await;
     if let Some(lease) = &wiring.lease {
@@ -421,12 +428,18 @@ async fn apply(cfg: Config, max_errors: u32, timeout: Duration) -> Result<u8> {
     let shutdown = shutdown_signal()?;
     let (stop_lease, lease_stopped) = watch::channel(false);
     if let Some(lease) = &wiring.lease {
-        keep_lease(lease, lease_stopped, None);
+        keep_lease(lease, wiring.metrics.clone(), lease_stopped, None);
     }
     let run = tokio::time::timeout(timeout, rec.apply(shutdown, max_errors.max(1))).await;
     let _ = stop_lease.send(true);
     if let Some(lease) = &wiring.lease {
+        let lost = !lease.is_leader();
         lease.release().await;
+        if lost {
+            print_status(&rec.status().get());
+            println!("stopped: {}", standby_message(&lease.view()));
+            return Ok(exit::BLOCKED);
+        }
     }
     let status = rec.status().get();
     let Ok(report) = run else {
@@ -652,6 +665,19 @@ fn print_status(s: &Status) {
     );
     if let Some(e) = &s.rack_error {
         println!("rack error: {e}");
+    }
+    if let Some(l) = &s.lease {
+        println!(
+            "lease: {} (holder {}, fence {}, until {}){}",
+            if l.leader { "held, writing" } else { "Standby" },
+            l.holder.as_deref().unwrap_or("unknown"),
+            l.fence,
+            l.expires_at.as_deref().unwrap_or("-"),
+            l.error
+                .as_deref()
+                .map(|e| format!("; {e}"))
+                .unwrap_or_default()
+        );
     }
     for p in &s.parameters {
         println!(

@@ -88,6 +88,8 @@ pub enum StoreError {
     Aws(#[from] RackError),
     #[error("{location}: an S3 location needs the AWS SDK; this command has none configured")]
     NoS3 { location: String },
+    #[error("{source}; S3 also answers AccessDenied for an object that does not exist when the role may not list the bucket: create {location} (`rack-reconciler set KEY=VALUE`) or grant s3:GetObject on it")]
+    Denied { location: String, source: RackError },
     #[error(
         "{location} changed while it was being edited: nothing was written; run the command again"
     )]
@@ -209,6 +211,12 @@ impl Store {
             Err(e) => {
                 let err = map_error("s3", "GetObject", &at.to_string(), &e);
                 self.metrics.api_call("s3", "GetObject", err.outcome());
+                if err.outcome() == "access_denied" {
+                    return Err(StoreError::Denied {
+                        location: at.to_string(),
+                        source: err,
+                    });
+                }
                 return Err(err.into());
             }
         };

@@ -150,8 +150,8 @@ async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond()
         ),
         ("dynamodb:GetItem", &lease_table, vec![]),
         ("dynamodb:PutItem", &lease_table, vec![]),
-        ("s3:GetObject", &params_object, vec![]),
-        ("s3:PutObject", &status_object, vec![]),
+        ("s3:GetObject", params_object, vec![]),
+        ("s3:PutObject", status_object, vec![]),
         (
             "kms:Decrypt",
             &settings_key,

@@ -12,6 +12,10 @@ use aws_sdk_dynamodb::Client;
 use super::{LeaseError, LeaseRecord, LeaseStore};
 use crate::metrics::Metrics;
 
+/// The calls made, as (service, operation): metric labels, and the IAM actions granted.
+const GET_ITEM: (&str, &str) = ("dynamodb", "GetItem");
+const PUT_ITEM: (&str, &str) = ("dynamodb", "PutItem");
+
 /// A rack's lease item in a DynamoDB table.
 pub struct DynamoLeaseStore {
     client: Client,
@@ -50,8 +54,8 @@ impl DynamoLeaseStore {
         }
     }
 
-    fn count(&self, operation: &'static str, outcome: &'static str) {
-        self.metrics.api_call("dynamodb", operation, outcome);
+    fn count(&self, (service, operation): (&'static str, &'static str), outcome: &'static str) {
+        self.metrics.api_call(service, operation, outcome);
     }
 }
 
@@ -82,11 +86,11 @@ impl LeaseStore for DynamoLeaseStore {
             .await;
         let out = match out {
             Ok(o) => {
-                self.count("GetItem", "success");
+                self.count(GET_ITEM, "success");
                 o
             }
             Err(e) => {
-                self.count("GetItem", "error");
+                self.count(GET_ITEM, "error");
                 return Err(self.error("GetItem", &e));
             }
         };
@@ -150,15 +154,15 @@ impl LeaseStore for DynamoLeaseStore {
         };
         match put.send().await {
             Ok(_) => {
-                self.count("PutItem", "success");
+                self.count(PUT_ITEM, "success");
                 Ok(true)
             }
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
-                self.count("PutItem", "condition_failed");
+                self.count(PUT_ITEM, "condition_failed");
                 Ok(false)
             }
             Err(e) => {
-                self.count("PutItem", "error");
+                self.count(PUT_ITEM, "error");
                 Err(self.error("PutItem", &e))
             }
         }

@@ -85,9 +85,14 @@ impl Elector {
     /// Whether this controller may write now: it holds the lease and, by its own clock, the
     /// lease has not run out (with a tenth of the duration to spare).
     pub fn holds(&self, now: Instant) -> bool {
+        self.valid_until().is_some_and(|t| now < t)
+    }
+
+    /// Until when the lease held is good by this controller's clock.
+    pub fn valid_until(&self) -> Option<Instant> {
         self.held
             .as_ref()
-            .is_some_and(|(_, sent)| now < *sent + self.duration - self.duration / 10)
+            .map(|(_, sent)| *sent + self.duration - self.duration / 10)
     }
 
     /// The record held, if any.
@@ -236,6 +241,8 @@ pub struct LeaseView {
     pub expires_at: Option<SystemTime>,
     /// The last error reaching the table, if the last attempt failed.
     pub error: Option<String>,
+    /// While `leader`: until when, by this controller's clock, its lease is good.
+    pub valid_until: Option<Instant>,
 }
 
 /// Why a write was refused: this controller does not hold the lease.
@@ -314,18 +321,34 @@ impl Lease {
         }
     }
 
-    pub fn view(&self) -> LeaseView {
-        self.view.borrow().clone()
-    }
-
     /// Every change of what this controller knows of the lease.
     pub fn subscribe(&self) -> watch::Receiver<LeaseView> {
         self.view.clone()
     }
 
-    /// Whether this controller holds the lease, by the last step taken.
+    /// Whether this controller holds the lease: by the last step taken, and not run out
+    /// since (a process paused past its lease knows at once when it wakes).
     pub fn is_leader(&self) -> bool {
-        self.view.borrow().leader
+        let v = self.view.borrow();
+        v.leader && v.valid_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// A lease this controller held ran out without being renewed (the process was paused,
+    /// or the table unreachable): looks at it anew, so it knows who holds it now.
+    pub async fn refresh_if_lapsed(&self) {
+        let lapsed = self.view.borrow().leader && !self.is_leader();
+        if lapsed {
+            if let Err(e) = self.tick().await {
+                warn!(error = %e, "cannot check the lease; writing nothing");
+            }
+        }
+    }
+
+    /// What this controller knows of the lease now (`leader` as [`Lease::is_leader`]).
+    pub fn view(&self) -> LeaseView {
+        let mut v = self.view.borrow().clone();
+        v.leader = self.is_leader();
+        v
     }
 
     /// One step: renew the lease held, or look at it and take it when it is free or abandoned.
@@ -456,9 +479,11 @@ impl Inner {
     fn publish(&mut self, error: Option<&LeaseError>) {
         let now = Instant::now();
         let leader = self.elector.holds(now);
+        let valid_until = self.elector.valid_until();
         let held = self.elector.held().cloned();
         self.view.send_modify(|v| {
             v.leader = leader;
+            v.valid_until = valid_until;
             if let Some(r) = held {
                 v.holder = Some(r.holder);
                 v.fence = r.fence;

@@ -1235,11 +1235,17 @@ mod tests {
 mod policy_tests {
     use std::collections::BTreeSet;
 
-    /// The AWS operations this adapter calls, read from its own source.
+    /// The AWS operations the controller calls, read from the sources of its adapters: the
+    /// rack (CloudFormation, ECS), the params and status store (S3), the lease (DynamoDB).
     fn called_operations() -> BTreeSet<String> {
-        let src = include_str!("aws.rs");
+        let src = [
+            include_str!("aws.rs"),
+            include_str!("../store.rs"),
+            include_str!("../lease/dynamodb.rs"),
+        ]
+        .concat();
         let mut ops = BTreeSet::new();
-        for service in ["cloudformation", "ecs"] {
+        for service in ["cloudformation", "ecs", "s3", "dynamodb"] {
             for part in src.split(&format!("\"{service}\",")).skip(1) {
                 let op: String = part
                     .trim_start()
@@ -1279,9 +1285,12 @@ mod policy_tests {
             }
         }
         let mut wanted = called_operations();
-        assert_eq!(wanted.len(), 17, "{wanted:?}");
+        assert_eq!(wanted.len(), 21, "{wanted:?}");
         wanted.insert("iam:PassRole".into());
         wanted.insert("ecs:TagResource".into());
+        // S3 encrypts and decrypts the Settings bucket's objects with the rack's KMS key.
+        wanted.insert("kms:Decrypt".into());
+        wanted.insert("kms:GenerateDataKey".into());
         assert_eq!(granted, wanted);
     }
 }

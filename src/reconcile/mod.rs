@@ -320,7 +320,9 @@ impl Reconciler {
     /// A controller that has just taken the lease over first picks up what the previous
     /// holder wrote down (its rollouts, stack update and backoffs), as after a restart.
     async fn standby(&mut self) -> Option<String> {
-        let view = self.lease.as_ref()?.view();
+        let lease = self.lease.as_ref()?;
+        lease.refresh_if_lapsed().await;
+        let view = lease.view();
         self.metrics.set_leader(view.leader);
         self.status
             .update(|s| s.lease = Some(LeaseStatus::from(&view)));
@@ -1357,7 +1359,7 @@ impl Reconciler {
         let Some(at) = self.settings.status_file.clone() else {
             return;
         };
-        if self.lease.is_some() && !self.leading {
+        if self.lease.as_ref().is_some_and(|l| !l.is_leader()) {
             // The holder's status document; a standby's would overwrite what it wrote down.
             return;
         }
@@ -1468,7 +1470,9 @@ impl Reconciler {
             let Some(report) = self.reconcile_unless_stopped(trigger, &mut shutdown).await else {
                 return last.unwrap_or_else(|| self.interrupted());
             };
-            let give_up = !report.has_desired || self.consecutive_errors >= max_errors;
+            // Lost the lease: another controller writes now; nothing more to do here.
+            let lost = self.lease.as_ref().is_some_and(|l| !l.is_leader());
+            let give_up = lost || !report.has_desired || self.consecutive_errors >= max_errors;
             if (report.is_final() && !report.retrying)
                 || give_up
                 || (report.phases.is_empty() && report.rack_error.is_none())
