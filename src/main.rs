@@ -24,7 +24,7 @@ use rack_reconciler::rack::Rack;
 use rack_reconciler::reconcile::{Reconciler, Settings, Trigger};
 use rack_reconciler::spec::Declarations;
 use rack_reconciler::status::{Status, StatusHandle};
-use rack_reconciler::store::{Fetch, Location, Store};
+use rack_reconciler::store::{Fetch, Location, Store, StoreError};
 
 /// Exit codes, documented in the README.
 mod exit {
@@ -763,9 +763,13 @@ async fn declarations(cfg: &Config, template: Option<&Path>) -> Result<Declarati
 
 /// The text of the params document at `at` and its version (ETag); empty when there is none.
 async fn read_params(store: &Store, at: &Location) -> Result<(String, Option<String>)> {
-    match store.read(at, None).await? {
-        Fetch::Text { text, etag } => Ok((text, etag)),
-        Fetch::Missing | Fetch::Unchanged => Ok((String::new(), None)),
+    match store.read(at, None).await {
+        Ok(Fetch::Text { text, etag }) => Ok((text, etag)),
+        Ok(Fetch::Missing | Fetch::Unchanged) => Ok((String::new(), None)),
+        // S3 answers AccessDenied for a missing object to a role that may not list the
+        // bucket: write it as new (`If-None-Match: *`), which fails if it does exist.
+        Err(StoreError::Denied { .. }) => Ok((String::new(), None)),
+        Err(e) => Err(e.into()),
     }
 }
 

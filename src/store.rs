@@ -91,7 +91,7 @@ pub enum StoreError {
     #[error("{source}; S3 also answers AccessDenied for an object that does not exist when the role may not list the bucket: create {location} (`rack-reconciler set KEY=VALUE`) or grant s3:GetObject on it")]
     Denied { location: String, source: RackError },
     #[error(
-        "{location} changed while it was being edited: nothing was written; run the command again"
+        "{location} changed while it was being edited (or this write was retried after it had landed): check it with `rack-reconciler get`, then run the command again"
     )]
     Conflict { location: String },
 }
@@ -267,7 +267,8 @@ impl Store {
                 self.metrics.api_call("s3", "PutObject", "success");
                 Ok(())
             }
-            Err(SdkError::ServiceError(se)) if se.raw().status().as_u16() == 412 => {
+            // 412: the object changed; 409: a concurrent conditional write won the race.
+            Err(SdkError::ServiceError(se)) if matches!(se.raw().status().as_u16(), 409 | 412) => {
                 self.metrics.api_call("s3", "PutObject", "condition_failed");
                 Err(StoreError::Conflict {
                     location: at.to_string(),
@@ -310,8 +311,13 @@ pub async fn watch_object(
 ) {
     let mut etag = None;
     let mut first = true;
+    let mut failing = false;
     loop {
-        match store.read(&at, etag.as_deref()).await {
+        let polled = store.read(&at, etag.as_deref()).await;
+        if polled.is_ok() {
+            failing = false;
+        }
+        match polled {
             Ok(Fetch::Unchanged) => debug!(params = %at, "params unchanged"),
             Ok(fetched) => {
                 let new = match fetched {
@@ -325,9 +331,12 @@ pub async fn watch_object(
                 }
                 etag = new;
             }
-            Err(e) => {
-                warn!(params = %at, error = %e, "polling the params failed; retrying at the next poll")
+            // Once per run of failures: the loop's own read reports it in the status.
+            Err(e) if !failing => {
+                failing = true;
+                warn!(params = %at, error = %e, "polling the params failed; retrying at every poll");
             }
+            Err(e) => debug!(params = %at, error = %e, "polling the params failed again"),
         }
         first = false;
         tokio::select! {

@@ -193,3 +193,55 @@ async fn two_controllers_one_writer_takeover_and_apply_refused() {
     let (_, second_log) = second.terminate().await;
     assert!(second_log.contains("lease released"), "{second_log}");
 }
+
+/// What moto does not show: the SDK resending a conditional write whose first attempt had
+/// landed (its answer was lost), so the resent one fails its condition. DynamoDB returns the
+/// item with the failure; the store tells its own write from someone else's by it.
+#[tokio::test]
+async fn a_resent_write_that_had_landed_is_not_a_lost_lease() {
+    use aws_sdk_dynamodb::operation::put_item::PutItemError;
+    use aws_sdk_dynamodb::types::error::ConditionalCheckFailedException;
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use aws_smithy_mocks::{mock, mock_client, RuleMode};
+    use rack_reconciler::lease::LeaseRecord;
+
+    let mine = LeaseRecord {
+        holder: "a".into(),
+        fence: 3,
+        renewals: 8,
+        expires_at: std::time::UNIX_EPOCH + Duration::from_millis(1_800_000_000_000),
+    };
+    let item = |holder: &str| {
+        [
+            ("name", AttributeValue::S(STACK.into())),
+            ("holder", AttributeValue::S(holder.into())),
+            ("fence", AttributeValue::N("3".into())),
+            ("renewals", AttributeValue::N("8".into())),
+            ("expires_at_ms", AttributeValue::N("1800000000000".into())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect::<std::collections::HashMap<_, _>>()
+    };
+    for (stored_holder, landed) in [("a", true), ("b", false)] {
+        let stored = item(stored_holder);
+        let put = mock!(aws_sdk_dynamodb::Client::put_item).then_error(move || {
+            PutItemError::ConditionalCheckFailedException(
+                ConditionalCheckFailedException::builder()
+                    .set_item(Some(stored.clone()))
+                    .build(),
+            )
+        });
+        let client = mock_client!(aws_sdk_dynamodb, RuleMode::MatchAny, &[&put]);
+        let store = DynamoLeaseStore::new(client, TABLE, STACK, Metrics::new());
+        let before = LeaseRecord {
+            renewals: 7,
+            ..mine.clone()
+        };
+        assert_eq!(
+            store.swap(Some(&before), &mine).await.expect("swap"),
+            landed,
+            "the stored item is {stored_holder}'s"
+        );
+    }
+}

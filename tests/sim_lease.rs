@@ -53,11 +53,19 @@ async fn the_standby_writes_nothing_then_takes_over_and_the_old_holder_is_fenced
     a.reconcile(Trigger::ParamsChanged).await;
     assert_eq!(h.sim.writes(), 1, "the holder makes the one stack update");
 
-    // a stops renewing (a paused process); b looks every `retry` and takes over.
+    // a stops renewing (a paused process); b looks every `retry` and takes over within the
+    // lease duration and one look of a's last renewal (on tokio's paused clock).
+    la.tick().await.expect("a renews");
+    let last_renewal = tokio::time::Instant::now();
     while !lb.is_leader() {
         tokio::time::sleep(timing.retry).await;
         lb.tick().await.expect("b");
     }
+    let took = tokio::time::Instant::now() - last_renewal;
+    assert!(
+        took >= timing.duration && took <= timing.duration + 2 * timing.retry,
+        "took over after {took:?}"
+    );
     let reports = drive(&mut b, 300, |r| {
         r.phases.get("ECSExec") == Some(&Phase::Converged)
     })

@@ -1,12 +1,13 @@
 //! The lease in a DynamoDB table: one item per rack, keyed by `name` (a string hash key), every
-//! write conditional on the item last read. The table's TTL attribute, when enabled, is
-//! `expires` (epoch seconds): a lease whose holder is gone for good is removed by DynamoDB.
+//! write conditional on the item last read. Items are never deleted (a release empties the
+//! holder), so the fencing counter only ever grows.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 
 use super::{LeaseError, LeaseRecord, LeaseStore};
@@ -69,8 +70,20 @@ fn epoch_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn number(item: &std::collections::HashMap<String, AttributeValue>, key: &str) -> Option<u64> {
+type Item = std::collections::HashMap<String, AttributeValue>;
+
+fn number(item: &Item, key: &str) -> Option<u64> {
     item.get(key)?.as_n().ok()?.parse().ok()
+}
+
+/// The lease an item holds, if it is one.
+fn record(item: &Item) -> Option<LeaseRecord> {
+    Some(LeaseRecord {
+        holder: item.get("holder")?.as_s().ok()?.clone(),
+        fence: number(item, "fence")?,
+        renewals: number(item, "renewals")?,
+        expires_at: UNIX_EPOCH + Duration::from_millis(number(item, "expires_at_ms")?),
+    })
 }
 
 #[async_trait]
@@ -97,23 +110,9 @@ impl LeaseStore for DynamoLeaseStore {
         let Some(item) = out.item else {
             return Ok(None);
         };
-        let holder = item
-            .get("holder")
-            .and_then(|v| v.as_s().ok())
-            .cloned()
-            .unwrap_or_default();
-        match (
-            number(&item, "fence"),
-            number(&item, "renewals"),
-            number(&item, "expires_at_ms"),
-        ) {
-            (Some(fence), Some(renewals), Some(ms)) => Ok(Some(LeaseRecord {
-                holder,
-                fence,
-                renewals,
-                expires_at: UNIX_EPOCH + Duration::from_millis(ms),
-            })),
-            _ => Err(LeaseError {
+        match record(&item) {
+            Some(r) => Ok(Some(r)),
+            None => Err(LeaseError {
                 table: self.table.clone(),
                 operation: "GetItem",
                 message: format!(
@@ -139,8 +138,8 @@ impl LeaseStore for DynamoLeaseStore {
             .item("fence", n(new.fence))
             .item("renewals", n(new.renewals))
             .item("expires_at_ms", n(ms))
-            // For the table's TTL: a day after the lease ran out, the item may go.
-            .item("expires", n(ms / 1000 + 86_400));
+            // A retry of a write that had landed fails its condition: the item then tells.
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         put = match expected {
             None => put
                 .condition_expression("attribute_not_exists(#n)")
@@ -157,9 +156,22 @@ impl LeaseStore for DynamoLeaseStore {
                 self.count(PUT_ITEM, "success");
                 Ok(true)
             }
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(PutItemError::is_conditional_check_failed_exception) =>
+            {
                 self.count(PUT_ITEM, "condition_failed");
-                Ok(false)
+                // The SDK resent a write whose first attempt had landed (its answer was lost):
+                // the item is what this write stored, so it succeeded.
+                let landed = e
+                    .as_service_error()
+                    .and_then(|se| match se {
+                        PutItemError::ConditionalCheckFailedException(c) => c.item(),
+                        _ => None,
+                    })
+                    .and_then(record)
+                    .is_some_and(|stored| stored == *new);
+                Ok(landed)
             }
             Err(e) => {
                 self.count(PUT_ITEM, "error");

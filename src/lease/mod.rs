@@ -361,7 +361,9 @@ impl Lease {
 
     /// Right before a write: renews the lease held (one conditional write), so a controller
     /// that lost it, or was paused past its expiry, finds out and writes nothing.
-    pub async fn fence(&self) -> Result<u64, NotLeader> {
+    /// Returns the fence and when, by this controller's clock, the lease renewed now runs
+    /// out: a write must be over (or abandoned) by then.
+    pub async fn fence(&self) -> Result<(u64, Instant), NotLeader> {
         let mut inner = self.inner.lock().await;
         let now = Instant::now();
         let renewed = match inner.elector.held().cloned() {
@@ -375,8 +377,8 @@ impl Lease {
         };
         inner.publish(renewed.as_ref().err());
         let now = Instant::now();
-        match (renewed, inner.elector.held()) {
-            (Ok(()), Some(r)) if inner.elector.holds(now) => Ok(r.fence),
+        match (renewed, inner.elector.held(), inner.elector.valid_until()) {
+            (Ok(()), Some(r), Some(until)) if now < until => Ok((r.fence, until)),
             _ => Err(NotLeader(inner.view.borrow().clone())),
         }
     }
@@ -397,8 +399,9 @@ impl Lease {
         }
     }
 
-    /// Keeps the lease until `shutdown` turns true, then releases it: renews every
-    /// `renew` while held, looks every `retry` otherwise.
+    /// Keeps the lease until `shutdown` turns true: renews every `renew` while held, looks
+    /// every `retry` otherwise. It does not release the lease: a write in progress may still
+    /// finish under it; the command releases it once its loop has stopped.
     pub async fn keep(self, mut shutdown: watch::Receiver<bool>) {
         loop {
             if let Err(e) = self.tick().await {
@@ -414,7 +417,6 @@ impl Lease {
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
         }
-        self.release().await;
     }
 }
 

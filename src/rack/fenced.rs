@@ -24,13 +24,22 @@ impl FencedRack {
         FencedRack { inner, lease }
     }
 
-    async fn fence(&self) -> Result<(), RackError> {
-        self.lease
-            .fence()
+    /// Re-checks the lease, then makes `write` while the lease renewed now is good: a write
+    /// (with the SDK's retries) still running when it runs out is abandoned, so no retry of
+    /// it reaches AWS after a standby may have taken over.
+    async fn fenced<T>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, RackError>>,
+    ) -> Result<T, RackError> {
+        let (_, until) = self.lease.fence().await.map_err(|e| RackError::NotLeader {
+            message: e.to_string(),
+        })?;
+        tokio::time::timeout_at(until, write)
             .await
-            .map(|_| ())
-            .map_err(|e| RackError::NotLeader {
-                message: e.to_string(),
+            .unwrap_or_else(|_| {
+                Err(RackError::NotLeader {
+                    message: "the lease ran out while the write was being made; abandoned (the next reconcile finds out what happened)".into(),
+                })
             })
     }
 }
@@ -54,8 +63,7 @@ impl Rack for FencedRack {
     }
 
     async fn relabel(&self, base: &str, label: &str, value: &str) -> Result<Relabelled, RackError> {
-        self.fence().await?;
-        self.inner.relabel(base, label, value).await
+        self.fenced(self.inner.relabel(base, label, value)).await
     }
 
     async fn update_service(
@@ -64,9 +72,7 @@ impl Rack for FencedRack {
         service: &str,
         task_definition: &str,
     ) -> Result<(), RackError> {
-        self.fence().await?;
-        self.inner
-            .update_service(cluster, service, task_definition)
+        self.fenced(self.inner.update_service(cluster, service, task_definition))
             .await
     }
 
@@ -82,8 +88,7 @@ impl Rack for FencedRack {
         &self,
         request: &StackUpdateRequest,
     ) -> Result<StackUpdateOutcome, RackError> {
-        self.fence().await?;
-        self.inner.update_stack(request).await
+        self.fenced(self.inner.update_stack(request)).await
     }
 
     async fn preview_stack_update(
@@ -95,8 +100,7 @@ impl Rack for FencedRack {
     }
 
     async fn cancel_update_stack(&self) -> Result<(), RackError> {
-        self.fence().await?;
-        self.inner.cancel_update_stack().await
+        self.fenced(self.inner.cancel_update_stack()).await
     }
 
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError> {

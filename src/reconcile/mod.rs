@@ -1359,9 +1359,12 @@ impl Reconciler {
         let Some(at) = self.settings.status_file.clone() else {
             return;
         };
-        if self.lease.as_ref().is_some_and(|l| !l.is_leader()) {
-            // The holder's status document; a standby's would overwrite what it wrote down.
-            return;
+        if let Some(lease) = &self.lease {
+            // The holder's status document: a standby's (or a holder's that lost the lease
+            // while paused) would overwrite what the holder wrote down.
+            if lease.fence().await.is_err() {
+                return;
+            }
         }
         let status = self.status.get();
         let key = significant(&status);
