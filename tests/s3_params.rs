@@ -18,12 +18,34 @@ use tokio::sync::{mpsc, watch};
 const BUCKET: &str = "convox-settings-1abc";
 const KEY: &str = "rack-reconciler/params.yaml";
 
-async fn s3(moto: &Moto) -> aws_sdk_s3::Client {
+/// A client of moto's S3 with the Settings bucket holding the params object `text`.
+async fn bucket_with(moto: &Moto, text: &str) -> aws_sdk_s3::Client {
     let sdk = moto.sdk_config(&moto.endpoint).await;
     let conf = aws_sdk_s3::config::Builder::from(&sdk)
         .force_path_style(true)
         .build();
-    aws_sdk_s3::Client::from_conf(conf)
+    let client = aws_sdk_s3::Client::from_conf(conf);
+    client
+        .create_bucket()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .expect("bucket");
+    put(&client, text).await;
+    client
+}
+
+/// The text of an object of the bucket.
+async fn object(client: &aws_sdk_s3::Client, key: &str) -> String {
+    let out = client
+        .get_object()
+        .bucket(BUCKET)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{key}: {e}"));
+    let body = out.body.collect().await.expect("body").to_vec();
+    String::from_utf8(body).expect("text")
 }
 
 async fn put(client: &aws_sdk_s3::Client, text: &str) {
@@ -53,14 +75,7 @@ fn count(metrics: &Metrics, outcome: &str) -> u64 {
 #[tokio::test]
 async fn the_params_object_is_polled_cheaply_and_validated_like_a_file() {
     let moto = Moto::start().await;
-    let client = s3(&moto).await;
-    client
-        .create_bucket()
-        .bucket(BUCKET)
-        .send()
-        .await
-        .expect("bucket");
-    put(&client, "ECSExec: \"No\"\n").await;
+    let client = bucket_with(&moto, "ECSExec: \"No\"\n").await;
     let at = Location::S3 {
         bucket: BUCKET.into(),
         key: KEY.into(),
@@ -125,30 +140,16 @@ async fn the_params_object_is_polled_cheaply_and_validated_like_a_file() {
     );
     assert_eq!(desired(&rec), "Yes", "the last valid desired state is kept");
 
-    let doc = client
-        .get_object()
-        .bucket(BUCKET)
-        .key("rack-reconciler/params.status.json")
-        .send()
-        .await
-        .expect("the status document is next to the params object");
-    let body = doc.body.collect().await.expect("body").to_vec();
+    let doc = object(&client, "rack-reconciler/params.status.json").await;
     let written: rack_reconciler::status::Status =
-        serde_json::from_slice(&body).expect("a status document");
+        serde_json::from_str(&doc).expect("a status document");
     assert!(written.parameters.iter().any(|p| p.name == "ECSExec"));
 }
 
 #[tokio::test]
 async fn set_validate_and_get_work_on_the_params_object() {
     let moto = Moto::start().await;
-    let client = s3(&moto).await;
-    client
-        .create_bucket()
-        .bucket(BUCKET)
-        .send()
-        .await
-        .expect("bucket");
-    put(&client, "# kept\nECSExec: \"No\"\n").await;
+    let client = bucket_with(&moto, "# kept\nECSExec: \"No\"\n").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("rack-reconciler.yaml");
     std::fs::write(
@@ -163,19 +164,7 @@ async fn set_validate_and_get_work_on_the_params_object() {
 
     let set = run(&["set", "ECSExec=Yes"]).await;
     assert_eq!(set.status.code(), Some(0), "{set:?}");
-    let body = client
-        .get_object()
-        .bucket(BUCKET)
-        .key(KEY)
-        .send()
-        .await
-        .expect("get")
-        .body
-        .collect()
-        .await
-        .expect("body")
-        .to_vec();
-    assert_eq!(String::from_utf8_lossy(&body), "# kept\nECSExec: \"Yes\"\n");
+    assert_eq!(object(&client, KEY).await, "# kept\nECSExec: \"Yes\"\n");
 
     let refused = run(&["set", "ECSExec=Maybe"]).await;
     assert_eq!(refused.status.code(), Some(5));
