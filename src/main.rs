@@ -132,6 +132,14 @@ enum Command {
         /// Only this parameter.
         key: Option<String>,
     },
+    /// Print a shell completion script, e.g. `rack-reconciler completions bash >
+    /// /etc/bash_completion.d/rack-reconciler`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `rack-reconciler man | man -l -`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -156,7 +164,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// A completion script for `shell`, or (`None`) the manual page, generated from the same
+/// definitions as the command line itself.
+fn shell_aid(shell: Option<clap_complete::Shell>) -> Result<u8> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    match shell {
+        Some(shell) => {
+            clap_complete::generate(shell, &mut cmd, "rack-reconciler", &mut std::io::stdout())
+        }
+        None => clap_mangen::Man::new(cmd)
+            .render(&mut std::io::stdout())
+            .context("cannot write the manual page")?,
+    }
+    Ok(exit::CONVERGED)
+}
+
 async fn dispatch(cli: Cli) -> Result<u8> {
+    // No config needed.
+    match &cli.command {
+        Command::Completions { shell } => return shell_aid(Some(*shell)),
+        Command::Man => return shell_aid(None),
+        _ => {}
+    }
     if let Command::Validate {
         file: Some(file),
         template: Some(template),
@@ -204,6 +234,8 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         } => set(cfg, &assignments, template.as_deref()).await,
         Command::Get { key } => get(cfg, key.as_deref()).await,
         Command::CheckDowngrade { to } => check_downgrade(cfg, &to).await,
+        Command::Completions { shell } => shell_aid(Some(shell)),
+        Command::Man => shell_aid(None),
     }
 }
 
