@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod params;
 pub mod plan;
+pub mod progress;
 pub mod rack;
 pub mod reconcile;
 pub mod spec;

@@ -39,8 +39,8 @@ pub fn caps() -> Targets {
 }
 
 /// `RUST_LOG`, or `info` when it is unset or invalid.
-pub fn env_filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+pub fn env_filter(default: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
 }
 
 /// Colour only on a terminal, and never with `NO_COLOR` set (<https://no-color.org>).
@@ -49,8 +49,14 @@ fn colour() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// Logs to stderr in `format`, filtered by `RUST_LOG` and [`caps`].
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (else `info`) and [`caps`].
 pub fn init(format: LogFormat) {
+    init_at(format, "info");
+}
+
+/// As [`init`], with `default` when `RUST_LOG` is not set (`warn` while live progress shows
+/// what the info lines would say).
+pub fn init_at(format: LogFormat, default: &str) {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colour());
@@ -59,7 +65,7 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
     let _ = tracing_subscriber::registry()
-        .with(layer.with_filter(env_filter()).with_filter(caps()))
+        .with(layer.with_filter(env_filter(default)).with_filter(caps()))
         .try_init();
 }
 

@@ -17,6 +17,7 @@ use rack_reconciler::metrics::Metrics;
 use rack_reconciler::model::{ObservedRack, RackVersion};
 use rack_reconciler::params;
 use rack_reconciler::plan::{Action, Decision, Gate, Phase};
+use rack_reconciler::progress::Mode;
 use rack_reconciler::rack::aws::{sdk_config, AwsRack};
 use rack_reconciler::rack::fenced::FencedRack;
 use rack_reconciler::rack::sim::SimRack;
@@ -80,6 +81,9 @@ enum Command {
         /// Give up (exit 1) when not done after this long, e.g. `45m`.
         #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Print progress as plain lines even on a terminal.
+        #[arg(long)]
+        no_progress: bool,
     },
     /// Print what `apply` would do; change nothing.
     Plan {
@@ -100,6 +104,13 @@ enum Command {
         /// Fail (exit 1) when no controller answers instead of reading the rack.
         #[arg(long)]
         controller_only: bool,
+        /// Follow the running controller's progress until every parameter is converged,
+        /// failed or blocked (exit 0, 3 or 4), as `apply` shows it.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+        /// With `--watch`: plain lines even on a terminal.
+        #[arg(long, requires = "watch")]
+        no_progress: bool,
     },
     /// Check whether the rack may change to VERSION now (the downgrade gate); exit 0 when
     /// allowed, 4 when refused, with the reason.
@@ -203,18 +214,33 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         Some(text) => Config::parse(text, "RACK_RECONCILER_CONFIG_YAML", Path::new("."))?,
         None => Config::load(&cli.config)?,
     };
-    init_logging(cli.log_format.unwrap_or(cfg.log_format));
+    let format = cli.log_format.unwrap_or(cfg.log_format);
+    match &cli.command {
+        // Live progress says what the info lines would; they would only break it up.
+        Command::Apply { no_progress, .. } if progress_mode(*no_progress) == Mode::Live => {
+            rack_reconciler::logging::init_at(format, "warn")
+        }
+        _ => init_logging(format),
+    }
     match cli.command {
         Command::Run => run(cfg).await,
         Command::Apply {
             max_errors,
             timeout,
-        } => apply(cfg, max_errors, timeout).await,
+            no_progress,
+        } => apply(cfg, max_errors, timeout, progress_mode(no_progress)).await,
         Command::Plan { detailed_exitcode } => plan(cfg, detailed_exitcode).await,
+        Command::Status {
+            url,
+            watch: true,
+            no_progress,
+            ..
+        } => watch_status(cfg, url, progress_mode(no_progress)).await,
         Command::Status {
             json,
             url,
             controller_only,
+            ..
         } => status(cfg, json, url, controller_only).await,
         Command::Validate { file, template } => {
             let at = match file {
@@ -443,7 +469,17 @@ async fn run(cfg: Config) -> Result<u8> {
     Ok(exit::CONVERGED)
 }
 
-async fn apply(cfg: Config, max_errors: u32, timeout: Duration) -> Result<u8> {
+/// Live progress on a terminal, plain lines elsewhere or when asked.
+fn progress_mode(no_progress: bool) -> Mode {
+    use std::io::IsTerminal;
+    if !no_progress && std::io::stdout().is_terminal() {
+        Mode::Live
+    } else {
+        Mode::Plain
+    }
+}
+
+async fn apply(cfg: Config, max_errors: u32, timeout: Duration, mode: Mode) -> Result<u8> {
     let wiring = Wiring::new(&cfg, true).await;
     if let Some(lease) = &wiring.lease {
         // Fail closed: a lease that cannot be read or is held elsewhere means no writes.
@@ -462,7 +498,15 @@ async fn apply(cfg: Config, max_errors: u32, timeout: Duration) -> Result<u8> {
     if let Some(lease) = &wiring.lease {
         keep_lease(lease, wiring.metrics.clone(), lease_stopped, None);
     }
+    let (stop_progress, progress_stopped) = watch::channel(false);
+    let progress = tokio::spawn(rack_reconciler::progress::follow(
+        rec.status().subscribe(),
+        mode,
+        progress_stopped,
+    ));
     let run = tokio::time::timeout(timeout, rec.apply(shutdown, max_errors.max(1))).await;
+    let _ = stop_progress.send(true);
+    let _ = progress.await;
     let _ = stop_lease.send(true);
     if let Some(lease) = &wiring.lease {
         let lost = !lease.is_leader();
@@ -632,13 +676,66 @@ fn short_arn(arn: &str) -> &str {
     arn.rsplit('/').next().unwrap_or(arn)
 }
 
-async fn status(cfg: Config, json: bool, url: Option<String>, controller_only: bool) -> Result<u8> {
+/// The running controller's `/status` address and a client for it.
+fn status_endpoint(cfg: &Config, url: Option<String>) -> Result<(String, reqwest::Client)> {
     let base = url.unwrap_or_else(|| format!("http://{}", cfg.listen));
     let url = format!("{}/status", base.trim_end_matches('/'));
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .context("cannot build an HTTP client")?;
+    Ok((url, client))
+}
+
+async fn get_status(client: &reqwest::Client, url: &str) -> Result<Status> {
+    client
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| {
+            format!("GET {url}: is the controller running? (`listen` in the config, or --url)")
+        })?
+        .json::<Status>()
+        .await
+        .with_context(|| format!("GET {url}: not a rack-reconciler status document"))
+}
+
+/// `status --watch`: the running controller's progress, as `apply` shows it, until every
+/// parameter is converged, failed or blocked.
+async fn watch_status(cfg: Config, url: Option<String>, mode: Mode) -> Result<u8> {
+    let (url, client) = status_endpoint(&cfg, url)?;
+    let first = get_status(&client, &url).await?;
+    let (tx, rx) = watch::channel(first);
+    let (stop, stopped) = watch::channel(false);
+    let shown = tokio::spawn(rack_reconciler::progress::follow(rx, mode, stopped));
+    let done = loop {
+        let s = tx.borrow().clone();
+        let phases: Vec<Phase> = s.parameters.iter().map(|p| p.phase).collect();
+        if !phases.is_empty()
+            && phases
+                .iter()
+                .all(|p| matches!(p, Phase::Converged | Phase::Failed | Phase::Blocked))
+        {
+            break phases;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send_replace(get_status(&client, &url).await?);
+    };
+    let _ = stop.send(true);
+    let _ = shown.await;
+    print_status(&tx.borrow());
+    Ok(if done.contains(&Phase::Failed) {
+        exit::FAILED
+    } else if done.contains(&Phase::Blocked) {
+        exit::BLOCKED
+    } else {
+        exit::CONVERGED
+    })
+}
+
+async fn status(cfg: Config, json: bool, url: Option<String>, controller_only: bool) -> Result<u8> {
+    let (url, client) = status_endpoint(&cfg, url)?;
     let from_controller = match client.get(&url).send().await {
         Ok(resp) => Some(
             resp.error_for_status()

@@ -119,6 +119,12 @@ pub struct ServiceProgress {
     pub task_definition: Option<String>,
     pub running: u32,
     pub desired: u32,
+    /// Tasks still running from the deployments being replaced.
+    #[serde(default)]
+    pub draining: u32,
+    /// When the primary deployment started (RFC 3339).
+    #[serde(default)]
+    pub since: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,8 @@ use super::{
     round_secs, stack_hold, Decision, PendingChange, Phase, ServiceProgress, ServiceState,
 };
 use crate::model::{
-    Deployment, ManagedParam, ObservedRack, ObservedService, RolloutState, StoppedTask,
+    Deployment, DeploymentStatus, ManagedParam, ObservedRack, ObservedService, RolloutState,
+    StoppedTask,
 };
 
 /// What the controller remembers between reconciles, and its settings. Losing the remembered
@@ -619,6 +620,14 @@ fn progress(s: &ObservedService, param: &ManagedParam, eval: &Eval) -> ServicePr
         task_definition: primary.map(|p| p.task_definition.clone()),
         running: primary.map(|p| p.running_count).unwrap_or(0),
         desired: s.service.desired_count,
+        draining: s
+            .service
+            .deployments
+            .iter()
+            .filter(|d| d.status != DeploymentStatus::Primary)
+            .map(|d| d.running_count)
+            .sum(),
+        since: primary.map(|p| crate::status::rfc3339(p.created_at)),
     }
 }
 
