@@ -43,6 +43,19 @@ pub fn env_filter(default: &str) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
 }
 
+/// Standard error, written above the live progress lines when they are drawn.
+struct Stderr;
+
+impl std::io::Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        crate::progress::suspended(|| std::io::stderr().write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 /// Colour only on a terminal, and never with `NO_COLOR` set (<https://no-color.org>).
 fn colour() -> bool {
     use std::io::IsTerminal;
@@ -58,7 +71,7 @@ pub fn init(format: LogFormat) {
 /// what the info lines would say).
 pub fn init_at(format: LogFormat, default: &str) {
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| Stderr)
         .with_ansi(colour());
     let layer = match format {
         LogFormat::Text => fmt.boxed(),

@@ -179,15 +179,19 @@ fn main() -> ExitCode {
 /// definitions as the command line itself.
 fn shell_aid(shell: Option<clap_complete::Shell>) -> Result<u8> {
     use clap::CommandFactory;
+    use std::io::Write;
     let mut cmd = Cli::command();
+    // Into memory first: the generators panic on a failed write (a closed pipe).
+    let mut text = Vec::new();
     match shell {
-        Some(shell) => {
-            clap_complete::generate(shell, &mut cmd, "rack-reconciler", &mut std::io::stdout())
-        }
+        Some(shell) => clap_complete::generate(shell, &mut cmd, "rack-reconciler", &mut text),
         None => clap_mangen::Man::new(cmd)
-            .render(&mut std::io::stdout())
-            .context("cannot write the manual page")?,
+            .render(&mut text)
+            .context("cannot render the manual page")?,
     }
+    std::io::stdout()
+        .write_all(&text)
+        .context("cannot write to stdout")?;
     Ok(exit::CONVERGED)
 }
 
@@ -217,7 +221,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
     let format = cli.log_format.unwrap_or(cfg.log_format);
     match &cli.command {
         // Live progress says what the info lines would; they would only break it up.
-        Command::Apply { no_progress, .. } if progress_mode(*no_progress) == Mode::Live => {
+        Command::Apply { no_progress, .. } if quiet_logs(progress_mode(*no_progress)) => {
             rack_reconciler::logging::init_at(format, "warn")
         }
         _ => init_logging(format),
@@ -469,14 +473,21 @@ async fn run(cfg: Config) -> Result<u8> {
     Ok(exit::CONVERGED)
 }
 
-/// Live progress on a terminal, plain lines elsewhere or when asked.
+/// Live progress on a terminal that can redraw lines (not `TERM=dumb`), plain lines
+/// elsewhere or when asked.
 fn progress_mode(no_progress: bool) -> Mode {
-    use std::io::IsTerminal;
-    if !no_progress && std::io::stdout().is_terminal() {
+    if !no_progress && !indicatif::ProgressDrawTarget::stdout().is_hidden() {
         Mode::Live
     } else {
         Mode::Plain
     }
+}
+
+/// Info log lines are held back while live progress shows what they would say on the same
+/// terminal; logged to a file, they all go there.
+fn quiet_logs(mode: Mode) -> bool {
+    use std::io::IsTerminal;
+    mode == Mode::Live && std::io::stderr().is_terminal()
 }
 
 async fn apply(cfg: Config, max_errors: u32, timeout: Duration, mode: Mode) -> Result<u8> {
@@ -709,10 +720,13 @@ async fn watch_status(cfg: Config, url: Option<String>, mode: Mode) -> Result<u8
     let (tx, rx) = watch::channel(first);
     let (stop, stopped) = watch::channel(false);
     let shown = tokio::spawn(rack_reconciler::progress::follow(rx, mode, stopped));
+    let mut failing = false;
     let done = loop {
         let s = tx.borrow().clone();
         let phases: Vec<Phase> = s.parameters.iter().map(|p| p.phase).collect();
+        // As `apply` stops: every parameter final, and no write the controller retries.
         if !phases.is_empty()
+            && !s.retrying
             && phases
                 .iter()
                 .all(|p| matches!(p, Phase::Converged | Phase::Failed | Phase::Blocked))
@@ -720,7 +734,18 @@ async fn watch_status(cfg: Config, url: Option<String>, mode: Mode) -> Result<u8
             break phases;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        tx.send_replace(get_status(&client, &url).await?);
+        match get_status(&client, &url).await {
+            Ok(s) => {
+                failing = false;
+                tx.send_replace(s);
+            }
+            // A controller restarting, a slow answer: say so once and keep following.
+            Err(e) if !failing => {
+                failing = true;
+                eprintln!("{e:#}; still following");
+            }
+            Err(_) => {}
+        }
     };
     let _ = stop.send(true);
     let _ = shown.await;

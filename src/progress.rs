@@ -60,6 +60,19 @@ pub fn lines(s: &Status, now: SystemTime) -> BTreeMap<String, String> {
     out
 }
 
+/// The live view being drawn, so log lines can be written above it instead of through it.
+static LIVE: std::sync::Mutex<Option<MultiProgress>> = std::sync::Mutex::new(None);
+
+/// Runs `f` (a write to the terminal) with the live lines, if any, cleared, and draws them
+/// again after.
+pub fn suspended<R>(f: impl FnOnce() -> R) -> R {
+    let live = LIVE.lock().ok().and_then(|l| l.clone());
+    match live {
+        Some(multi) => multi.suspend(f),
+        None => f(),
+    }
+}
+
 /// Shows the status as it changes until `stop` turns true.
 pub async fn follow(
     mut status: watch::Receiver<Status>,
@@ -88,16 +101,36 @@ struct View {
 
 impl View {
     fn new(mode: Mode) -> Self {
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+        if mode == Mode::Live {
+            if let Ok(mut live) = LIVE.lock() {
+                *live = Some(multi.clone());
+            }
+        }
         View {
             mode,
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
+            multi,
             bars: BTreeMap::new(),
             shown: BTreeMap::new(),
         }
     }
 
     fn show(&mut self, s: &Status) {
-        for (key, line) in lines(s, SystemTime::now()) {
+        let lines = lines(s, SystemTime::now());
+        // A parameter or service gone from the status leaves the screen too.
+        let gone: Vec<String> = self
+            .shown
+            .keys()
+            .filter(|k| !lines.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.shown.remove(&key);
+            if let Some(bar) = self.bars.remove(&key) {
+                self.multi.remove(&bar);
+            }
+        }
+        for (key, line) in lines {
             if self.shown.get(&key) == Some(&line) {
                 continue;
             }
@@ -111,14 +144,10 @@ impl View {
                     }
                 }
                 Mode::Live => {
-                    let bar = self.bars.entry(key.clone()).or_insert_with(|| {
-                        let bar = self.multi.add(ProgressBar::new_spinner());
-                        bar.set_style(
-                            ProgressStyle::with_template("{spinner} {msg}")
-                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                        );
-                        bar
-                    });
+                    let bar = match self.bars.get(&key) {
+                        Some(bar) => bar.clone(),
+                        None => self.add_bar(&key),
+                    };
                     bar.set_message(line.clone());
                     bar.tick();
                 }
@@ -127,9 +156,29 @@ impl View {
         }
     }
 
+    /// A line for `key` in its place: after the line of the key before it (a service under
+    /// its parameter), or first.
+    fn add_bar(&mut self, key: &str) -> ProgressBar {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        let before = self.bars.range(..key.to_string()).next_back();
+        let bar = match before {
+            Some((_, prev)) => self.multi.insert_after(prev, bar),
+            None => self.multi.insert(0, bar),
+        };
+        self.bars.insert(key.to_string(), bar.clone());
+        bar
+    }
+
     fn finish(&mut self) {
         for bar in self.bars.values() {
             bar.finish();
+        }
+        if let Ok(mut live) = LIVE.lock() {
+            *live = None;
         }
     }
 }

@@ -93,6 +93,10 @@ pub struct Status {
     /// What the controller writes down to survive a restart.
     #[serde(default)]
     pub controller: Persisted,
+    /// A write failed with an error worth retrying and the controller retries it: a
+    /// `Failed` parameter is not the end yet.
+    #[serde(default)]
+    pub retrying: bool,
     /// The lease, when the controller uses one: who writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseStatus>,

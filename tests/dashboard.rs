@@ -72,16 +72,18 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let config = dir.path().join("rack-reconciler.yaml");
+    // The release without ECSExec in its template: the change rolls the services itself, so
+    // the rollout panels have something to show.
     std::fs::write(
         &config,
         format!(
             "backend: sim\nrack: convox\nparams_file: params.yaml\nlisten: 127.0.0.1:{port}\n\
              intervals:\n  resync: 1s\n  poll: 200ms\n  min_reconcile: 100ms\n  min_write: 0s\n\
-             sim:\n  task_start: 300ms\n  stack_update: 500ms\n"
+             sim:\n  version: \"20260418101514\"\n  task_start: 300ms\n"
         ),
     )
     .expect("config");
-    std::fs::write(dir.path().join("params.yaml"), "ECSExec: \"Yes\"\n").expect("params");
+    std::fs::write(dir.path().join("params.yaml"), "ECSExec: \"No\"\n").expect("params");
     let mut controller = Binary::run(&config, "http://127.0.0.1:1", &[]);
     controller.wait_for("phase=Converged").await;
 
@@ -109,42 +111,82 @@ async fn every_panel_query_returns_data_from_a_real_prometheus() {
         .kill_on_drop(true)
         .spawn()
         .expect("start prometheus");
-
-    let http = reqwest::Client::new();
-    let query = |q: String| {
-        let http = http.clone();
-        async move {
-            let resp = http
-                .get(format!("http://127.0.0.1:{prom_port}/api/v1/query"))
-                .query(&[("query", q.as_str())])
-                .send()
-                .await
-                .ok()?;
-            resp.json::<Value>().await.ok()
-        }
+    let prom = Prom {
+        http: reqwest::Client::new(),
+        port: prom_port,
     };
-    // Enough scrapes for rates over a minute's window: at least 5 samples of `up`.
-    let mut scraped = false;
-    for _ in 0..300 {
-        let answer = query("count_over_time(up{job=\"rack-reconciler\"}[1m])".into()).await;
-        let samples = answer
-            .as_ref()
-            .and_then(|a| a["data"]["result"][0]["value"][1].as_str())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if samples >= 5.0 {
-            scraped = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(scraped, "prometheus never scraped the controller");
+
+    // Prometheus sees the rack before the change, during it and after it.
+    prom.wait_for_samples(3).await;
+    std::fs::write(dir.path().join("params.yaml"), "ECSExec: \"Yes\"\n").expect("edit");
+    controller.wait_for("rollouts complete").await;
+    prom.wait_for_samples(8).await;
 
     for (panel, q) in queries(&dashboard()) {
-        let answer = query(q.clone()).await.expect("prometheus answers");
+        let answer = prom.query(&q).await.expect("prometheus answers");
         assert_eq!(answer["status"], "success", "{panel}: {q}: {answer}");
         let result = answer["data"]["result"].as_array().expect("result");
         assert!(!result.is_empty(), "{panel}: {q} returned no data");
+        // Quantiles of nothing are NaN: every value is a number.
+        for r in result {
+            let v = r["value"][1].as_str().unwrap_or("NaN");
+            assert!(
+                v.parse::<f64>().is_ok_and(f64::is_finite),
+                "{panel}: {q}: {r}"
+            );
+        }
+    }
+    // The change itself shows: a rollout started, reconciles ran, AWS calls were made.
+    for q in [
+        "sum(increase(rack_reconciler_rollouts_started_total[1m]))",
+        "sum(rate(rack_reconciler_reconcile_total[1m]))",
+        "sum(rate(rack_reconciler_aws_api_calls_total[1m]))",
+    ] {
+        let answer = prom.query(q).await.expect("prometheus answers");
+        let v: f64 = answer["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(v > 0.0, "{q}: {answer}");
     }
     controller.terminate().await;
+}
+
+struct Prom {
+    http: reqwest::Client,
+    port: u16,
+}
+
+impl Prom {
+    async fn query(&self, q: &str) -> Option<Value> {
+        let resp = self
+            .http
+            .get(format!("http://127.0.0.1:{}/api/v1/query", self.port))
+            .query(&[("query", q)])
+            .send()
+            .await
+            .ok()?;
+        resp.json::<Value>().await.ok()
+    }
+
+    /// Waits until Prometheus holds at least `n` scrapes of the controller in the last minute.
+    async fn wait_for_samples(&self, n: u32) {
+        for _ in 0..600 {
+            let samples = self
+                .query("count_over_time(up{job=\"rack-reconciler\"}[1m])")
+                .await
+                .and_then(|a| {
+                    a["data"]["result"][0]["value"][1]
+                        .as_str()
+                        .map(String::from)
+                })
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if samples >= f64::from(n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("prometheus never scraped the controller {n} times");
+    }
 }

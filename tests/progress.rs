@@ -39,7 +39,9 @@ async fn apply_on_a_terminal_updates_lines_in_place() {
     );
     let out = tokio::process::Command::new("script")
         .args(["--quiet", "--return", "--command", &line, "/dev/null"])
-        .env_remove("NO_COLOR")
+        // A terminal that can redraw lines; plain log levels, so INFO would be seen.
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
         .output()
         .await
         .expect("util-linux `script` runs apply under a pseudo-terminal");

@@ -728,6 +728,8 @@ impl Reconciler {
             .iter()
             .any(|d| d.services.iter().any(|s| s.state.rolling()));
         let settling = decisions.iter().any(|d| d.reason == "Settling");
+        let retrying = report.retrying;
+        self.status.update(|s| s.retrying = retrying);
         report.next = self.next_run(&report, rolling, settling, now);
         self.write_status_file().await;
         report
