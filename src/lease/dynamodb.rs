@@ -12,6 +12,8 @@ use aws_sdk_dynamodb::Client;
 
 use super::{LeaseError, LeaseRecord, LeaseStore};
 use crate::metrics::Metrics;
+use crate::rack::aws::map_error;
+use crate::rack::RackError;
 
 /// The calls made, as (service, operation): metric labels, and the IAM actions granted.
 const GET_ITEM: (&str, &str) = ("dynamodb", "GetItem");
@@ -35,18 +37,21 @@ impl DynamoLeaseStore {
         }
     }
 
-    fn error<E: ProvideErrorMetadata + std::fmt::Debug>(
+    /// A failed call: counted by the outcome the rack adapter's classification gives it
+    /// (transient, access denied...), and reported with AWS's own code and message.
+    fn failed<E>(
         &self,
-        operation: &'static str,
+        (service, operation): (&'static str, &'static str),
         e: &SdkError<E>,
-    ) -> LeaseError {
-        let message = match e {
-            SdkError::ServiceError(s) => format!(
-                "{}: {}",
-                s.err().code().unwrap_or("error"),
-                s.err().message().unwrap_or("")
-            ),
-            other => format!("{other}"),
+    ) -> LeaseError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let err = map_error(service, operation, &self.table, e);
+        self.count((service, operation), err.outcome());
+        let message = match err {
+            RackError::Api { message, .. } => message,
+            other => other.to_string(),
         };
         LeaseError {
             table: self.table.clone(),
@@ -102,10 +107,7 @@ impl LeaseStore for DynamoLeaseStore {
                 self.count(GET_ITEM, "success");
                 o
             }
-            Err(e) => {
-                self.count(GET_ITEM, "error");
-                return Err(self.error("GetItem", &e));
-            }
+            Err(e) => return Err(self.failed(GET_ITEM, &e)),
         };
         let Some(item) = out.item else {
             return Ok(None);
@@ -173,10 +175,7 @@ impl LeaseStore for DynamoLeaseStore {
                     .is_some_and(|stored| stored == *new);
                 Ok(landed)
             }
-            Err(e) => {
-                self.count(PUT_ITEM, "error");
-                Err(self.error("PutItem", &e))
-            }
+            Err(e) => Err(self.failed(PUT_ITEM, &e)),
         }
     }
 }

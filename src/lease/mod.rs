@@ -366,15 +366,11 @@ impl Lease {
     pub async fn fence(&self) -> Result<(u64, Instant), NotLeader> {
         let mut inner = self.inner.lock().await;
         let now = Instant::now();
-        let renewed = match inner.elector.held().cloned() {
-            Some(_) if !inner.elector.holds(now) => {
-                // Past its own expiry: a standby may already have taken over.
-                warn!("the lease ran out before it was renewed; checking it anew");
-                inner.tick().await
-            }
-            Some(_) => inner.renew().await,
-            None => Ok(()),
-        };
+        if inner.elector.held().is_some() && !inner.elector.holds(now) {
+            // Past its own expiry: a standby may already have taken over; the renewal says.
+            warn!("the lease ran out before it was renewed; checking it anew");
+        }
+        let renewed = inner.renew().await;
         inner.publish(renewed.as_ref().err());
         let now = Instant::now();
         match (renewed, inner.elector.held(), inner.elector.valid_until()) {
