@@ -163,6 +163,9 @@ pub struct Intervals {
     /// excepted): a flapping params file cannot roll the rack API back and forth.
     #[serde(with = "humantime_serde")]
     pub min_write: Duration,
+    /// How often exec readiness looks at every app of the rack (with the jitter).
+    #[serde(with = "humantime_serde")]
+    pub exec_check: Duration,
 }
 
 impl Default for Intervals {
@@ -175,6 +178,7 @@ impl Default for Intervals {
             debounce: Duration::from_millis(300),
             min_reconcile: Duration::from_secs(1),
             min_write: Duration::from_secs(10),
+            exec_check: Duration::from_secs(300),
         }
     }
 }
@@ -361,11 +365,15 @@ impl Config {
             self.intervals.poll,
             self.intervals.resync,
             self.intervals.params_poll,
+            self.intervals.exec_check,
         ]
         .iter()
         .any(Duration::is_zero)
         {
-            return Err("intervals: poll, resync and params_poll must be greater than zero".into());
+            return Err(
+                "intervals: poll, resync, params_poll and exec_check must be greater than zero"
+                    .into(),
+            );
         }
         if !(0.0..1.0).contains(&self.intervals.jitter) {
             return Err("intervals.jitter: must be at least 0 and below 1".into());

@@ -12,6 +12,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod exec;
 pub mod http;
 pub mod lease;
 pub mod logging;

@@ -11,6 +11,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 use rack_reconciler::config::{Backend, Config, LeaseSetting, LogFormat};
+use rack_reconciler::exec::check;
+use rack_reconciler::exec::discover::Discovery;
+use rack_reconciler::exec::source::ExecSource;
+use rack_reconciler::exec::watch::ExecWatch;
 use rack_reconciler::lease::dynamodb::DynamoLeaseStore;
 use rack_reconciler::lease::{default_holder, standby_message, Lease, Timing};
 use rack_reconciler::metrics::Metrics;
@@ -19,7 +23,9 @@ use rack_reconciler::params;
 use rack_reconciler::plan::{Action, Decision, Gate, Phase};
 use rack_reconciler::progress::Mode;
 use rack_reconciler::rack::aws::{sdk_config, AwsRack};
+use rack_reconciler::rack::aws_exec::AwsExec;
 use rack_reconciler::rack::fenced::FencedRack;
+use rack_reconciler::rack::query::QueryClient;
 use rack_reconciler::rack::sim::SimRack;
 use rack_reconciler::rack::Rack;
 use rack_reconciler::reconcile::{Reconciler, Settings, Trigger};
@@ -111,6 +117,17 @@ enum Command {
         /// With `--watch`: plain lines even on a terminal.
         #[arg(long, requires = "watch")]
         no_progress: bool,
+    },
+    /// Would `convox exec` use ECS Exec for each app task, and if not, why and what fixes it;
+    /// also whether session-manager-plugin is on PATH here. Exit 0 when every task would use
+    /// ECS Exec, 4 otherwise.
+    ExecCheck {
+        /// Only this app.
+        #[arg(long)]
+        app: Option<String>,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Check whether the rack may change to VERSION now (the downgrade gate); exit 0 when
     /// allowed, 4 when refused, with the reason.
@@ -264,6 +281,7 @@ async fn dispatch(cli: Cli) -> Result<u8> {
         } => set(cfg, &assignments, template.as_deref()).await,
         Command::Get { key } => get(cfg, key.as_deref()).await,
         Command::CheckDowngrade { to } => check_downgrade(cfg, &to).await,
+        Command::ExecCheck { app, json } => exec_check(cfg, app.as_deref(), json).await,
         Command::Completions { shell } => shell_aid(Some(shell)),
         Command::Man => shell_aid(None),
     }
@@ -273,22 +291,40 @@ fn init_logging(format: LogFormat) {
     rack_reconciler::logging::init(format);
 }
 
-async fn build_rack(cfg: &Config, metrics: &Metrics) -> Result<Arc<dyn Rack>> {
+/// The rack the controller reconciles, and what exec readiness reads (the same simulated
+/// rack, or the AWS clients of one configuration).
+struct Adapters {
+    rack: Arc<dyn Rack>,
+    exec: Arc<dyn ExecSource>,
+}
+
+async fn build_backend(cfg: &Config, metrics: &Metrics) -> Result<Adapters> {
     match cfg.backend {
         Backend::Sim => {
-            let sim = SimRack::new(cfg.sim.clone());
+            let sim = Arc::new(SimRack::new(cfg.sim.clone()));
             sim.set_metrics(metrics.clone());
-            Ok(Arc::new(sim))
+            Ok(Adapters {
+                rack: sim.clone(),
+                exec: sim,
+            })
         }
-        Backend::Aws => Ok(Arc::new(
-            AwsRack::from_env(
-                &cfg.rack,
-                cfg.region.clone(),
-                &cfg.timeouts,
-                metrics.clone(),
-            )
-            .await,
-        )),
+        Backend::Aws => {
+            let sdk = sdk_config(cfg.region.clone(), &cfg.timeouts).await;
+            let cfn = aws_sdk_cloudformation::Client::new(&sdk);
+            let ecs = aws_sdk_ecs::Client::new(&sdk);
+            let query = QueryClient::new(&sdk, &cfg.timeouts, metrics.clone())
+                .map_err(anyhow::Error::msg)
+                .context("cannot set up the EC2 and IAM client")?;
+            Ok(Adapters {
+                rack: Arc::new(AwsRack::new(
+                    &cfg.rack,
+                    cfn.clone(),
+                    ecs.clone(),
+                    metrics.clone(),
+                )),
+                exec: Arc::new(AwsExec::new(cfn, ecs, query, metrics.clone())),
+            })
+        }
     }
 }
 
@@ -359,7 +395,8 @@ async fn store_for(
 }
 
 async fn reconciler(cfg: &Config, wiring: &Wiring) -> Result<Reconciler> {
-    let mut rack = build_rack(cfg, &wiring.metrics).await?;
+    let backend = build_backend(cfg, &wiring.metrics).await?;
+    let mut rack = backend.rack;
     if let Some(lease) = &wiring.lease {
         // Every write re-checks the lease right before it is made.
         rack = Arc::new(FencedRack::new(rack, lease.clone()));
@@ -370,6 +407,7 @@ async fn reconciler(cfg: &Config, wiring: &Wiring) -> Result<Reconciler> {
         ..Status::default()
     });
     let rec = Reconciler::new(rack, Settings::from(cfg), wiring.metrics.clone(), status)
+        .with_exec(backend.exec)
         .with_store(wiring.store.clone())
         .await;
     Ok(match &wiring.lease {
@@ -459,6 +497,17 @@ async fn run(cfg: Config) -> Result<u8> {
     };
     if let Some(lease) = &wiring.lease {
         keep_lease(lease, wiring.metrics.clone(), shutdown.clone(), Some(tx));
+    }
+    if let Some(exec) = rec.exec_source() {
+        let watch = ExecWatch::new(
+            exec,
+            &cfg.rack,
+            cfg.intervals.exec_check,
+            cfg.timeouts.reconcile,
+            rec.metrics(),
+            rec.status(),
+        );
+        tokio::spawn(watch.run(shutdown.clone()));
     }
     rec.run(rx, shutdown).await;
     if let Some(lease) = &wiring.lease {
@@ -904,12 +953,45 @@ fn template_declarations(path: &Path) -> Result<Declarations> {
         .map_err(|e| anyhow::anyhow!("{} is not a rack template: {e}", path.display()))
 }
 
+/// `exec-check`: exec readiness once, and the Session Manager plugin on this machine.
+async fn exec_check(cfg: Config, app: Option<&str>, json: bool) -> Result<u8> {
+    let backend = build_backend(&cfg, &Metrics::new()).await?;
+    let readiness = Discovery::default()
+        .run(
+            backend.exec.as_ref(),
+            &cfg.rack,
+            app,
+            std::time::SystemTime::now(),
+        )
+        .await
+        .with_context(|| format!("cannot look at the apps of rack {}", cfg.rack))?;
+    if let Some(a) = app.filter(|a| !readiness.apps.contains_key(*a)) {
+        bail!(
+            "app {a} not found in rack {}: `convox apps` lists them",
+            cfg.rack
+        );
+    }
+    let plugin = check::find_plugin(std::env::var_os("PATH")).await;
+    if json {
+        let doc = check::json(&cfg.rack, &readiness, &plugin);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", check::table(&cfg.rack, &readiness));
+        print!("\n{}", check::plugin_lines(&plugin));
+    }
+    Ok(if check::all_ecs_exec(&readiness) {
+        exit::CONVERGED
+    } else {
+        exit::BLOCKED
+    })
+}
+
 /// What the parameters may be: a template file's declarations, or the running template's.
 async fn declarations(cfg: &Config, template: Option<&Path>) -> Result<Declarations> {
     if let Some(t) = template {
         return template_declarations(t);
     }
-    let rack = build_rack(cfg, &Metrics::new()).await?;
+    let rack = build_backend(cfg, &Metrics::new()).await?.rack;
     rack.stack_declarations()
         .await
         .with_context(|| format!("cannot read the template of stack {}", cfg.rack))

@@ -53,6 +53,8 @@ docs! {
     "rack_reconciler_params_file_valid", "gauge", "", "1 when the params file was valid at the last read.";
     "rack_reconciler_params_file_errors_total", "counter", "kind", "Params file reads rejected, by kind (missing, empty, syntax, not_mapping, duplicate_key, unknown_key, invalid_value, secret, unreadable).";
     "rack_reconciler_aws_api_calls_total", "counter", "service, operation, outcome", "Calls to AWS (or the simulated rack) by service, operation and outcome (success, transient_error, access_denied, not_found, error, condition_failed, not_modified): the controller's cost.";
+    "rack_reconciler_exec_tasks", "gauge", "app, path, reason", "Running app tasks by how `convox exec` would reach them (path ecs_exec or docker) and why (reason: none, rack_ecs_exec_no, gen1, readonly_root_filesystem, started_before_enable, platform_too_old, agent_too_old, agent_not_running, task_role_lacks_ssmmessages, no_route_to_ssm).";
+    "rack_reconciler_exec_check_timestamp_seconds", "gauge", "", "Unix time exec readiness last looked at every app of the rack successfully.";
     "rack_reconciler_leader", "gauge", "", "1 while this controller holds the lease and may write; 0 on a standby (always 1 with `lease: none`).";
 }
 
@@ -83,6 +85,14 @@ struct Inner {
     stack_updates: prometheus::IntCounter,
     api_calls: IntCounterVec,
     leader: IntGauge,
+    exec_tasks: IntGaugeVec,
+    exec_checked: prometheus::Gauge,
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn doc(name: &str) -> &'static MetricDoc {
@@ -156,6 +166,10 @@ impl Metrics {
         let leader = IntGauge::with_opts(opts("rack_reconciler_leader")).expect("gauge");
         r.register(Box::new(leader.clone())).expect("gauge");
         leader.set(1);
+        let exec_checked =
+            prometheus::Gauge::with_opts(opts("rack_reconciler_exec_check_timestamp_seconds"))
+                .expect("gauge");
+        r.register(Box::new(exec_checked.clone())).expect("gauge");
         let inner = Inner {
             drift: register!(r, IntGaugeVec, "rack_reconciler_parameter_drift"),
             drift_start: register!(
@@ -181,6 +195,8 @@ impl Metrics {
             params_errors: register!(r, IntCounterVec, "rack_reconciler_params_file_errors_total"),
             api_calls: register!(r, IntCounterVec, "rack_reconciler_aws_api_calls_total"),
             leader,
+            exec_tasks: register!(r, IntGaugeVec, "rack_reconciler_exec_tasks"),
+            exec_checked,
             registry: r,
         };
         Metrics {
@@ -291,20 +307,12 @@ impl Metrics {
         m.reconcile_duration
             .with_label_values(&[result])
             .observe(started.elapsed().as_secs_f64());
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        m.last_reconcile.set(now);
+        m.last_reconcile.set(unix_seconds(SystemTime::now()));
     }
 
     /// The rack was observed completely at `at`.
     pub fn observed(&self, at: SystemTime) {
-        let secs = at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        self.inner.last_observation.set(secs);
+        self.inner.last_observation.set(unix_seconds(at));
     }
 
     pub fn set_downgrade_blocked(&self, blocked: bool) {
@@ -326,6 +334,23 @@ impl Metrics {
     /// Whether this controller holds the lease (and so may write).
     pub fn set_leader(&self, leader: bool) {
         self.inner.leader.set(i64::from(leader));
+    }
+
+    /// Exec readiness: the tasks per (app, path, reason), replacing the previous look's
+    /// (apps that are gone leave), and when it looked.
+    pub fn set_exec_tasks(
+        &self,
+        counts: &std::collections::BTreeMap<(String, crate::exec::ExecPath, String), u64>,
+        at: SystemTime,
+    ) {
+        let m = &self.inner;
+        m.exec_tasks.reset();
+        for ((app, path, reason), n) in counts {
+            m.exec_tasks
+                .with_label_values(&[app.as_str(), path.as_str(), reason.as_str()])
+                .set(*n as i64);
+        }
+        m.exec_checked.set(unix_seconds(at));
     }
 
     /// Counts one call to AWS (or to the simulated rack, under the AWS names it models).

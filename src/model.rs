@@ -22,6 +22,17 @@ pub struct ManagedParam {
     pub allowed: &'static [&'static str],
     /// The value the rack API assumes when the label is absent.
     pub default: &'static str,
+    /// What a value needs of the rack before the controller sets it.
+    pub requires: &'static [(&'static str, Requirement)],
+}
+
+/// A fact about the rack that must hold before a value is set; checked only for a change
+/// (a rack already at the value is left alone), and failing closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requirement {
+    /// Tasks in the rack's subnets reach SSM (public subnets, a NAT route, or the `ssm` and
+    /// `ssmmessages` interface endpoints): ECS Exec cannot work without it.
+    RouteToSsm,
 }
 
 /// `ECSExec`: route `convox exec` through ECS Exec instead of the Docker daemon.
@@ -30,6 +41,7 @@ pub const ECS_EXEC: ManagedParam = ManagedParam {
     label: "rack.ECSExec",
     allowed: &["Yes", "No"],
     default: "No",
+    requires: &[("Yes", Requirement::RouteToSsm)],
 };
 
 /// Every parameter the controller manages, in the order they are reconciled.
@@ -74,6 +86,8 @@ pub struct StackSnapshot {
     pub parameters: BTreeMap<String, String>,
     /// Logical resource id → physical resource id.
     pub resources: BTreeMap<String, String>,
+    /// Output key → value (`Cluster`, `Private`, `Vpc`, `RouteTablesPrivate`...).
+    pub outputs: BTreeMap<String, String>,
     /// `LastUpdatedTime` (or the creation time): changes with every stack update, so what was
     /// read of the stack's template can be kept until it does.
     pub last_updated: Option<String>,

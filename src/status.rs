@@ -100,7 +100,13 @@ pub struct Status {
     /// The lease, when the controller uses one: who writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseStatus>,
+    /// Exec readiness: would `convox exec` use ECS Exec for each app task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<crate::exec::ExecStatus>,
 }
+
+/// The condition on `ECSExec` that exec readiness sets (besides the phase conditions).
+pub const EXEC_READY: &str = "ExecReady";
 
 /// The lease as this controller sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -182,6 +188,43 @@ impl Status {
         set_phase(p, generation, (d.phase, d.reason, &d.message), now);
     }
 
+    /// Exec readiness's latest look, and its `ExecReady` condition on `ECSExec` when the
+    /// params file manages it.
+    pub fn set_exec(&mut self, exec: crate::exec::ExecStatus, now: SystemTime) {
+        let (status, reason, message) = exec.condition();
+        self.exec = Some(exec);
+        let generation = self.controller.generation;
+        let Some(p) = self
+            .parameters
+            .iter_mut()
+            .find(|p| p.name == crate::model::ECS_EXEC.name)
+        else {
+            return;
+        };
+        let c = Condition {
+            kind: EXEC_READY.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: rfc3339(now),
+        };
+        match p.conditions.iter_mut().find(|c| c.kind == EXEC_READY) {
+            Some(old) => {
+                let since = if old.status == c.status {
+                    old.last_transition_time.clone()
+                } else {
+                    c.last_transition_time.clone()
+                };
+                *old = Condition {
+                    last_transition_time: since,
+                    ..c
+                };
+            }
+            None => p.conditions.push(c),
+        }
+    }
+
     /// Records a phase without a decision (the rack could not be observed, or nothing is
     /// desired for the parameter).
     pub fn record_phase(
@@ -252,7 +295,7 @@ fn set_phase(
     }
     // Conditions of earlier versions of the controller are not carried along.
     p.conditions
-        .retain(|c| CONDITIONS.iter().any(|(k, _)| *k == c.kind));
+        .retain(|c| c.kind == EXEC_READY || CONDITIONS.iter().any(|(k, _)| *k == c.kind));
 }
 
 pub fn rfc3339(t: SystemTime) -> String {

@@ -16,6 +16,7 @@ use crate::model::{ObservedRack, StackParameter, StackState};
 
 pub mod gate;
 pub mod relabel;
+pub mod requirements;
 pub mod stack;
 pub mod version;
 

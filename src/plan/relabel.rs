@@ -794,6 +794,7 @@ mod tests {
         ObservedRack {
             declared: Default::default(),
             stack: StackSnapshot {
+                outputs: BTreeMap::new(),
                 last_updated: None,
                 name: "convox".into(),
                 status: status.into(),

@@ -217,6 +217,7 @@ mod tests {
         ObservedRack {
             declared,
             stack: StackSnapshot {
+                outputs: BTreeMap::new(),
                 name: "convox".into(),
                 status: status.into(),
                 status_reason: None,

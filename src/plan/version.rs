@@ -194,6 +194,7 @@ mod version_tests {
         ObservedRack {
             declared: Default::default(),
             stack: StackSnapshot {
+                outputs: BTreeMap::new(),
                 last_updated: None,
                 name: "convox".into(),
                 status: status.into(),

@@ -110,17 +110,7 @@ impl AwsRack {
         F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        match fut.await {
-            Ok(v) => {
-                self.metrics.api_call(service, operation, "success");
-                Ok(v)
-            }
-            Err(e) => {
-                let err = map_error(service, operation, resource, &e);
-                self.metrics.api_call(service, operation, err.outcome());
-                Err(err)
-            }
-        }
+        counted(&self.metrics, service, operation, resource, fut).await
     }
 
     async fn describe_full(&self, arn: &str) -> Result<(TaskDefinition, Vec<Tag>), RackError> {
@@ -613,6 +603,12 @@ impl Rack for AwsRack {
                 break;
             }
         }
+        let outputs = stack
+            .outputs
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| Some((o.output_key?, o.output_value.unwrap_or_default())))
+            .collect();
         let last_updated = stack
             .last_updated_time
             .or(stack.creation_time)
@@ -627,6 +623,7 @@ impl Rack for AwsRack {
                 .unwrap_or_else(|| "UNKNOWN".into()),
             parameters,
             resources,
+            outputs,
         })
     }
 
@@ -1112,6 +1109,31 @@ fn container_difference(
     found.or_else(|| (a != b).then(|| format!("containerDefinitions[{i}]")))
 }
 
+/// Runs one SDK call, counting it in `metrics` and mapping its error.
+pub(crate) async fn counted<T, E, F>(
+    metrics: &Metrics,
+    service: &'static str,
+    operation: &'static str,
+    resource: &str,
+    fut: F,
+) -> Result<T, RackError>
+where
+    F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match fut.await {
+        Ok(v) => {
+            metrics.api_call(service, operation, "success");
+            Ok(v)
+        }
+        Err(e) => {
+            let err = map_error(service, operation, resource, &e);
+            metrics.api_call(service, operation, err.outcome());
+            Err(err)
+        }
+    }
+}
+
 /// Maps an SDK error to a rack error: what failed, on which resource, and the kind, which
 /// decides the hint and the metric outcome. The message is AWS's, never request data.
 pub(crate) fn map_error<E>(
@@ -1158,7 +1180,7 @@ where
     }
 }
 
-fn classify(code: &str, message: &str, status: u16) -> ApiErrorKind {
+pub(crate) fn classify(code: &str, message: &str, status: u16) -> ApiErrorKind {
     const TRANSIENT: &[&str] = &[
         "ServerException",
         "ServiceUnavailable",

@@ -13,7 +13,9 @@ use crate::spec::Declarations;
 use crate::templates::TemplateRef;
 
 pub mod aws;
+pub mod aws_exec;
 pub mod fenced;
+pub mod query;
 pub mod sim;
 
 /// The operations a rack offers the controller.

@@ -35,6 +35,9 @@ use crate::model::{
 use crate::spec::{Declarations, ParamDecl};
 use crate::templates::{declared_parameters, TemplateLocation, TemplateRef};
 
+mod apps;
+pub use apps::SimNetwork;
+
 const FIXTURE: &str = include_str!("sim_rack.json");
 const ACCOUNT: &str = "123456789012";
 /// The AWS operations the simulated rack answers, by name.
@@ -56,6 +59,10 @@ pub const OPERATIONS: &[&str] = &[
     "ListTaskDefinitions",
     "RegisterTaskDefinition",
     "UpdateService",
+    "DescribeContainerInstances",
+    "SimulatePrincipalPolicy",
+    "DescribeRouteTables",
+    "DescribeVpcEndpoints",
 ];
 
 /// The operation named `name`, if the simulated rack answers it.
@@ -187,6 +194,13 @@ pub struct SimSettings {
     /// starts have to finish).
     #[serde(with = "humantime_serde")]
     pub stack_update: Duration,
+    /// Apps: 0 for the demo set (every exec readiness path), N for N uniform apps of 3
+    /// services with 3 tasks each.
+    pub apps: usize,
+    /// The rack parameter `Private`: tasks run in private subnets, which reach SSM only as
+    /// `network` says.
+    pub private: bool,
+    pub network: SimNetwork,
 }
 
 impl Default for SimSettings {
@@ -204,6 +218,9 @@ impl Default for SimSettings {
             high_availability: true,
             throttled: BTreeMap::new(),
             stack_update: Duration::from_secs(60),
+            apps: 0,
+            private: false,
+            network: SimNetwork::default(),
         }
     }
 }
@@ -254,6 +271,7 @@ struct State {
     updates: Vec<UpdateRecord>,
     stack_updates: Vec<StackUpdateRecord>,
     next_id: u64,
+    apps: apps::SimApps,
 }
 
 struct PendingStackUpdate {
@@ -370,6 +388,9 @@ impl SimRack {
             })
             .collect();
         parameters.insert("Version".into(), settings.version.clone());
+        if settings.private {
+            parameters.insert("Private".into(), "Yes".into());
+        }
         // A template that declares ECSExec writes it into the labels, as the stack holds it.
         let stack_ecs_exec = declared.declares("ECSExec").then(|| {
             let v = settings
@@ -409,6 +430,7 @@ impl SimRack {
             stack_token: None,
             templates: known,
             next_id: 1,
+            apps: apps::SimApps::new(&rack, &settings.region, &cluster, settings.apps),
             settings: settings.clone(),
         };
 
@@ -734,6 +756,29 @@ impl State {
 
     fn resources(&self) -> BTreeMap<String, String> {
         self.stack_resources.clone()
+    }
+
+    /// The rack stack's outputs that exec readiness reads.
+    fn outputs(&self) -> BTreeMap<String, String> {
+        let private = self.parameters.get("Private").is_some_and(|p| p == "Yes");
+        let list = |prefix: &str| {
+            if private {
+                format!("{prefix}-0a1b2c3d,{prefix}-1a2b3c4d")
+            } else {
+                String::new()
+            }
+        };
+        BTreeMap::from([
+            ("Cluster".to_string(), self.cluster.clone()),
+            (
+                "Private".to_string(),
+                if private { "Yes" } else { "No" }.to_string(),
+            ),
+            ("Vpc".to_string(), "vpc-0123456789abcdef0".to_string()),
+            ("RouteTablesPrivate".to_string(), list("rtb")),
+            ("SubnetsPrivate".to_string(), list("subnet")),
+            ("NatGateways".to_string(), list("nat")),
+        ])
     }
 
     /// What a CloudFormation update does to one API service: registers its primary revision
@@ -1403,6 +1448,7 @@ impl Rack for SimRack {
             status_reason: s.stack_status_reason.clone(),
             parameters: s.parameters.clone(),
             resources: s.resources(),
+            outputs: s.outputs(),
             last_updated: Some(s.stack_updates.len().to_string()),
         })
     }

@@ -16,14 +16,17 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::clock::Clock;
 use crate::config::{Config, Method};
+use crate::exec::discover::rack_route;
+use crate::exec::source::ExecSource;
 use crate::lease::{standby_message, Lease};
 use crate::memory::Memory;
 use crate::metrics::Metrics;
 use crate::model::{
-    ManagedParam, ObservedRack, ObservedService, RackVersion, ServiceTarget, StackSnapshot,
-    StackState, TaskDefinitionInfo, ECS_EXEC, MANAGED_PARAMS, VERSION_PARAM,
+    ManagedParam, ObservedRack, ObservedService, RackVersion, Requirement, ServiceTarget,
+    StackSnapshot, StackState, TaskDefinitionInfo, ECS_EXEC, MANAGED_PARAMS, VERSION_PARAM,
 };
 use crate::params::{self, DesiredParams, ParamsError};
+use crate::plan::requirements;
 use crate::plan::{
     self, Action, Decision, EcsExecState, OwnRollout, Phase, PlanContext, Roll, RollPurpose,
     RollTo, ServiceState, VersionContext,
@@ -211,6 +214,8 @@ pub struct Reconciler {
     leading: bool,
     /// The ETag of the params object read last: an unchanged object is not read again.
     params_etag: Option<String>,
+    /// What requirements of values are checked against (the rack's VPC).
+    exec: Option<Arc<dyn ExecSource>>,
 }
 
 /// What the loop remembers of its stack updates for parameters.
@@ -290,6 +295,7 @@ impl Reconciler {
             store: Store::local(),
             leading: false,
             params_etag: None,
+            exec: None,
         };
         if let Some(Location::File(path)) = rec.settings.status_file.clone() {
             if let Ok(text) = std::fs::read_to_string(&path) {
@@ -314,6 +320,57 @@ impl Reconciler {
     pub fn with_lease(mut self, lease: Lease) -> Self {
         self.lease = Some(lease);
         self
+    }
+
+    /// Checks the requirements of values (the route to SSM before `ECSExec=Yes`) with `exec`.
+    /// Without it, a requirement that needs the VPC read is not known: the change waits.
+    pub fn with_exec(mut self, exec: Arc<dyn ExecSource>) -> Self {
+        self.exec = Some(exec);
+        self
+    }
+
+    /// What exec readiness reads, when [`Reconciler::with_exec`] gave it.
+    pub fn exec_source(&self) -> Option<Arc<dyn ExecSource>> {
+        self.exec.clone()
+    }
+
+    /// The desired state without the changes whose requirements do not hold, and the
+    /// decisions for those (`Blocked` or `Waiting`, nothing written).
+    async fn hold_unmet(
+        &self,
+        desired: &DesiredParams,
+        observed: &ObservedRack,
+    ) -> (DesiredParams, Vec<Decision>) {
+        let mut kept = desired.clone();
+        let mut held = Vec::new();
+        for (key, value) in &desired.values {
+            let Some(req) = requirements::needed(key, value, observed) else {
+                continue;
+            };
+            let check = self.check(req, observed).await;
+            if let Some(d) = requirements::hold(key, value, &check, observed) {
+                kept.values.remove(key);
+                held.push(d);
+            }
+        }
+        (kept, held)
+    }
+
+    async fn check(&self, req: Requirement, observed: &ObservedRack) -> requirements::Check {
+        match req {
+            Requirement::RouteToSsm => {
+                let route = match &self.exec {
+                    Some(src) => rack_route(src.as_ref(), &observed.stack.outputs).await,
+                    None if observed.stack.outputs.get("Private").map(String::as_str) != Some("Yes") => {
+                        crate::exec::Route::Reachable { via: "public subnets".into() }
+                    }
+                    None => crate::exec::Route::Unknown {
+                        why: "the rack is private and this controller has no access to its VPC configured".into(),
+                    },
+                };
+                requirements::Check::from(&route)
+            }
+        }
     }
 
     /// Why this controller must not write now, if it must not: another holds the lease.
@@ -545,6 +602,7 @@ impl Reconciler {
         let Some(desired) = self.desired.clone() else {
             return Ok((observed, Vec::new()));
         };
+        let (desired, held) = self.hold_unmet(&desired, &observed).await;
         let (relabel, stack_desired) = self.split_by_method(&desired, &observed);
         let mut decisions: Vec<Decision> = relabel
             .map(|value| {
@@ -558,6 +616,7 @@ impl Reconciler {
                 .await
                 .decisions,
         );
+        decisions.extend(held);
         Ok((observed, decisions))
     }
 
@@ -797,7 +856,8 @@ impl Reconciler {
         now: SystemTime,
         report: &mut Report,
     ) -> Vec<Decision> {
-        let (relabel, stack_desired) = self.split_by_method(desired, observed);
+        let (desired, held) = self.hold_unmet(desired, observed).await;
+        let (relabel, stack_desired) = self.split_by_method(&desired, observed);
         let standby = self.standby().await;
         // A standby decides as the holder would, and writes nothing.
         let mut acted = standby.is_some();
@@ -833,6 +893,7 @@ impl Reconciler {
             }
             rest.push(d);
         }
+        rest.extend(held);
         for d in &rest {
             self.publish(d, now);
         }
