@@ -400,6 +400,15 @@ mod tests {
         m.set_parameter("ECSExec", Phase::Converged, false, None);
         m.reconciled("converged", Instant::now());
         m.api_call("ecs", "DescribeServices", "success");
+        let tasks = std::collections::BTreeMap::from([(
+            (
+                "shop".to_string(),
+                crate::exec::ExecPath::Docker,
+                "gen1".to_string(),
+            ),
+            2,
+        )]);
+        m.set_exec_tasks(&tasks, SystemTime::now());
         let text = m.render();
         for d in METRICS {
             assert!(d.name.starts_with("rack_reconciler_"), "{}", d.name);

@@ -39,11 +39,16 @@ fn rack(sim: &str, params: &str) -> Rack {
 }
 
 fn run(config: &Path, args: &[&str]) -> (i32, String) {
+    run_env(config, args, &[])
+}
+
+fn run_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_rack-reconciler"))
         .arg("--config")
         .arg(config)
         .args(args)
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .output()
         .expect("run rack-reconciler");
     let text = format!(
@@ -239,4 +244,83 @@ fn validate_checks_against_a_template_file_offline() {
     let (code, out) = check("Bogus: \"1\"\n");
     assert_eq!(code, 5);
     assert!(out.contains("unknown key Bogus"), "{out}");
+}
+
+/// A `session-manager-plugin` that prints a version, in a directory of its own.
+fn fake_plugin(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let plugin = bin.join("session-manager-plugin");
+    std::fs::write(
+        &plugin,
+        "#!/bin/sh\n[ \"$1\" = --version ] && echo 1.2.707.0\n",
+    )
+    .expect("plugin");
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    bin
+}
+
+#[test]
+fn exec_check_shows_every_task_and_the_plugin_and_exits_4_unless_all_use_ecs_exec() {
+    let r = rack("  initial_ecs_exec: \"Yes\"\n", "ECSExec: \"Yes\"\n");
+    let install = "https://docs.aws.amazon.com/systems-manager/latest/userguide/session-manager-working-with-install-plugin.html";
+    // No plugin on PATH: said so, with AWS's install guide.
+    let (code, out) = run_env(&r.config, &["exec-check"], &[("PATH", "/nonexistent")]);
+    assert_eq!(code, 4, "{out}");
+    assert!(
+        out.contains("session-manager-plugin: not found on PATH"),
+        "{out}"
+    );
+    assert!(out.contains(install), "{out}");
+    for reason in [
+        "gen1",
+        "started_before_enable",
+        "agent_too_old",
+        "agent_not_running",
+        "platform_too_old",
+        "task_role_lacks_ssmmessages",
+    ] {
+        assert!(out.contains(reason), "{reason} missing:\n{out}");
+    }
+    assert!(
+        out.contains("11 tasks in 4 apps: 3 would use ECS Exec, 8 would fall back"),
+        "{out}"
+    );
+    // The plugin on PATH: its version and where it is, no install link.
+    let bin = fake_plugin(r.dir.path());
+    let (code, out) = run_env(
+        &r.config,
+        &["exec-check", "--app", "shop"],
+        &[("PATH", bin.to_str().expect("path"))],
+    );
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("session-manager-plugin: 1.2.707.0 ("), "{out}");
+    assert!(!out.contains(install), "{out}");
+    assert!(!out.contains("billing"), "only shop: {out}");
+    // JSON.
+    let (_, out) = run_env(
+        &r.config,
+        &["exec-check", "--json"],
+        &[("PATH", bin.to_str().expect("path"))],
+    );
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(doc["tasks"].as_array().map(Vec::len), Some(11));
+    assert_eq!(doc["ready"], false);
+    assert_eq!(doc["sessionManagerPlugin"]["version"], "1.2.707.0");
+    // An unknown app is an error.
+    let (code, out) = run(&r.config, &["exec-check", "--app", "nope"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("app nope not found"), "{out}");
+    // Every task on ECS Exec: exit 0.
+    let ready = rack(
+        "  initial_ecs_exec: \"Yes\"\n  apps: 2\n",
+        "ECSExec: \"Yes\"\n",
+    );
+    let (code, out) = run(&ready.config, &["exec-check"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("18 tasks in 2 apps: 18 would use ECS Exec, 0 would fall back"),
+        "{out}"
+    );
 }

@@ -170,6 +170,43 @@ async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond()
         );
     }
 
+    // Exec readiness reads the rack's apps: every stack of the region (to find them), the
+    // services and container instances of the cluster, the apps' task roles, the VPC.
+    let app_stack = format!("arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/convox-myapp/1");
+    let app_role = format!("arn:aws:iam::{ACCOUNT}:role/convox/convox-myapp-ServiceRole-1ABC");
+    let instance = format!("arn:aws:ecs:{REGION}:{ACCOUNT}:container-instance/{cluster}/0123abcd");
+    let app_service_arn = format!(
+        "arn:aws:ecs:{REGION}:{ACCOUNT}:service/{cluster}/convox-myapp-ServiceWeb-1ABC2DEF"
+    );
+    let reads: Vec<Call> = vec![
+        ("cloudformation:DescribeStacks", "*", vec![]),
+        ("cloudformation:ListStackResources", &app_stack, vec![]),
+        ("ecs:DescribeServices", &app_service_arn, vec![]),
+        ("ecs:DescribeContainerInstances", &instance, vec![]),
+        ("iam:SimulatePrincipalPolicy", &app_role, vec![]),
+        ("iam:ListRolePolicies", &app_role, vec![]),
+        ("iam:GetRolePolicy", &app_role, vec![]),
+        ("iam:ListAttachedRolePolicies", &app_role, vec![]),
+        (
+            "iam:GetPolicy",
+            "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+            vec![],
+        ),
+        (
+            "iam:GetPolicyVersion",
+            "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore",
+            vec![],
+        ),
+        ("ec2:DescribeRouteTables", "*", vec![]),
+        ("ec2:DescribeVpcEndpoints", "*", vec![]),
+    ];
+    for (action, resource, context) in &reads {
+        assert!(
+            allowed(&p, action, resource, context),
+            "{action} on {resource} is denied"
+        );
+    }
+
     let app_service = format!(
         "arn:aws:ecs:{REGION}:{ACCOUNT}:service/{cluster}/convox-myapp-ServiceWeb-1ABC2DEF"
     );
@@ -177,11 +214,22 @@ async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond()
         format!("arn:aws:ecs:{REGION}:{ACCOUNT}:service/convox-myapp-ServiceWeb-1ABC2DEF");
     let other_rack_role = format!("arn:aws:iam::{ACCOUNT}:role/convox/convoxstaging-ApiRole-1XYZ");
     let other_stack = format!("arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/convox-myapp/1");
+    let other_rack_stack =
+        format!("arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/otherrack-myapp/1");
+    let other_instance =
+        format!("arn:aws:ecs:{REGION}:{ACCOUNT}:container-instance/other-cluster/0123abcd");
     let denied: Vec<Call> = vec![
         ("ecs:UpdateService", &app_service, vec![]),
         ("ecs:UpdateService", &short_app_service, vec![]),
-        ("ecs:DescribeServices", &app_service, vec![]),
         ("cloudformation:UpdateStack", &other_stack, vec![]),
+        (
+            "cloudformation:ListStackResources",
+            &other_rack_stack,
+            vec![],
+        ),
+        ("iam:SimulatePrincipalPolicy", &other_rack_role, vec![]),
+        ("iam:GetRolePolicy", &other_rack_role, vec![]),
+        ("ecs:DescribeContainerInstances", &other_instance, vec![]),
         (
             "iam:PassRole",
             &other_rack_role,

@@ -63,13 +63,22 @@ async fn start(h: &Harness) -> Running {
             .expect("serve");
         }
     });
+    let exec = rack_reconciler::exec::watch::ExecWatch::new(
+        h.sim.clone(),
+        "convox",
+        Duration::from_secs(300),
+        Duration::from_secs(60),
+        rec.metrics(),
+        status.clone(),
+    );
+    let exec = tokio::spawn(exec.run(stopped.clone()));
     let controller = tokio::spawn(rec.run(rx, stopped));
     Running {
         base,
         status,
         triggers,
         stop,
-        tasks: vec![server, controller],
+        tasks: vec![server, controller, exec],
     }
 }
 

@@ -4,7 +4,10 @@
 //! described 100 at a time (service tasks and `convox run` tasks alike), container instances
 //! 100 at a time, each task definition once ever (revisions are immutable), each task role once
 //! per look. Facts that cannot change the verdict are not fetched: nothing past the stacks and
-//! tasks while the rack's `ECSExec` is `No`, nothing past the task for a Gen1 app.
+//! tasks while the rack's `ECSExec` is `No`, nothing past the task for a Gen1 app. Only
+//! running tasks are judged (one still starting has no agent yet); a one-off task is one
+//! started by `convox.APP` from one of the app's task definitions (`RACK-APP-*`: builds,
+//! started the same way from `RACK-build`, are not the app's).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::SystemTime;
@@ -80,10 +83,17 @@ impl Discovery {
                 logical: "output Cluster".into(),
             }
         })?;
+        let ecs_exec = param_yes(rack_stack, "ECSExec");
         let facts = RackFacts {
-            ecs_exec: param_yes(rack_stack, "ECSExec"),
+            ecs_exec,
             readonly_root: param_yes(rack_stack, "EnableContainerReadonlyRootFilesystem"),
-            route: rack_route(src, &rack_stack.outputs).await,
+            route: if ecs_exec {
+                rack_route(src, &rack_stack.outputs).await
+            } else {
+                Route::Unknown {
+                    why: "not looked at while the rack's ECSExec is No".into(),
+                }
+            },
         };
         let mut apps = Vec::new();
         for s in stacks.iter().filter(|s| is_app_of(s, rack)) {
@@ -98,9 +108,13 @@ impl Discovery {
                 generation: generation(s),
             });
         }
-        let services = describe_services(src, &cluster, &apps).await?;
-        let tasks = app_tasks(src, &cluster, &apps).await?;
         let enrich = facts.ecs_exec;
+        let services = if enrich {
+            describe_services(src, &cluster, &apps).await?
+        } else {
+            BTreeMap::new()
+        };
+        let tasks = app_tasks(src, &cluster, rack, &apps).await?;
         let agents = if enrich {
             self.agents(src, &cluster, &tasks).await?
         } else {
@@ -154,7 +168,7 @@ impl Discovery {
             .filter(|(_, v)| !v.is_empty())
             .filter_map(|(k, v)| {
                 let name = k.strip_prefix("Service")?.strip_suffix("Service")?;
-                (!name.is_empty()).then(|| service(name.to_lowercase(), v))
+                (!name.is_empty()).then(|| service(manifest_name(name), v))
             })
             .collect();
         if !from_outputs.is_empty() {
@@ -289,6 +303,7 @@ struct AppTask<'a> {
 async fn app_tasks<'a>(
     src: &dyn ExecSource,
     cluster: &str,
+    rack: &str,
     apps: &'a [App],
 ) -> Result<Vec<AppTask<'a>>, RackError> {
     let mut by_service = HashMap::new();
@@ -318,9 +333,15 @@ async fn app_tasks<'a>(
                     .map(|(a, s)| (*a, s.shown.clone(), s.ecs_name.clone())),
                 (_, Some(s)) => by_app
                     .get(s)
+                    .filter(|a| {
+                        family(&t.task_definition).starts_with(&format!("{rack}-{}-", a.name))
+                    })
                     .map(|a| (*a, "run".to_string(), String::new())),
                 _ => None,
             };
+            if t.last_status != "RUNNING" {
+                continue;
+            }
             if let Some((app, shown, ecs_name)) = owner {
                 out.push(AppTask {
                     app,
@@ -350,7 +371,15 @@ async fn role_allows(
     if let Some(v) = roles.get(role) {
         return Ok(*v);
     }
-    let v = src.role_allows(role, &SSMMESSAGES_ACTIONS).await?;
+    let v = match src.role_allows(role, &SSMMESSAGES_ACTIONS).await {
+        Ok(v) => v,
+        // A role deleted or replaced while old tasks still run: not known, not fatal.
+        Err(e) if !e.is_transient() => {
+            tracing::warn!(role = %role, error = %e, "cannot check the task role; its ssmmessages permissions are not known");
+            None
+        }
+        Err(e) => return Err(e),
+    };
     roles.insert(role.clone(), v);
     Ok(v)
 }
@@ -430,6 +459,25 @@ fn service(shown: String, arn: &str) -> Service {
     }
 }
 
+/// The family of a task definition ARN (`.../task-definition/FAMILY:REVISION`).
+fn family(arn: &str) -> &str {
+    let name = arn.rsplit('/').next().unwrap_or(arn);
+    name.split(':').next().unwrap_or(name)
+}
+
+/// A service's name as the app's manifest has it, from Convox's output key (`WebApi` for
+/// `web-api`).
+fn manifest_name(key: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in key.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
 fn last_part(arn: &str) -> String {
     arn.rsplit('/').next().unwrap_or(arn).to_string()
 }
@@ -440,4 +488,23 @@ fn split_list(s: &str) -> Vec<String> {
         .filter(|x| !x.is_empty())
         .map(str::to_string)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_arns_and_outputs() {
+        assert_eq!(
+            family("arn:aws:ecs:us-east-1:1:task-definition/convox-shop-web:12"),
+            "convox-shop-web"
+        );
+        assert_eq!(manifest_name("WebApi"), "web-api");
+        assert_eq!(manifest_name("Web"), "web");
+        assert_eq!(
+            last_part("arn:aws:ecs:us-east-1:1:service/c/convox-shop-ServiceWeb-1"),
+            "convox-shop-ServiceWeb-1"
+        );
+    }
 }

@@ -44,7 +44,7 @@ pub const REASONS: [(&str, &str); 10] = [
     ("agent_too_old", "ECS container agent older than 1.50.2: update the instance's agent (a rack update with a current AMI)"),
     ("agent_not_running", "the ExecuteCommandAgent is not running in the task: restart the task; see its reason"),
     ("task_role_lacks_ssmmessages", "the task role lacks ssmmessages:CreateControlChannel, CreateDataChannel, OpenControlChannel, OpenDataChannel"),
-    ("no_route_to_ssm", "the task's subnets reach neither a NAT gateway nor the ssm and ssmmessages VPC endpoints"),
+    ("no_route_to_ssm", "the task's private subnets reach neither a NAT gateway nor an ssmmessages interface endpoint (with private DNS): add one of them"),
 ];
 
 /// The four actions the SSM agent in a task needs from its task role.
@@ -65,7 +65,7 @@ pub const MIN_PLATFORM: &str = "1.4.0";
 pub enum Route {
     /// Not known (not looked at yet, or the calls failed).
     Unknown { why: String },
-    /// Public subnets, a NAT gateway route, or both endpoints.
+    /// Public subnets, a NAT gateway route, or the `ssmmessages` endpoint.
     Reachable { via: String },
     /// Neither: the endpoints that would fix it.
     None { missing: Vec<String> },
@@ -85,7 +85,19 @@ pub struct Network {
     pub region: String,
 }
 
-/// Whether tasks in the rack's subnets reach SSM.
+/// The service name of an interface endpoint (`cn.com.amazonaws.` in the China regions).
+pub fn endpoint_service(region: &str, service: &str) -> String {
+    let prefix = if region.starts_with("cn-") {
+        "cn.com.amazonaws"
+    } else {
+        "com.amazonaws"
+    };
+    format!("{prefix}.{region}.{service}")
+}
+
+/// Whether tasks in the rack's subnets reach SSM. ECS Exec's agent talks to Session Manager's
+/// `ssmmessages` only (AWS's ECS Exec guide and its amazon-ecs-exec-checker ask for that one
+/// endpoint); `ssm` is not needed.
 pub fn route(n: &Network) -> Route {
     if !n.private {
         return Route::Reachable {
@@ -97,9 +109,9 @@ pub fn route(n: &Network) -> Route {
             via: "NAT gateway".into(),
         };
     }
-    let missing: Vec<String> = ["ssm", "ssmmessages"]
+    let missing: Vec<String> = ["ssmmessages"]
         .iter()
-        .map(|s| format!("com.amazonaws.{}.{s}", n.region))
+        .map(|s| endpoint_service(&n.region, s))
         .filter(|name| !n.endpoints.contains(name))
         .collect();
     if missing.is_empty() {
@@ -144,7 +156,8 @@ pub struct TaskFacts {
 pub struct RackFacts {
     /// The rack's `ECSExec` is `Yes` (converged).
     pub ecs_exec: bool,
-    /// The rack's `EnableContainerReadonlyRootFilesystem` is `Yes`.
+    /// The rack's `EnableContainerReadonlyRootFilesystem` is `Yes` (apps take it at their next
+    /// release: the task definition says what a task has; this only explains it).
     pub readonly_root: bool,
     pub route: Route,
 }
@@ -203,9 +216,9 @@ fn reason(rack: &RackFacts, t: &TaskFacts) -> Option<(&'static str, String)> {
     if t.generation < 2 {
         return Some(("gen1", String::new()));
     }
-    if t.readonly_root || rack.readonly_root {
+    if t.readonly_root {
         let detail = if rack.readonly_root {
-            "EnableContainerReadonlyRootFilesystem=Yes"
+            "readonlyRootFilesystem in the task definition; the rack sets EnableContainerReadonlyRootFilesystem=Yes"
         } else {
             "readonlyRootFilesystem in the task definition"
         };
@@ -448,7 +461,7 @@ mod tests {
             ("gen1", |_, t| t.generation = 1),
             ("rack_ecs_exec_no", |r, _| r.ecs_exec = false),
             ("readonly_root_filesystem", |_, t| t.readonly_root = true),
-            ("readonly_root_filesystem", |r, _| r.readonly_root = true),
+            ("none", |r, _| r.readonly_root = true),
             ("started_before_enable", |_, t| t.exec_enabled = false),
             ("platform_too_old", |_, t| {
                 t.launch = Launch::Fargate {
@@ -535,16 +548,17 @@ mod tests {
             }
         );
         assert!(matches!(
-            route(&private(
-                0,
-                3,
-                &[
-                    "com.amazonaws.us-east-1.ssm",
-                    "com.amazonaws.us-east-1.ssmmessages"
-                ]
-            )),
+            route(&private(0, 3, &["com.amazonaws.us-east-1.ssmmessages"])),
             Route::Reachable { .. }
         ));
+        let mut china = private(0, 2, &[]);
+        china.region = "cn-north-1".into();
+        assert_eq!(
+            route(&china),
+            Route::None {
+                missing: vec!["cn.com.amazonaws.cn-north-1.ssmmessages".into()]
+            }
+        );
     }
 
     #[test]

@@ -159,7 +159,7 @@ mod tests {
             ),
             (
                 "case",
-                json!([{"Effect": "Allow", "Action": "SSMMessages:createcontrolchannel", "Resource": "*"}, {"Effect": "Allow", "Action": "ssmmessages:?????DataChannel", "Resource": "*"}, {"Effect": "Allow", "Action": "ssmmessages:OpenControl*", "Resource": "*"}]),
+                json!([{"Effect": "Allow", "Action": "SSMMessages:createcontrolchannel", "Resource": "*"}, {"Effect": "Allow", "Action": ["ssmmessages:Create?ataChannel", "ssmmessages:OpenDataChannel"], "Resource": "*"}, {"Effect": "Allow", "Action": "ssmmessages:OpenControl*", "Resource": "*"}]),
                 Some(true),
             ),
             ("no statements", json!([]), Some(false)),

@@ -41,6 +41,8 @@ pub struct TaskInfo {
     /// `convox.APP` for a one-off `convox run` task.
     pub started_by: Option<String>,
     pub task_definition: String,
+    /// `PENDING`, `ACTIVATING`, `RUNNING`...: only a running task can be exec'd into.
+    pub last_status: String,
     pub exec_enabled: bool,
     /// `FARGATE` or `EC2`.
     pub launch_type: String,

@@ -459,8 +459,9 @@ impl ExecSource for AwsExec {
                         .any(|r| {
                             child_text(r, "destinationCidrBlock").as_deref() == Some("0.0.0.0/0")
                                 && child_text(r, "state").as_deref() != Some("blackhole")
-                                && (child_text(r, "natGatewayId").is_some()
-                                    || child_text(r, "instanceId").is_some())
+                                && ["natGatewayId", "instanceId", "transitGatewayId"]
+                                    .iter()
+                                    .any(|k| child_text(r, k).is_some())
                         });
                     facts.nat_routes += usize::from(nat);
                 },
@@ -516,6 +517,7 @@ fn task_info(t: &aws_sdk_ecs::types::Task) -> TaskInfo {
         group: t.group().map(str::to_string),
         started_by: t.started_by().map(str::to_string),
         task_definition: t.task_definition_arn().unwrap_or_default().to_string(),
+        last_status: t.last_status().unwrap_or_default().to_string(),
         exec_enabled: t.enable_execute_command(),
         launch_type: t
             .launch_type()

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
@@ -27,28 +28,47 @@ use crate::metrics::Metrics;
 pub struct Api {
     pub service: &'static str,
     version: &'static str,
-    /// The service is global (IAM): one endpoint, signed for `us-east-1`.
+    /// The service is global (IAM): one endpoint per partition, signed for its first region.
     global: bool,
+    /// The variable that overrides its endpoint, as for the SDK's clients.
+    endpoint_env: &'static str,
 }
 
 pub const EC2: Api = Api {
     service: "ec2",
     version: "2016-11-15",
     global: false,
+    endpoint_env: "AWS_ENDPOINT_URL_EC2",
 };
 
 pub const IAM: Api = Api {
     service: "iam",
     version: "2010-05-08",
     global: true,
+    endpoint_env: "AWS_ENDPOINT_URL_IAM",
 };
+
+/// Credentials are used until this long before they expire.
+const CREDENTIALS_MARGIN: Duration = Duration::from_secs(300);
+
+type Http = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<bytes::Bytes>,
+>;
 
 #[derive(Clone)]
 pub struct QueryClient {
-    http: reqwest::Client,
+    http: Http,
+    /// One attempt (connecting, sending, reading the answer) takes at most this long.
+    attempt_timeout: Duration,
     credentials: Option<SharedCredentialsProvider>,
+    /// The credentials last loaded, kept until shortly before they expire (the provider of
+    /// an `SdkConfig` does not cache: each load may be an STS or metadata call).
+    cached: Arc<std::sync::Mutex<Option<Credentials>>>,
     region: String,
+    /// `AWS_ENDPOINT_URL` (every service), and the per-service overrides.
     endpoint: Option<String>,
+    overrides: Vec<(&'static str, String)>,
     metrics: Metrics,
 }
 
@@ -71,15 +91,26 @@ impl QueryClient {
         .map_err(|e| format!("TLS set-up failed: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .connect_timeout(timeouts.aws_connect)
-            .timeout(timeouts.aws_attempt)
-            .build()
-            .map_err(|e| format!("HTTP client set-up failed: {e}"))?;
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.enforce_http(false);
+        connector.set_connect_timeout(Some(timeouts.aws_connect));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
+        let http =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(https);
         Ok(QueryClient {
             http,
+            attempt_timeout: timeouts.aws_attempt,
             credentials: sdk.credentials_provider(),
+            cached: Arc::default(),
+            overrides: [&EC2, &IAM]
+                .iter()
+                .filter_map(|api| Some((api.service, std::env::var(api.endpoint_env).ok()?)))
+                .collect(),
             region: sdk
                 .region()
                 .map(|r| r.to_string())
@@ -124,12 +155,21 @@ impl QueryClient {
             .await
     }
 
-    fn url(&self, api: &Api) -> String {
-        match (&self.endpoint, api.global) {
-            (Some(e), _) => format!("{}/", e.trim_end_matches('/')),
-            (None, true) => format!("https://{}.amazonaws.com/", api.service),
-            (None, false) => format!("https://{}.{}.amazonaws.com/", api.service, self.region),
-        }
+    /// The endpoint and the region to sign for: the service's regional endpoint, IAM's one
+    /// per partition, or the override.
+    fn endpoint(&self, api: &Api) -> (String, String) {
+        let (host, signing) = host_of(api, &self.region);
+        let overridden = self
+            .overrides
+            .iter()
+            .find(|(s, _)| *s == api.service)
+            .map(|(_, e)| e)
+            .or(self.endpoint.as_ref());
+        let url = match overridden {
+            Some(e) => format!("{}/", e.trim_end_matches('/')),
+            None => format!("https://{host}/"),
+        };
+        (url, signing)
     }
 
     async fn attempt(
@@ -147,33 +187,40 @@ impl QueryClient {
             message,
         };
         let body = form_body(action, api.version, params);
-        let url = self.url(api);
-        let signing_region = if api.global {
-            "us-east-1"
-        } else {
-            &self.region
-        };
+        let (url, signing_region) = self.endpoint(api);
         let headers = self
-            .signed_headers(api.service, signing_region, &url, &body)
+            .signed_headers(api.service, &signing_region, &url, &body)
             .await
-            .map_err(|m| fail(ApiErrorKind::AccessDenied, m))?;
-        let mut request = self.http.post(&url).body(body);
+            .map_err(|m| fail(ApiErrorKind::Transient, m))?;
+        let mut request = http::Request::post(&url);
         for (k, v) in headers {
             request = request.header(k, v);
         }
-        let response = request.send().await.map_err(|e| {
-            let message = if e.is_timeout() {
-                "timed out".to_string()
-            } else {
-                format!("could not reach the endpoint: {}", chain(&e))
-            };
-            fail(ApiErrorKind::Transient, message)
-        })?;
-        let status = response.status().as_u16();
-        let text = response
-            .text()
+        let request = request
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| {
+                fail(
+                    ApiErrorKind::Rejected,
+                    format!("could not build the request: {e}"),
+                )
+            })?;
+        let exchange = async {
+            let response = self.http.request(request).await.map_err(|e| {
+                fail(
+                    ApiErrorKind::Transient,
+                    format!("could not reach the endpoint: {}", chain(&e)),
+                )
+            })?;
+            let status = response.status().as_u16();
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .map_err(|e| fail(ApiErrorKind::Transient, format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        };
+        let (status, text) = tokio::time::timeout(self.attempt_timeout, exchange)
             .await
-            .map_err(|e| fail(ApiErrorKind::Transient, format!("reading the answer: {e}")))?;
+            .map_err(|_| fail(ApiErrorKind::Transient, "timed out".into()))??;
         if status < 300 {
             return Ok(text);
         }
@@ -188,6 +235,30 @@ impl QueryClient {
         Err(fail(kind, text))
     }
 
+    /// The cached credentials while they are good, else newly loaded ones.
+    async fn credentials(&self) -> Result<Credentials, String> {
+        let fresh = |c: &Credentials| {
+            c.expiry()
+                .is_none_or(|e| e > SystemTime::now() + CREDENTIALS_MARGIN)
+        };
+        if let Some(c) = self.lock_cache().clone().filter(fresh) {
+            return Ok(c);
+        }
+        let provider = self.credentials.as_ref().ok_or(
+            "no AWS credentials: set them as for any AWS tool (environment, profile, role)",
+        )?;
+        let creds = provider
+            .provide_credentials()
+            .await
+            .map_err(|e| format!("loading AWS credentials failed: {e}"))?;
+        *self.lock_cache() = Some(creds.clone());
+        Ok(creds)
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Option<Credentials>> {
+        self.cached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The `Content-Type`, `Host`, date and SigV4 headers of a request with this body.
     async fn signed_headers(
         &self,
@@ -196,14 +267,7 @@ impl QueryClient {
         url: &str,
         body: &str,
     ) -> Result<Vec<(String, String)>, String> {
-        let provider = self.credentials.as_ref().ok_or(
-            "no AWS credentials: set them as for any AWS tool (environment, profile, role)",
-        )?;
-        let creds = provider
-            .provide_credentials()
-            .await
-            .map_err(|e| format!("loading AWS credentials failed: {e}"))?;
-        let identity: Identity = creds.into();
+        let identity: Identity = self.credentials().await?.into();
         let params = v4::SigningParams::builder()
             .identity(&identity)
             .region(region)
@@ -234,14 +298,57 @@ impl QueryClient {
     }
 }
 
-fn form_body(action: &str, version: &str, params: &[(String, String)]) -> String {
-    let mut body = form_urlencoded::Serializer::new(String::new());
-    body.append_pair("Action", action)
-        .append_pair("Version", version);
-    for (k, v) in params {
-        body.append_pair(k, v);
+/// The host of a service in a region's partition, and the region to sign for.
+fn host_of(api: &Api, region: &str) -> (String, String) {
+    let china = region.starts_with("cn-");
+    let dns = if china {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    if !api.global {
+        return (
+            format!("{}.{region}.{dns}", api.service),
+            region.to_string(),
+        );
     }
-    body.finish()
+    if china {
+        (
+            format!("{}.cn-north-1.{dns}", api.service),
+            "cn-north-1".into(),
+        )
+    } else if region.starts_with("us-gov-") {
+        (
+            format!("{}.us-gov.{dns}", api.service),
+            "us-gov-west-1".into(),
+        )
+    } else {
+        (format!("{}.{dns}", api.service), "us-east-1".into())
+    }
+}
+
+/// Characters sent as they are; every other byte is percent-encoded, as the AWS SDKs encode
+/// Query bodies (a space is `%20`, `*` is `%2A`).
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn form_body(action: &str, version: &str, params: &[(String, String)]) -> String {
+    let pairs = [("Action", action), ("Version", version)]
+        .into_iter()
+        .chain(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    pairs
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                percent_encoding::utf8_percent_encode(k, UNRESERVED),
+                percent_encoding::utf8_percent_encode(v, UNRESERVED)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 /// The `Code` and `Message` of an EC2 (`Response/Errors/Error`) or IAM (`ErrorResponse/Error`)
@@ -307,6 +414,56 @@ pub fn parse<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_are_encoded_as_the_sdks_encode_them() {
+        let body = form_body(
+            "PutRolePolicy",
+            "2010-05-08",
+            &[("PolicyDocument".into(), r#"{"Action": "ssm:*"}"#.into())],
+        );
+        assert_eq!(
+            body,
+            "Action=PutRolePolicy&Version=2010-05-08&PolicyDocument=%7B%22Action%22%3A%20%22ssm%3A%2A%22%7D"
+        );
+    }
+
+    #[test]
+    fn endpoints_per_partition() {
+        let cases = [
+            (
+                &EC2,
+                "eu-west-1",
+                "ec2.eu-west-1.amazonaws.com",
+                "eu-west-1",
+            ),
+            (&IAM, "eu-west-1", "iam.amazonaws.com", "us-east-1"),
+            (
+                &EC2,
+                "cn-northwest-1",
+                "ec2.cn-northwest-1.amazonaws.com.cn",
+                "cn-northwest-1",
+            ),
+            (
+                &IAM,
+                "cn-northwest-1",
+                "iam.cn-north-1.amazonaws.com.cn",
+                "cn-north-1",
+            ),
+            (
+                &IAM,
+                "us-gov-east-1",
+                "iam.us-gov.amazonaws.com",
+                "us-gov-west-1",
+            ),
+        ];
+        for (api, region, host, signing) in cases {
+            assert_eq!(
+                host_of(api, region),
+                (host.to_string(), signing.to_string())
+            );
+        }
+    }
 
     #[test]
     fn error_codes_of_both_services() {

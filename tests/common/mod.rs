@@ -93,7 +93,7 @@ impl Harness {
             backend: "sim".into(),
             ..Status::default()
         });
-        Reconciler::new(self.sim.clone(), settings, metrics, status)
+        Reconciler::new(self.sim.clone(), settings, metrics, status).with_exec(self.sim.clone())
     }
 
     pub fn write_params(&self, text: &str) {

@@ -22,6 +22,11 @@ fn moto_server() -> String {
 impl Moto {
     /// Starts a fresh server; panics with the fix when moto is not installed.
     pub async fn start() -> Moto {
+        Self::start_with(&[]).await
+    }
+
+    /// A fresh server with `env` (moto's settings, e.g. `INITIAL_NO_AUTH_ACTION_COUNT`).
+    pub async fn start_with(env: &[(&str, &str)]) -> Moto {
         let bin = moto_server();
         assert!(
             std::path::Path::new(&bin).exists(),
@@ -31,20 +36,21 @@ impl Moto {
         // The free port is found by binding and releasing it, so another process may take it
         // in between: try a few ports before giving up.
         for _ in 0..3 {
-            if let Some(moto) = Self::try_start(&bin).await {
+            if let Some(moto) = Self::try_start(&bin, env).await {
                 return moto;
             }
         }
         panic!("moto_server did not start ({bin})");
     }
 
-    async fn try_start(bin: &str) -> Option<Moto> {
+    async fn try_start(bin: &str, env: &[(&str, &str)]) -> Option<Moto> {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             l.local_addr().expect("addr").port()
         };
         let mut child = Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -74,24 +80,40 @@ impl Moto {
     }
 
     pub async fn sdk_config(&self, endpoint: &str) -> aws_config::SdkConfig {
-        aws_config::defaults(rack_reconciler::rack::aws::behavior_version())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(endpoint)
-            .credentials_provider(aws_sdk_ecs::config::Credentials::new(
-                "testing", "testing", None, None, "moto",
-            ))
-            .retry_config(
-                aws_config::retry::RetryConfig::standard()
-                    .with_initial_backoff(Duration::from_millis(50)),
-            )
-            .load()
-            .await
+        self.sdk_config_as(endpoint, "testing", "testing").await
+    }
+
+    /// The configuration of a client signing with this access key.
+    pub async fn sdk_config_as(
+        &self,
+        endpoint: &str,
+        key: &str,
+        secret: &str,
+    ) -> aws_config::SdkConfig {
+        sdk_config_for(endpoint, key, secret).await
     }
 
     pub async fn clients(&self) -> (CfnClient, EcsClient) {
         let c = self.sdk_config(&self.endpoint).await;
         (CfnClient::new(&c), EcsClient::new(&c))
     }
+}
+
+/// The configuration of a client for `endpoint` (moto, or a canned server) signing with this
+/// access key, in us-east-1.
+pub async fn sdk_config_for(endpoint: &str, key: &str, secret: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(rack_reconciler::rack::aws::behavior_version())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ecs::config::Credentials::new(
+            key, secret, None, None, "moto",
+        ))
+        .retry_config(
+            aws_config::retry::RetryConfig::standard()
+                .with_initial_backoff(Duration::from_millis(50)),
+        )
+        .load()
+        .await
 }
 
 impl Drop for Moto {

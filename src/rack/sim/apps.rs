@@ -261,7 +261,7 @@ impl Builder<'_> {
                 self.task(t, &td, Some(format!("service:{service_name}")), None);
             }
         }
-        let td = self.task_definition(&format!("{stack}-run"), &role);
+        let td = self.task_definition(&format!("{stack}-console"), &role);
         for t in runs {
             self.task(t, &td, None, Some(format!("convox.{name}")));
         }
@@ -297,6 +297,7 @@ impl Builder<'_> {
             started_by: started_by.or(Some("ecs-svc/1234567890".into())),
             group,
             task_definition: td.to_string(),
+            last_status: "RUNNING".into(),
             exec_enabled: t.exec,
             launch_type: if t.platform.is_some() {
                 "FARGATE"
