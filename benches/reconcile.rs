@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rack_reconciler::exec::discover::Discovery;
 use rack_reconciler::metrics::Metrics;
 use rack_reconciler::model::{ServiceTarget, ECS_EXEC};
 use rack_reconciler::plan::{self, PlanContext};
@@ -192,4 +193,60 @@ fn main() {
             t.elapsed() / n
         );
     });
+
+    // 5. Exec readiness of a rack with 200 apps of 3 services with 3 tasks each.
+    rt.block_on(exec_readiness(200));
+}
+
+/// Calls per look against the batching minimum, and the time a look takes.
+async fn exec_readiness(apps: usize) {
+    let sim = SimRack::new(SimSettings {
+        rack: "convox".into(),
+        region: "us-east-1".into(),
+        apps,
+        initial_ecs_exec: Some("Yes".into()),
+        ..SimSettings::default()
+    });
+    let total = |sim: &SimRack| -> u64 {
+        rack_reconciler::exec::source::OPERATIONS
+            .iter()
+            .map(|op| sim.calls(op))
+            .sum()
+    };
+    let mut discovery = Discovery::default();
+    let t = Instant::now();
+    let r = discovery
+        .run(&sim, "convox", None, std::time::SystemTime::now())
+        .await
+        .expect("look");
+    let first_time = t.elapsed();
+    let first = total(&sim);
+    let (services, tasks) = (apps * 3, r.verdicts.len());
+    // One listing page per 100 stacks (the rack's own among them), DescribeServices per 10,
+    // ListTasks and DescribeTasks per 100, one DescribeContainerInstances per 100 instances
+    // (the generated rack has one), one role check per app role; the first look also reads
+    // each task definition once.
+    let steady_min =
+        (apps + 1).div_ceil(100) + services.div_ceil(10) + 2 * tasks.div_ceil(100) + 1 + apps;
+    let first_min = steady_min + services;
+    let n = 20u32;
+    let t = Instant::now();
+    for _ in 0..n {
+        discovery
+            .run(&sim, "convox", None, std::time::SystemTime::now())
+            .await
+            .expect("look");
+    }
+    let per = t.elapsed() / n;
+    let steady = (total(&sim) - first) / u64::from(n);
+    let pct = |calls: u64, min: usize| 100.0 * (calls as f64 - min as f64) / min as f64;
+    println!("exec readiness ({apps} apps x 3 services x 3 tasks = {tasks} tasks):");
+    println!(
+        "  first look             {first} calls (batching minimum {first_min}, {:+.1}%), {first_time:?}",
+        pct(first, first_min)
+    );
+    println!(
+        "  each later look        {steady} calls (batching minimum {steady_min}, {:+.1}%), {per:?}",
+        pct(steady, steady_min)
+    );
 }

@@ -903,6 +903,16 @@ fn print_status(s: &Status) {
             );
         }
     }
+    if let Some(e) = &s.exec {
+        let (status, _, message) = e.condition();
+        println!(
+            "exec readiness ({}): ExecReady {status}: {message}",
+            e.checked_at.as_deref().unwrap_or("not looked at yet")
+        );
+        if let Some(err) = &e.error {
+            println!("  last look failed: {err}");
+        }
+    }
 }
 
 async fn check_downgrade(cfg: Config, to: &str) -> Result<u8> {

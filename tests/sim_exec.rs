@@ -230,18 +230,7 @@ async fn a_large_rack_is_looked_at_in_batches() {
         initial_ecs_exec: Some("Yes".into()),
         ..SimSettings::default()
     });
-    let ops = [
-        "DescribeStacks",
-        "DescribeServices",
-        "ListTasks",
-        "DescribeTasks",
-        "DescribeContainerInstances",
-        "DescribeTaskDefinition",
-        "SimulatePrincipalPolicy",
-        "ListStackResources",
-        "DescribeRouteTables",
-        "DescribeVpcEndpoints",
-    ];
+    let ops = rack_reconciler::exec::source::OPERATIONS;
     let counts = |rack: &SimRack| -> BTreeMap<&str, u64> {
         ops.iter().map(|o| (*o, rack.calls(o))).collect()
     };

@@ -8,6 +8,21 @@ use async_trait::async_trait;
 
 use crate::rack::RackError;
 
+/// The AWS operations behind the methods of [`ExecSource`] (a role check is one
+/// `SimulatePrincipalPolicy` where it is allowed), as the simulated rack counts them.
+pub const OPERATIONS: &[&str] = &[
+    "DescribeStacks",
+    "ListStackResources",
+    "DescribeServices",
+    "ListTasks",
+    "DescribeTasks",
+    "DescribeContainerInstances",
+    "DescribeTaskDefinition",
+    "SimulatePrincipalPolicy",
+    "DescribeRouteTables",
+    "DescribeVpcEndpoints",
+];
+
 /// A CloudFormation stack as `DescribeStacks` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StackFacts {
