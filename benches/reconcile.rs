@@ -222,7 +222,8 @@ async fn exec_readiness(apps: usize) {
     let first_time = t.elapsed();
     let first = total(&sim);
     let (services, tasks) = (apps * 3, r.verdicts.len());
-    // One listing page per 100 stacks (the rack's own among them), DescribeServices per 10,
+    // One listing page per 100 stacks (the rack's own and each service's nested stack among
+    // them), DescribeServices per 10,
     // ListTasks and DescribeTasks per 100, one DescribeContainerInstances per 100 instances
     // (the generated rack has one), one role check per app role; the first look also reads
     // each task definition once.

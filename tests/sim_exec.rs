@@ -57,7 +57,7 @@ async fn every_path_on_the_demo_apps() {
             vec!["none", "agent_not_running", "platform_too_old"],
         ),
         (
-            key("legacy", "convox-legacy-ServiceWEB-0000"),
+            key("legacy", "convox-legacy-ServiceWeb-0000-Service-1"),
             vec!["gen1", "gen1"],
         ),
         (key("reports", "web"), vec!["task_role_lacks_ssmmessages"]),
@@ -241,10 +241,10 @@ async fn a_large_rack_is_looked_at_in_batches() {
         .expect("look");
     assert_eq!(r.verdicts.len(), 1800);
     assert!(r.verdicts.iter().all(|v| v.path == ExecPath::EcsExec));
-    // 201 stacks: 3 pages; 600 services: 60 calls; 1800 tasks: 18 pages and 18 describes;
+    // 801 stacks (each service a nested stack): 9 pages; 600 services: 60 calls; 1800 tasks: 18 pages and 18 describes;
     // one instance; 600 task definitions; 200 roles; a public rack reads no VPC.
     let first = BTreeMap::from([
-        ("DescribeStacks", 3),
+        ("DescribeStacks", 9),
         ("DescribeServices", 60),
         ("ListTasks", 18),
         ("DescribeTasks", 18),
@@ -268,7 +268,7 @@ async fn a_large_rack_is_looked_at_in_batches() {
         second["DescribeTaskDefinition"], 0,
         "revisions are read once"
     );
-    assert_eq!(second.values().sum::<u64>(), 3 + 60 + 18 + 18 + 1 + 200);
+    assert_eq!(second.values().sum::<u64>(), 9 + 60 + 18 + 18 + 1 + 200);
 }
 
 fn private(network: SimNetwork) -> SimSettings {

@@ -70,80 +70,22 @@ impl Discovery {
         now: SystemTime,
     ) -> Result<Readiness, RackError> {
         let stacks = all_stacks(src).await?;
-        let rack_stack =
-            stacks
-                .iter()
-                .find(|s| s.name == rack)
-                .ok_or_else(|| RackError::StackNotFound {
-                    stack: rack.to_string(),
-                })?;
-        let cluster = rack_stack.outputs.get("Cluster").cloned().ok_or_else(|| {
-            RackError::MissingResource {
-                stack: rack.to_string(),
-                logical: "output Cluster".into(),
-            }
-        })?;
-        let ecs_exec = param_yes(rack_stack, "ECSExec");
-        let facts = RackFacts {
-            ecs_exec,
-            readonly_root: param_yes(rack_stack, "EnableContainerReadonlyRootFilesystem"),
-            route: if ecs_exec {
-                rack_route(src, &rack_stack.outputs).await
-            } else {
-                Route::Unknown {
-                    why: "not looked at while the rack's ECSExec is No".into(),
-                }
-            },
-        };
+        let (cluster, facts) = rack_facts(src, &stacks, rack).await?;
         let mut apps = Vec::new();
         for s in stacks.iter().filter(|s| is_app_of(s, rack)) {
             let name = app_name(s, rack);
-            if only_app.is_some_and(|a| a != name) {
-                continue;
+            if only_app.is_none_or(|a| a == name) {
+                apps.push(App {
+                    services: self.services_of(src, s).await?,
+                    name,
+                    stack: s.name.clone(),
+                    generation: generation(s),
+                });
             }
-            apps.push(App {
-                services: self.services_of(src, s).await?,
-                name,
-                stack: s.name.clone(),
-                generation: generation(s),
-            });
         }
-        let enrich = facts.ecs_exec;
-        let services = if enrich {
-            describe_services(src, &cluster, &apps).await?
-        } else {
-            BTreeMap::new()
-        };
         let tasks = app_tasks(src, &cluster, rack, &apps).await?;
-        let agents = if enrich {
-            self.agents(src, &cluster, &tasks).await?
-        } else {
-            BTreeMap::new()
-        };
-        let mut roles = HashMap::new();
-        let mut verdicts = Vec::with_capacity(tasks.len());
-        for at in &tasks {
-            let mut t = task_facts(at, &agents);
-            if enrich && at.app.generation >= 2 {
-                let td = self.task_definition(src, &at.task.task_definition).await?;
-                t.readonly_root = td.readonly_root;
-                t.role_allows_ssmmessages = role_allows(src, &mut roles, &td).await?;
-            }
-            let mut v = evaluate(&facts, &t);
-            if v.reason == "started_before_enable" {
-                v.detail = exec_detail(&services, at);
-            }
-            verdicts.push(v);
-        }
-        let used: BTreeSet<&str> = tasks
-            .iter()
-            .map(|t| t.task.task_definition.as_str())
-            .collect();
-        self.task_definitions
-            .retain(|arn, _| used.contains(arn.as_str()));
-        let known: BTreeSet<String> = apps.iter().map(|a| a.stack.clone()).collect();
-        self.stack_services
-            .retain(|k, _| known.contains(k.split_once('@').map(|(s, _)| s).unwrap_or(k)));
+        let verdicts = self.judge(src, &cluster, &facts, &apps, &tasks).await?;
+        self.forget_unused(&apps, &tasks);
         Ok(Readiness {
             checked_at: now,
             rack: facts,
@@ -153,6 +95,56 @@ impl Discovery {
                 .collect(),
             verdicts,
         })
+    }
+
+    /// Each task's verdict. The facts past the task itself are read only where they can
+    /// change it: while the rack's `ECSExec` is `Yes`, for Generation 2 apps.
+    async fn judge(
+        &mut self,
+        src: &dyn ExecSource,
+        cluster: &str,
+        facts: &RackFacts,
+        apps: &[App],
+        tasks: &[AppTask<'_>],
+    ) -> Result<Vec<Verdict>, RackError> {
+        let enrich = facts.ecs_exec;
+        let (services, agents) = if enrich {
+            (
+                describe_services(src, cluster, apps).await?,
+                self.agents(src, cluster, tasks).await?,
+            )
+        } else {
+            Default::default()
+        };
+        let mut roles = HashMap::new();
+        let mut verdicts = Vec::with_capacity(tasks.len());
+        for at in tasks {
+            let mut t = task_facts(at, &agents);
+            if enrich && at.app.generation >= 2 {
+                let td = self.task_definition(src, &at.task.task_definition).await?;
+                t.readonly_root = td.readonly_root;
+                t.role_allows_ssmmessages = role_allows(src, &mut roles, &td).await?;
+            }
+            let mut v = evaluate(facts, &t);
+            if v.reason == "started_before_enable" {
+                v.detail = exec_detail(&services, at);
+            }
+            verdicts.push(v);
+        }
+        Ok(verdicts)
+    }
+
+    /// Keeps only what the tasks and apps still use.
+    fn forget_unused(&mut self, apps: &[App], tasks: &[AppTask<'_>]) {
+        let used: BTreeSet<&str> = tasks
+            .iter()
+            .map(|t| t.task.task_definition.as_str())
+            .collect();
+        self.task_definitions
+            .retain(|arn, _| used.contains(arn.as_str()));
+        let known: BTreeSet<&str> = apps.iter().map(|a| a.stack.as_str()).collect();
+        self.stack_services
+            .retain(|k, _| known.contains(k.split_once('@').map_or(k.as_str(), |(s, _)| s)));
     }
 
     /// The services of an app stack: its `Service*Service` outputs (Generation 2), else its
@@ -253,6 +245,42 @@ pub async fn rack_route(src: &dyn ExecSource, outputs: &BTreeMap<String, String>
         }
     }
     route(&net)
+}
+
+/// The rack's cluster and rack-wide facts, from its own stack among `stacks`.
+async fn rack_facts(
+    src: &dyn ExecSource,
+    stacks: &[StackFacts],
+    rack: &str,
+) -> Result<(String, RackFacts), RackError> {
+    let own = stacks
+        .iter()
+        .find(|s| s.name == rack && !s.nested)
+        .ok_or_else(|| RackError::StackNotFound {
+            stack: rack.to_string(),
+        })?;
+    let cluster =
+        own.outputs
+            .get("Cluster")
+            .cloned()
+            .ok_or_else(|| RackError::MissingResource {
+                stack: rack.to_string(),
+                logical: "output Cluster".into(),
+            })?;
+    let ecs_exec = param_yes(own, "ECSExec");
+    let route = if ecs_exec {
+        rack_route(src, &own.outputs).await
+    } else {
+        Route::Unknown {
+            why: "not looked at while the rack's ECSExec is No".into(),
+        }
+    };
+    let facts = RackFacts {
+        ecs_exec,
+        readonly_root: param_yes(own, "EnableContainerReadonlyRootFilesystem"),
+        route,
+    };
+    Ok((cluster, facts))
 }
 
 async fn all_stacks(src: &dyn ExecSource) -> Result<Vec<StackFacts>, RackError> {
@@ -426,10 +454,14 @@ fn param_yes(s: &StackFacts, name: &str) -> bool {
     s.parameters.get(name).is_some_and(|v| v == "Yes")
 }
 
-/// An app stack of this rack: tagged `System=convox`, `Type=app`, `Rack=<rack>`.
+/// An app stack of this rack: tagged `System=convox`, `Type=app`, `Rack=<rack>`, and not
+/// nested (CloudFormation gives an app's service stacks the app's tags).
 fn is_app_of(s: &StackFacts, rack: &str) -> bool {
     let tag = |k: &str| s.tags.get(k).map(String::as_str);
-    tag("System") == Some("convox") && tag("Type") == Some("app") && tag("Rack") == Some(rack)
+    !s.nested
+        && tag("System") == Some("convox")
+        && tag("Type") == Some("app")
+        && tag("Rack") == Some(rack)
 }
 
 /// The app's name: its `Name` tag, else the stack name without the `<rack>-` prefix.

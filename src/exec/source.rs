@@ -30,6 +30,8 @@ pub struct StackFacts {
     /// `LastUpdatedTime` (else the creation time): what is read of the stack is kept until it
     /// moves.
     pub updated: Option<String>,
+    /// A nested stack (an app's service stacks carry the app's tags too).
+    pub nested: bool,
     pub tags: BTreeMap<String, String>,
     pub outputs: BTreeMap<String, String>,
     pub parameters: BTreeMap<String, String>,

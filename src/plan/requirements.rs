@@ -49,12 +49,13 @@ pub fn on_rack(key: &str, rack: &ObservedRack) -> BTreeSet<String> {
     values
 }
 
-/// The requirement to check before `key` is changed to `value`, if any.
+/// The requirement to check before `key` is changed to `value`, if any: only before the
+/// change starts. Once the rack shows the value anywhere (the stack's parameter, a revision's
+/// label), the change is under way and is followed to its end, not held halfway.
 pub fn needed(key: &str, value: &str, rack: &ObservedRack) -> Option<Requirement> {
     let p = managed_param(key)?;
     let (_, req) = p.requires.iter().find(|(v, _)| *v == value)?;
-    let there = on_rack(key, rack);
-    (there.len() != 1 || !there.contains(value)).then_some(*req)
+    (!on_rack(key, rack).contains(value)).then_some(*req)
 }
 
 /// The decision for a change held back by `check`, or `None` when it may go on.

@@ -218,6 +218,7 @@ impl ExecSource for AwsExec {
             .map(|s| StackFacts {
                 name: s.stack_name().unwrap_or_default().to_string(),
                 updated: time_string(s.last_updated_time().or(s.creation_time())),
+                nested: s.parent_id().is_some(),
                 tags: s
                     .tags()
                     .iter()

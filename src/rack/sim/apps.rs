@@ -232,15 +232,19 @@ impl Builder<'_> {
             facts.tags.insert("Generation".into(), "2".into());
         }
         for svc in &services {
-            let service_name = format!(
-                "{stack}-Service{}-{:04}",
-                svc.name.to_uppercase(),
-                self.next
-            );
+            let nested = format!("{stack}-Service{}-{:04}", capitalized(svc.name), self.next);
+            let service_name = format!("{nested}-Service-1");
             let arn = self.arn("service", &format!("{}/{service_name}", self.cluster));
             if generation >= 2 {
                 let key = format!("Service{}Service", capitalized(svc.name));
                 facts.outputs.insert(key, arn.clone());
+                // Each service is a nested stack, with the app's tags.
+                self.apps.stacks.push(StackFacts {
+                    name: nested,
+                    nested: true,
+                    tags: facts.tags.clone(),
+                    ..StackFacts::default()
+                });
             } else {
                 self.apps
                     .resources
