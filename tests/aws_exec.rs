@@ -617,7 +617,7 @@ async fn apps_services_tasks_roles_and_the_route_read_from_aws() {
         .collect()
     };
     assert_eq!(
-        rack_route(&exec, &outputs(&tables)).await,
+        rack_route(Some(&exec), &outputs(&tables)).await,
         Route::Reachable {
             via: "NAT gateway".into()
         }
@@ -646,7 +646,7 @@ async fn apps_services_tasks_roles_and_the_route_read_from_aws() {
     )
     .await;
     assert_eq!(
-        rack_route(&exec, &outputs(&tables)).await,
+        rack_route(Some(&exec), &outputs(&tables)).await,
         Route::Reachable {
             via: "VPC endpoints".into()
         }

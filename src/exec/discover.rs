@@ -56,8 +56,9 @@ struct Service {
 pub struct Discovery {
     /// Task definitions by ARN: immutable, kept while some task uses them.
     task_definitions: HashMap<String, TaskDefinitionFacts>,
-    /// Services of stacks without service outputs, by stack and its last update.
-    stack_services: HashMap<String, Vec<String>>,
+    /// Services of stacks without service outputs, by stack, with the stack's last update
+    /// they were read at.
+    stack_services: HashMap<String, (Option<String>, Vec<String>)>,
 }
 
 impl Discovery {
@@ -144,7 +145,7 @@ impl Discovery {
             .retain(|arn, _| used.contains(arn.as_str()));
         let known: BTreeSet<&str> = apps.iter().map(|a| a.stack.as_str()).collect();
         self.stack_services
-            .retain(|k, _| known.contains(k.split_once('@').map_or(k.as_str(), |(s, _)| s)));
+            .retain(|k, _| known.contains(k.as_str()));
     }
 
     /// The services of an app stack: its `Service*Service` outputs (Generation 2), else its
@@ -166,12 +167,12 @@ impl Discovery {
         if !from_outputs.is_empty() {
             return Ok(from_outputs);
         }
-        let key = format!("{}@{}", s.name, s.updated.as_deref().unwrap_or(""));
-        let arns = match self.stack_services.get(&key) {
-            Some(a) => a.clone(),
-            None => {
+        let arns = match self.stack_services.get(&s.name) {
+            Some((seen, a)) if *seen == s.updated => a.clone(),
+            _ => {
                 let a = src.stack_services(&s.name).await?;
-                self.stack_services.insert(key, a.clone());
+                self.stack_services
+                    .insert(s.name.clone(), (s.updated.clone(), a.clone()));
                 a
             }
         };
@@ -213,15 +214,21 @@ impl Discovery {
 
 /// Whether tasks in the rack's subnets reach SSM: public subnets do; private ones need a NAT
 /// route in every private route table, or both interface endpoints (`ec2` reads, only for a
-/// private rack). Unknown when the VPC cannot be read.
-pub async fn rack_route(src: &dyn ExecSource, outputs: &BTreeMap<String, String>) -> Route {
+/// private rack). Unknown when the VPC cannot be read, or there is no `src` to read it with.
+pub async fn rack_route(src: Option<&dyn ExecSource>, outputs: &BTreeMap<String, String>) -> Route {
     let private = outputs.get("Private").is_some_and(|p| p == "Yes");
     let mut net = Network {
         private,
-        region: src.region(),
         ..Network::default()
     };
     if private {
+        let Some(src) = src else {
+            return Route::Unknown {
+                why: "the rack is private and this controller has no access to its VPC configured"
+                    .into(),
+            };
+        };
+        net.region = src.region();
         let Some(vpc) = outputs.get("Vpc").filter(|v| !v.is_empty()) else {
             return Route::Unknown {
                 why: "the rack stack has no Vpc output".into(),
@@ -269,7 +276,7 @@ async fn rack_facts(
             })?;
     let ecs_exec = param_yes(own, "ECSExec");
     let route = if ecs_exec {
-        rack_route(src, &own.outputs).await
+        rack_route(Some(src), &own.outputs).await
     } else {
         Route::Unknown {
             why: "not looked at while the rack's ECSExec is No".into(),

@@ -18,11 +18,13 @@ use crate::metrics::Metrics;
 use crate::rack::RackError;
 use crate::status::StatusHandle;
 
+/// The fraction of the interval added or removed at random.
+const JITTER: f64 = 0.1;
+
 pub struct ExecWatch {
     src: Arc<dyn ExecSource>,
     rack: String,
     interval: Duration,
-    jitter: f64,
     /// A look that takes longer is abandoned.
     timeout: Duration,
     metrics: Metrics,
@@ -44,7 +46,6 @@ impl ExecWatch {
             src,
             rack: rack.to_string(),
             interval,
-            jitter: 0.1,
             timeout,
             metrics,
             status,
@@ -99,7 +100,7 @@ impl ExecWatch {
             let seen = self.look().await.ok().map(|r| r.rack.ecs_exec);
             let wait = self
                 .interval
-                .mul_f64(1.0 + self.jitter * (2.0 * fastrand::f64() - 1.0));
+                .mul_f64(1.0 + JITTER * (2.0 * fastrand::f64() - 1.0));
             let deadline = tokio::time::Instant::now() + wait;
             loop {
                 tokio::select! {

@@ -1216,7 +1216,7 @@ pub(crate) fn classify(code: &str, message: &str, status: u16) -> ApiErrorKind {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -208,7 +208,10 @@ impl QueryClient {
             let response = self.http.request(request).await.map_err(|e| {
                 fail(
                     ApiErrorKind::Transient,
-                    format!("could not reach the endpoint: {}", chain(&e)),
+                    format!(
+                        "could not reach the endpoint: {}",
+                        super::aws::error_chain(&e)
+                    ),
                 )
             })?;
             let status = response.status().as_u16();
@@ -366,17 +369,6 @@ fn error_of(xml: &str) -> (String, String) {
             .to_string()
     };
     (text("Code"), text("Message"))
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The text of every element named `name` under `node`, in document order.

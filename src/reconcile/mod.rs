@@ -359,15 +359,7 @@ impl Reconciler {
     async fn check(&self, req: Requirement, observed: &ObservedRack) -> requirements::Check {
         match req {
             Requirement::RouteToSsm => {
-                let route = match &self.exec {
-                    Some(src) => rack_route(src.as_ref(), &observed.stack.outputs).await,
-                    None if observed.stack.outputs.get("Private").map(String::as_str) != Some("Yes") => {
-                        crate::exec::Route::Reachable { via: "public subnets".into() }
-                    }
-                    None => crate::exec::Route::Unknown {
-                        why: "the rack is private and this controller has no access to its VPC configured".into(),
-                    },
-                };
+                let route = rack_route(self.exec.as_deref(), &observed.stack.outputs).await;
                 requirements::Check::from(&route)
             }
         }
