@@ -499,6 +499,7 @@ async fn run(cfg: Config) -> Result<u8> {
         keep_lease(lease, wiring.metrics.clone(), shutdown.clone(), Some(tx));
     }
     if let Some(exec) = rec.exec_source() {
+        let (rack, targets) = rec.rack_api();
         let watch = ExecWatch::new(
             exec,
             &cfg.rack,
@@ -506,7 +507,8 @@ async fn run(cfg: Config) -> Result<u8> {
             cfg.timeouts.reconcile,
             rec.metrics(),
             rec.status(),
-        );
+        )
+        .with_api(rack, targets);
         tokio::spawn(watch.run(shutdown.clone()));
     }
     rec.run(rx, shutdown).await;
@@ -967,6 +969,7 @@ fn template_declarations(path: &Path) -> Result<Declarations> {
 async fn exec_check(cfg: Config, app: Option<&str>, json: bool) -> Result<u8> {
     let backend = build_backend(&cfg, &Metrics::new()).await?;
     let readiness = Discovery::default()
+        .with_api(backend.rack.clone(), Settings::from(&cfg).targets)
         .run(
             backend.exec.as_ref(),
             &cfg.rack,

@@ -389,3 +389,35 @@ async fn without_vpc_access_a_private_rack_waits() {
     assert_eq!(param(&rec, "ECSExec").reason, "RequirementUnknown");
     assert_eq!(h.sim.writes(), 0);
 }
+
+/// On a rack whose template does not declare `ECSExec` (relabelled, as on the public template
+/// today), the rack API's labels are the rack's value.
+#[tokio::test(start_paused = true)]
+async fn a_relabelled_rack_is_judged_by_its_api_labels() {
+    let h = Harness::new("ECSExec: \"Yes\"\n");
+    let mut rec = h.reconciler();
+    let reports = drive(&mut rec, 40, |r| ecs_exec(r) == Some(Phase::Converged)).await;
+    assert_eq!(
+        ecs_exec(reports.last().expect("report")),
+        Some(Phase::Converged)
+    );
+    let targets = rack_reconciler::model::ServiceTarget::rack_api();
+    let r = Discovery::default()
+        .with_api(h.sim.clone(), targets.clone())
+        .run(h.sim.as_ref(), "convox", None, SystemTime::now())
+        .await
+        .expect("look");
+    assert!(r.rack.ecs_exec);
+    assert!(r.verdicts.iter().all(|v| v.reason != "rack_ecs_exec_no"));
+    assert!(r.verdicts.iter().any(|v| v.reason == "none"));
+
+    // Before the change, the labels say No.
+    let h = Harness::new("ECSExec: \"No\"\n");
+    let r = Discovery::default()
+        .with_api(h.sim.clone(), targets)
+        .run(h.sim.as_ref(), "convox", None, SystemTime::now())
+        .await
+        .expect("look");
+    assert!(!r.rack.ecs_exec);
+    assert!(r.verdicts.iter().all(|v| v.reason == "rack_ecs_exec_no"));
+}

@@ -10,13 +10,15 @@
 //! started the same way from `RACK-build`, are not the app's).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::source::{ExecSource, ServiceFacts, StackFacts, TaskDefinitionFacts, TaskInfo};
 use super::{
     evaluate, route, Launch, Network, RackFacts, Route, TaskFacts, Verdict, SSMMESSAGES_ACTIONS,
 };
-use crate::rack::RackError;
+use crate::model::{ServiceTarget, ECS_EXEC};
+use crate::rack::{Rack, RackError};
 
 /// `DescribeServices` takes at most 10 services, `DescribeTasks` and
 /// `DescribeContainerInstances` at most 100.
@@ -51,9 +53,17 @@ struct Service {
     arn: String,
 }
 
+/// The rack API, read where the rack's template does not declare `ECSExec`: then the
+/// `rack.ECSExec` label of its revisions is the rack's value (set by relabelling).
+pub struct RackApi {
+    pub rack: Arc<dyn Rack>,
+    pub targets: Vec<ServiceTarget>,
+}
+
 /// What is kept between looks.
 #[derive(Default)]
 pub struct Discovery {
+    api: Option<RackApi>,
     /// Task definitions by ARN: immutable, kept while some task uses them.
     task_definitions: HashMap<String, TaskDefinitionFacts>,
     /// Services of stacks without service outputs, by stack, with the stack's last update
@@ -62,6 +72,13 @@ pub struct Discovery {
 }
 
 impl Discovery {
+    /// Reads the rack API's labels where the template does not declare `ECSExec`; without it
+    /// such a rack counts as `ECSExec=No`.
+    pub fn with_api(mut self, rack: Arc<dyn Rack>, targets: Vec<ServiceTarget>) -> Self {
+        self.api = Some(RackApi { rack, targets });
+        self
+    }
+
     /// Looks at the rack `rack` and every app of it (or only `only_app`).
     pub async fn run(
         &mut self,
@@ -71,7 +88,7 @@ impl Discovery {
         now: SystemTime,
     ) -> Result<Readiness, RackError> {
         let stacks = all_stacks(src).await?;
-        let (cluster, facts) = rack_facts(src, &stacks, rack).await?;
+        let (cluster, facts) = rack_facts(src, self.api.as_ref(), &stacks, rack).await?;
         let mut apps = Vec::new();
         for s in stacks.iter().filter(|s| is_app_of(s, rack)) {
             let name = app_name(s, rack);
@@ -257,6 +274,7 @@ pub async fn rack_route(src: Option<&dyn ExecSource>, outputs: &BTreeMap<String,
 /// The rack's cluster and rack-wide facts, from its own stack among `stacks`.
 async fn rack_facts(
     src: &dyn ExecSource,
+    api: Option<&RackApi>,
     stacks: &[StackFacts],
     rack: &str,
 ) -> Result<(String, RackFacts), RackError> {
@@ -274,7 +292,11 @@ async fn rack_facts(
                 stack: rack.to_string(),
                 logical: "output Cluster".into(),
             })?;
-    let ecs_exec = param_yes(own, "ECSExec");
+    let ecs_exec = match (own.parameters.get(ECS_EXEC.name), api) {
+        (Some(v), _) => v == "Yes",
+        (None, Some(api)) => api_ecs_exec(api, &cluster).await?,
+        (None, None) => false,
+    };
     let route = if ecs_exec {
         rack_route(Some(src), &own.outputs).await
     } else {
@@ -288,6 +310,38 @@ async fn rack_facts(
         route,
     };
     Ok((cluster, facts))
+}
+
+/// `ECSExec` on a rack API whose template does not declare it: `Yes` when every revision its
+/// services run (deployments and tasks) has the label `rack.ECSExec=Yes`.
+async fn api_ecs_exec(api: &RackApi, cluster: &str) -> Result<bool, RackError> {
+    let stack = api.rack.describe_stack().await?;
+    let names = api
+        .targets
+        .iter()
+        .map(|t| {
+            stack
+                .resources
+                .get(&t.service)
+                .cloned()
+                .ok_or_else(|| RackError::MissingResource {
+                    stack: stack.name.clone(),
+                    logical: t.service.clone(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut revisions = BTreeSet::new();
+    for s in api.rack.describe_services(cluster, &names).await? {
+        revisions.extend(s.task_definitions().map(str::to_string));
+    }
+    for arn in &revisions {
+        let info = api.rack.describe_task_definition(arn).await?;
+        let value = info.labels.get(ECS_EXEC.label).map(String::as_str);
+        if value.unwrap_or(ECS_EXEC.default) != "Yes" {
+            return Ok(false);
+        }
+    }
+    Ok(!revisions.is_empty())
 }
 
 async fn all_stacks(src: &dyn ExecSource) -> Result<Vec<StackFacts>, RackError> {

@@ -54,6 +54,16 @@ impl ExecWatch {
         }
     }
 
+    /// Reads the rack API's labels where the template does not declare `ECSExec`.
+    pub fn with_api(
+        mut self,
+        rack: Arc<dyn crate::rack::Rack>,
+        targets: Vec<crate::model::ServiceTarget>,
+    ) -> Self {
+        self.discovery = Discovery::default().with_api(rack, targets);
+        self
+    }
+
     /// One look at every app, published.
     pub async fn look(&mut self) -> Result<Readiness, RackError> {
         let now = self.clock.now();
