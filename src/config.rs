@@ -145,7 +145,8 @@ pub struct Intervals {
     /// Full re-read of params and rack when nothing is happening.
     #[serde(with = "humantime_serde")]
     pub resync: Duration,
-    /// Poll while a rollout or stack update runs.
+    /// The longest pause between looks while a rollout or stack update runs (they are paced
+    /// by the rollout, 1-2 s near its end) or while waiting on someone else's change.
     #[serde(with = "humantime_serde")]
     pub poll: Duration,
     /// Fraction of the resync interval added or removed at random.
@@ -171,11 +172,11 @@ pub struct Intervals {
 impl Default for Intervals {
     fn default() -> Self {
         Intervals {
-            resync: Duration::from_secs(60),
+            resync: Duration::from_secs(300),
             poll: Duration::from_secs(5),
             jitter: 0.1,
             params_poll: Duration::from_secs(10),
-            debounce: Duration::from_millis(300),
+            debounce: Duration::from_millis(50),
             min_reconcile: Duration::from_secs(1),
             min_write: Duration::from_secs(10),
             exec_check: Duration::from_secs(300),

@@ -74,7 +74,7 @@ impl std::fmt::Display for RackVersion {
     }
 }
 
-/// The rack's CloudFormation stack as `DescribeStacks` and `ListStackResources` show it.
+/// The rack's CloudFormation stack as `DescribeStacks` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StackSnapshot {
     pub name: String,
@@ -84,12 +84,10 @@ pub struct StackSnapshot {
     pub status_reason: Option<String>,
     /// Parameter values as the stack holds them (`NoEcho` ones are masked by AWS).
     pub parameters: BTreeMap<String, String>,
-    /// Logical resource id → physical resource id.
-    pub resources: BTreeMap<String, String>,
     /// Output key → value (`Cluster`, `Private`, `Vpc`, `RouteTablesPrivate`...).
     pub outputs: BTreeMap<String, String>,
     /// `LastUpdatedTime` (or the creation time): changes with every stack update, so what was
-    /// read of the stack's template can be kept until it does.
+    /// read of the stack's template and resources can be kept until it does.
     pub last_updated: Option<String>,
 }
 
@@ -164,6 +162,24 @@ pub struct Deployment {
     pub created_at: SystemTime,
 }
 
+/// Which tasks of a service one look reads ([`crate::rack::Rack::service_tasks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRead {
+    /// The service name (physical id).
+    pub service: String,
+    /// The tasks ECS wants running.
+    pub running: bool,
+    /// The tasks stopped recently.
+    pub stopped: bool,
+}
+
+/// The tasks of one service, as [`TaskRead`] asked for them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceTasks {
+    pub running: Vec<TaskSnapshot>,
+    pub stopped: Vec<StoppedTask>,
+}
+
 /// A task of a service that ECS wants running (`ListTasks` with `desiredStatus=RUNNING`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TaskSnapshot {
@@ -216,7 +232,8 @@ impl StoppedTask {
     }
 }
 
-/// An ECS service as `DescribeServices` (plus its running tasks) shows it.
+/// An ECS service as `DescribeServices` shows it, with the tasks the observer read or proved
+/// (see [`crate::plan::reads`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServiceSnapshot {
     /// The service name (physical id of the stack resource).
@@ -229,8 +246,10 @@ pub struct ServiceSnapshot {
     pub minimum_healthy_percent: u32,
     pub maximum_percent: u32,
     pub deployments: Vec<Deployment>,
+    /// The tasks ECS wants running: read once the deployments say the service is done,
+    /// empty while it rolls (the deployments already say it has not converged).
     pub tasks: Vec<TaskSnapshot>,
-    /// Tasks stopped recently, read only while a deployment is in progress.
+    /// Tasks stopped recently, read only while a rollout shows failures or runs long.
     pub stopped: Vec<StoppedTask>,
     /// Target groups the service registers its tasks with (the web service sits behind the
     /// rack's load balancer).
@@ -341,6 +360,8 @@ pub struct ObservedRack {
     /// What the stack's running template declares about its parameters.
     pub declared: crate::spec::Declarations,
     pub cluster: String,
+    /// The stack's resources: logical id → physical id.
+    pub resources: BTreeMap<String, String>,
     /// In target order (web first).
     pub services: Vec<ObservedService>,
 }

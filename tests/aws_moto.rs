@@ -156,17 +156,10 @@ async fn discovers_a_rack_created_with_cloudformation() {
         "{} parameters",
         stack.parameters.len()
     );
-    assert_eq!(
-        stack.resources.get("Cluster").map(String::as_str),
-        Some(CLUSTER)
-    );
-    let web = stack
-        .resources
-        .get("ServiceWebApi")
-        .expect("web service")
-        .clone();
-    let monitor = stack
-        .resources
+    let resources = aws.stack_resources().await.expect("stack resources");
+    assert_eq!(resources.get("Cluster").map(String::as_str), Some(CLUSTER));
+    let web = resources.get("ServiceWebApi").expect("web service").clone();
+    let monitor = resources
         .get("ServiceMonitorApi")
         .expect("monitor service")
         .clone();

@@ -22,7 +22,7 @@ use aws_sdk_ecs::types::{
 };
 use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
 use rack_reconciler::metrics::Metrics;
-use rack_reconciler::model::{RolloutState, ServiceTarget};
+use rack_reconciler::model::{RolloutState, ServiceTarget, TaskRead};
 use rack_reconciler::plan::Phase;
 use rack_reconciler::rack::aws::AwsRack;
 use rack_reconciler::rack::Rack;
@@ -84,7 +84,9 @@ fn done(td: String) -> Dep {
     }
 }
 
-fn service(name: &str, arn: &str, deps: &[Dep]) -> Service {
+/// A service as `DescribeServices` shows it; `failed` tasks of its primary deployment stopped
+/// (ECS counts them with or without a circuit breaker).
+fn service(name: &str, arn: &str, deps: &[Dep], failed: usize) -> Service {
     let lb = (name == "convox-web").then(|| {
         aws_sdk_ecs::types::LoadBalancer::builder()
             .target_group_arn(TARGET_GROUP)
@@ -129,7 +131,7 @@ fn service(name: &str, arn: &str, deps: &[Dep]) -> Service {
                         .desired_count(2)
                         .running_count(d.running)
                         .pending_count(0)
-                        .failed_tasks(0)
+                        .failed_tasks(if d.primary { failed as i32 } else { 0 })
                         .rollout_state(d.state.clone())
                         .rollout_state_reason(d.reason)
                         .created_at(DateTime::from(created))
@@ -204,8 +206,13 @@ fn mocked_with(initial: Scenario, faults: Faults) -> Mocked {
     let services = mock!(aws_sdk_ecs::Client::describe_services).then_compute_output(move |_| {
         let sc = s.lock().expect("scenario").clone();
         DescribeServicesOutput::builder()
-            .services(service("convox-web", WEB_ARN, &sc.web))
-            .services(service("convox-monitor", MON_ARN, &sc.monitor))
+            .services(service(
+                "convox-web",
+                WEB_ARN,
+                &sc.web,
+                sc.web_stopped.len(),
+            ))
+            .services(service("convox-monitor", MON_ARN, &sc.monitor, 0))
             .build()
     });
     let s = scenario.clone();
@@ -458,8 +465,20 @@ async fn in_progress_with_two_deployments_then_completed() {
         services[0].primary().and_then(|d| d.rollout_state),
         Some(RolloutState::InProgress)
     );
-    assert_eq!(services[0].tasks.len(), 2);
-    assert_eq!(services[1].tasks[0].task_definition, td("monitor", 2));
+    // ... and the tasks, running and stopped, as ListTasks and DescribeTasks report them.
+    let read = |service: &str| TaskRead {
+        service: service.into(),
+        running: true,
+        stopped: true,
+    };
+    let tasks = m
+        .rack
+        .service_tasks(CLUSTER, &[read("convox-web"), read("convox-monitor")])
+        .await
+        .expect("tasks");
+    assert_eq!(tasks[0].running.len(), 2);
+    assert_eq!(tasks[1].running[0].task_definition, td("monitor", 2));
+    assert!(tasks[0].stopped.is_empty());
 
     let scenario = m.scenario.clone();
     let (updates, registers) = (m.updates.clone(), m.registers.clone());
@@ -569,8 +588,8 @@ async fn a_failing_rollout_without_a_circuit_breaker_is_undone_with_the_stopped_
     );
     assert_eq!(
         r.next,
-        Duration::from_secs(5),
-        "a rollback is followed at the poll interval"
+        rack_reconciler::plan::reads::END_WITHIN,
+        "a rollback is followed closely enough to see its end within 2 s"
     );
     assert!(!r.acted);
 

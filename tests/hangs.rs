@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::binary::{free_port, Binary};
 use common::Harness;
-use rack_reconciler::model::{ServiceSnapshot, StackSnapshot, TaskDefinitionInfo};
+use rack_reconciler::model::{
+    ServiceSnapshot, ServiceTasks, StackSnapshot, TaskDefinitionInfo, TaskRead,
+};
 use rack_reconciler::plan::Phase;
 use rack_reconciler::rack::sim::SimRack;
 use rack_reconciler::rack::{
@@ -42,6 +45,16 @@ impl Rack for Hanging {
             std::future::pending::<()>().await;
         }
         self.sim.describe_services(cluster, services).await
+    }
+    async fn stack_resources(&self) -> Result<BTreeMap<String, String>, RackError> {
+        self.sim.stack_resources().await
+    }
+    async fn service_tasks(
+        &self,
+        cluster: &str,
+        reads: &[TaskRead],
+    ) -> Result<Vec<ServiceTasks>, RackError> {
+        self.sim.service_tasks(cluster, reads).await
     }
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinitionInfo, RackError> {
         self.sim.describe_task_definition(arn).await

@@ -93,11 +93,11 @@ fn allowed(policy: &Value, action: &str, resource: &str, context: &[(&str, &str)
 #[tokio::test(start_paused = true)]
 async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond() {
     let sim = SimRack::new(SimSettings::default());
-    let stack = sim.describe_stack().await.expect("stack");
-    let cluster = stack.resources["Cluster"].clone();
-    let web = stack.resources["ServiceWebApi"].clone();
-    let monitor = stack.resources["ServiceMonitorApi"].clone();
-    let web_td = stack.resources["ApiWebTasks"].clone();
+    let resources = sim.stack_resources().await.expect("resources");
+    let cluster = resources["Cluster"].clone();
+    let web = resources["ServiceWebApi"].clone();
+    let monitor = resources["ServiceMonitorApi"].clone();
+    let web_td = resources["ApiWebTasks"].clone();
     let role = sim.task_definition_body(&web_td).expect("body")["taskRoleArn"]
         .as_str()
         .expect("role")

@@ -326,7 +326,7 @@ async fn ecs_exec_is_not_enabled_on_a_private_rack_without_a_route_to_ssm() {
     ] {
         let h = Harness::stack_first("ECSExec: \"Yes\"\n", private(network));
         let mut rec = h.reconciler();
-        let reports = drive(&mut rec, 40, |r| ecs_exec(r) == Some(Phase::Converged)).await;
+        let reports = drive(&mut rec, 200, |r| ecs_exec(r) == Some(Phase::Converged)).await;
         assert_eq!(
             ecs_exec(reports.last().expect("report")),
             Some(Phase::Converged)
@@ -354,7 +354,9 @@ async fn a_rack_already_enabled_is_not_held_and_no_is_never_held() {
     let reports = drive(&mut rec, 3, |r| r.is_final()).await;
     assert_eq!(
         ecs_exec(reports.last().expect("report")),
-        Some(Phase::Converged)
+        Some(Phase::Converged),
+        "{}",
+        param(&rec, "ECSExec").message
     );
     assert_eq!(h.sim.calls("DescribeVpcEndpoints"), 0, "nothing to check");
 
@@ -366,7 +368,7 @@ async fn a_rack_already_enabled_is_not_held_and_no_is_never_held() {
         },
     );
     let mut rec = h.reconciler();
-    let reports = drive(&mut rec, 40, |r| ecs_exec(r) == Some(Phase::Converged)).await;
+    let reports = drive(&mut rec, 200, |r| ecs_exec(r) == Some(Phase::Converged)).await;
     assert_eq!(
         ecs_exec(reports.last().expect("report")),
         Some(Phase::Converged)
@@ -396,7 +398,7 @@ async fn without_vpc_access_a_private_rack_waits() {
 async fn a_relabelled_rack_is_judged_by_its_api_labels() {
     let h = Harness::new("ECSExec: \"Yes\"\n");
     let mut rec = h.reconciler();
-    let reports = drive(&mut rec, 40, |r| ecs_exec(r) == Some(Phase::Converged)).await;
+    let reports = drive(&mut rec, 200, |r| ecs_exec(r) == Some(Phase::Converged)).await;
     assert_eq!(
         ecs_exec(reports.last().expect("report")),
         Some(Phase::Converged)

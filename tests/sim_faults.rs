@@ -9,6 +9,7 @@ use common::{drive, ecs_exec, run_for, Harness};
 use rack_reconciler::plan::Phase;
 use rack_reconciler::rack::sim::{RolloutFault, SimSettings};
 use rack_reconciler::rack::Rack;
+use rack_reconciler::reconcile::Trigger;
 
 /// A rack without high availability: one web task, minimum healthy 0%, so a failing
 /// rollout takes the rack API down until it is undone.
@@ -47,8 +48,9 @@ async fn a_failing_rollout_without_a_circuit_breaker_is_detected_undone_and_retr
     );
     assert_eq!(
         reports.len(),
-        13,
-        "startup, 11 polls while tasks fail, the poll that undoes"
+        32,
+        "startup, the look a second after the write, a poll every 2 s while tasks fail (a \
+         first rollout: no task start time learned yet), the poll at 61 s that undoes"
     );
     let p = common::param(&rec, "ECSExec");
     assert_eq!(p.reason, "RolloutFailed");
@@ -207,11 +209,11 @@ async fn a_stuck_rollout_of_ours_is_undone_at_its_timeout() {
 #[tokio::test(start_paused = true)]
 async fn someone_elses_stuck_rollout_times_out_without_writes_or_fast_polling() {
     let h = Harness::new("ECSExec: \"Yes\"\n");
-    let stack = h.sim.describe_stack().await.expect("stack");
+    let resources = h.sim.stack_resources().await.expect("resources");
     let (cluster, service, base) = (
-        stack.resources["Cluster"].clone(),
-        stack.resources["ServiceWebApi"].clone(),
-        stack.resources["ApiWebTasks"].clone(),
+        resources["Cluster"].clone(),
+        resources["ServiceWebApi"].clone(),
+        resources["ApiWebTasks"].clone(),
     );
     // Someone rolls the web service to a revision that never becomes healthy.
     let theirs = h
@@ -426,23 +428,22 @@ async fn a_circuit_breaker_rollback_finished_before_the_next_poll_still_counts_a
         ..SimSettings::default()
     };
     let h = Harness::with_sim("ECSExec: \"Yes\"\n", settings);
-    // Polls far apart: ECS has failed and rolled back long before the controller looks again.
-    let mut loop_settings = h.settings();
-    loop_settings.poll = Duration::from_secs(600);
-    let mut rec = h.reconciler_with(loop_settings);
-    let reports = drive(&mut rec, 3, |r| ecs_exec(r) == Some(Phase::Failed)).await;
-    assert_eq!(
-        ecs_exec(reports.last().expect("report")),
-        Some(Phase::Failed)
-    );
+    let mut rec = h.reconciler();
+    assert!(rec.reconcile(Trigger::Startup).await.acted);
+    // The controller looks again only ten minutes later (it was restarted, say): ECS has
+    // failed the rollout and rolled back long before.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let r = rec.reconcile(Trigger::Timer).await;
+    assert_eq!(ecs_exec(&r), Some(Phase::Failed));
     let p = common::param(&rec, "ECSExec");
     assert_eq!(p.reason, "RolloutReverted", "{}", p.message);
     run_for(&mut rec, Duration::from_secs(6 * 3600)).await;
     let attempts = h.sim.calls("UpdateService");
-    // Each cycle is the 600s poll plus the jittered backoff (30s doubling to 15m): between
-    // 13 and 18 attempts in six hours, where retrying at every poll would be 36.
+    // Each cycle is the rollout ECS fails (about 40 s) plus the backoff (30 s doubling to
+    // 15 m, its jitter adding up to as much again): 14 to 26 attempts in six hours, where
+    // retrying at every poll would be hundreds.
     assert!(
-        (13..=18).contains(&attempts),
+        (14..=26).contains(&attempts),
         "{attempts} attempts in six hours"
     );
 }

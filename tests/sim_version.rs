@@ -228,16 +228,16 @@ async fn unmanaged_ecs_exec_with_a_foreign_yes_to_no_rollout_refuses_until_every
     // The rack runs Yes; someone (not this controller) rolls the web service to No, and the
     // params file asks only for an older version.
     let h = Harness::with_sim(&format!("Version: \"{OLD}\"\n"), running_yes());
-    let stack = rack_reconciler::rack::Rack::describe_stack(h.sim.as_ref())
+    let resources = rack_reconciler::rack::Rack::stack_resources(h.sim.as_ref())
         .await
-        .expect("stack");
+        .expect("resources");
     let (cluster, web, monitor) = (
-        stack.resources["Cluster"].clone(),
-        stack.resources["ServiceWebApi"].clone(),
-        stack.resources["ServiceMonitorApi"].clone(),
+        resources["Cluster"].clone(),
+        resources["ServiceWebApi"].clone(),
+        resources["ServiceMonitorApi"].clone(),
     );
     for (service, td) in [(&web, "ApiWebTasks"), (&monitor, "ApiMonitorTasks")] {
-        let base = stack.resources[td].clone();
+        let base = resources[td].clone();
         let no = h
             .sim
             .register_relabelled(&base, "rack.ECSExec", "No")

@@ -17,7 +17,7 @@ use super::source::{ExecSource, ServiceFacts, StackFacts, TaskDefinitionFacts, T
 use super::{
     evaluate, route, Launch, Network, RackFacts, Route, TaskFacts, Verdict, SSMMESSAGES_ACTIONS,
 };
-use crate::model::{ServiceTarget, ECS_EXEC};
+use crate::model::{ServiceTarget, TaskRead, ECS_EXEC};
 use crate::rack::{Rack, RackError};
 
 /// `DescribeServices` takes at most 10 services, `DescribeTasks` and
@@ -294,7 +294,7 @@ async fn rack_facts(
             })?;
     let ecs_exec = match (own.parameters.get(ECS_EXEC.name), api) {
         (Some(v), _) => v == "Yes",
-        (None, Some(api)) => api_ecs_exec(api, &cluster).await?,
+        (None, Some(api)) => api_ecs_exec(api, rack, &cluster).await?,
         (None, None) => false,
     };
     let route = if ecs_exec {
@@ -314,25 +314,32 @@ async fn rack_facts(
 
 /// `ECSExec` on a rack API whose template does not declare it: `Yes` when every revision its
 /// services run (deployments and tasks) has the label `rack.ECSExec=Yes`.
-async fn api_ecs_exec(api: &RackApi, cluster: &str) -> Result<bool, RackError> {
-    let stack = api.rack.describe_stack().await?;
-    let names = api
+async fn api_ecs_exec(api: &RackApi, rack: &str, cluster: &str) -> Result<bool, RackError> {
+    let resources = api.rack.stack_resources().await?;
+    let reads = api
         .targets
         .iter()
         .map(|t| {
-            stack
-                .resources
+            resources
                 .get(&t.service)
-                .cloned()
+                .map(|name| TaskRead {
+                    service: name.clone(),
+                    running: true,
+                    stopped: false,
+                })
                 .ok_or_else(|| RackError::MissingResource {
-                    stack: stack.name.clone(),
+                    stack: rack.to_string(),
                     logical: t.service.clone(),
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<String> = reads.iter().map(|r| r.service.clone()).collect();
     let mut revisions = BTreeSet::new();
     for s in api.rack.describe_services(cluster, &names).await? {
         revisions.extend(s.task_definitions().map(str::to_string));
+    }
+    for tasks in api.rack.service_tasks(cluster, &reads).await? {
+        revisions.extend(tasks.running.into_iter().map(|t| t.task_definition));
     }
     for arn in &revisions {
         let info = api.rack.describe_task_definition(arn).await?;

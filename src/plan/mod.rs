@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{ObservedRack, StackParameter, StackState};
 
 pub mod gate;
+pub mod reads;
 pub mod relabel;
 pub mod requirements;
 pub mod stack;

@@ -378,9 +378,13 @@ fn evaluate_holding(s: &ObservedService, primary: &Deployment, ctx: &PlanContext
             return undo_or_fail(s, primary, ctx, reason, message);
         }
     }
+    // Tasks are read only once the deployments say the rollout is done: stale ones show then.
+    let stale = match stale_tasks {
+        0 => String::new(),
+        n => format!(", {n} task(s) on older revisions"),
+    };
     Eval::Rolling(format!(
-        "{name}: rollout of {} in progress ({}/{} new tasks running, {others} older deployment(s) draining, \
-         {stale_tasks} task(s) on older revisions)",
+        "{name}: rollout of {} in progress ({}/{} new tasks running, {others} older deployment(s) draining{stale})",
         primary.task_definition, primary.running_count, primary.desired_count,
     ))
 }
@@ -800,9 +804,9 @@ mod tests {
                 status: status.into(),
                 status_reason: None,
                 parameters: BTreeMap::new(),
-                resources: BTreeMap::new(),
             },
             cluster: "convox-Cluster-1".into(),
+            resources: Default::default(),
             services: vec![web, mon],
         }
     }

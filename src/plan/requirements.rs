@@ -104,11 +104,11 @@ mod tests {
                 status: "UPDATE_COMPLETE".into(),
                 status_reason: None,
                 parameters: [("ECSExec".to_string(), value.to_string())].into(),
-                resources: Default::default(),
                 outputs: Default::default(),
                 last_updated: None,
             },
             cluster: "c".into(),
+            resources: Default::default(),
             services: Vec::new(),
         }
     }

@@ -226,10 +226,10 @@ mod tests {
                     .chain(&[("Password", "****")])
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
-                resources: BTreeMap::new(),
                 last_updated: None,
             },
             cluster: "convox-Cluster-1".into(),
+            resources: Default::default(),
             services: Vec::new(),
         }
     }

@@ -206,9 +206,9 @@ mod version_tests {
                     ("Password".to_string(), "****".to_string()),
                     ("NLB".to_string(), "No".to_string()),
                 ]),
-                resources: BTreeMap::new(),
             },
             cluster: "c".into(),
+            resources: Default::default(),
             services: Vec::new(),
         }
     }

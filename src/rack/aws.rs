@@ -8,8 +8,9 @@
 //! AWS calls but never formats them: no `Debug` of an SDK task definition type reaches a log,
 //! an error or the status.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -31,8 +32,9 @@ use super::{
 use crate::config::Timeouts;
 use crate::metrics::Metrics;
 use crate::model::{
-    Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, StackEvent,
-    StackParameter, StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
+    Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, ServiceTasks,
+    StackEvent, StackParameter, StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskRead,
+    TaskSnapshot, MANAGED_PARAMS,
 };
 use crate::spec::Declarations;
 use crate::templates::{TemplateLocation, TemplateRef};
@@ -49,12 +51,22 @@ const MAX_EVENT_PAGES: usize = 20;
 /// How many of a family's most recent revisions are checked for one to reuse.
 const REUSE_CANDIDATES: usize = 10;
 
+/// How many full task definitions the adapter keeps: the revisions the rack API runs and
+/// the ones it registers, so a relabel reads none of them again.
+const KEPT_REVISIONS: usize = 16;
+
 pub struct AwsRack {
     stack: String,
     cfn: CfnClient,
     ecs: EcsClient,
     metrics: Metrics,
+    /// Full task definitions (with their tags) by ARN, most recently used last. Revisions
+    /// are immutable. They hold environment values: kept in memory only, never formatted.
+    revisions: Mutex<VecDeque<(String, Revision)>>,
 }
+
+/// A task definition as `DescribeTaskDefinition` (with tags) returns it.
+type Revision = (TaskDefinition, Vec<Tag>);
 
 /// The standard AWS environment, with `region` overriding it when given, and a timeout on
 /// connecting, on each attempt and on each call: the configuration of every client.
@@ -95,6 +107,25 @@ impl AwsRack {
             cfn,
             ecs,
             metrics,
+            revisions: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn kept(&self, arn: &str) -> Option<Revision> {
+        let mut kept = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+        let i = kept.iter().position(|(a, _)| a == arn)?;
+        let entry = kept.remove(i)?;
+        let revision = entry.1.clone();
+        kept.push_back(entry);
+        Some(revision)
+    }
+
+    fn keep(&self, arn: &str, revision: Revision) {
+        let mut kept = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+        kept.retain(|(a, _)| a != arn);
+        kept.push_back((arn.to_string(), revision));
+        while kept.len() > KEPT_REVISIONS {
+            kept.pop_front();
         }
     }
 
@@ -113,7 +144,11 @@ impl AwsRack {
         counted(&self.metrics, service, operation, resource, fut).await
     }
 
-    async fn describe_full(&self, arn: &str) -> Result<(TaskDefinition, Vec<Tag>), RackError> {
+    /// A revision, read once (`DescribeTaskDefinition` with its tags) and kept.
+    async fn describe_full(&self, arn: &str) -> Result<Revision, RackError> {
+        if let Some(kept) = self.kept(arn) {
+            return Ok(kept);
+        }
         let out = self
             .call(
                 "ecs",
@@ -134,10 +169,13 @@ impl AwsRack {
             kind: ApiErrorKind::NotFound,
             message: "the response carried no task definition".into(),
         })?;
+        self.keep(arn, (td.clone(), tags.clone()));
         Ok((td, tags))
     }
 
-    /// Among the family's latest revisions, one equal to `want` (with `tags`).
+    /// Among the family's latest revisions, one equal to `want` (with `tags`); the revisions
+    /// the adapter keeps (those the rack API ran or it registered) are compared without a
+    /// call.
     async fn find_revision(
         &self,
         base: &str,
@@ -433,26 +471,36 @@ impl AwsRack {
         // Not idempotent: only a throttled call (refused before it was processed) is sent
         // again. After any other failure the next reconcile finds and reuses the revision
         // if ECS did register it.
-        let new = (|| self.register_once(want, tags))
+        let (new, stored, stored_tags) = (|| self.register_once(want, tags))
             .retry(write_retry())
             .sleep(tokio::time::sleep)
             .when(RackError::throttled)
             .await?;
-        // Prove that what ECS stored is the running revision with only the label changed.
-        // Describing a revision just registered may not find it yet (eventual consistency).
-        let (stored, stored_tags) = (|| self.describe_full(&new))
-            .retry(read_after_write_retry())
-            .sleep(tokio::time::sleep)
-            .when(|e| {
-                matches!(
-                    e,
-                    RackError::Api {
-                        kind: ApiErrorKind::NotFound,
-                        ..
-                    }
-                )
-            })
-            .await?;
+        // Prove that what ECS stored is the running revision with only the label changed:
+        // the response carries the stored revision and its tags. A response without tags
+        // (some emulators leave them out) is checked against a describe instead. Describing a
+        // revision just registered may not find it yet (eventual consistency).
+        let (stored, stored_tags) = match stored_tags {
+            Some(stored_tags) => {
+                self.keep(&new, (stored.clone(), stored_tags.clone()));
+                (stored, stored_tags)
+            }
+            None => {
+                (|| self.describe_full(&new))
+                    .retry(read_after_write_retry())
+                    .sleep(tokio::time::sleep)
+                    .when(|e| {
+                        matches!(
+                            e,
+                            RackError::Api {
+                                kind: ApiErrorKind::NotFound,
+                                ..
+                            }
+                        )
+                    })
+                    .await?
+            }
+        };
         if let Some(field) = difference(want, tags, &stored, &stored_tags) {
             return Err(RackError::RevisionMismatch {
                 base: base.to_string(),
@@ -463,12 +511,13 @@ impl AwsRack {
         Ok(new)
     }
 
-    /// One `RegisterTaskDefinition`, without the SDK's retries.
+    /// One `RegisterTaskDefinition`, without the SDK's retries: the new revision's ARN, the
+    /// revision as stored, and its tags when the response carries them.
     async fn register_once(
         &self,
         want: &TaskDefinition,
         tags: &[Tag],
-    ) -> Result<String, RackError> {
+    ) -> Result<(String, TaskDefinition, Option<Vec<Tag>>), RackError> {
         let family = want.family.clone().unwrap_or_default();
         let out = self
             .call(
@@ -503,15 +552,18 @@ impl AwsRack {
                     .send(),
             )
             .await?;
-        out.task_definition
-            .and_then(|t| t.task_definition_arn)
+        let td = out
+            .task_definition
+            .filter(|t| t.task_definition_arn.is_some())
             .ok_or_else(|| RackError::Api {
                 service: "ecs",
                 operation: "RegisterTaskDefinition",
                 resource: family,
                 kind: ApiErrorKind::Rejected,
                 message: "the response carried no task definition ARN".into(),
-            })
+            })?;
+        let arn = td.task_definition_arn.clone().unwrap_or_default();
+        Ok((arn, td, out.tags))
     }
 }
 
@@ -574,6 +626,30 @@ impl Rack for AwsRack {
             .filter_map(|p| Some((p.parameter_key?, p.parameter_value.unwrap_or_default())))
             .collect();
 
+        let outputs = stack
+            .outputs
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| Some((o.output_key?, o.output_value.unwrap_or_default())))
+            .collect();
+        let last_updated = stack
+            .last_updated_time
+            .or(stack.creation_time)
+            .map(|t| t.secs().to_string());
+        Ok(StackSnapshot {
+            last_updated,
+            name: stack.stack_name.unwrap_or_else(|| self.stack.clone()),
+            status_reason: stack.stack_status_reason,
+            status: stack
+                .stack_status
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|| "UNKNOWN".into()),
+            parameters,
+            outputs,
+        })
+    }
+
+    async fn stack_resources(&self) -> Result<BTreeMap<String, String>, RackError> {
         // ListStackResources pages through every resource; DescribeStackResources stops at
         // 100.
         let mut resources = BTreeMap::new();
@@ -600,31 +676,9 @@ impl Rack for AwsRack {
             }
             token = page.next_token;
             if token.is_none() {
-                break;
+                return Ok(resources);
             }
         }
-        let outputs = stack
-            .outputs
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|o| Some((o.output_key?, o.output_value.unwrap_or_default())))
-            .collect();
-        let last_updated = stack
-            .last_updated_time
-            .or(stack.creation_time)
-            .map(|t| t.secs().to_string());
-        Ok(StackSnapshot {
-            last_updated,
-            name: stack.stack_name.unwrap_or_else(|| self.stack.clone()),
-            status_reason: stack.stack_status_reason,
-            status: stack
-                .stack_status
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|| "UNKNOWN".into()),
-            parameters,
-            resources,
-            outputs,
-        })
     }
 
     async fn describe_services(
@@ -636,17 +690,22 @@ impl Rack for AwsRack {
         for chunk in services.chunks(10) {
             snapshots.extend(self.describe_service_batch(cluster, chunk).await?);
         }
-        // The tasks ECS wants running, per service; while a rollout runs, also the tasks
-        // that stopped (how a rollout fails without a circuit breaker). Then their details,
-        // 100 per call.
+        Ok(snapshots)
+    }
+
+    async fn service_tasks(
+        &self,
+        cluster: &str,
+        reads: &[TaskRead],
+    ) -> Result<Vec<ServiceTasks>, RackError> {
         let mut wanted: Vec<(usize, String)> = Vec::new();
-        for (i, s) in snapshots.iter().enumerate() {
-            let mut statuses = vec![DesiredStatus::Running];
-            if s.rolling() {
-                statuses.push(DesiredStatus::Stopped);
-            }
-            for status in statuses {
-                let arns = self.list_tasks(cluster, &s.name, status).await?;
+        for (i, read) in reads.iter().enumerate() {
+            let statuses = [
+                (read.running, DesiredStatus::Running),
+                (read.stopped, DesiredStatus::Stopped),
+            ];
+            for (_, status) in statuses.into_iter().filter(|(asked, _)| *asked) {
+                let arns = self.list_tasks(cluster, &read.service, status).await?;
                 // A task stopping between the two listings shows up in both.
                 for a in arns {
                     if !wanted.iter().any(|(_, w)| *w == a) {
@@ -655,15 +714,16 @@ impl Rack for AwsRack {
                 }
             }
         }
+        let mut out = vec![ServiceTasks::default(); reads.len()];
         for chunk in wanted.chunks(100) {
             for (i, task) in self.describe_task_batch(cluster, chunk).await? {
                 match task {
-                    Observed::Wanted(t) => snapshots[i].tasks.push(t),
-                    Observed::Stopped(t) => snapshots[i].stopped.push(t),
+                    Observed::Wanted(t) => out[i].running.push(t),
+                    Observed::Stopped(t) => out[i].stopped.push(t),
                 }
             }
         }
-        Ok(snapshots)
+        Ok(out)
     }
 
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinitionInfo, RackError> {
@@ -674,11 +734,17 @@ impl Rack for AwsRack {
     async fn relabel(&self, base: &str, label: &str, value: &str) -> Result<Relabelled, RackError> {
         let (base_td, tags) = self.describe_full(base).await?;
         let want = relabelled(&base_td, label, value)?;
-        if let Some(arn) = self.find_revision(base, &want, &tags).await? {
-            return Ok(Relabelled { arn, reused: true });
-        }
-        let arn = self.register(base, &want, &tags).await?;
-        Ok(Relabelled { arn, reused: false })
+        let (arn, reused) = match self.find_revision(base, &want, &tags).await? {
+            Some(arn) => (arn, true),
+            None => (self.register(base, &want, &tags).await?, false),
+        };
+        // Found or registered, the revision was just read or kept: no call.
+        let (td, _) = self.describe_full(&arn).await?;
+        Ok(Relabelled {
+            info: info(&arn, &td),
+            arn,
+            reused,
+        })
     }
 
     async fn stack_declarations(&self) -> Result<Declarations, RackError> {

@@ -1,6 +1,7 @@
 //! A rack whose every write first re-checks the lease: a controller that lost it, or was
 //! paused past its expiry, finds out right before writing and writes nothing.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -10,7 +11,7 @@ use super::{
     TemplateSummary,
 };
 use crate::lease::Lease;
-use crate::model::{ServiceSnapshot, StackSnapshot, TaskDefinitionInfo};
+use crate::model::{ServiceSnapshot, ServiceTasks, StackSnapshot, TaskDefinitionInfo, TaskRead};
 use crate::spec::Declarations;
 use crate::templates::TemplateRef;
 
@@ -56,6 +57,18 @@ impl Rack for FencedRack {
         services: &[String],
     ) -> Result<Vec<ServiceSnapshot>, RackError> {
         self.inner.describe_services(cluster, services).await
+    }
+
+    async fn stack_resources(&self) -> Result<BTreeMap<String, String>, RackError> {
+        self.inner.stack_resources().await
+    }
+
+    async fn service_tasks(
+        &self,
+        cluster: &str,
+        reads: &[TaskRead],
+    ) -> Result<Vec<ServiceTasks>, RackError> {
+        self.inner.service_tasks(cluster, reads).await
     }
 
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinitionInfo, RackError> {

@@ -6,9 +6,11 @@
 use async_trait::async_trait;
 use thiserror::Error;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::model::{ServiceSnapshot, StackParameter, StackSnapshot, TaskDefinitionInfo};
+use crate::model::{
+    ServiceSnapshot, ServiceTasks, StackParameter, StackSnapshot, TaskDefinitionInfo, TaskRead,
+};
 use crate::spec::Declarations;
 use crate::templates::TemplateRef;
 
@@ -21,16 +23,30 @@ pub mod sim;
 /// The operations a rack offers the controller.
 #[async_trait]
 pub trait Rack: Send + Sync {
-    /// The stack's status, parameters and resources (`DescribeStacks`, `DescribeStackResources`).
+    /// The stack's status, parameters, outputs and last update (`DescribeStacks`).
     async fn describe_stack(&self) -> Result<StackSnapshot, RackError>;
 
-    /// The named services of the cluster with their deployments and running tasks
-    /// (`DescribeServices` for all of them at once, then `ListTasks`/`DescribeTasks`).
+    /// Logical → physical ids of the stack's resources (`ListStackResources`, page by page).
+    /// They change only with the stack, so callers keep them until `last_updated` or the
+    /// stack's state does.
+    async fn stack_resources(&self) -> Result<BTreeMap<String, String>, RackError>;
+
+    /// The named services of the cluster with their deployments (`DescribeServices`, 10 per
+    /// call). Their tasks are left empty: see [`Rack::service_tasks`].
     async fn describe_services(
         &self,
         cluster: &str,
         services: &[String],
     ) -> Result<Vec<ServiceSnapshot>, RackError>;
+
+    /// The tasks of each named service: those ECS wants running and, where asked, those
+    /// stopped recently (`ListTasks` per service and status, then `DescribeTasks` 100 at a
+    /// time). In the order asked.
+    async fn service_tasks(
+        &self,
+        cluster: &str,
+        reads: &[TaskRead],
+    ) -> Result<Vec<ServiceTasks>, RackError>;
 
     /// A revision's identity and managed labels (`DescribeTaskDefinition`).
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinitionInfo, RackError>;
@@ -128,6 +144,8 @@ pub enum StackUpdateOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relabelled {
     pub arn: String,
+    /// The revision's identity and labels, so it need not be described again.
+    pub info: TaskDefinitionInfo,
     /// Found among the family's revisions rather than registered.
     pub reused: bool,
 }

@@ -29,8 +29,9 @@ use super::{
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::model::{
-    Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, StackEvent,
-    StackParameter, StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskSnapshot, MANAGED_PARAMS,
+    Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, ServiceTasks,
+    StackEvent, StackParameter, StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskRead,
+    TaskSnapshot, MANAGED_PARAMS,
 };
 use crate::spec::{Declarations, ParamDecl};
 use crate::templates::{declared_parameters, TemplateLocation, TemplateRef};
@@ -264,6 +265,9 @@ struct State {
     stack_resources: BTreeMap<String, String>,
     task_definitions: BTreeMap<String, Value>,
     latest_revision: BTreeMap<String, u32>,
+    /// Revisions described or registered through the adapter's calls: what the AWS adapter
+    /// keeps, and compares without describing them again.
+    kept: BTreeSet<String>,
     services: Vec<SimService>,
     rollout_faults: VecDeque<RolloutFault>,
     api_faults: BTreeMap<&'static str, u32>,
@@ -409,6 +413,7 @@ impl SimRack {
             parameters,
             stack_resources: BTreeMap::from([("Cluster".to_string(), cluster.clone())]),
             task_definitions: BTreeMap::new(),
+            kept: BTreeSet::new(),
             latest_revision: BTreeMap::new(),
             services: Vec::new(),
             rollout_faults: std::iter::repeat_n(
@@ -656,11 +661,24 @@ impl SimRack {
         set_label(&mut want, label, Some(value));
         let want = comparable(&want);
         let family = body["family"].clone();
-        Ok(s.task_definitions
+        // As the AWS adapter: the family's 10 latest revisions other than `base`, newest
+        // first, each described unless kept, until one matches.
+        let mut candidates: Vec<(u32, String)> = s
+            .task_definitions
             .iter()
-            .filter(|(_, b)| b["family"] == family)
-            .find(|(_, b)| comparable(b) == want)
-            .map(|(arn, _)| arn.clone()))
+            .filter(|(a, b)| b["family"] == family && a.as_str() != base)
+            .map(|(a, _)| (revision_of(a), a.clone()))
+            .collect();
+        candidates.sort_by_key(|(revision, _)| std::cmp::Reverse(*revision));
+        for (_, arn) in candidates.into_iter().take(10) {
+            if s.kept.insert(arn.clone()) {
+                self.call(s, "ecs", "DescribeTaskDefinition", &arn)?;
+            }
+            if s.task_definitions.get(&arn).map(comparable) == Some(want.clone()) {
+                return Ok(Some(arn));
+            }
+        }
+        Ok(None)
     }
 
     fn register_in(
@@ -1248,12 +1266,11 @@ impl SimService {
                 stopped: *ready,
             });
         }
+        // ECS counts a deployment's failed tasks with or without a circuit breaker; only a
+        // circuit breaker acts on them.
+        d.failed_tasks += due.len() as u32;
         match sched.circuit_breaker {
-            // ECS counts failed tasks for the circuit breaker.
-            Some(threshold) => {
-                d.failed_tasks += due.len() as u32;
-                d.failed_tasks >= threshold && d.rollout == RolloutState::InProgress
-            }
+            Some(threshold) => d.failed_tasks >= threshold && d.rollout == RolloutState::InProgress,
             None => false,
         }
     }
@@ -1369,10 +1386,6 @@ impl SimService {
     }
 
     fn snapshot(&self, clock: &Clock) -> ServiceSnapshot {
-        let rolling = self
-            .deployments
-            .iter()
-            .any(|d| d.rollout == RolloutState::InProgress);
         let deployments = self
             .deployments
             .iter()
@@ -1393,18 +1406,6 @@ impl SimService {
                 created_at: clock.wall_at(d.created),
             })
             .collect::<Vec<_>>();
-        let tasks = self
-            .deployments
-            .iter()
-            .flat_map(|d| {
-                let running = std::iter::repeat_n("RUNNING", d.running as usize);
-                let pending = std::iter::repeat_n("PENDING", d.starting.len());
-                running.chain(pending).map(move |st| TaskSnapshot {
-                    task_definition: d.task_definition.clone(),
-                    last_status: st.to_string(),
-                })
-            })
-            .collect();
         ServiceSnapshot {
             name: self.name.clone(),
             arn: self.arn.clone(),
@@ -1414,24 +1415,40 @@ impl SimService {
             minimum_healthy_percent: self.min_percent,
             maximum_percent: self.max_percent,
             deployments,
-            tasks,
-            // As on AWS, stopped tasks are only read while a deployment is in progress.
-            stopped: if rolling {
-                self.stopped
-                    .iter()
-                    .map(|t| StoppedTask {
-                        task_definition: t.task_definition.clone(),
-                        started_by: Some(t.deployment.clone()),
-                        stopped_reason: Some(t.reason.clone()),
-                        stop_code: Some(t.code.to_string()),
-                        created_at: clock.wall_at(t.created),
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            tasks: Vec::new(),
+            stopped: Vec::new(),
             target_groups: self.target_groups.clone(),
         }
+    }
+
+    /// The tasks `read` asks for, as `ListTasks` and `DescribeTasks` show them.
+    fn tasks(&self, read: &TaskRead, clock: &Clock) -> ServiceTasks {
+        let running = self
+            .deployments
+            .iter()
+            .filter(|_| read.running)
+            .flat_map(|d| {
+                let running = std::iter::repeat_n("RUNNING", d.running as usize);
+                let pending = std::iter::repeat_n("PENDING", d.starting.len());
+                running.chain(pending).map(move |st| TaskSnapshot {
+                    task_definition: d.task_definition.clone(),
+                    last_status: st.to_string(),
+                })
+            })
+            .collect();
+        let stopped = self
+            .stopped
+            .iter()
+            .filter(|_| read.stopped)
+            .map(|t| StoppedTask {
+                task_definition: t.task_definition.clone(),
+                started_by: Some(t.deployment.clone()),
+                stopped_reason: Some(t.reason.clone()),
+                stop_code: Some(t.code.to_string()),
+                created_at: clock.wall_at(t.created),
+            })
+            .collect();
+        ServiceTasks { running, stopped }
     }
 }
 
@@ -1441,16 +1458,21 @@ impl Rack for SimRack {
         let mut s = self.lock();
         let name = s.settings.rack.clone();
         self.call(&mut s, "cloudformation", "DescribeStacks", &name)?;
-        self.call(&mut s, "cloudformation", "ListStackResources", &name)?;
         Ok(StackSnapshot {
             name,
             status: s.stack_status.clone(),
             status_reason: s.stack_status_reason.clone(),
             parameters: s.parameters.clone(),
-            resources: s.resources(),
             outputs: s.outputs(),
             last_updated: Some(s.stack_updates.len().to_string()),
         })
+    }
+
+    async fn stack_resources(&self) -> Result<BTreeMap<String, String>, RackError> {
+        let mut s = self.lock();
+        let name = s.settings.rack.clone();
+        self.call(&mut s, "cloudformation", "ListStackResources", &name)?;
+        Ok(s.resources())
     }
 
     async fn describe_services(
@@ -1459,7 +1481,9 @@ impl Rack for SimRack {
         services: &[String],
     ) -> Result<Vec<ServiceSnapshot>, RackError> {
         let mut s = self.lock();
-        self.call(&mut s, "ecs", "DescribeServices", cluster)?;
+        for _ in services.chunks(10) {
+            self.call(&mut s, "ecs", "DescribeServices", cluster)?;
+        }
         let mut out = Vec::with_capacity(services.len());
         for wanted in services {
             let found = s
@@ -1476,21 +1500,43 @@ impl Rack for SimRack {
                 }
             }
         }
-        // As on AWS: one ListTasks per service (two while it rolls: running and stopped
-        // tasks), one DescribeTasks for all their tasks.
-        for (svc, snapshot) in services.iter().zip(&out) {
-            self.call(&mut s, "ecs", "ListTasks", svc)?;
-            if snapshot.rolling() {
-                self.call(&mut s, "ecs", "ListTasks", svc)?;
+        Ok(out)
+    }
+
+    async fn service_tasks(
+        &self,
+        cluster: &str,
+        reads: &[TaskRead],
+    ) -> Result<Vec<ServiceTasks>, RackError> {
+        let mut s = self.lock();
+        let mut out = Vec::with_capacity(reads.len());
+        for read in reads {
+            // As on AWS: one ListTasks per service and status asked for.
+            for _ in [read.running, read.stopped].iter().filter(|asked| **asked) {
+                self.call(&mut s, "ecs", "ListTasks", &read.service)?;
             }
+            let svc = s
+                .services
+                .iter()
+                .find(|x| (x.name == read.service || x.arn == read.service) && s.cluster == cluster)
+                .ok_or_else(|| RackError::ServiceNotFound {
+                    cluster: cluster.to_string(),
+                    service: read.service.clone(),
+                })?;
+            out.push(svc.tasks(read, &self.clock));
         }
-        self.call(&mut s, "ecs", "DescribeTasks", cluster)?;
+        // ... and one DescribeTasks per 100 of the tasks found.
+        let found: usize = out.iter().map(|t| t.running.len() + t.stopped.len()).sum();
+        for _ in 0..found.div_ceil(100) {
+            self.call(&mut s, "ecs", "DescribeTasks", cluster)?;
+        }
         Ok(out)
     }
 
     async fn describe_task_definition(&self, arn: &str) -> Result<TaskDefinitionInfo, RackError> {
         let mut s = self.lock();
         self.call(&mut s, "ecs", "DescribeTaskDefinition", arn)?;
+        s.kept.insert(arn.to_string());
         let body = s
             .task_definitions
             .get(arn)
@@ -1500,11 +1546,25 @@ impl Rack for SimRack {
 
     async fn relabel(&self, base: &str, label: &str, value: &str) -> Result<Relabelled, RackError> {
         let mut s = self.lock();
-        if let Some(arn) = self.find_in(&mut s, base, label, value)? {
-            return Ok(Relabelled { arn, reused: true });
+        // The AWS adapter reads the running revision in full (kept since the loop read it).
+        if s.kept.insert(base.to_string()) {
+            self.call(&mut s, "ecs", "DescribeTaskDefinition", base)?;
         }
-        let arn = self.register_in(&mut s, base, label, value)?;
-        Ok(Relabelled { arn, reused: false })
+        let (arn, reused) = match self.find_in(&mut s, base, label, value)? {
+            Some(arn) => (arn, true),
+            None => (self.register_in(&mut s, base, label, value)?, false),
+        };
+        // ... and keeps what it registered (the response proves it).
+        s.kept.insert(arn.clone());
+        let body = s
+            .task_definitions
+            .get(&arn)
+            .ok_or_else(|| not_found("DescribeTaskDefinition", &arn))?;
+        Ok(Relabelled {
+            info: info(&arn, body),
+            arn,
+            reused,
+        })
     }
 
     async fn update_service(
@@ -1748,6 +1808,13 @@ fn comparable(body: &Value) -> Value {
     b
 }
 
+/// The revision number of a task definition ARN.
+fn revision_of(arn: &str) -> u32 {
+    arn.rsplit_once(':')
+        .and_then(|(_, r)| r.parse().ok())
+        .unwrap_or(0)
+}
+
 fn short_id(seed: &str) -> String {
     let h = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
@@ -1855,10 +1922,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_rollout_replaces_tasks_over_time_and_completes() {
         let sim = SimRack::new(SimSettings::default());
-        let stack = sim.describe_stack().await.expect("stack");
-        let cluster = stack.resources["Cluster"].clone();
-        let web = stack.resources["ServiceWebApi"].clone();
-        let base = stack.resources["ApiWebTasks"].clone();
+        let resources = sim.stack_resources().await.expect("resources");
+        let cluster = resources["Cluster"].clone();
+        let web = resources["ServiceWebApi"].clone();
+        let base = resources["ApiWebTasks"].clone();
         let new = sim
             .register_relabelled(&base, "rack.ECSExec", "Yes")
             .expect("register");
@@ -1892,7 +1959,19 @@ mod tests {
             (p.rollout_state, p.task_definition.as_str()),
             (Some(RolloutState::Completed), new.as_str())
         );
-        assert!(s.tasks.iter().all(|t| t.task_definition == new));
+        let read = TaskRead {
+            service: web.clone(),
+            running: true,
+            stopped: true,
+        };
+        let tasks = sim
+            .service_tasks(&cluster, &[read])
+            .await
+            .expect("tasks")
+            .remove(0);
+        assert_eq!(tasks.running.len(), 2);
+        assert!(tasks.running.iter().all(|t| t.task_definition == new));
+        assert!(tasks.stopped.is_empty());
 
         // Nothing but the label differs.
         let mut a = sim.task_definition_body(&base).expect("base");
@@ -1908,11 +1987,11 @@ mod tests {
             ..SimSettings::default()
         });
         sim.inject_rollout_fault(RolloutFault::FailToStart);
-        let stack = sim.describe_stack().await.expect("stack");
+        let resources = sim.stack_resources().await.expect("resources");
         let (cluster, web, base) = (
-            stack.resources["Cluster"].clone(),
-            stack.resources["ServiceWebApi"].clone(),
-            stack.resources["ApiWebTasks"].clone(),
+            resources["Cluster"].clone(),
+            resources["ServiceWebApi"].clone(),
+            resources["ApiWebTasks"].clone(),
         );
         let new = sim
             .register_relabelled(&base, "rack.ECSExec", "Yes")

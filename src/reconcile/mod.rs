@@ -6,7 +6,7 @@
 //! status file ([`crate::memory`]); the rest (recent corrections, a task definition cache) can
 //! be lost without harm.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -22,15 +22,15 @@ use crate::lease::{standby_message, Lease};
 use crate::memory::Memory;
 use crate::metrics::Metrics;
 use crate::model::{
-    ManagedParam, ObservedRack, ObservedService, RackVersion, Requirement, ServiceTarget,
-    StackSnapshot, StackState, TaskDefinitionInfo, ECS_EXEC, MANAGED_PARAMS, VERSION_PARAM,
+    ManagedParam, ObservedRack, RackVersion, Requirement, ServiceTarget, StackState, ECS_EXEC,
+    MANAGED_PARAMS, VERSION_PARAM,
 };
 use crate::params::{self, DesiredParams, ParamsError};
-use crate::plan::requirements;
 use crate::plan::{
     self, Action, Decision, EcsExecState, OwnRollout, Phase, PlanContext, Roll, RollPurpose,
     RollTo, ServiceState, VersionContext,
 };
+use crate::plan::{reads, requirements};
 use crate::rack::{Rack, RackError, Relabelled, TemplateSummary};
 use crate::spec::Declarations;
 use crate::status::{LeaseStatus, ParamsFileStatus, Status, StatusHandle};
@@ -178,7 +178,10 @@ pub struct VersionCheck {
     pub template: Option<String>,
 }
 
+mod observe;
 mod stack;
+
+pub use observe::Observer;
 
 pub struct Reconciler {
     rack: Arc<dyn Rack>,
@@ -186,7 +189,7 @@ pub struct Reconciler {
     metrics: Metrics,
     status: StatusHandle,
     clock: Clock,
-    cache: HashMap<String, TaskDefinitionInfo>,
+    observer: Observer,
     /// Target templates and what they declare, by version (releases are immutable).
     templates: BTreeMap<RackVersion, (TemplateRef, TemplateSummary)>,
     desired: Option<DesiredParams>,
@@ -200,8 +203,6 @@ pub struct Reconciler {
     own_rollouts: BTreeMap<String, OwnRollout>,
     /// When each service was last written to (`UpdateService`), for `intervals.min_write`.
     last_write: BTreeMap<String, SystemTime>,
-    /// The running template's declarations, with the stack's `LastUpdatedTime` they are for.
-    declared: Option<(Option<String>, Declarations)>,
     /// What the params file holds, parsed but not yet held against the running template.
     candidate: Option<DesiredParams>,
     /// The controller's stack update for parameters: what it asked for, and its backoff.
@@ -272,13 +273,18 @@ impl Reconciler {
         status.update(|s| {
             s.params_file.path = settings.params_file.to_string();
         });
+        let observer = Observer::new(
+            rack.clone(),
+            settings.targets.clone(),
+            settings.cluster_resource.clone(),
+        );
         let mut rec = Reconciler {
             rack,
             settings,
             metrics,
             status,
             clock: Clock::new(),
-            cache: HashMap::new(),
+            observer,
             templates: BTreeMap::new(),
             desired: None,
             params_error: None,
@@ -288,7 +294,6 @@ impl Reconciler {
             last_written: None,
             own_rollouts: BTreeMap::new(),
             last_write: BTreeMap::new(),
-            declared: None,
             candidate: None,
             stack: StackMemory::default(),
             lease: None,
@@ -422,78 +427,9 @@ impl Reconciler {
             .without_max_times()
     }
 
-    /// Observes everything the planner needs, reading each task definition revision once.
+    /// Observes everything the planner needs (see [`Observer`]).
     pub async fn observe(&mut self) -> Result<ObservedRack, RackError> {
-        let stack = self.rack.describe_stack().await?;
-        let missing = |logical: &str| RackError::MissingResource {
-            stack: stack.name.clone(),
-            logical: logical.to_string(),
-        };
-        let cluster = stack
-            .resources
-            .get(&self.settings.cluster_resource)
-            .cloned()
-            .ok_or_else(|| missing(&self.settings.cluster_resource))?;
-        let names = self
-            .settings
-            .targets
-            .iter()
-            .map(|t| {
-                stack
-                    .resources
-                    .get(&t.service)
-                    .cloned()
-                    .ok_or_else(|| missing(&t.service))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let snapshots = self.rack.describe_services(&cluster, &names).await?;
-
-        let mut referenced = HashSet::new();
-        let mut services = Vec::with_capacity(snapshots.len());
-        for (target, service) in self.settings.targets.iter().zip(snapshots) {
-            let mut labels = BTreeMap::new();
-            for arn in service.task_definitions() {
-                referenced.insert(arn.to_string());
-                if labels.contains_key(arn) {
-                    continue;
-                }
-                let info = match self.cache.get(arn) {
-                    Some(info) => info.clone(),
-                    None => {
-                        let info = self.rack.describe_task_definition(arn).await?;
-                        self.cache.insert(arn.to_string(), info.clone());
-                        info
-                    }
-                };
-                labels.insert(arn.to_string(), info.labels);
-            }
-            services.push(ObservedService {
-                target: target.clone(),
-                service,
-                labels,
-            });
-        }
-        // Revisions are immutable; keep only those still in use so the cache stays small.
-        self.cache.retain(|arn, _| referenced.contains(arn));
-        let declared = self.declarations(&stack).await?;
-        Ok(ObservedRack {
-            declared,
-            stack,
-            cluster,
-            services,
-        })
-    }
-
-    /// What the running template declares, read again only when the stack has changed.
-    async fn declarations(&mut self, stack: &StackSnapshot) -> Result<Declarations, RackError> {
-        if let Some((seen, declared)) = &self.declared {
-            if stack.last_updated.is_some() && *seen == stack.last_updated {
-                return Ok(declared.clone());
-            }
-        }
-        let declared = self.rack.stack_declarations().await?;
-        self.declared = Some((stack.last_updated.clone(), declared.clone()));
-        Ok(declared)
+        self.observer.observe(self.clock.now()).await
     }
 
     /// Reads the params file. A file that parses is held against the running template once
@@ -786,7 +722,7 @@ impl Reconciler {
         let settling = decisions.iter().any(|d| d.reason == "Settling");
         let retrying = report.retrying;
         self.status.update(|s| s.retrying = retrying);
-        report.next = self.next_run(&report, rolling, settling, now);
+        report.next = self.next_run(&report, &observed, rolling, settling, now);
         self.write_status_file().await;
         report
     }
@@ -927,25 +863,31 @@ impl Reconciler {
         (relabel, stack)
     }
 
-    /// When to look again: at the poll interval while something moves, at the resync
-    /// interval otherwise, and no later than the next backoff or write cooldown ends.
+    /// When to look again: a second after a write; while a change (or its undoing) is under
+    /// way, paced by the rollouts ([`reads::poll_delay`]) or within [`reads::END_WITHIN`] (a stack update); at
+    /// the poll interval while waiting on something else (someone else's update); at the
+    /// resync interval when settled; and no later than the next backoff or write cooldown ends.
     fn next_run(
         &self,
         report: &Report,
+        observed: &ObservedRack,
         rolling: bool,
         settling: bool,
         now: SystemTime,
     ) -> Duration {
-        let mut next = report.next;
-        let busy = report.acted
-            || rolling
-            || report
-                .phases
-                .values()
-                .any(|p| matches!(p, Phase::Progressing | Phase::Waiting));
-        if busy {
-            next = self.settings.poll;
-        }
+        let poll = self.settings.poll;
+        let phase = |p: Phase| report.phases.values().any(|x| *x == p);
+        let mut next = if report.acted {
+            reads::FAST
+        } else if rolling || phase(Phase::Progressing) {
+            self.observer
+                .poll_delay(observed, now, poll)
+                .unwrap_or(reads::END_WITHIN.min(poll).max(reads::FAST))
+        } else if phase(Phase::Waiting) {
+            poll
+        } else {
+            report.next
+        };
         let cooldowns = self
             .last_write
             .values()
@@ -1360,14 +1302,15 @@ impl Reconciler {
 
     /// The revision a roll points the service at: an existing one, or a relabelled copy of
     /// the running one, reused or registered.
-    async fn target_revision(&self, roll: &Roll) -> Result<String, RackError> {
+    async fn target_revision(&mut self, roll: &Roll) -> Result<String, RackError> {
         if let RollTo::Revision(arn) = &roll.to {
             return Ok(arn.clone());
         }
-        let Relabelled { arn, reused } = self
+        let Relabelled { arn, reused, info } = self
             .rack
             .relabel(&roll.from_task_definition, &roll.label, &roll.value)
             .await?;
+        self.observer.learn(info);
         if reused {
             info!(service = %roll.service, task_definition = %arn, "reusing a revision registered earlier");
         } else {
@@ -1459,8 +1402,13 @@ impl Reconciler {
     ) {
         let mut triggers = Some(triggers);
         let mut trigger = Trigger::Startup;
+        // The start of the last run for a trigger (a params change, the lease taken).
+        let mut last_triggered: Option<tokio::time::Instant> = None;
         loop {
             let started = tokio::time::Instant::now();
+            if trigger != Trigger::Timer {
+                last_triggered = Some(started);
+            }
             let Some(report) = self.reconcile_unless_stopped(trigger, &mut shutdown).await else {
                 break;
             };
@@ -1480,12 +1428,14 @@ impl Reconciler {
                     _ = tokio::time::sleep_until(deadline) => { trigger = Trigger::Timer; break; }
                 }
             }
-            // However often the params file changes, runs start min_reconcile apart; the
-            // changes in between are coalesced into the next run (it reads the file anew).
-            let earliest = started + self.settings.min_reconcile;
-            tokio::select! {
-                _ = stopped(&mut shutdown) => break,
-                _ = tokio::time::sleep_until(earliest) => {}
+            // However often the params file changes, runs for it start min_reconcile apart
+            // (timer runs already are); the changes in between are coalesced into the next
+            // run (it reads the file anew). A change after a poll goes ahead at once.
+            if let Some(earliest) = last_triggered.map(|t| t + self.settings.min_reconcile) {
+                tokio::select! {
+                    _ = stopped(&mut shutdown) => break,
+                    _ = tokio::time::sleep_until(earliest) => {}
+                }
             }
             while let Some(rx) = triggers.as_mut() {
                 match rx.try_recv() {

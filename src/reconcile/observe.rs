@@ -1,0 +1,292 @@
+//! Observing the rack at the least cost: each look reads the stack and the services
+//! (`DescribeStacks` and `DescribeServices`, at the same time); the stack's resources again
+//! only when the stack has changed, the template likewise, each task definition revision once,
+//! and tasks only where the deployments cannot decide ([`crate::plan::reads`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::model::{
+    ObservedRack, ObservedService, ServiceSnapshot, ServiceTarget, StackSnapshot, StackState,
+    TaskDefinitionInfo,
+};
+use crate::plan::reads::{self, TaskMemory, TaskNeed};
+use crate::rack::{Rack, RackError};
+use crate::spec::Declarations;
+
+/// Task definition revisions kept beyond those in use (revisions are immutable, a few hundred
+/// bytes each): a service rolled back and forth reads none of them again.
+const KEPT_UNUSED: usize = 32;
+
+/// What the stack's resources are known for: its last update, and whether it was settling.
+type StackKey = (Option<String>, bool);
+
+fn stack_key(stack: &StackSnapshot) -> StackKey {
+    (
+        stack.last_updated.clone(),
+        stack.state() == StackState::InProgress,
+    )
+}
+
+/// Where the target services are: the stack's resources, the cluster and the service names.
+#[derive(Debug, Clone)]
+struct Located {
+    key: StackKey,
+    resources: BTreeMap<String, String>,
+    cluster: String,
+    names: Vec<String>,
+}
+
+/// Reads what the planner needs and remembers what does not change between looks.
+pub struct Observer {
+    rack: Arc<dyn Rack>,
+    targets: Vec<ServiceTarget>,
+    cluster_resource: String,
+    located: Option<Located>,
+    /// The running template's declarations, with the stack's `LastUpdatedTime` they are for.
+    declared: Option<(Option<String>, Declarations)>,
+    revisions: HashMap<String, TaskDefinitionInfo>,
+    /// Revisions in the order first read, to let go of the oldest unused ones.
+    read_order: Vec<String>,
+    /// Per target (logical id): what the tasks proved, and what rollouts showed.
+    tasks: BTreeMap<String, TaskMemory>,
+}
+
+impl Observer {
+    pub fn new(rack: Arc<dyn Rack>, targets: Vec<ServiceTarget>, cluster_resource: String) -> Self {
+        Observer {
+            rack,
+            targets,
+            cluster_resource,
+            located: None,
+            declared: None,
+            revisions: HashMap::new(),
+            read_order: Vec::new(),
+            tasks: BTreeMap::new(),
+        }
+    }
+
+    /// Observes everything the planner needs.
+    pub async fn observe(&mut self, now: SystemTime) -> Result<ObservedRack, RackError> {
+        let (stack, located, mut services) = self.stack_and_services().await?;
+        self.read_tasks(&located.cluster, &mut services, now)
+            .await?;
+        let services = self.label(services).await?;
+        let declared = self.declarations(&stack).await?;
+        Ok(ObservedRack {
+            declared,
+            stack,
+            cluster: located.cluster,
+            resources: located.resources,
+            services,
+        })
+    }
+
+    /// When to look again while the targets roll (see [`reads::poll_delay`]); `None` when
+    /// none rolls. The first-task time is the shortest any of them showed: the rack API's
+    /// services run the same image on the same instances.
+    pub fn poll_delay(
+        &self,
+        observed: &ObservedRack,
+        now: SystemTime,
+        max: Duration,
+    ) -> Option<Duration> {
+        let first_task = self.tasks.values().filter_map(|m| m.first_task).min();
+        observed
+            .services
+            .iter()
+            .filter_map(|s| reads::poll_delay(&s.service, first_task, now, max))
+            .min()
+    }
+
+    /// A revision the controller registered or found: known without a describe.
+    pub fn learn(&mut self, info: TaskDefinitionInfo) {
+        if !self.revisions.contains_key(&info.arn) {
+            self.read_order.push(info.arn.clone());
+        }
+        self.revisions.insert(info.arn.clone(), info);
+    }
+
+    /// The stack and the services, read at the same time once the services are located;
+    /// the stack's resources are listed again when the stack has changed since, or when a
+    /// service is not where they said.
+    async fn stack_and_services(
+        &mut self,
+    ) -> Result<(StackSnapshot, Located, Vec<ServiceSnapshot>), RackError> {
+        let Some(known) = self.located.clone() else {
+            let stack = self.rack.describe_stack().await?;
+            return self.relocate(stack, None).await;
+        };
+        let (stack, services) = tokio::join!(
+            self.rack.describe_stack(),
+            self.rack.describe_services(&known.cluster, &known.names)
+        );
+        let stack = stack?;
+        match services {
+            Ok(services) if stack_key(&stack) == known.key => Ok((stack, known, services)),
+            Ok(services) => self.relocate(stack, Some((known, services))).await,
+            Err(RackError::ServiceNotFound { .. }) => self.relocate(stack, None).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lists the stack's resources anew; the services read with the old ones still stand when
+    /// their names have not changed.
+    async fn relocate(
+        &mut self,
+        stack: StackSnapshot,
+        read: Option<(Located, Vec<ServiceSnapshot>)>,
+    ) -> Result<(StackSnapshot, Located, Vec<ServiceSnapshot>), RackError> {
+        self.located = None;
+        let located = self.locate(&stack).await?;
+        let services = match read {
+            Some((before, services))
+                if before.cluster == located.cluster && before.names == located.names =>
+            {
+                services
+            }
+            _ => {
+                self.rack
+                    .describe_services(&located.cluster, &located.names)
+                    .await?
+            }
+        };
+        self.located = Some(located.clone());
+        Ok((stack, located, services))
+    }
+
+    /// The cluster and target services among the stack's resources (`ListStackResources`).
+    async fn locate(&self, stack: &StackSnapshot) -> Result<Located, RackError> {
+        let resources = self.rack.stack_resources().await?;
+        let find = |logical: &str| {
+            resources
+                .get(logical)
+                .cloned()
+                .ok_or_else(|| RackError::MissingResource {
+                    stack: stack.name.clone(),
+                    logical: logical.to_string(),
+                })
+        };
+        let cluster = find(&self.cluster_resource)?;
+        let names = self
+            .targets
+            .iter()
+            .map(|t| find(&t.service))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Located {
+            key: stack_key(stack),
+            resources,
+            cluster,
+            names,
+        })
+    }
+
+    /// Fills in each service's tasks: read in one batch where the deployments cannot decide,
+    /// taken from a standing proof otherwise.
+    async fn read_tasks(
+        &mut self,
+        cluster: &str,
+        services: &mut [ServiceSnapshot],
+        now: SystemTime,
+    ) -> Result<(), RackError> {
+        let needs: Vec<TaskNeed> = self
+            .targets
+            .iter()
+            .zip(services.iter())
+            .map(|(t, s)| {
+                let memory = self.tasks.get(&t.service).cloned().unwrap_or_default();
+                reads::task_need(s, &memory, now)
+            })
+            .collect();
+        let asked: Vec<(usize, _)> = needs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| reads::task_read(&services[i].name, n).map(|r| (i, r)))
+            .collect();
+        if !asked.is_empty() {
+            let reads: Vec<_> = asked.iter().map(|(_, r)| r.clone()).collect();
+            let found = self.rack.service_tasks(cluster, &reads).await?;
+            for ((i, _), tasks) in asked.iter().zip(found) {
+                services[*i].tasks = tasks.running;
+                services[*i].stopped = tasks.stopped;
+            }
+        }
+        for ((target, service), need) in self.targets.iter().zip(services.iter_mut()).zip(&needs) {
+            if let TaskNeed::Known(known) = need {
+                service.tasks = known.running.clone();
+                service.stopped = known.stopped.clone();
+            }
+            let memory = self.tasks.entry(target.service.clone()).or_default();
+            reads::remember(memory, service, need, now);
+        }
+        Ok(())
+    }
+
+    /// Each service with the managed labels of every revision it references, each revision
+    /// read once.
+    async fn label(
+        &mut self,
+        services: Vec<ServiceSnapshot>,
+    ) -> Result<Vec<ObservedService>, RackError> {
+        let mut referenced = HashSet::new();
+        let mut observed = Vec::with_capacity(services.len());
+        for (target, service) in self.targets.clone().into_iter().zip(services) {
+            let mut labels = BTreeMap::new();
+            for arn in service.task_definitions() {
+                referenced.insert(arn.to_string());
+                if !labels.contains_key(arn) {
+                    labels.insert(arn.to_string(), self.revision(arn).await?.labels);
+                }
+            }
+            observed.push(ObservedService {
+                target,
+                service,
+                labels,
+            });
+        }
+        self.let_go(&referenced);
+        Ok(observed)
+    }
+
+    /// A revision's identity and labels, described the first time only.
+    async fn revision(&mut self, arn: &str) -> Result<TaskDefinitionInfo, RackError> {
+        if let Some(info) = self.revisions.get(arn) {
+            return Ok(info.clone());
+        }
+        let info = self.rack.describe_task_definition(arn).await?;
+        self.learn(info.clone());
+        Ok(info)
+    }
+
+    /// Keeps the revisions in use and the [`KEPT_UNUSED`] latest others.
+    fn let_go(&mut self, referenced: &HashSet<String>) {
+        let unused = self
+            .read_order
+            .iter()
+            .filter(|a| !referenced.contains(*a))
+            .count();
+        let mut drop = unused.saturating_sub(KEPT_UNUSED);
+        let revisions = &mut self.revisions;
+        self.read_order.retain(|a| {
+            if drop > 0 && !referenced.contains(a) {
+                drop -= 1;
+                revisions.remove(a);
+                return false;
+            }
+            true
+        });
+    }
+
+    /// What the running template declares, read again only when the stack has changed.
+    async fn declarations(&mut self, stack: &StackSnapshot) -> Result<Declarations, RackError> {
+        if let Some((seen, declared)) = &self.declared {
+            if stack.last_updated.is_some() && *seen == stack.last_updated {
+                return Ok(declared.clone());
+            }
+        }
+        let declared = self.rack.stack_declarations().await?;
+        self.declared = Some((stack.last_updated.clone(), declared.clone()));
+        Ok(declared)
+    }
+}

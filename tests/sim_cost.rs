@@ -1,0 +1,250 @@
+//! What observing and changing the rack costs in AWS calls, on the simulated rack (tokio's
+//! paused clock), whose counts are the calls the AWS adapter makes for the same work, at the
+//! shipped default intervals.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{ecs_exec, let_pass, run_for, Harness};
+use rack_reconciler::config::Intervals;
+use rack_reconciler::plan::Phase;
+use rack_reconciler::rack::sim::{SimRack, SimSettings};
+use rack_reconciler::reconcile::{Reconciler, Report, Settings, Trigger};
+
+type Calls = BTreeMap<&'static str, u64>;
+
+const OPERATIONS: &[&str] = &[
+    "DescribeStacks",
+    "ListStackResources",
+    "GetTemplate",
+    "DescribeServices",
+    "ListTasks",
+    "DescribeTasks",
+    "DescribeTaskDefinition",
+    "ListTaskDefinitions",
+    "RegisterTaskDefinition",
+    "UpdateService",
+    "UpdateStack",
+];
+
+/// The two reads every look makes.
+const LOOK: &[&str] = &["DescribeStacks", "DescribeServices"];
+
+fn counts(sim: &SimRack) -> Calls {
+    OPERATIONS.iter().map(|op| (*op, sim.calls(op))).collect()
+}
+
+fn since(sim: &SimRack, before: &Calls) -> Calls {
+    counts(sim)
+        .into_iter()
+        .map(|(op, n)| (op, n - before[op]))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+fn calls(pairs: &[(&'static str, u64)]) -> Calls {
+    pairs.iter().copied().collect()
+}
+
+/// The harness's settings with the shipped default intervals.
+fn defaults(h: &Harness) -> Settings {
+    let i = Intervals::default();
+    Settings {
+        resync: i.resync,
+        poll: i.poll,
+        jitter: i.jitter,
+        min_reconcile: i.min_reconcile,
+        min_write: i.min_write,
+        ..h.settings()
+    }
+}
+
+/// A controller that has looked once at a rack converged on `ECSExec=No`.
+async fn warmed(h: &Harness) -> Reconciler {
+    let mut rec = h.reconciler_with(defaults(h));
+    let r = rec.reconcile(Trigger::Startup).await;
+    assert_eq!(ecs_exec(&r), Some(Phase::Converged));
+    rec
+}
+
+/// One change followed to its end, look by look: the calls of each look, and when each look
+/// ran (paused-clock seconds since the change).
+struct Change {
+    looks: Vec<(Duration, Calls, Report)>,
+}
+
+impl Change {
+    fn total(&self) -> Calls {
+        let mut total = Calls::new();
+        for (_, c, _) in &self.looks {
+            for (op, n) in c {
+                *total.entry(op).or_default() += n;
+            }
+        }
+        total
+    }
+
+    /// Everything but the two reads of every look.
+    fn beyond_looks(&self) -> Calls {
+        let mut total = self.total();
+        for op in LOOK {
+            assert_eq!(total.remove(op), Some(self.looks.len() as u64), "{op}");
+        }
+        total
+    }
+}
+
+/// Edits the params file and looks, as the loop paces it, until `ECSExec` converges.
+async fn change_to(h: &Harness, rec: &mut Reconciler, value: &str) -> Change {
+    h.write_params(&format!("ECSExec: \"{value}\"\n"));
+    let start = tokio::time::Instant::now();
+    let mut looks = Vec::new();
+    let mut trigger = Trigger::ParamsChanged;
+    for _ in 0..500 {
+        let before = counts(&h.sim);
+        let r = rec.reconcile(trigger).await;
+        trigger = Trigger::Timer;
+        let (next, done) = (r.next, ecs_exec(&r) == Some(Phase::Converged));
+        looks.push((start.elapsed(), since(&h.sim, &before), r));
+        if done {
+            return Change { looks };
+        }
+        let_pass(next).await;
+    }
+    panic!("ECSExec did not converge");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_converged_rack_costs_two_calls_a_resync_and_under_30_an_hour() {
+    let h = Harness::new("ECSExec: \"No\"\n");
+    let mut rec = warmed(&h).await;
+    let before = counts(&h.sim);
+    let reports = run_for(&mut rec, Duration::from_secs(3600)).await;
+    let runs = reports.len() as u64;
+    assert!(reports.iter().all(|r| r.next >= Duration::from_secs(270)));
+    assert_eq!(
+        since(&h.sim, &before),
+        calls(&[("DescribeStacks", runs), ("DescribeServices", runs)]),
+        "nothing but the stack and the services"
+    );
+    assert!(2 * runs <= 30, "{} calls in an hour", 2 * runs);
+
+    // Drift is still seen at the next resync: the stack puts another label on the web
+    // service, and the first look after it acts.
+    h.sim
+        .revert_label_out_of_band("ServiceWebApi", "rack.ECSExec", Some("Yes"));
+    let changed = tokio::time::Instant::now();
+    let mut reports = Vec::new();
+    while reports.is_empty() || !reports.iter().any(|r: &Report| r.acted) {
+        let r = rec.reconcile(Trigger::Timer).await;
+        let next = r.next;
+        reports.push(r);
+        let_pass(next).await;
+    }
+    assert!(
+        changed.elapsed() <= Duration::from_secs(330 + 60),
+        "drift seen within one resync: {:?}",
+        changed.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_relabel_costs_five_calls_per_service_beyond_its_looks() {
+    let h = Harness::new("ECSExec: \"No\"\n");
+    let mut rec = warmed(&h).await;
+    let change = change_to(&h, &mut rec, "Yes").await;
+    // Per service: the family's revisions listed (a copy of the running revision is reused,
+    // not registered twice), the copy registered (the response proves it; nothing described),
+    // the service pointed at it, and its tasks read once at the end.
+    assert_eq!(
+        change.beyond_looks(),
+        calls(&[
+            ("ListTaskDefinitions", 2),
+            ("RegisterTaskDefinition", 2),
+            ("UpdateService", 2),
+            ("ListTasks", 2),
+            ("DescribeTasks", 2),
+        ])
+    );
+    // Every look in between is a poll of two calls.
+    for (at, c, r) in &change.looks {
+        if !r.acted && c.keys().all(|op| LOOK.contains(op)) {
+            assert_eq!(c.values().sum::<u64>(), 2, "look at {at:?}");
+        }
+    }
+    let polls = change
+        .looks
+        .iter()
+        .filter(|(_, c, r)| !r.acted && c.len() == 2)
+        .count();
+    assert!(polls >= 5, "{polls} polls");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stack_update_costs_five_calls_per_service_beyond_its_looks() {
+    let h = Harness::stack_first("ECSExec: \"No\"\n", SimSettings::default());
+    let mut rec = warmed(&h).await;
+    let change = change_to(&h, &mut rec, "Yes").await;
+    // One UpdateStack for both services; the stack's resources listed again when it starts
+    // updating and when it settles, its template once; the revisions CloudFormation
+    // registered described once each; each service's tasks listed once at the end (both end
+    // together: one DescribeTasks).
+    assert_eq!(
+        change.beyond_looks(),
+        calls(&[
+            ("UpdateStack", 1),
+            ("ListStackResources", 2),
+            ("GetTemplate", 1),
+            ("DescribeTaskDefinition", 2),
+            ("ListTasks", 2),
+            ("DescribeTasks", 1),
+        ])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn polls_follow_the_rollout_and_see_its_end_within_two_seconds() {
+    let h = Harness::new("ECSExec: \"No\"\n");
+    let mut rec = warmed(&h).await;
+    h.write_params("ECSExec: \"Yes\"\n");
+    let settled = |sim: &SimRack| {
+        sim.updates().len() == 2
+            && ["ServiceWebApi", "ServiceMonitorApi"].iter().all(|s| {
+                sim.service_snapshot(s)
+                    .is_some_and(|x| x.deployments.len() == 1 && !x.rolling())
+            })
+    };
+    let mut trigger = Trigger::ParamsChanged;
+    let mut settled_at = None;
+    let mut gaps = Vec::new();
+    loop {
+        let r = rec.reconcile(trigger).await;
+        trigger = Trigger::Timer;
+        if ecs_exec(&r) == Some(Phase::Converged) {
+            let since_end = settled_at.map(|t: tokio::time::Instant| t.elapsed());
+            assert!(
+                since_end.is_some_and(|d| d <= Duration::from_secs(2)),
+                "the end seen {since_end:?} after it"
+            );
+            break;
+        }
+        gaps.push(r.next);
+        // Step through the pause in tenths of a second to see when the rollouts end.
+        let wake = tokio::time::Instant::now() + r.next;
+        while tokio::time::Instant::now() < wake {
+            let_pass(Duration::from_millis(100)).await;
+            if settled_at.is_none() && settled(&h.sim) {
+                settled_at = Some(tokio::time::Instant::now());
+            }
+        }
+    }
+    assert!(
+        gaps.iter().all(|g| *g >= Duration::from_secs(1)),
+        "never more than one poll a second: {gaps:?}"
+    );
+    // The second rollout is paced by what the first showed: no poll before its first task
+    // can be running.
+    assert!(gaps.iter().any(|g| *g > Duration::from_secs(2)), "{gaps:?}");
+}
