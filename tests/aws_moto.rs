@@ -489,3 +489,101 @@ impl Capture {
         }
     }
 }
+
+/// What a change costs against moto (with the rollouts it leaves out, see
+/// `tests/moto/ecs_rollouts.py`), counted by the adapter's call metric: a look at a converged
+/// rack is `DescribeStacks` and `DescribeServices`; a change costs five calls per service
+/// beyond the looks that follow it.
+#[tokio::test]
+async fn a_service_change_costs_five_calls_beyond_its_looks() {
+    let moto = Moto::start_with_rollouts().await;
+    let (cfn, ecs) = moto.clients().await;
+    let rack = rack_fixture::create(&moto).await;
+    // On a rack the services run their family's latest revision; the fixture's services run
+    // a richer one registered before the stack's own, which is retired here.
+    for (family, running) in [
+        ("convox-web", &rack.web_task_definition),
+        ("convox-monitor", &rack.monitor_task_definition),
+    ] {
+        for arn in rack_fixture::revisions(&ecs, family).await {
+            if arn != *running {
+                ecs.deregister_task_definition()
+                    .task_definition(arn)
+                    .send()
+                    .await
+                    .expect("deregister");
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let params = dir.path().join("params.yaml");
+    std::fs::write(&params, "ECSExec: \"No\"\n").expect("params");
+    let metrics = Metrics::new();
+    let aws = AwsRack::new(STACK, cfn, ecs, metrics.clone());
+    let mut rec = reconciler(aws, metrics.clone(), dir.path(), ServiceTarget::rack_api());
+    const OPS: &[&str] = &[
+        "DescribeStacks",
+        "ListStackResources",
+        "GetTemplate",
+        "DescribeServices",
+        "ListTasks",
+        "DescribeTasks",
+        "DescribeTaskDefinition",
+        "ListTaskDefinitions",
+        "RegisterTaskDefinition",
+        "UpdateService",
+    ];
+    let counts =
+        || -> Vec<(&str, u64)> { OPS.iter().map(|op| (*op, metrics.api_calls(op))).collect() };
+    let since = |before: &[(&'static str, u64)]| -> Vec<(&'static str, u64)> {
+        counts()
+            .into_iter()
+            .zip(before)
+            .map(|((op, n), (_, b))| (op, n - b))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    };
+    assert!(!rec.reconcile(Trigger::Startup).await.acted);
+
+    let before = counts();
+    rec.reconcile(Trigger::Timer).await;
+    assert_eq!(
+        since(&before),
+        vec![("DescribeStacks", 1), ("DescribeServices", 1)],
+        "a look at a converged rack"
+    );
+
+    std::fs::write(&params, "ECSExec: \"Yes\"\n").expect("params");
+    let before = counts();
+    let mut looks = 0;
+    loop {
+        let r = rec.reconcile(Trigger::Timer).await;
+        looks += 1;
+        if r.phases.get("ECSExec") == Some(&rack_reconciler::plan::Phase::Converged) {
+            break;
+        }
+        assert!(looks < 10, "{:?}", rec.status().get().parameters);
+    }
+    let beyond: Vec<(&str, u64)> = since(&before)
+        .into_iter()
+        .filter_map(|(op, n)| match op {
+            "DescribeStacks" | "DescribeServices" => {
+                assert_eq!(n, looks, "{op} once per look");
+                None
+            }
+            _ => Some((op, n)),
+        })
+        .collect();
+    // Per service: the family's revisions listed, the copy registered (its response proves
+    // it), the service pointed at it, its tasks listed once at the end (none run here, so
+    // nothing to describe).
+    assert_eq!(
+        beyond,
+        vec![
+            ("ListTasks", 2),
+            ("ListTaskDefinitions", 2),
+            ("RegisterTaskDefinition", 2),
+            ("UpdateService", 2),
+        ]
+    );
+}

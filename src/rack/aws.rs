@@ -175,7 +175,7 @@ impl AwsRack {
 
     /// Among the family's latest revisions, one equal to `want` (with `tags`); the revisions
     /// the adapter keeps (those the rack API ran or it registered) are compared without a
-    /// call.
+    /// call, the others described.
     async fn find_revision(
         &self,
         base: &str,
@@ -192,10 +192,20 @@ impl AwsRack {
         Ok(None)
     }
 
-    /// The ARNs of up to [`REUSE_CANDIDATES`] latest ACTIVE revisions of `family` other than
-    /// `base`, newest first, page by page. A family prefix also matches other families
-    /// (`convox-web`, `convox-webhooks`): their ARNs rule them out without a describe.
+    /// The ARNs of up to [`REUSE_CANDIDATES`] latest ACTIVE revisions of `family` that can
+    /// be a copy of `base`, newest first, page by page. ARNs rule out the others without a
+    /// describe: other families (a family prefix also matches `convox-webhooks`), and
+    /// revisions older than `base` that the adapter does not keep. A copy left by a run that
+    /// stopped before `UpdateService` is newer than `base`; an older copy that the rack API
+    /// ran (a label the stack put back) is kept. One missed costs a duplicate revision, not
+    /// a wrong one.
     async fn latest_revisions(&self, family: &str, base: &str) -> Result<Vec<String>, RackError> {
+        let base_revision = arn_revision(base);
+        let candidate = |a: &String| {
+            a != base
+                && arn_family(a) == Some(family)
+                && (arn_revision(a) > base_revision || self.kept(a).is_some())
+        };
         let mut found = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -214,14 +224,12 @@ impl AwsRack {
                         .send(),
                 )
                 .await?;
-            found.extend(
-                page.task_definition_arns
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|a| a != base && arn_family(a) == Some(family)),
-            );
+            let arns = page.task_definition_arns.unwrap_or_default();
+            // Newest first: a page that reaches `base` ends what can be newer.
+            let reached = arns.iter().any(|a| arn_revision(a) <= base_revision);
+            found.extend(arns.into_iter().filter(candidate));
             token = page.next_token;
-            if found.len() >= REUSE_CANDIDATES || token.is_none() {
+            if reached || found.len() >= REUSE_CANDIDATES || token.is_none() {
                 found.truncate(REUSE_CANDIDATES);
                 return Ok(found);
             }
@@ -582,6 +590,13 @@ fn read_after_write_retry() -> ExponentialBuilder {
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(2))
         .with_max_times(5)
+}
+
+/// The revision number in a task definition ARN; 0 when it has none.
+fn arn_revision(arn: &str) -> u32 {
+    arn.rsplit_once(':')
+        .and_then(|(_, r)| r.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The family in a task definition ARN (`...:task-definition/<family>:<revision>`).

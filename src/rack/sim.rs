@@ -661,12 +661,17 @@ impl SimRack {
         set_label(&mut want, label, Some(value));
         let want = comparable(&want);
         let family = body["family"].clone();
-        // As the AWS adapter: the family's 10 latest revisions other than `base`, newest
-        // first, each described unless kept, until one matches.
+        // As the AWS adapter: the family's 10 latest revisions that can be a copy of `base`
+        // (newer than it, or kept), newest first, each described unless kept, until one
+        // matches.
         let mut candidates: Vec<(u32, String)> = s
             .task_definitions
             .iter()
-            .filter(|(a, b)| b["family"] == family && a.as_str() != base)
+            .filter(|(a, b)| {
+                b["family"] == family
+                    && a.as_str() != base
+                    && (revision_of(a) > revision_of(base) || s.kept.contains(a.as_str()))
+            })
             .map(|(a, _)| (revision_of(a), a.clone()))
             .collect();
         candidates.sort_by_key(|(revision, _)| std::cmp::Reverse(*revision));

@@ -33,22 +33,36 @@ impl Moto {
             "moto is not installed at {bin}: run scripts/test (it creates .venv with moto[server]==5.2.5) \
              or set MOTO_SERVER"
         );
+        Self::start_program(&[&bin], env).await
+    }
+
+    /// A fresh server whose ECS completes a rollout at once and returns a new revision's tags
+    /// (`tests/moto/ecs_rollouts.py`): what moto leaves out of following a change to its end.
+    pub async fn start_with_rollouts() -> Moto {
+        let bin = moto_server();
+        let python = std::path::Path::new(&bin).with_file_name("python");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto/ecs_rollouts.py");
+        Self::start_program(&[&python.to_string_lossy(), script], &[]).await
+    }
+
+    async fn start_program(program: &[&str], env: &[(&str, &str)]) -> Moto {
         // The free port is found by binding and releasing it, so another process may take it
         // in between: try a few ports before giving up.
         for _ in 0..3 {
-            if let Some(moto) = Self::try_start(&bin, env).await {
+            if let Some(moto) = Self::try_start(program, env).await {
                 return moto;
             }
         }
-        panic!("moto_server did not start ({bin})");
+        panic!("moto_server did not start ({})", program.join(" "));
     }
 
-    async fn try_start(bin: &str, env: &[(&str, &str)]) -> Option<Moto> {
+    async fn try_start(program: &[&str], env: &[(&str, &str)]) -> Option<Moto> {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
             l.local_addr().expect("addr").port()
         };
-        let mut child = Command::new(bin)
+        let mut child = Command::new(program[0])
+            .args(&program[1..])
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .envs(env.iter().copied())
             .stdout(Stdio::null())
