@@ -1,22 +1,31 @@
-//! Benchmarks: speed, AWS API calls and memory of the reconcile loop on the simulated rack.
+//! Benchmarks: AWS calls, speed and memory of the controller on the simulated rack, whose calls
+//! are counted under the AWS operations they stand for (the AWS adapter makes the same).
 //!
-//! `cargo bench --bench reconcile`. Prints one table; asserts nothing about time.
+//! `cargo bench --bench reconcile`. Prints the README's table (markdown); asserts nothing
+//! about time. The call counts are asserted by `tests/sim_cost.rs`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rack_reconciler::config::Intervals;
 use rack_reconciler::exec::discover::Discovery;
 use rack_reconciler::metrics::Metrics;
 use rack_reconciler::model::{ServiceTarget, ECS_EXEC};
-use rack_reconciler::plan::{self, PlanContext};
-use rack_reconciler::rack::sim::{SimRack, SimSettings};
+use rack_reconciler::plan::{self, Phase, PlanContext};
+use rack_reconciler::rack::sim::{SimRack, SimSettings, SIM_ECSEXEC_VERSION};
 use rack_reconciler::reconcile::{Reconciler, Settings, Trigger};
 use rack_reconciler::status::StatusHandle;
 use rack_reconciler::templates::TemplateSource;
+use tokio::sync::{mpsc, watch};
+
+/// The public release, whose template does not declare `ECSExec` (the relabel path).
+const RELABEL_RELEASE: &str = "20260418101514";
 
 const OPERATIONS: &[&str] = &[
     "DescribeStacks",
     "ListStackResources",
+    "GetTemplate",
     "DescribeServices",
     "ListTasks",
     "DescribeTasks",
@@ -24,20 +33,25 @@ const OPERATIONS: &[&str] = &[
     "ListTaskDefinitions",
     "RegisterTaskDefinition",
     "UpdateService",
+    "UpdateStack",
 ];
 
+type Calls = BTreeMap<&'static str, u64>;
+
+/// The shipped default intervals (and the rest as `config/rack-reconciler.yaml` has them).
 fn settings(params: &std::path::Path) -> Settings {
+    let i = Intervals::default();
     Settings {
         targets: ServiceTarget::rack_api(),
         cluster_resource: "Cluster".into(),
         params_file: rack_reconciler::store::Location::File(params.to_path_buf()),
         status_file: None,
-        resync: Duration::from_secs(60),
-        poll: Duration::from_secs(5),
-        jitter: 0.1,
+        resync: i.resync,
+        poll: i.poll,
+        jitter: i.jitter,
         rollout_timeout: Duration::from_secs(1800),
-        min_reconcile: Duration::from_secs(1),
-        min_write: Duration::from_secs(10),
+        min_reconcile: i.min_reconcile,
+        min_write: i.min_write,
         failed_tasks_threshold: 3,
         reconcile_timeout: Duration::from_secs(120),
         backoff_min: Duration::from_secs(30),
@@ -49,123 +63,327 @@ fn settings(params: &std::path::Path) -> Settings {
     }
 }
 
-fn setup(dir: &std::path::Path, desired: &str) -> (Arc<SimRack>, Reconciler) {
-    let params = dir.join("params.yaml");
-    std::fs::write(&params, format!("ECSExec: \"{desired}\"\n")).expect("params");
+struct Setup {
+    sim: Arc<SimRack>,
+    rec: Reconciler,
+    params: std::path::PathBuf,
+}
+
+fn setup(dir: &std::path::Path, version: &str, sim: SimSettings, tune: fn(&mut Settings)) -> Setup {
+    let params = dir.join(format!("params-{}.yaml", fastrand::u64(..)));
+    std::fs::write(&params, "ECSExec: \"No\"\n").expect("params");
     let sim = Arc::new(SimRack::new(SimSettings {
-        // The relabel path: the release whose template predates ECSExec.
-        version: "20260418101514".into(),
+        version: version.into(),
         rack: "convox".into(),
         region: "us-east-1".into(),
-        ..SimSettings::default()
+        ..sim
     }));
     let metrics = Metrics::new();
     sim.set_metrics(metrics.clone());
-    let rec = Reconciler::new(
-        sim.clone(),
-        settings(&params),
-        metrics,
-        StatusHandle::default(),
-    );
-    (sim, rec)
+    let mut s = settings(&params);
+    tune(&mut s);
+    let rec = Reconciler::new(sim.clone(), s, metrics, StatusHandle::default());
+    Setup { sim, rec, params }
 }
 
-fn calls(sim: &SimRack) -> Vec<(&'static str, u64)> {
-    OPERATIONS
-        .iter()
-        .map(|op| (*op, sim.calls(op)))
+fn counts(sim: &SimRack) -> Calls {
+    OPERATIONS.iter().map(|op| (*op, sim.calls(op))).collect()
+}
+
+fn since(sim: &SimRack, before: &Calls) -> Calls {
+    counts(sim)
+        .into_iter()
+        .map(|(op, n)| (op, n - before[op]))
         .filter(|(_, n)| *n > 0)
         .collect()
 }
 
-fn rss_kib() -> u64 {
+fn total(c: &Calls) -> u64 {
+    c.values().sum()
+}
+
+fn list(c: &Calls) -> String {
+    c.iter()
+        .map(|(op, n)| format!("{n} `{op}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ecs_exec(r: &rack_reconciler::reconcile::Report) -> Option<Phase> {
+    r.phases.get("ECSExec").copied()
+}
+
+/// One No→Yes change on a warmed controller, on tokio's paused clock: the calls beyond the
+/// two reads of every look, and the polls (looks that wrote nothing, before convergence):
+/// how many, and how many of them made only the two reads.
+struct ChangeCost {
+    beyond: Calls,
+    looks: u64,
+    polls: u64,
+    bare_polls: u64,
+    simulated: Duration,
+}
+
+async fn change_cost(version: &str) -> ChangeCost {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Setup {
+        sim,
+        mut rec,
+        params,
+    } = setup(dir.path(), version, SimSettings::default(), |_| {});
+    rec.reconcile(Trigger::Startup).await;
+    std::fs::write(&params, "ECSExec: \"Yes\"\n").expect("params");
+    let start = tokio::time::Instant::now();
+    let before = counts(&sim);
+    let (mut looks, mut polls, mut bare_polls) = (0, 0, 0);
+    let mut trigger = Trigger::ParamsChanged;
+    loop {
+        let b = counts(&sim);
+        let r = rec.reconcile(trigger).await;
+        trigger = Trigger::Timer;
+        looks += 1;
+        let c = since(&sim, &b);
+        if !r.acted && ecs_exec(&r) != Some(Phase::Converged) {
+            polls += 1;
+            bare_polls += u64::from(total(&c) == 2);
+        }
+        if ecs_exec(&r) == Some(Phase::Converged) || looks > 1000 {
+            break;
+        }
+        tokio::time::sleep(r.next).await;
+    }
+    let mut beyond = since(&sim, &before);
+    for op in ["DescribeStacks", "DescribeServices"] {
+        if let Some(n) = beyond.get_mut(op) {
+            *n -= looks;
+        }
+    }
+    beyond.retain(|_, n| *n > 0);
+    ChangeCost {
+        beyond,
+        looks,
+        polls,
+        bare_polls,
+        simulated: start.elapsed(),
+    }
+}
+
+/// Calls in one idle hour of a converged rack at the default intervals (paused clock).
+async fn idle_hour() -> (Calls, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Setup { sim, mut rec, .. } =
+        setup(dir.path(), RELABEL_RELEASE, SimSettings::default(), |_| {});
+    rec.reconcile(Trigger::Startup).await;
+    let before = counts(&sim);
+    let end = tokio::time::Instant::now() + Duration::from_secs(3600);
+    let mut looks = 0;
+    while tokio::time::Instant::now() < end {
+        let r = rec.reconcile(Trigger::Timer).await;
+        looks += 1;
+        tokio::time::sleep(r.next).await;
+    }
+    (since(&sim, &before), looks)
+}
+
+fn paused() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("runtime")
+}
+
+/// Params edit → the first `UpdateService` of the change, on the real clock: the `run` loop
+/// with the file watcher (debounce at its default), `ECSExec` flipped 100 times, each edit
+/// once the previous change has converged. The write cooldown (`intervals.min_write`, which
+/// holds back a second write to a service on purpose) is off, tasks start in 50 ms.
+fn edit_to_first_write(edits: usize) -> Vec<Duration> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sim = SimSettings {
+            task_start: Duration::from_millis(50),
+            ..SimSettings::default()
+        };
+        let Setup { sim, rec, params } = setup(dir.path(), RELABEL_RELEASE, sim, |s| {
+            s.min_write = Duration::ZERO;
+        });
+        let status = rec.status();
+        let (tx, rx) = mpsc::channel(1);
+        let _watcher =
+            rack_reconciler::watch::watch_params(&params, Intervals::default().debounce, tx)
+                .expect("watch");
+        let (stop, stopped) = watch::channel(false);
+        let run = tokio::spawn(rec.run(rx, stopped));
+        let converged = |want: &str| {
+            let s = status.get();
+            s.parameter("ECSExec")
+                .is_some_and(|p| p.phase == Phase::Converged && p.desired.as_deref() == Some(want))
+        };
+        while !converged("No") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut latencies = Vec::with_capacity(edits);
+        for i in 0..edits {
+            let want = if i % 2 == 0 { "Yes" } else { "No" };
+            let updates = sim.updates().len();
+            let edited = Instant::now();
+            std::fs::write(&params, format!("ECSExec: \"{want}\"\n")).expect("edit");
+            let first = loop {
+                if let Some(u) = sim.updates().get(updates) {
+                    break u.at.into_std();
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            };
+            latencies.push(first.saturating_duration_since(edited));
+            while !converged(want) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let _ = stop.send(true);
+        let _ = run.await;
+        latencies
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Peak RSS (`VmHWM`, KiB) of this process.
+fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with("VmHWM:"))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
         })
         .unwrap_or(0)
 }
 
+/// In a process of its own (the bench re-runs itself with `--run-rss`): the `run` loop on a
+/// paused clock until it has made `n` reconciles of a converged rack at the default
+/// intervals, then the process's peak RSS.
+fn run_rss(n: u64) {
+    paused().block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Setup { sim, rec, .. } =
+            setup(dir.path(), RELABEL_RELEASE, SimSettings::default(), |_| {});
+        let (_tx, rx) = mpsc::channel(1);
+        let (stop, stopped) = watch::channel(false);
+        let run = tokio::spawn(rec.run(rx, stopped));
+        while sim.calls("DescribeStacks") < n {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        let _ = stop.send(true);
+        let _ = run.await;
+        println!("{} {}", sim.calls("DescribeStacks"), peak_rss_kib());
+    });
+}
+
+fn run_rss_in_child(n: u64) -> (u64, u64) {
+    let exe = std::env::current_exe().expect("current exe");
+    let out = std::process::Command::new(exe)
+        .args(["--bench", "--run-rss", &n.to_string()])
+        .output()
+        .expect("run the RSS measurement");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|x| x.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
 fn main() {
     // `cargo bench` passes --bench; test runners that list or run every target (`cargo test
     // --all-targets`, nextest's `--list`) do not, and get nothing to run.
-    if !std::env::args().any(|a| a == "--bench") {
+    let args: Vec<String> = std::env::args().collect();
+    if !args.iter().any(|a| a == "--bench") {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
+    if let Some(i) = args.iter().position(|a| a == "--run-rss") {
+        let n = args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        return run_rss(n);
+    }
+    let mut rows: Vec<(String, String)> = Vec::new();
 
-    // 1. A full No → Yes rollout, on a paused clock: calls, writes and simulated time.
-    let paused = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    paused.block_on(async {
-        let (sim, mut rec) = setup(dir.path(), "Yes");
-        let start = tokio::time::Instant::now();
-        let mut runs = 0;
-        loop {
-            let r = rec.reconcile(Trigger::Timer).await;
-            runs += 1;
-            if r.is_final() || runs > 1000 {
-                break;
-            }
-            tokio::time::sleep(r.next).await;
-        }
-        println!("converge No→Yes (simulated rack, 2 services):");
-        println!("  reconciles             {runs}");
-        println!(
-            "  simulated time         {:?}",
-            tokio::time::Instant::now() - start
-        );
-        println!("  writes                 {}", sim.writes());
-        for (op, n) in calls(&sim) {
-            println!("  calls {op:<22} {n}");
-        }
-    });
+    // 1. Calls, at the default intervals, on tokio's paused clock.
+    let rt = paused();
+    for (path, version) in [
+        ("relabel", RELABEL_RELEASE),
+        ("stack update", SIM_ECSEXEC_VERSION),
+    ] {
+        let c = rt.block_on(change_cost(version));
+        rows.push((
+            format!("AWS calls per service change, beyond the looks ({path}, No→Yes, 2 services)"),
+            format!(
+                "{:.1} ({} in all: {})",
+                total(&c.beyond) as f64 / 2.0,
+                total(&c.beyond),
+                list(&c.beyond)
+            ),
+        ));
+        rows.push((
+            format!("AWS calls per poll ({path})"),
+            format!(
+                "2 (`DescribeStacks`, `DescribeServices`) in {} of {} polls; the others also \
+                 made reads of the change counted above ({} looks in {:?} of rollouts)",
+                c.bare_polls, c.polls, c.looks, c.simulated
+            ),
+        ));
+    }
+    let (idle, looks) = rt.block_on(idle_hour());
+    rows.push((
+        "AWS calls per idle hour (converged, `resync: 5m` ±10%)".into(),
+        format!("{} ({looks} looks: {})", total(&idle), list(&idle)),
+    ));
 
-    // 2. Steady state: a converged rack, reconciled back to back on the real clock.
+    // 2. Edit → first write on the real clock.
+    let mut lat = edit_to_first_write(100);
+    lat.sort();
+    rows.push((
+        "params edit → first write (100 edits, real clock, `debounce: 50ms`)".into(),
+        format!(
+            "p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            percentile(&lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&lat, 0.99).as_secs_f64() * 1e3,
+            percentile(&lat, 1.0).as_secs_f64() * 1e3
+        ),
+    ));
+
+    // 3. Memory: the `run` loop's peak RSS after 10,000 reconciles.
+    let (reconciles, peak) = run_rss_in_child(10_000);
+    rows.push((
+        format!("peak RSS of `run` after {reconciles} reconciles (sim, in a process of its own)"),
+        format!("{:.1} MiB", peak as f64 / 1024.0),
+    ));
+
+    // 4. Speed of a converged look and of the planner, on the real clock.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let (sim, mut rec) = setup(dir.path(), "No");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Setup { mut rec, .. } =
+            setup(dir.path(), RELABEL_RELEASE, SimSettings::default(), |_| {});
         rec.reconcile(Trigger::Startup).await;
-        let before = calls(&sim);
         let n = 5_000;
         let t = Instant::now();
         for _ in 0..n {
             rec.reconcile(Trigger::Timer).await;
         }
-        let per = t.elapsed() / n;
-        let after = calls(&sim);
-        println!("steady state (converged, {n} reconciles):");
-        println!("  time per reconcile     {per:?}");
-        for ((op, a), (_, b)) in after.iter().zip(before.iter()) {
-            println!(
-                "  calls {op:<22} {:.2} per reconcile",
-                (a - b) as f64 / f64::from(n)
-            );
-        }
-
-        // 3. Memory: RSS growth over many reconciles (a leak shows here).
-        let rss0 = rss_kib();
-        for _ in 0..20_000 {
-            rec.reconcile(Trigger::Timer).await;
-        }
-        let rss1 = rss_kib();
-        println!("memory:");
-        println!("  RSS after warm-up      {rss0} KiB");
-        println!(
-            "  RSS after 20k more     {rss1} KiB ({:+} KiB)",
-            rss1 as i64 - rss0 as i64
-        );
-
-        // 4. The pure planner alone.
+        rows.push((
+            "time per reconcile (sim, converged)".into(),
+            format!("{:?}", t.elapsed() / n),
+        ));
         let observed = rec.observe().await.expect("observe");
         let ctx = PlanContext {
             now: std::time::SystemTime::now(),
@@ -182,24 +400,32 @@ fn main() {
         };
         let n = 200_000u32;
         let t = Instant::now();
-        let mut converged = 0;
         for _ in 0..n {
-            let d = plan::plan(&ECS_EXEC, std::hint::black_box("No"), &observed, &ctx);
-            converged += usize::from(d.phase == plan::Phase::Converged);
+            std::hint::black_box(plan::plan(
+                &ECS_EXEC,
+                std::hint::black_box("No"),
+                &observed,
+                &ctx,
+            ));
         }
-        println!("planner:");
-        println!(
-            "  time per decision      {:?} ({converged} converged)",
-            t.elapsed() / n
-        );
+        rows.push((
+            "time per planner decision".into(),
+            format!("{:?}", t.elapsed() / n),
+        ));
     });
 
     // 5. Exec readiness of a rack with 200 apps of 3 services with 3 tasks each.
-    rt.block_on(exec_readiness(200));
+    rows.push(rt.block_on(exec_readiness(200)));
+
+    println!("| measure | result |");
+    println!("| --- | --- |");
+    for (measure, result) in rows {
+        println!("| {measure} | {result} |");
+    }
 }
 
 /// Calls per look against the batching minimum, and the time a look takes.
-async fn exec_readiness(apps: usize) {
+async fn exec_readiness(apps: usize) -> (String, String) {
     let sim = SimRack::new(SimSettings {
         rack: "convox".into(),
         region: "us-east-1".into(),
@@ -214,19 +440,16 @@ async fn exec_readiness(apps: usize) {
             .sum()
     };
     let mut discovery = Discovery::default();
-    let t = Instant::now();
     let r = discovery
         .run(&sim, "convox", None, std::time::SystemTime::now())
         .await
         .expect("look");
-    let first_time = t.elapsed();
     let first = total(&sim);
     let (services, tasks) = (apps * 3, r.verdicts.len());
     // One listing page per 100 stacks (the rack's own and each service's nested stack among
-    // them), DescribeServices per 10,
-    // ListTasks and DescribeTasks per 100, one DescribeContainerInstances per 100 instances
-    // (the generated rack has one), one role check per app role; the first look also reads
-    // each task definition once.
+    // them), DescribeServices per 10, ListTasks and DescribeTasks per 100, one
+    // DescribeContainerInstances per 100 instances (the generated rack has one), one role
+    // check per app role; the first look also reads each task definition once.
     let steady_min =
         (apps + 1).div_ceil(100) + services.div_ceil(10) + 2 * tasks.div_ceil(100) + 1 + apps;
     let first_min = steady_min + services;
@@ -240,14 +463,11 @@ async fn exec_readiness(apps: usize) {
     }
     let per = t.elapsed() / n;
     let steady = (total(&sim) - first) / u64::from(n);
-    let pct = |calls: u64, min: usize| 100.0 * (calls as f64 - min as f64) / min as f64;
-    println!("exec readiness ({apps} apps x 3 services x 3 tasks = {tasks} tasks):");
-    println!(
-        "  first look             {first} calls (batching minimum {first_min}, {:+.1}%), {first_time:?}",
-        pct(first, first_min)
-    );
-    println!(
-        "  each later look        {steady} calls (batching minimum {steady_min}, {:+.1}%), {per:?}",
-        pct(steady, steady_min)
-    );
+    (
+        format!("exec readiness, {apps} apps × 3 services × 3 tasks ({tasks} tasks)"),
+        format!(
+            "first look {first} calls (batching minimum {first_min}), each later look {steady} \
+             (minimum {steady_min}), {per:?} a look"
+        ),
+    )
 }

@@ -1406,7 +1406,7 @@ impl Reconciler {
         let mut last_triggered: Option<tokio::time::Instant> = None;
         loop {
             let started = tokio::time::Instant::now();
-            if trigger != Trigger::Timer {
+            if matches!(trigger, Trigger::ParamsChanged | Trigger::LeaseAcquired) {
                 last_triggered = Some(started);
             }
             let Some(report) = self.reconcile_unless_stopped(trigger, &mut shutdown).await else {
