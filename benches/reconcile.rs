@@ -4,7 +4,6 @@
 //! `cargo bench --bench reconcile`. Prints the README's table (markdown); asserts nothing
 //! about time. The call counts are asserted by `tests/sim_cost.rs`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use rack_reconciler::exec::discover::Discovery;
 use rack_reconciler::metrics::Metrics;
 use rack_reconciler::model::{ServiceTarget, ECS_EXEC};
 use rack_reconciler::plan::{self, Phase, PlanContext};
-use rack_reconciler::rack::sim::{SimRack, SimSettings, SIM_ECSEXEC_VERSION};
+use rack_reconciler::rack::sim::{Calls, SimRack, SimSettings, SIM_ECSEXEC_VERSION};
 use rack_reconciler::reconcile::{Reconciler, Settings, Trigger};
 use rack_reconciler::status::StatusHandle;
 use rack_reconciler::templates::TemplateSource;
@@ -21,22 +20,6 @@ use tokio::sync::{mpsc, watch};
 
 /// The public release, whose template does not declare `ECSExec` (the relabel path).
 const RELABEL_RELEASE: &str = "20260418101514";
-
-const OPERATIONS: &[&str] = &[
-    "DescribeStacks",
-    "ListStackResources",
-    "GetTemplate",
-    "DescribeServices",
-    "ListTasks",
-    "DescribeTasks",
-    "DescribeTaskDefinition",
-    "ListTaskDefinitions",
-    "RegisterTaskDefinition",
-    "UpdateService",
-    "UpdateStack",
-];
-
-type Calls = BTreeMap<&'static str, u64>;
 
 /// The shipped default intervals (and the rest as `config/rack-reconciler.yaml` has them).
 fn settings(params: &std::path::Path) -> Settings {
@@ -86,18 +69,6 @@ fn setup(dir: &std::path::Path, version: &str, sim: SimSettings, tune: fn(&mut S
     Setup { sim, rec, params }
 }
 
-fn counts(sim: &SimRack) -> Calls {
-    OPERATIONS.iter().map(|op| (*op, sim.calls(op))).collect()
-}
-
-fn since(sim: &SimRack, before: &Calls) -> Calls {
-    counts(sim)
-        .into_iter()
-        .map(|(op, n)| (op, n - before[op]))
-        .filter(|(_, n)| *n > 0)
-        .collect()
-}
-
 fn total(c: &Calls) -> u64 {
     c.values().sum()
 }
@@ -134,15 +105,15 @@ async fn change_cost(version: &str) -> ChangeCost {
     rec.reconcile(Trigger::Startup).await;
     std::fs::write(&params, "ECSExec: \"Yes\"\n").expect("params");
     let start = tokio::time::Instant::now();
-    let before = counts(&sim);
+    let before = sim.call_counts();
     let (mut looks, mut polls, mut bare_polls) = (0, 0, 0);
     let mut trigger = Trigger::ParamsChanged;
     loop {
-        let b = counts(&sim);
+        let b = sim.call_counts();
         let r = rec.reconcile(trigger).await;
         trigger = Trigger::Timer;
         looks += 1;
-        let c = since(&sim, &b);
+        let c = sim.calls_since(&b);
         if !r.acted && ecs_exec(&r) != Some(Phase::Converged) {
             polls += 1;
             bare_polls += u64::from(total(&c) == 2);
@@ -152,7 +123,7 @@ async fn change_cost(version: &str) -> ChangeCost {
         }
         tokio::time::sleep(r.next).await;
     }
-    let mut beyond = since(&sim, &before);
+    let mut beyond = sim.calls_since(&before);
     for op in ["DescribeStacks", "DescribeServices"] {
         if let Some(n) = beyond.get_mut(op) {
             *n -= looks;
@@ -174,7 +145,7 @@ async fn idle_hour() -> (Calls, u64) {
     let Setup { sim, mut rec, .. } =
         setup(dir.path(), RELABEL_RELEASE, SimSettings::default(), |_| {});
     rec.reconcile(Trigger::Startup).await;
-    let before = counts(&sim);
+    let before = sim.call_counts();
     let end = tokio::time::Instant::now() + Duration::from_secs(3600);
     let mut looks = 0;
     while tokio::time::Instant::now() < end {
@@ -182,7 +153,7 @@ async fn idle_hour() -> (Calls, u64) {
         looks += 1;
         tokio::time::sleep(r.next).await;
     }
-    (since(&sim, &before), looks)
+    (sim.calls_since(&before), looks)
 }
 
 fn paused() -> tokio::runtime::Runtime {

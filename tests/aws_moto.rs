@@ -521,20 +521,12 @@ async fn a_service_change_costs_five_calls_beyond_its_looks() {
     let metrics = Metrics::new();
     let aws = AwsRack::new(STACK, cfn, ecs, metrics.clone());
     let mut rec = reconciler(aws, metrics.clone(), dir.path(), ServiceTarget::rack_api());
-    const OPS: &[&str] = &[
-        "DescribeStacks",
-        "ListStackResources",
-        "GetTemplate",
-        "DescribeServices",
-        "ListTasks",
-        "DescribeTasks",
-        "DescribeTaskDefinition",
-        "ListTaskDefinitions",
-        "RegisterTaskDefinition",
-        "UpdateService",
-    ];
-    let counts =
-        || -> Vec<(&str, u64)> { OPS.iter().map(|op| (*op, metrics.api_calls(op))).collect() };
+    let counts = || -> Vec<(&str, u64)> {
+        rack_reconciler::rack::sim::OPERATIONS
+            .iter()
+            .map(|op| (*op, metrics.api_calls(op)))
+            .collect()
+    };
     let since = |before: &[(&'static str, u64)]| -> Vec<(&'static str, u64)> {
         counts()
             .into_iter()

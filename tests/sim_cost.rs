@@ -4,45 +4,16 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{ecs_exec, let_pass, run_for, Harness};
 use rack_reconciler::config::Intervals;
 use rack_reconciler::plan::Phase;
-use rack_reconciler::rack::sim::{SimRack, SimSettings};
+use rack_reconciler::rack::sim::{Calls, SimRack, SimSettings};
 use rack_reconciler::reconcile::{Reconciler, Report, Settings, Trigger};
-
-type Calls = BTreeMap<&'static str, u64>;
-
-const OPERATIONS: &[&str] = &[
-    "DescribeStacks",
-    "ListStackResources",
-    "GetTemplate",
-    "DescribeServices",
-    "ListTasks",
-    "DescribeTasks",
-    "DescribeTaskDefinition",
-    "ListTaskDefinitions",
-    "RegisterTaskDefinition",
-    "UpdateService",
-    "UpdateStack",
-];
 
 /// The two reads every look makes.
 const LOOK: &[&str] = &["DescribeStacks", "DescribeServices"];
-
-fn counts(sim: &SimRack) -> Calls {
-    OPERATIONS.iter().map(|op| (*op, sim.calls(op))).collect()
-}
-
-fn since(sim: &SimRack, before: &Calls) -> Calls {
-    counts(sim)
-        .into_iter()
-        .map(|(op, n)| (op, n - before[op]))
-        .filter(|(_, n)| *n > 0)
-        .collect()
-}
 
 fn calls(pairs: &[(&'static str, u64)]) -> Calls {
     pairs.iter().copied().collect()
@@ -103,11 +74,11 @@ async fn change_to(h: &Harness, rec: &mut Reconciler, value: &str) -> Change {
     let mut looks = Vec::new();
     let mut trigger = Trigger::ParamsChanged;
     for _ in 0..500 {
-        let before = counts(&h.sim);
+        let before = h.sim.call_counts();
         let r = rec.reconcile(trigger).await;
         trigger = Trigger::Timer;
         let (next, done) = (r.next, ecs_exec(&r) == Some(Phase::Converged));
-        looks.push((start.elapsed(), since(&h.sim, &before), r));
+        looks.push((start.elapsed(), h.sim.calls_since(&before), r));
         if done {
             return Change { looks };
         }
@@ -120,12 +91,12 @@ async fn change_to(h: &Harness, rec: &mut Reconciler, value: &str) -> Change {
 async fn a_converged_rack_costs_two_calls_a_resync_and_under_30_an_hour() {
     let h = Harness::new("ECSExec: \"No\"\n");
     let mut rec = warmed(&h).await;
-    let before = counts(&h.sim);
+    let before = h.sim.call_counts();
     let reports = run_for(&mut rec, Duration::from_secs(3600)).await;
     let runs = reports.len() as u64;
     assert!(reports.iter().all(|r| r.next >= Duration::from_secs(270)));
     assert_eq!(
-        since(&h.sim, &before),
+        h.sim.calls_since(&before),
         calls(&[("DescribeStacks", runs), ("DescribeServices", runs)]),
         "nothing but the stack and the services"
     );

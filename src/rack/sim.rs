@@ -66,6 +66,9 @@ pub const OPERATIONS: &[&str] = &[
     "DescribeVpcEndpoints",
 ];
 
+/// Calls by operation.
+pub type Calls = BTreeMap<&'static str, u64>;
+
 /// The operation named `name`, if the simulated rack answers it.
 pub fn operation(name: &str) -> Option<&'static str> {
     OPERATIONS.iter().copied().find(|op| *op == name)
@@ -707,6 +710,25 @@ impl SimRack {
     /// Calls made so far, by operation.
     pub fn calls(&self, operation: &str) -> u64 {
         self.lock().calls.get(operation).copied().unwrap_or(0)
+    }
+
+    /// Calls made so far of every operation (see [`OPERATIONS`]), by operation.
+    pub fn call_counts(&self) -> Calls {
+        let s = self.lock();
+        OPERATIONS
+            .iter()
+            .map(|op| (*op, s.calls.get(op).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// The calls made since `before` (from [`SimRack::call_counts`]), operations not called
+    /// left out.
+    pub fn calls_since(&self, before: &Calls) -> Calls {
+        self.call_counts()
+            .into_iter()
+            .map(|(op, n)| (op, n - before.get(op).copied().unwrap_or(0)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Every `UpdateService` accepted so far, in order.
