@@ -84,9 +84,10 @@ fn done(td: String) -> Dep {
     }
 }
 
-/// A service as `DescribeServices` shows it; `failed` tasks of its primary deployment stopped
-/// (ECS counts them with or without a circuit breaker).
-fn service(name: &str, arn: &str, deps: &[Dep], failed: usize) -> Service {
+/// A service as `DescribeServices` shows it. Its deployments count no failed tasks: without a
+/// circuit breaker ECS need not count them (and resets the count once a task ran), so the
+/// stopped tasks are what shows a rollout failing.
+fn service(name: &str, arn: &str, deps: &[Dep]) -> Service {
     let lb = (name == "convox-web").then(|| {
         aws_sdk_ecs::types::LoadBalancer::builder()
             .target_group_arn(TARGET_GROUP)
@@ -131,7 +132,7 @@ fn service(name: &str, arn: &str, deps: &[Dep], failed: usize) -> Service {
                         .desired_count(2)
                         .running_count(d.running)
                         .pending_count(0)
-                        .failed_tasks(if d.primary { failed as i32 } else { 0 })
+                        .failed_tasks(0)
                         .rollout_state(d.state.clone())
                         .rollout_state_reason(d.reason)
                         .created_at(DateTime::from(created))
@@ -206,13 +207,8 @@ fn mocked_with(initial: Scenario, faults: Faults) -> Mocked {
     let services = mock!(aws_sdk_ecs::Client::describe_services).then_compute_output(move |_| {
         let sc = s.lock().expect("scenario").clone();
         DescribeServicesOutput::builder()
-            .services(service(
-                "convox-web",
-                WEB_ARN,
-                &sc.web,
-                sc.web_stopped.len(),
-            ))
-            .services(service("convox-monitor", MON_ARN, &sc.monitor, 0))
+            .services(service("convox-web", WEB_ARN, &sc.web))
+            .services(service("convox-monitor", MON_ARN, &sc.monitor))
             .build()
     });
     let s = scenario.clone();

@@ -5,7 +5,7 @@
 //! once a service's single deployment says it is done (a listing proves every running task
 //! is on its revision, and that proof holds while the deployment does), and the stopped tasks
 //! only while a rollout shows failures or runs long (the rack API has no circuit breaker: the
-//! tasks a rollout keeps stopping are how it fails).
+//! tasks a rollout keeps stopping are how it fails; once it showed one, at every look).
 
 use std::time::{Duration, SystemTime};
 
@@ -110,9 +110,12 @@ pub fn task_need(s: &ServiceSnapshot, memory: &TaskMemory, now: SystemTime) -> T
         .stopped_read
         .as_ref()
         .filter(|r| r.deployment == primary.id);
+    // ECS's failed task count may stay 0 (it resets once a task of the deployment ran), so a
+    // rollout that showed a failed task of its own is read at every look until it ends.
     let read = match last {
         Some(r) => {
-            primary.failed_tasks > r.failed_tasks
+            primary.failed_tasks != r.failed_tasks
+                || r.tasks.iter().any(|t| t.launched_by(primary) && t.failed())
                 || now.duration_since(r.at).unwrap_or_default() >= STOPPED_EVERY
         }
         None => primary.failed_tasks > 0 || age >= STOPPED_AFTER,
@@ -297,22 +300,26 @@ mod tests {
         draining.deployments.push(old);
         let mut inactive = done.clone();
         inactive.status = "DRAINING".into();
-        let read_at_40 = StoppedRead {
-            deployment: "d1".into(),
-            at: at(40),
-            failed_tasks: 1,
-            tasks: vec![StoppedTask {
-                task_definition: "td:2".into(),
-                started_by: Some("d1".into()),
-                stopped_reason: Some("Essential container in task exited".into()),
-                stop_code: Some("EssentialContainerExited".into()),
-                created_at: at(20),
-            }],
+        let stopped = |code: &str, reason: &str| StoppedTask {
+            task_definition: "td:2".into(),
+            started_by: Some("d1".into()),
+            stopped_reason: Some(reason.into()),
+            stop_code: Some(code.into()),
+            created_at: at(20),
         };
-        let recent = TaskMemory {
-            stopped_read: Some(read_at_40.clone()),
+        let read_at_40 = |failed_tasks, task: StoppedTask| TaskMemory {
+            stopped_read: Some(StoppedRead {
+                deployment: "d1".into(),
+                at: at(40),
+                failed_tasks,
+                tasks: vec![task],
+            }),
             ..TaskMemory::default()
         };
+        let scaled_in = stopped("ServiceSchedulerInitiated", "Scaling activity initiated");
+        let quiet = read_at_40(0, scaled_in.clone());
+        let reset = read_at_40(2, scaled_in.clone());
+        let failing = read_at_40(0, stopped("EssentialContainerExited", "exited"));
         let none = TaskMemory::default();
         let proven = TaskNeed::Known(ServiceTasks {
             running: proof("d1", "td:2").proof.map(|p| p.tasks).unwrap_or_default(),
@@ -321,7 +328,7 @@ mod tests {
         let nothing = TaskNeed::Known(ServiceTasks::default());
         let read_before = TaskNeed::Known(ServiceTasks {
             running: vec![],
-            stopped: read_at_40.tasks.clone(),
+            stopped: vec![scaled_in],
         });
         let cases: Vec<(&str, ServiceSnapshot, TaskMemory, u64, TaskNeed)> = vec![
             ("done, never listed: read once", done.clone(), none.clone(), 100, READ_RUNNING),
@@ -333,9 +340,11 @@ mod tests {
             ("rolling, young, no failures", rolling(0, 0), none.clone(), 10, nothing.clone()),
             ("rolling with failed tasks", rolling(0, 1), none.clone(), 10, READ_STOPPED),
             ("rolling long: stopped read", rolling(1, 0), none.clone(), 31, READ_STOPPED),
-            ("read 20 s ago, no new failure: kept", rolling(0, 1), recent.clone(), 60, read_before),
-            ("read 20 s ago, a new failure", rolling(0, 2), recent.clone(), 60, READ_STOPPED),
-            ("read 30 s ago", rolling(0, 1), recent, 70, READ_STOPPED),
+            ("read 20 s ago, nothing failed: kept", rolling(1, 0), quiet.clone(), 60, read_before),
+            ("read 20 s ago, the failed count grew", rolling(1, 1), quiet.clone(), 60, READ_STOPPED),
+            ("read 20 s ago, the failed count reset", rolling(1, 0), reset, 60, READ_STOPPED),
+            ("a failed task seen: every look", rolling(1, 0), failing, 45, READ_STOPPED),
+            ("read 30 s ago", rolling(1, 0), quiet, 70, READ_STOPPED),
         ];
         for (name, s, memory, now, want) in cases {
             assert_eq!(task_need(&s, &memory, at(now)), want, "{name}");

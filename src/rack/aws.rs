@@ -61,7 +61,9 @@ pub struct AwsRack {
     ecs: EcsClient,
     metrics: Metrics,
     /// Full task definitions (with their tags) by ARN, most recently used last. Revisions
-    /// are immutable. They hold environment values: kept in memory only, never formatted.
+    /// are immutable; their tags are not, but a relabel copies the tags as first read (a tag
+    /// changed on the running revision since is not copied while it is kept). They hold
+    /// environment values: kept in memory only, never formatted.
     revisions: Mutex<VecDeque<(String, Revision)>>,
 }
 
@@ -109,6 +111,12 @@ impl AwsRack {
             metrics,
             revisions: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Whether `arn` is kept, without touching the order.
+    fn keeps(&self, arn: &str) -> bool {
+        let kept = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter().any(|(a, _)| a == arn)
     }
 
     fn kept(&self, arn: &str) -> Option<Revision> {
@@ -200,12 +208,6 @@ impl AwsRack {
     /// ran (a label the stack put back) is kept. One missed costs a duplicate revision, not
     /// a wrong one.
     async fn latest_revisions(&self, family: &str, base: &str) -> Result<Vec<String>, RackError> {
-        let base_revision = arn_revision(base);
-        let candidate = |a: &String| {
-            a != base
-                && arn_family(a) == Some(family)
-                && (arn_revision(a) > base_revision || self.kept(a).is_some())
-        };
         let mut found = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -225,9 +227,8 @@ impl AwsRack {
                 )
                 .await?;
             let arns = page.task_definition_arns.unwrap_or_default();
-            // Newest first: a page that reaches `base` ends what can be newer.
-            let reached = arns.iter().any(|a| arn_revision(a) <= base_revision);
-            found.extend(arns.into_iter().filter(candidate));
+            let (candidates, reached) = reuse_candidates(arns, family, base, |a| self.keeps(a));
+            found.extend(candidates);
             token = page.next_token;
             if reached || found.len() >= REUSE_CANDIDATES || token.is_none() {
                 found.truncate(REUSE_CANDIDATES);
@@ -590,6 +591,27 @@ fn read_after_write_retry() -> ExponentialBuilder {
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(2))
         .with_max_times(5)
+}
+
+/// Of one page of a family's revisions (newest first), those that can be a copy of `base`:
+/// of the family (a prefix also matches `convox-webhooks`), and newer than `base` or `kept`;
+/// and whether the page reached `base`'s revision (older pages hold nothing newer).
+fn reuse_candidates(
+    arns: Vec<String>,
+    family: &str,
+    base: &str,
+    kept: impl Fn(&str) -> bool,
+) -> (Vec<String>, bool) {
+    let base_revision = arn_revision(base);
+    let ours = |a: &String| arn_family(a) == Some(family) && a != base;
+    let reached = arns
+        .iter()
+        .any(|a| arn_family(a) == Some(family) && arn_revision(a) <= base_revision);
+    let candidates = arns
+        .into_iter()
+        .filter(|a| ours(a) && (arn_revision(a) > base_revision || kept(a)))
+        .collect();
+    (candidates, reached)
 }
 
 /// The revision number in a task definition ARN; 0 when it has none.
@@ -1311,6 +1333,42 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reuse_candidates_are_ruled_out_by_arn() {
+        let arn = |f: &str, r: u32| format!("arn:aws:ecs:us-east-1:1:task-definition/{f}:{r}");
+        let base = arn("convox-web", 5);
+        let kept = arn("convox-web", 3);
+        let cases: Vec<(&str, Vec<String>, Vec<String>, bool)> = vec![
+            (
+                "another family sharing the prefix neither counts nor ends the paging",
+                vec![arn("convox-webhooks", 1), arn("convox-webhooks", 9)],
+                vec![],
+                false,
+            ),
+            (
+                "newer revisions are candidates",
+                vec![arn("convox-web", 7), arn("convox-web", 6)],
+                vec![arn("convox-web", 7), arn("convox-web", 6)],
+                false,
+            ),
+            (
+                "older ones only when kept; the page reached the base",
+                vec![
+                    arn("convox-web", 6),
+                    base.clone(),
+                    arn("convox-web", 4),
+                    kept.clone(),
+                ],
+                vec![arn("convox-web", 6), kept.clone()],
+                true,
+            ),
+        ];
+        for (name, page, want, reached) in cases {
+            let got = reuse_candidates(page, "convox-web", &base, |a| a == kept);
+            assert_eq!(got, (want, reached), "{name}");
+        }
+    }
 
     #[test]
     fn classifies_errors() {

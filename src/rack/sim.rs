@@ -41,6 +41,9 @@ pub use apps::SimNetwork;
 
 const FIXTURE: &str = include_str!("sim_rack.json");
 const ACCOUNT: &str = "123456789012";
+/// Resources of the public rack template (`template_resources` in the facts): the sim lists
+/// only those the controller reads, but pages as the real stack does.
+const TEMPLATE_RESOURCES: usize = 148;
 /// The AWS operations the simulated rack answers, by name.
 pub const OPERATIONS: &[&str] = &[
     "DescribeStacks",
@@ -1293,9 +1296,13 @@ impl SimService {
                 stopped: *ready,
             });
         }
-        // ECS counts a deployment's failed tasks with or without a circuit breaker; only a
-        // circuit breaker acts on them.
-        d.failed_tasks += due.len() as u32;
+        // The deployment's failed task count, as the ECS API reference describes it: failures
+        // in a row, no longer counted once a task of the deployment ran. Only a circuit
+        // breaker acts on it (whether ECS counts at all without one is not documented; the
+        // controller does not rely on it).
+        if d.running == 0 {
+            d.failed_tasks += due.len() as u32;
+        }
         match sched.circuit_breaker {
             Some(threshold) => d.failed_tasks >= threshold && d.rollout == RolloutState::InProgress,
             None => false,
@@ -1498,7 +1505,10 @@ impl Rack for SimRack {
     async fn stack_resources(&self) -> Result<BTreeMap<String, String>, RackError> {
         let mut s = self.lock();
         let name = s.settings.rack.clone();
-        self.call(&mut s, "cloudformation", "ListStackResources", &name)?;
+        // One page per 100 resources.
+        for _ in 0..TEMPLATE_RESOURCES.div_ceil(100) {
+            self.call(&mut s, "cloudformation", "ListStackResources", &name)?;
+        }
         Ok(s.resources())
     }
 

@@ -864,9 +864,10 @@ impl Reconciler {
     }
 
     /// When to look again: a second after a write; while a change (or its undoing) is under
-    /// way, paced by the rollouts ([`reads::poll_delay`]) or within [`reads::END_WITHIN`] (a stack update); at
-    /// the poll interval while waiting on something else (someone else's update); at the
-    /// resync interval when settled; and no later than the next backoff or write cooldown ends.
+    /// way, paced by its rollouts ([`reads::poll_delay`]), at the poll interval while none
+    /// rolls (CloudFormation updating the stack's other resources) or while waiting on
+    /// someone else's change; at the resync interval when settled; and no later than the
+    /// next backoff or write cooldown ends.
     fn next_run(
         &self,
         report: &Report,
@@ -882,7 +883,7 @@ impl Reconciler {
         } else if rolling || phase(Phase::Progressing) {
             self.observer
                 .poll_delay(observed, now, poll)
-                .unwrap_or(reads::END_WITHIN.min(poll).max(reads::FAST))
+                .unwrap_or(poll)
         } else if phase(Phase::Waiting) {
             poll
         } else {

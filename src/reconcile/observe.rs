@@ -1,7 +1,7 @@
 //! Observing the rack at the least cost: each look reads the stack and the services
-//! (`DescribeStacks` and `DescribeServices`, at the same time); the stack's resources again
-//! only when the stack has changed, the template likewise, each task definition revision once,
-//! and tasks only where the deployments cannot decide ([`crate::plan::reads`]).
+//! (`DescribeStacks` and `DescribeServices`, at the same time); the stack's resources and its
+//! template again only once the stack has settled after a change, each task definition
+//! revision once, and tasks only where the deployments cannot decide ([`crate::plan::reads`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -19,20 +19,20 @@ use crate::spec::Declarations;
 /// bytes each): a service rolled back and forth reads none of them again.
 const KEPT_UNUSED: usize = 32;
 
-/// What the stack's resources are known for: its last update, and whether it was settling.
-type StackKey = (Option<String>, bool);
-
-fn stack_key(stack: &StackSnapshot) -> StackKey {
-    (
-        stack.last_updated.clone(),
-        stack.state() == StackState::InProgress,
-    )
+/// Whether what was read of the stack at its update `seen` (resources, template) is to be
+/// read again: once the stack has settled after another update. While CloudFormation updates
+/// it, they are still changing; the earlier reading stands until it is done (a rollback
+/// included). A stack without a known last update is always read again.
+fn outdated(seen: &Option<String>, stack: &StackSnapshot) -> bool {
+    stack.last_updated.is_none()
+        || (*seen != stack.last_updated && stack.state() != StackState::InProgress)
 }
 
 /// Where the target services are: the stack's resources, the cluster and the service names.
 #[derive(Debug, Clone)]
 struct Located {
-    key: StackKey,
+    /// The stack's last update when they were listed.
+    last_updated: Option<String>,
     resources: BTreeMap<String, String>,
     cluster: String,
     names: Vec<String>,
@@ -109,8 +109,9 @@ impl Observer {
     }
 
     /// The stack and the services, read at the same time once the services are located;
-    /// the stack's resources are listed again when the stack has changed since, or when a
-    /// service is not where they said.
+    /// the stack's resources are listed again once the stack has settled after a change, and
+    /// when a service is not where they said or not `ACTIVE` (CloudFormation may have
+    /// replaced it).
     async fn stack_and_services(
         &mut self,
     ) -> Result<(StackSnapshot, Located, Vec<ServiceSnapshot>), RackError> {
@@ -124,7 +125,12 @@ impl Observer {
         );
         let stack = stack?;
         match services {
-            Ok(services) if stack_key(&stack) == known.key => Ok((stack, known, services)),
+            Ok(services)
+                if !outdated(&known.last_updated, &stack)
+                    && services.iter().all(|s| s.status == "ACTIVE") =>
+            {
+                Ok((stack, known, services))
+            }
             Ok(services) => self.relocate(stack, Some((known, services))).await,
             Err(RackError::ServiceNotFound { .. }) => self.relocate(stack, None).await,
             Err(e) => Err(e),
@@ -175,7 +181,7 @@ impl Observer {
             .map(|t| find(&t.service))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Located {
-            key: stack_key(stack),
+            last_updated: stack.last_updated.clone(),
             resources,
             cluster,
             names,
@@ -278,10 +284,11 @@ impl Observer {
         });
     }
 
-    /// What the running template declares, read again only when the stack has changed.
+    /// What the running template declares, read again once the stack has settled after a
+    /// change.
     async fn declarations(&mut self, stack: &StackSnapshot) -> Result<Declarations, RackError> {
         if let Some((seen, declared)) = &self.declared {
-            if stack.last_updated.is_some() && *seen == stack.last_updated {
+            if !outdated(seen, stack) {
                 return Ok(declared.clone());
             }
         }

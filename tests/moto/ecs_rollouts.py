@@ -4,7 +4,7 @@ describes them:
 - UpdateService with a new task definition starts a deployment that becomes the service's
   PRIMARY deployment; here it completes at once (moto keeps the old deployment, so a rollout
   never ends). The services of the test rack run no tasks (desired count 0).
-- RegisterTaskDefinition returns the tags of the new revision next to it.
+- RegisterTaskDefinition returns the tags of the new revision (as stored) next to it.
 
 Run as `python ecs_rollouts.py -H 127.0.0.1 -p PORT`, with moto[server] installed.
 """
@@ -40,7 +40,8 @@ def update_service(self, service_properties):
 
 def register_task_definition(self):
     result = _register(self)
-    return responses.ActionResult({**result.result, "tags": self._get_param("tags") or []})
+    stored = self.ecs_backend.list_tags_for_resource(result.result["taskDefinition"].arn)
+    return responses.ActionResult({**result.result, "tags": stored})
 
 
 models.EC2ContainerServiceBackend.update_service = update_service
