@@ -272,7 +272,8 @@ struct State {
     task_definitions: BTreeMap<String, Value>,
     latest_revision: BTreeMap<String, u32>,
     /// Revisions described or registered through the adapter's calls: what the AWS adapter
-    /// keeps, and compares without describing them again.
+    /// keeps, and compares without describing them again (it keeps the latest 16; the rack
+    /// API's few revisions stay well within that).
     kept: BTreeSet<String>,
     services: Vec<SimService>,
     rollout_faults: VecDeque<RolloutFault>,
