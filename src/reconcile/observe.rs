@@ -19,20 +19,36 @@ use crate::spec::Declarations;
 /// bytes each): a service rolled back and forth reads none of them again.
 const KEPT_UNUSED: usize = 32;
 
-/// Whether what was read of the stack at its update `seen` (resources, template) is to be
-/// read again: once the stack has settled after another update. While CloudFormation updates
-/// it, they are still changing; the earlier reading stands until it is done (a rollback
-/// included). A stack without a known last update is always read again.
-fn outdated(seen: &Option<String>, stack: &StackSnapshot) -> bool {
-    stack.last_updated.is_none()
-        || (*seen != stack.last_updated && stack.state() != StackState::InProgress)
+/// The state of the stack something was read of (its resources, its template).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seen {
+    last_updated: Option<String>,
+    settled: bool,
+}
+
+impl Seen {
+    fn of(stack: &StackSnapshot) -> Seen {
+        Seen {
+            last_updated: stack.last_updated.clone(),
+            settled: stack.state() != StackState::InProgress,
+        }
+    }
+
+    /// Whether what was read is to be read again: once the stack has settled after another
+    /// update, or after the update it was read during. While CloudFormation updates the
+    /// stack, it is still changing; the earlier reading stands until it is done (a rollback
+    /// included). A stack without a known last update is always read again.
+    fn outdated(&self, stack: &StackSnapshot) -> bool {
+        let now = Seen::of(stack);
+        now.last_updated.is_none() || (now.settled && *self != now)
+    }
 }
 
 /// Where the target services are: the stack's resources, the cluster and the service names.
 #[derive(Debug, Clone)]
 struct Located {
-    /// The stack's last update when they were listed.
-    last_updated: Option<String>,
+    /// The stack when they were listed.
+    seen: Seen,
     resources: BTreeMap<String, String>,
     cluster: String,
     names: Vec<String>,
@@ -44,8 +60,8 @@ pub struct Observer {
     targets: Vec<ServiceTarget>,
     cluster_resource: String,
     located: Option<Located>,
-    /// The running template's declarations, with the stack's `LastUpdatedTime` they are for.
-    declared: Option<(Option<String>, Declarations)>,
+    /// The running template's declarations, with the stack they were read of.
+    declared: Option<(Seen, Declarations)>,
     revisions: HashMap<String, TaskDefinitionInfo>,
     /// Revisions in the order first read, to let go of the oldest unused ones.
     read_order: Vec<String>,
@@ -126,7 +142,7 @@ impl Observer {
         let stack = stack?;
         match services {
             Ok(services)
-                if !outdated(&known.last_updated, &stack)
+                if !known.seen.outdated(&stack)
                     && services.iter().all(|s| s.status == "ACTIVE") =>
             {
                 Ok((stack, known, services))
@@ -181,7 +197,7 @@ impl Observer {
             .map(|t| find(&t.service))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Located {
-            last_updated: stack.last_updated.clone(),
+            seen: Seen::of(stack),
             resources,
             cluster,
             names,
@@ -288,12 +304,48 @@ impl Observer {
     /// change.
     async fn declarations(&mut self, stack: &StackSnapshot) -> Result<Declarations, RackError> {
         if let Some((seen, declared)) = &self.declared {
-            if !outdated(seen, stack) {
+            if !seen.outdated(stack) {
                 return Ok(declared.clone());
             }
         }
         let declared = self.rack.stack_declarations().await?;
-        self.declared = Some((stack.last_updated.clone(), declared.clone()));
+        self.declared = Some((Seen::of(stack), declared.clone()));
         Ok(declared)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(status: &str, last_updated: Option<&str>) -> StackSnapshot {
+        StackSnapshot {
+            name: "convox".into(),
+            status: status.into(),
+            status_reason: None,
+            parameters: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+            last_updated: last_updated.map(str::to_string),
+        }
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn what_was_read_of_the_stack_is_read_again_once_it_settles_after_a_change() {
+        let settled = Seen::of(&stack("UPDATE_COMPLETE", Some("1")));
+        let during = Seen::of(&stack("UPDATE_IN_PROGRESS", Some("2")));
+        let cases = [
+            ("unchanged", &settled, stack("UPDATE_COMPLETE", Some("1")), false),
+            ("another update under way", &settled, stack("UPDATE_IN_PROGRESS", Some("2")), false),
+            ("its rollback under way", &settled, stack("UPDATE_ROLLBACK_IN_PROGRESS", Some("2")), false),
+            ("settled after another update", &settled, stack("UPDATE_COMPLETE", Some("2")), true),
+            ("rolled back", &settled, stack("UPDATE_ROLLBACK_COMPLETE", Some("2")), true),
+            ("read during an update, still under way", &during, stack("UPDATE_IN_PROGRESS", Some("2")), false),
+            ("read during an update, now settled", &during, stack("UPDATE_COMPLETE", Some("2")), true),
+            ("no last update known", &settled, stack("UPDATE_COMPLETE", None), true),
+        ];
+        for (name, seen, now, want) in cases {
+            assert_eq!(seen.outdated(&now), want, "{name}");
+        }
     }
 }
