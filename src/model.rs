@@ -162,6 +162,17 @@ pub struct Deployment {
     pub created_at: SystemTime,
 }
 
+impl Deployment {
+    /// Whether it is rolling out: its rollout state says so or, where ECS gives none, it
+    /// runs fewer tasks than it wants.
+    pub fn rolling(&self) -> bool {
+        match self.rollout_state {
+            Some(state) => state == RolloutState::InProgress,
+            None => self.running_count < self.desired_count,
+        }
+    }
+}
+
 /// Which tasks of a service one look reads ([`crate::rack::Rack::service_tasks`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskRead {

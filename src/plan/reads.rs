@@ -76,14 +76,6 @@ fn deployments_done(s: &ServiceSnapshot) -> Option<&Deployment> {
     done.then_some(primary)
 }
 
-/// Whether the primary deployment is rolling out.
-fn primary_rolling(primary: &Deployment) -> bool {
-    match primary.rollout_state {
-        Some(state) => state == RolloutState::InProgress,
-        None => primary.running_count < primary.desired_count,
-    }
-}
-
 /// What this look reads of `s`'s tasks.
 pub fn task_need(s: &ServiceSnapshot, memory: &TaskMemory, now: SystemTime) -> TaskNeed {
     if let Some(primary) = deployments_done(s) {
@@ -102,7 +94,7 @@ pub fn task_need(s: &ServiceSnapshot, memory: &TaskMemory, now: SystemTime) -> T
             },
         };
     }
-    let Some(primary) = s.primary().filter(|p| primary_rolling(p)) else {
+    let Some(primary) = s.primary().filter(|p| p.rolling()) else {
         return TaskNeed::Known(ServiceTasks::default());
     };
     let age = now.duration_since(primary.created_at).unwrap_or_default();
@@ -178,7 +170,7 @@ pub fn remember(memory: &mut TaskMemory, s: &ServiceSnapshot, need: &TaskNeed, n
 /// Keeps, per rollout, the last age at which none of its tasks ran; once one runs, that age
 /// is a lower bound of how long the rollout's first task took.
 fn learn_first_task(memory: &mut TaskMemory, primary: &Deployment, now: SystemTime) {
-    if primary.running_count == 0 && primary_rolling(primary) {
+    if primary.running_count == 0 && primary.rolling() {
         let age = now.duration_since(primary.created_at).unwrap_or_default();
         memory.none_running = Some((primary.id.clone(), age));
         return;
@@ -202,13 +194,13 @@ pub fn poll_delay(
     max: Duration,
 ) -> Option<Duration> {
     let primary = s.primary()?;
-    if !primary_rolling(primary) && s.others().next().is_none() {
+    if !primary.rolling() && s.others().next().is_none() {
         return None;
     }
     let ceiling = max.max(FAST);
     let age = now.duration_since(primary.created_at).unwrap_or_default();
     let delay = match first_task {
-        Some(first) if primary.running_count == 0 && primary_rolling(primary) && first > age => {
+        Some(first) if primary.running_count == 0 && primary.rolling() && first > age => {
             first - age
         }
         _ => END_WITHIN,

@@ -358,11 +358,7 @@ fn evaluate_holding(s: &ObservedService, primary: &Deployment, ctx: &PlanContext
             ),
         );
     }
-    let rolling = match primary.rollout_state {
-        Some(RolloutState::InProgress) => true,
-        Some(_) => false,
-        None => primary.running_count < primary.desired_count,
-    };
+    let rolling = primary.rolling();
     let others = s.service.others().count();
     let stale_tasks = s
         .service
