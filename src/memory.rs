@@ -10,7 +10,6 @@ use std::time::{Duration, SystemTime};
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::model::RackVersion;
 use crate::plan::{OwnRollout, Phase};
 
 /// Per-parameter memory between runs.
@@ -28,9 +27,7 @@ pub struct Memory {
     pub failed_services: BTreeSet<String>,
     /// Services rolled for the current intent and not yet seen converged → revision.
     pub rolled_to: BTreeMap<String, String>,
-    /// The version last asked of CloudFormation, until seen applied or failed.
-    pub attempted: Option<RackVersion>,
-    /// Why that stack update failed, once looked up.
+    /// Why the controller's stack update failed, once looked up.
     pub failure_reason: Option<String>,
     /// Why the last attempt failed, for the message while backing off.
     pub last_failure: Option<String>,
@@ -133,18 +130,26 @@ pub struct Persisted {
     /// Increments whenever the valid desired state changes (`observedGeneration`).
     #[serde(default)]
     pub generation: u64,
-    /// The controller's stack update for parameters: what it asked for, and its backoff.
+    /// The controller's latest stack update (its token, what it asked for) and the stack
+    /// parameters' backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack_update: Option<PersistedStackUpdate>,
 }
 
-/// The controller's stack update, as written down.
+/// The controller's stack update, as written down before `UpdateStack` is sent: the token
+/// proves the update is the controller's (its events carry it) after a restart or takeover.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PersistedStackUpdate {
+    /// The update's `ClientRequestToken`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
     /// Key → value the update in flight (or last made) asked for.
     #[serde(default)]
     pub attempted: BTreeMap<String, String>,
+    /// The version it asked for, when it changed the version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// The stack's `LastUpdatedTime` before it, so the update is seen to have happened.
     #[serde(default)]
     pub before: Option<String>,

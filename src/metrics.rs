@@ -44,6 +44,7 @@ docs! {
     "rack_reconciler_rollout_failures_total", "counter", "service", "Rollouts seen to fail (new tasks stopping past the threshold, a timeout, or a circuit-breaker rollback).";
     "rack_reconciler_corrections_total", "counter", "parameter", "Out-of-band reverts of a converged parameter that the controller corrected.";
     "rack_reconciler_corrections_capped", "gauge", "parameter", "1 while corrections are stopped because the hourly cap was reached.";
+    "rack_reconciler_rollback_failing", "gauge", "parameter", "1 while undoing a failed change fails too (the stack's rollback, or the service pointed back at its previous revision, keeps losing its tasks; or the stack is UPDATE_ROLLBACK_FAILED): the rack API may be down, and nothing is written until it heals or a person acts.";
     "rack_reconciler_downgrade_blocked", "gauge", "", "1 while a downgrade to a version that predates ECSExec is refused or held by the gate.";
     "rack_reconciler_stack_updates_started_total", "counter", "", "Stack updates (version changes) started by the controller.";
     "rack_reconciler_reconcile_total", "counter", "result", "Reconcile runs by result (converged, progressing, waiting, blocked, failed, unknown, error, no_params).";
@@ -75,6 +76,7 @@ struct Inner {
     rollout_failures: IntCounterVec,
     corrections: IntCounterVec,
     corrections_capped: IntGaugeVec,
+    rollback_failing: IntGaugeVec,
     reconciles: IntCounterVec,
     reconcile_duration: HistogramVec,
     last_reconcile: prometheus::Gauge,
@@ -185,6 +187,7 @@ impl Metrics {
             rollout_failures: register!(r, IntCounterVec, "rack_reconciler_rollout_failures_total"),
             corrections: register!(r, IntCounterVec, "rack_reconciler_corrections_total"),
             corrections_capped: register!(r, IntGaugeVec, "rack_reconciler_corrections_capped"),
+            rollback_failing: register!(r, IntGaugeVec, "rack_reconciler_rollback_failing"),
             reconciles: register!(r, IntCounterVec, "rack_reconciler_reconcile_total"),
             reconcile_duration: duration,
             last_reconcile: last,
@@ -237,6 +240,7 @@ impl Metrics {
         m.drift_start.with_label_values(&[param]).set(since);
         m.corrections.with_label_values(&[param]);
         m.corrections_capped.with_label_values(&[param]);
+        m.rollback_failing.with_label_values(&[param]);
         self.set_phase(param, phase);
     }
 
@@ -256,7 +260,12 @@ impl Metrics {
     /// Removes every series of a parameter that is no longer managed.
     pub fn remove_parameter(&self, param: &str) {
         let m = &self.inner;
-        for vec in [&m.drift, &m.converged, &m.corrections_capped] {
+        for vec in [
+            &m.drift,
+            &m.converged,
+            &m.corrections_capped,
+            &m.rollback_failing,
+        ] {
             let _ = vec.remove_label_values(&[param]);
         }
         let _ = m.drift_start.remove_label_values(&[param]);
@@ -299,6 +308,13 @@ impl Metrics {
             .corrections_capped
             .with_label_values(&[param])
             .set(i64::from(capped));
+    }
+
+    pub fn set_rollback_failing(&self, param: &str, failing: bool) {
+        self.inner
+            .rollback_failing
+            .with_label_values(&[param])
+            .set(i64::from(failing));
     }
 
     pub fn reconciled(&self, result: &str, started: Instant) {

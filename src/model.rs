@@ -55,6 +55,32 @@ pub fn managed_param(name: &str) -> Option<&'static ManagedParam> {
 /// The stack parameter that holds the rack version.
 pub const VERSION_PARAM: &str = "Version";
 
+/// A stack parameter that `convox rack params set` and `convox rack update` compute instead
+/// of keeping: every update sends it explicitly, with the value of a label on the rack API's
+/// web task definition (where the template writes the value it resolved). Sent the same way
+/// by the controller, unless the params file sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComputedParam {
+    pub name: &'static str,
+    pub label: &'static str,
+}
+
+/// `AvailabilityZones`: a blank value makes CloudFormation evaluate `Fn::GetAZs` again, so
+/// convox sends the zones the rack runs in (`rack.AvailabilityZones` on `ApiWebTasks`).
+pub const COMPUTED_PARAMS: &[ComputedParam] = &[ComputedParam {
+    name: "AvailabilityZones",
+    label: "rack.AvailabilityZones",
+}];
+
+/// The labels read from the rack API's revisions: the managed parameters' and the computed
+/// ones'.
+pub fn read_labels() -> impl Iterator<Item = &'static str> {
+    MANAGED_PARAMS
+        .iter()
+        .map(|p| p.label)
+        .chain(COMPUTED_PARAMS.iter().map(|p| p.label))
+}
+
 /// A Convox rack version: a 14-digit timestamp such as `20260418101514`, ordered numerically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RackVersion(u64);
@@ -305,7 +331,7 @@ pub struct TaskDefinitionInfo {
     pub arn: String,
     pub family: String,
     pub revision: u32,
-    /// Managed labels (see [`MANAGED_PARAMS`]) present on the first container.
+    /// The labels of [`read_labels`] present on the first container.
     pub labels: BTreeMap<String, String>,
 }
 
@@ -364,6 +390,25 @@ impl ObservedService {
     }
 }
 
+impl ObservedRack {
+    /// The values of the computed parameters ([`COMPUTED_PARAMS`]) the stack has, as convox
+    /// sends them: the label on a rack API service's running revision. A parameter whose
+    /// label was not read is left out (its stack value is kept, never sent blank).
+    pub fn computed_values(&self) -> BTreeMap<String, String> {
+        COMPUTED_PARAMS
+            .iter()
+            .filter(|p| self.stack.parameters.contains_key(p.name))
+            .filter_map(|p| {
+                let value = self.services.iter().find_map(|s| {
+                    let primary = s.service.primary()?;
+                    s.labels.get(&primary.task_definition)?.get(p.label)
+                })?;
+                Some((p.name.to_string(), value.clone()))
+            })
+            .collect()
+    }
+}
+
 /// Everything one reconcile observed of the rack.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObservedRack {
@@ -375,6 +420,31 @@ pub struct ObservedRack {
     pub resources: BTreeMap<String, String>,
     /// In target order (web first).
     pub services: Vec<ObservedService>,
+    /// Who started the stack's latest update, when it is under way, rolled back or broken.
+    pub update_token: UpdateToken,
+}
+
+/// The `ClientRequestToken` the stack's latest update was started with, read from its events
+/// (every event of a stack operation carries the token of the call that started it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum UpdateToken {
+    /// Not read: the stack is settled after an update that did not roll back, so whose it
+    /// was decides nothing.
+    #[default]
+    NotRead,
+    /// The update's start event carries this token; `None`: it was started without one (the
+    /// convox CLI sends none).
+    Read(Option<String>),
+    /// The events could not be read, or the update's start was not among them.
+    Unknown(String),
+}
+
+impl UpdateToken {
+    /// Whether the owner of the stack's latest update is worth reading: an update under way,
+    /// a rollback, or a broken stack.
+    pub fn needed(stack: &StackSnapshot) -> bool {
+        stack.state() != StackState::Stable || stack.status.contains("ROLLBACK")
+    }
 }
 
 /// One CloudFormation stack event (`DescribeStackEvents`, newest first).
@@ -395,6 +465,8 @@ pub struct FailureWalk {
     pub cause: Option<String>,
     /// The update's start was reached: no older page is needed.
     pub done: bool,
+    /// The `ClientRequestToken` of the update's start event, once reached.
+    pub token: Option<String>,
 }
 
 impl FailureWalk {
@@ -405,6 +477,7 @@ impl FailureWalk {
             }
             if e.logical_id == stack && e.status == "UPDATE_IN_PROGRESS" {
                 self.done = true;
+                self.token = e.token.clone();
             } else if e.logical_id != stack && e.status.ends_with("_FAILED") {
                 let reason = e.reason.as_deref().unwrap_or("no reason given");
                 self.cause = Some(format!("{}: {reason}", e.logical_id));
@@ -451,6 +524,7 @@ mod tests {
         assert!(!walk.done);
         walk.feed("convox", &older);
         assert!(walk.done);
+        assert_eq!(walk.token, None, "the start event carries no token here");
         assert_eq!(
             walk.cause.as_deref(),
             Some("ServiceWebApi: Service did not stabilize")

@@ -199,8 +199,15 @@ async fn discovers_a_rack_created_with_cloudformation() {
         .expect("describe td");
     assert_eq!((info.family.as_str(), info.revision), ("convox-web", 1));
     assert!(
-        info.labels.is_empty(),
+        !info.labels.contains_key("rack.ECSExec"),
         "the rack's revisions carry no rack.ECSExec yet"
+    );
+    assert_eq!(
+        info.labels
+            .get("rack.AvailabilityZones")
+            .map(String::as_str),
+        Some("us-east-1a,us-east-1b"),
+        "the zones convox sends with every update"
     );
 
     let missing = AwsRack::new(

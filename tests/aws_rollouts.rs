@@ -33,6 +33,12 @@ const CLUSTER: &str = "convox-Cluster-1";
 const WEB_ARN: &str = "arn:aws:ecs:us-east-1:123456789012:service/convox-Cluster-1/convox-web";
 const MON_ARN: &str = "arn:aws:ecs:us-east-1:123456789012:service/convox-Cluster-1/convox-monitor";
 
+/// A deployment's id, one per revision in these scenarios (a rollback to an earlier revision
+/// is a deployment of its own, as in ECS): what its tasks' `startedBy` carries.
+fn deployment_id(td: &str) -> String {
+    format!("ecs-svc/{}", td.rsplit(':').next().unwrap_or("0"))
+}
+
 fn td(family: &str, rev: u32) -> String {
     format!("arn:aws:ecs:us-east-1:123456789012:task-definition/convox-{family}:{rev}")
 }
@@ -122,11 +128,10 @@ fn service(name: &str, arn: &str, deps: &[Dep]) -> Service {
         )
         .set_deployments(Some(
             deps.iter()
-                .enumerate()
-                .map(|(i, d)| {
+                .map(|d| {
                     let created = SystemTime::now() - d.age;
                     Deployment::builder()
-                        .id(format!("ecs-svc/{i}"))
+                        .id(deployment_id(&d.td))
                         .status(if d.primary { "PRIMARY" } else { "ACTIVE" })
                         .task_definition(d.td.clone())
                         .desired_count(2)
@@ -250,7 +255,7 @@ fn mocked_with(initial: Scenario, faults: Faults) -> Mocked {
                                 Task::builder()
                                     .task_arn(arn)
                                     .task_definition_arn(td)
-                                    .started_by("ecs-svc/0")
+                                    .started_by(deployment_id(td))
                                     .desired_status("STOPPED")
                                     .last_status("STOPPED")
                                     .stopped_reason(reason)

@@ -94,6 +94,9 @@ impl Rack for Hanging {
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError> {
         self.sim.stack_failure_reason().await
     }
+    async fn stack_update_token(&self) -> Result<rack_reconciler::model::UpdateToken, RackError> {
+        self.sim.stack_update_token().await
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -166,11 +166,13 @@ async fn a_stack_update_costs_at_most_five_calls_per_service_beyond_its_looks() 
     // One UpdateStack for both services; the stack's resources (two pages of the real
     // template's 148) and its template read again once it has settled; the revisions
     // CloudFormation registered described once each; each service's tasks listed once at the
-    // end (both end together: one DescribeTasks). 4.5 a service.
+    // end (both end together: one DescribeTasks); whose the update is read once from the
+    // stack's events while it runs. 5 a service.
     assert_eq!(
         change.beyond_looks(),
         calls(&[
             ("UpdateStack", 1),
+            ("DescribeStackEvents", 1),
             ("ListStackResources", 2),
             ("GetTemplate", 1),
             ("DescribeTaskDefinition", 2),

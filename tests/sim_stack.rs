@@ -32,8 +32,14 @@ async fn ecs_exec_goes_through_one_stack_update_and_the_labels_follow() {
         .collect();
     assert_eq!(
         given,
-        vec![&("ECSExec".to_string(), Some("Yes".to_string()))],
-        "only ECSExec changed"
+        vec![
+            &(
+                "AvailabilityZones".to_string(),
+                Some("us-east-1a,us-east-1b".to_string())
+            ),
+            &("ECSExec".to_string(), Some("Yes".to_string()))
+        ],
+        "only ECSExec changed; AvailabilityZones sent as convox sends it"
     );
     assert!(
         updates[0]
@@ -98,9 +104,13 @@ async fn parameters_edited_together_go_in_exactly_one_update() {
         given,
         vec![
             ("ApiCount".to_string(), "3".to_string()),
+            (
+                "AvailabilityZones".to_string(),
+                "us-east-1a,us-east-1b".to_string()
+            ),
             ("ECSExec".to_string(), "Yes".to_string())
         ],
-        "Tenancy already holds its value: not sent"
+        "Tenancy already holds its value: not sent (AvailabilityZones as convox sends it)"
     );
     assert_eq!(
         h.sim.stack_parameters().get("ApiCount").map(String::as_str),

@@ -101,9 +101,14 @@ async fn switching_to_no_converges_ecs_exec_first_then_downgrades() {
     // and dropped the ones it does not.
     let params = &stack_updates[0].parameters;
     assert!(params.contains(&("Version".to_string(), Some(OLD.to_string()))));
+    // AvailabilityZones is computed, as convox sends it: the zones from the rack's label.
+    assert!(params.contains(&(
+        "AvailabilityZones".to_string(),
+        Some("us-east-1a,us-east-1b".to_string())
+    )));
     assert!(params
         .iter()
-        .filter(|(k, _)| k != "Version")
+        .filter(|(k, _)| k != "Version" && k != "AvailabilityZones")
         .all(|(_, v)| v.is_none()));
     assert!(
         !params.iter().any(|(k, _)| k == "BuildMethod" || k == "NLB"),
@@ -125,7 +130,9 @@ async fn a_stack_rollback_is_failed_with_the_reason_and_backed_off() {
         "Resource handler returned message: \"service was not stable\"",
     );
     let mut rec = h.reconciler();
-    let reports = drive(&mut rec, 500, |r| version(r) == Some(Phase::Failed)).await;
+    // Failed while CloudFormation rolls it back (StackRollingBack), then rolled back.
+    let rolled_back = common::shows_reason(&rec, "Version", "StackUpdateRolledBack");
+    let reports = drive(&mut rec, 500, rolled_back).await;
     assert_eq!(
         version(reports.last().expect("report")),
         Some(Phase::Failed)

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ObservedRack, StackParameter, StackState};
+use crate::model::{ObservedRack, StackParameter};
 
 pub mod gate;
+pub mod hold;
+pub mod owner;
 pub mod reads;
 pub mod relabel;
 pub mod requirements;
@@ -22,6 +24,8 @@ pub mod stack;
 pub mod version;
 
 pub use gate::{downgrade_gate, EcsExecState, Gate};
+pub(crate) use hold::stack_hold;
+pub use owner::{ownership, Ownership};
 pub use relabel::{observed_value, plan, OwnRollout, PlanContext, Roll, RollPurpose, RollTo};
 pub use stack::{plan_stack, StackContext, StackPlan};
 pub use version::{plan_version, version_template_unavailable, VersionContext};
@@ -185,24 +189,6 @@ impl Decision {
     pub(crate) fn act(mut self, roll: Roll) -> Decision {
         self.action = Some(Action::Roll(roll));
         self
-    }
-}
-
-/// While the stack is updating or broken, the services are not the controller's to touch.
-pub(crate) fn stack_hold(rack: &ObservedRack) -> Option<(Phase, &'static str, String)> {
-    let (name, status) = (&rack.stack.name, &rack.stack.status);
-    match rack.stack.state() {
-        StackState::InProgress => Some((
-            Phase::Waiting,
-            "StackUpdating",
-            format!("stack {name} is {status}: CloudFormation owns the rack until it settles; no changes until then"),
-        )),
-        StackState::Unusable => Some((
-            Phase::Blocked,
-            "StackUnusable",
-            format!("stack {name} is {status}: repair the stack (see its CloudFormation events) before the controller can act"),
-        )),
-        StackState::Stable => None,
     }
 }
 

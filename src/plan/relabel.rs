@@ -108,6 +108,8 @@ enum Eval {
     },
     /// Our undo is rolling the service back.
     RollingBack(String),
+    /// Our undo's tasks keep failing too: nothing more is written until it heals.
+    RollbackFailing(String),
     Busy(String),
     /// Someone else's rollout has run past the timeout.
     Stuck(String),
@@ -180,7 +182,7 @@ pub fn plan(
         pending: pending_changes(param, desired, rack),
         services,
     };
-    if let Some((phase, reason, message)) = stack_hold(rack) {
+    if let Some((phase, reason, message)) = stack_hold(rack, ctx.failed_tasks_threshold) {
         return d.with(phase, reason, message);
     }
     match first_open {
@@ -223,6 +225,10 @@ fn decide(
             d.act(action).with(Phase::Failed, reason, message)
         }
         Eval::RollingBack(msg) => d.with(Phase::Failed, "RollingBack", msg),
+        Eval::RollbackFailing(msg) => {
+            let msg = format!("{msg}; {}", super::hold::api_tasks(rack));
+            d.with(Phase::Failed, super::hold::ROLLBACK_FAILING, msg)
+        }
         Eval::Busy(msg) => d.with(Phase::Waiting, "ServiceBusy", msg),
         Eval::Stuck(msg) => d.with(Phase::Failed, "ServiceStuck", msg),
         Eval::Inactive(msg) => d.with(Phase::Blocked, "ServiceInactive", msg),
@@ -393,20 +399,8 @@ pub(super) fn rollout_failure(
     ctx: &PlanContext,
 ) -> Option<(&'static str, String)> {
     let name = &s.target.service;
-    let mut stopped: Vec<&StoppedTask> = s
-        .service
-        .stopped
-        .iter()
-        .filter(|t| t.launched_by(primary) && t.failed())
-        .collect();
-    stopped.sort_by_key(|t| t.created_at);
-    let failures = primary.failed_tasks.max(stopped.len() as u32);
+    let (failures, why) = failed_launches(s, primary);
     if failures >= ctx.failed_tasks_threshold.max(1) {
-        let why = stopped
-            .iter()
-            .rev()
-            .find_map(|t| t.stopped_reason.as_deref())
-            .unwrap_or("ECS gave no stopped reason");
         return Some((
             "RolloutFailed",
             format!(
@@ -433,6 +427,24 @@ pub(super) fn rollout_failure(
             ),
         )
     })
+}
+
+/// How many of a deployment's new tasks stopped or failed to start (ECS's count, or the
+/// stopped tasks read, whichever is more), and the last stopped reason.
+pub(super) fn failed_launches<'a>(s: &'a ObservedService, primary: &Deployment) -> (u32, &'a str) {
+    let mut stopped: Vec<&StoppedTask> = s
+        .service
+        .stopped
+        .iter()
+        .filter(|t| t.launched_by(primary) && t.failed())
+        .collect();
+    stopped.sort_by_key(|t| t.created_at);
+    let why = stopped
+        .iter()
+        .rev()
+        .find_map(|t| t.stopped_reason.as_deref())
+        .unwrap_or("ECS gave no stopped reason");
+    (primary.failed_tasks.max(stopped.len() as u32), why)
 }
 
 /// A failing rollout of ours is undone (the service pointed back at where it came from);
@@ -528,6 +540,15 @@ fn own_rollout(
     let own = ctx.own_rollouts.get(name)?;
     if own.undone && busy && primary.task_definition == own.from {
         let why = ctx.last_failure.as_deref().unwrap_or("the rollout failed");
+        let (failures, stopped) = failed_launches(s, primary);
+        if failures >= ctx.failed_tasks_threshold.max(1) {
+            return Some(Eval::RollbackFailing(format!(
+                "{why}; pointing {name} back at {} is failing too: {failures} of its task(s) stopped or \
+                 failed to start (last stopped reason: {stopped}). No write until it heals (ECS starts the \
+                 tasks) or a person acts",
+                own.from
+            )));
+        }
         let age = ctx
             .now
             .duration_since(primary.created_at)
@@ -610,7 +631,9 @@ fn progress(s: &ObservedService, param: &ManagedParam, eval: &Eval) -> ServicePr
             Eval::Converged => ServiceState::Converged,
             Eval::Rolling(_) => ServiceState::RollingOut,
             Eval::RollingBack(_) => ServiceState::RollingBack,
-            Eval::Failed(..) | Eval::Undo { .. } | Eval::Stuck(_) => ServiceState::Failed,
+            Eval::Failed(..) | Eval::Undo { .. } | Eval::Stuck(_) | Eval::RollbackFailing(_) => {
+                ServiceState::Failed
+            }
             Eval::Busy(_) => ServiceState::Busy,
             Eval::NeedsRoll { .. } => ServiceState::Pending,
             Eval::Inactive(_) => ServiceState::Inactive,
@@ -804,6 +827,7 @@ mod tests {
             cluster: "convox-Cluster-1".into(),
             resources: Default::default(),
             services: vec![web, mon],
+            update_token: Default::default(),
         }
     }
 
@@ -982,7 +1006,7 @@ mod tests {
                 name: "stack needs repair: blocked",
                 desired: "Yes",
                 rack: rack(
-                    "UPDATE_ROLLBACK_FAILED",
+                    "DELETE_FAILED",
                     web(&[done("web:1")], &["web:1"]),
                     mon(&[done("mon:1")], &["mon:1"]),
                 ),
@@ -1235,6 +1259,53 @@ mod tests {
                 ctx: PlanContext { own_rollouts: own("ServiceWebApi", "web:1", "web:2", true), ..ctx() },
                 phase: Phase::Failed,
                 reason: "RollingBack",
+                roll: None,
+            },
+            Case {
+                name: "the undo's tasks keep failing too: rollback failing, no further write",
+                desired: "Yes",
+                rack: rack(
+                    stable,
+                    with_stopped(
+                        web(&[rolling("web:1", 0, 60), draining("web:2")], &["web:2"]),
+                        3,
+                        "Essential container in task exited",
+                    ),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: PlanContext { own_rollouts: own("ServiceWebApi", "web:1", "web:2", true), ..ctx() },
+                phase: Phase::Failed,
+                reason: "RollbackFailing",
+                roll: None,
+            },
+            Case {
+                name: "a stack left in UPDATE_ROLLBACK_FAILED: rollback failing",
+                desired: "Yes",
+                rack: rack(
+                    "UPDATE_ROLLBACK_FAILED",
+                    web(&[done("web:1")], &["web:1"]),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Failed,
+                reason: "RollbackFailing",
+                roll: None,
+            },
+            Case {
+                name: "a stack rolling back whose API tasks keep failing: rollback failing",
+                desired: "Yes",
+                rack: rack(
+                    "UPDATE_ROLLBACK_IN_PROGRESS",
+                    with_stopped(
+                        web(&[rolling("web:1", 0, 60), draining("web:2")], &["web:2"]),
+                        4,
+                        "CannotPullContainerError",
+                    ),
+                    mon(&[done("mon:1")], &["mon:1"]),
+                ),
+                ctx: ctx(),
+                phase: Phase::Failed,
+                reason: "RollbackFailing",
                 roll: None,
             },
             Case {

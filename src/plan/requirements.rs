@@ -110,6 +110,7 @@ mod tests {
             cluster: "c".into(),
             resources: Default::default(),
             services: Vec::new(),
+            update_token: Default::default(),
         }
     }
 

@@ -3,12 +3,15 @@
 //! (`UsePreviousTemplate`) and every other parameter (`UsePreviousValue`), then followed to
 //! the end: the stack `*_COMPLETE` with the value, and for a parameter that feeds the rack
 //! API's labels (`ECSExec`), every API service converged on it. An update of the
-//! controller's whose new API tasks keep failing (no circuit breaker) is cancelled instead of
-//! letting CloudFormation wait for hours.
+//! controller's (its token, see [`super::owner`]) whose new API tasks keep failing (no
+//! circuit breaker) is cancelled, once, instead of letting CloudFormation wait for hours;
+//! someone else's update is waited for, never cancelled.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use super::hold::ROLLBACK_FAILING;
+use super::owner::Ownership;
 use super::relabel::{self, rollout_failure, PlanContext};
 use super::{rollback_cause, round_secs, stack_hold, Decision, Phase};
 use crate::model::{ObservedRack, RolloutState, StackParameter, StackState, ECS_EXEC};
@@ -20,6 +23,10 @@ pub struct StackContext {
     /// The values the controller's stack update in flight (or last made) asked for, until the
     /// stack is seen with them or the update failed.
     pub attempted: BTreeMap<String, String>,
+    /// Whose the stack's latest update is.
+    pub ownership: Ownership,
+    /// The controller's update was cancelled already: not again.
+    pub cancelled: bool,
     /// After a failed update, the next waits until then.
     pub retry_not_before: Option<SystemTime>,
     /// Why the controller's last update rolled back, once read from the stack events.
@@ -34,7 +41,9 @@ pub struct StackPlan {
     pub decisions: Vec<Decision>,
     /// Changes to make in one `UpdateStack`: key → value.
     pub changes: BTreeMap<String, String>,
-    /// The controller's update in progress is failing (why): cancel it.
+    /// The controller's update in progress is failing (why), cancelled or not.
+    pub failing: Option<String>,
+    /// The controller's update in progress is failing (why) and not cancelled yet: cancel it.
     pub cancel: Option<String>,
 }
 
@@ -44,12 +53,14 @@ pub fn plan_stack(
     rack: &ObservedRack,
     ctx: &StackContext,
 ) -> StackPlan {
+    let failing = failing_update(rack, ctx);
     let mut plan = StackPlan {
-        cancel: failing_update(rack, ctx),
+        cancel: failing.clone().filter(|_| !ctx.cancelled),
+        failing,
         ..StackPlan::default()
     };
     for (key, value) in desired {
-        let mut d = decide(key, value, rack, ctx, plan.cancel.as_deref());
+        let mut d = decide(key, value, rack, ctx, plan.failing.as_deref());
         if key == ECS_EXEC.name && d.services.is_empty() {
             // The API services' progress: the rollouts the stack update started.
             d.services = relabel::plan(&ECS_EXEC, value, rack, &ctx.rollouts).services;
@@ -63,17 +74,19 @@ pub fn plan_stack(
 }
 
 /// The `UpdateStack` parameters for `changes`: every parameter the stack has, the changed
-/// ones with their value, the rest (secrets included) `UsePreviousValue`.
+/// ones with their value, the computed ones as convox sends them
+/// ([`ObservedRack::computed_values`]), the rest (secrets included) `UsePreviousValue`.
 pub fn update_parameters(
     rack: &ObservedRack,
     changes: &BTreeMap<String, String>,
 ) -> Vec<StackParameter> {
+    let computed = rack.computed_values();
     rack.stack
         .parameters
         .keys()
         .map(|key| StackParameter {
             key: key.clone(),
-            value: changes.get(key).cloned(),
+            value: changes.get(key).or_else(|| computed.get(key)).cloned(),
         })
         .collect()
 }
@@ -105,26 +118,18 @@ fn decide(
         );
         return d.with(Phase::Blocked, "NotDeclared", message);
     }
-    let ours = ctx.attempted.get(key).is_some_and(|v| v == value);
-    let (name, status) = (&stack.name, &stack.status);
-    match stack.state() {
-        StackState::InProgress if ours => {
-            if let Some(why) = cancel {
-                let message = format!(
-                    "the update of stack {name} setting {key}={value} is failing ({why}): cancelling it, CloudFormation rolls it back"
-                );
-                return d.with(Phase::Failed, "StackUpdateFailing", message);
-            }
-            let message = format!("stack {name} is {status}: setting {key}={value}");
-            return d.with(Phase::Progressing, "UpdatingStack", message);
-        }
-        StackState::InProgress | StackState::Unusable => {
-            if let Some((phase, reason, message)) = stack_hold(rack) {
-                return d.with(phase, reason, message);
-            }
-        }
-        StackState::Stable => {}
+    let ours = ctx.ownership.is_ours() && ctx.attempted.get(key).is_some_and(|v| v == value);
+    let what = format!("setting {key}={value}");
+    let update = InFlight {
+        ownership: &ctx.ownership,
+        cancelled: ctx.cancelled,
+        failing: cancel,
+        threshold: ctx.rollouts.failed_tasks_threshold,
+    };
+    if let Some((phase, reason, message)) = in_progress(rack, &what, ours, &update) {
+        return d.with(phase, reason, message);
     }
+    let (name, status) = (&stack.name, &stack.status);
     if observed.as_deref() == Some(value) {
         return holding(d, key, value, rack, ctx);
     }
@@ -146,6 +151,78 @@ fn decide(
     let from = observed.unwrap_or_else(|| "(not set)".into());
     let message = format!("updating stack {name}: {key} {from} → {value} (UpdateStack, the template and every other parameter kept)");
     d.with(Phase::Progressing, "UpdatingStack", message)
+}
+
+/// What the planners know of the stack update under way.
+pub(super) struct InFlight<'a> {
+    pub ownership: &'a Ownership,
+    /// The controller cancelled its update already.
+    pub cancelled: bool,
+    /// The controller's update is failing (why).
+    pub failing: Option<&'a str>,
+    /// Failed task launches that make a rollout (or a rollback) failing.
+    pub threshold: u32,
+}
+
+/// The phase while the stack is not stable: the controller's own update (`what` it does, and
+/// `ours`: this decision's change is in it) followed, failing (cancelled once) or rolling
+/// back; anyone else's waited for, never cancelled; a rollback that fails too; a stack that
+/// needs repair.
+pub(super) fn in_progress(
+    rack: &ObservedRack,
+    what: &str,
+    ours: bool,
+    ctx: &InFlight<'_>,
+) -> Option<(Phase, &'static str, String)> {
+    let (name, status) = (&rack.stack.name, &rack.stack.status);
+    let hold = stack_hold(rack, ctx.threshold);
+    match rack.stack.state() {
+        StackState::Stable => None,
+        StackState::Unusable => hold,
+        _ if hold.as_ref().is_some_and(|h| h.1 == ROLLBACK_FAILING) => hold,
+        StackState::InProgress if ours => Some(match ctx.failing {
+            Some(why) => {
+                let done = if ctx.cancelled {
+                    "cancelled; CloudFormation rolls it back"
+                } else {
+                    "cancelling it, CloudFormation rolls it back"
+                };
+                let message =
+                    format!("the update of stack {name} {what} is failing ({why}): {done}");
+                (Phase::Failed, "StackUpdateFailing", message)
+            }
+            None if status.contains("ROLLBACK") => {
+                let message = format!(
+                    "the update of stack {name} {what} is being rolled back ({status}){}",
+                    if ctx.cancelled {
+                        ": the controller cancelled it"
+                    } else {
+                        ""
+                    }
+                );
+                (Phase::Failed, "StackRollingBack", message)
+            }
+            None => {
+                let message = format!("stack {name} is {status}: {what}");
+                (Phase::Progressing, "UpdatingStack", message)
+            }
+        }),
+        StackState::InProgress if ctx.ownership.is_ours() => {
+            let message = format!(
+                "stack {name} is {status}: the controller's own update, which does not carry this \
+                 change, is under way; {what} waits for it to settle"
+            );
+            Some((Phase::Waiting, "StackUpdating", message))
+        }
+        StackState::InProgress => {
+            let message = format!(
+                "stack {name} is {status}: {}; the controller waits for it to settle and never cancels \
+                 an update it did not start",
+                ctx.ownership.describe()
+            );
+            Some((Phase::Waiting, "StackUpdating", message))
+        }
+    }
 }
 
 /// The stack holds the value. A parameter that feeds the rack API's labels is converged only
@@ -172,8 +249,8 @@ fn holding(
 /// failing (its new tasks keep stopping), and why.
 fn failing_update(rack: &ObservedRack, ctx: &StackContext) -> Option<String> {
     // CancelUpdateStack only works while the update itself runs (not during its rollback
-    // or clean-up).
-    if ctx.attempted.is_empty() || rack.stack.status != "UPDATE_IN_PROGRESS" {
+    // or clean-up). Someone else's update is never cancelled.
+    if !ctx.ownership.is_ours() || rack.stack.status != "UPDATE_IN_PROGRESS" {
         return None;
     }
     rack.services.iter().find_map(|s| {
@@ -231,6 +308,7 @@ mod tests {
             cluster: "convox-Cluster-1".into(),
             resources: Default::default(),
             services: Vec::new(),
+            update_token: Default::default(),
         }
     }
 
@@ -239,6 +317,8 @@ mod tests {
         StackContext {
             now,
             attempted: BTreeMap::new(),
+            ownership: Ownership::Unknown("not read".into()),
+            cancelled: false,
             retry_not_before: None,
             failure_reason: None,
             rollouts: PlanContext {
@@ -279,6 +359,12 @@ mod tests {
         let stable = "UPDATE_COMPLETE";
         let ours = StackContext {
             attempted: desired(&[("ApiCount", "3")]),
+            ownership: Ownership::Ours,
+            ..ctx()
+        };
+        let theirs = StackContext {
+            attempted: desired(&[("ApiCount", "3")]),
+            ownership: Ownership::Theirs("someone else's update (no token)".into()),
             ..ctx()
         };
         let cases: Vec<Case> = vec![
@@ -315,12 +401,44 @@ mod tests {
                 vec![],
             ),
             (
+                "the same values, someone else's token: waited for",
+                rack("UPDATE_IN_PROGRESS", &[("ApiCount", "2")]),
+                theirs.clone(),
+                Phase::Waiting,
+                "StackUpdating",
+                vec![],
+            ),
+            (
+                "ours, being rolled back",
+                rack("UPDATE_ROLLBACK_IN_PROGRESS", &[("ApiCount", "2")]),
+                ours.clone(),
+                Phase::Failed,
+                "StackRollingBack",
+                vec![],
+            ),
+            (
                 "stack broken",
-                rack("UPDATE_ROLLBACK_FAILED", &[("ApiCount", "2")]),
+                rack("DELETE_FAILED", &[("ApiCount", "2")]),
                 ctx(),
                 Phase::Blocked,
                 "StackUnusable",
                 vec![],
+            ),
+            (
+                "rollback failed",
+                rack("UPDATE_ROLLBACK_FAILED", &[("ApiCount", "2")]),
+                ours.clone(),
+                Phase::Failed,
+                "RollbackFailing",
+                vec![],
+            ),
+            (
+                "someone else's update rolled back: not ours to report",
+                rack("UPDATE_ROLLBACK_COMPLETE", &[("ApiCount", "2")]),
+                theirs.clone(),
+                Phase::Progressing,
+                "UpdatingStack",
+                vec!["ApiCount"],
             ),
             (
                 "ours rolled back",

@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use super::gate::{downgrade_gate, EcsExecState, Gate};
-use super::{rollback_cause, round_secs, stack_hold, Action, Decision, Phase, StackUpdate};
+use super::owner::Ownership;
+use super::stack::{in_progress, InFlight};
+use super::{rollback_cause, round_secs, Action, Decision, Phase, StackUpdate};
 use crate::model::{
     ObservedRack, RackVersion, StackParameter, StackState, ECS_EXEC, VERSION_PARAM,
 };
@@ -14,8 +16,17 @@ use crate::model::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionContext {
     pub now: SystemTime,
-    /// The version this controller last asked CloudFormation for, until seen applied or failed.
+    /// The version this controller last asked CloudFormation for (written down with the
+    /// update's token before it was sent), until seen applied or failed.
     pub attempted: Option<RackVersion>,
+    /// Whose the stack's latest update is.
+    pub ownership: Ownership,
+    /// The controller cancelled its update already.
+    pub cancelled: bool,
+    /// The controller's update is failing: its new API tasks keep stopping (why).
+    pub failing: Option<String>,
+    /// Failed task launches that make a rollout (or a rollback) failing.
+    pub failed_tasks_threshold: u32,
     pub retry_not_before: Option<SystemTime>,
     /// Why the stack's last update failed, looked up after one of ours rolled back.
     pub failure_reason: Option<String>,
@@ -121,15 +132,17 @@ fn stack_phase(
     ctx: &VersionContext,
 ) -> Option<(Phase, &'static str, String)> {
     let stack = &rack.stack;
-    let ours = ctx.attempted == Some(desired);
+    let ours = ctx.ownership.is_ours() && ctx.attempted == Some(desired);
     let (name, status) = (&stack.name, &stack.status);
-    match stack.state() {
-        StackState::InProgress if ours => {
-            let message = format!("stack {name} is {status}: updating it to version {desired}");
-            return Some((Phase::Progressing, "UpdatingStack", message));
-        }
-        StackState::InProgress | StackState::Unusable => return stack_hold(rack),
-        StackState::Stable => {}
+    let update = InFlight {
+        ownership: &ctx.ownership,
+        cancelled: ctx.cancelled,
+        failing: ctx.failing.as_deref(),
+        threshold: ctx.failed_tasks_threshold,
+    };
+    let what = format!("to version {desired}");
+    if stack.state() != StackState::Stable {
+        return in_progress(rack, &what, ours, &update);
     }
     if stack.version() == Some(desired) {
         let message = format!("stack {name} runs version {desired} ({status})");
@@ -145,8 +158,9 @@ fn stack_phase(
     None
 }
 
-/// Every parameter the target template declares that can be given: `Version` and `ECSExec`
-/// (kept as the controller has it) with values, the rest `UsePreviousValue`. Parameters the
+/// Every parameter the target template declares that can be given: `Version`, `ECSExec`
+/// (kept as the controller has it) and the computed ones (as convox sends them) with
+/// values, the rest `UsePreviousValue`. Parameters the
 /// target does not declare are left out; those only the target declares get its default.
 fn update_parameters(
     desired: RackVersion,
@@ -154,6 +168,7 @@ fn update_parameters(
     target: &BTreeSet<String>,
     ecs: &EcsExecState,
 ) -> Vec<StackParameter> {
+    let computed = rack.computed_values();
     target
         .iter()
         .filter_map(|key| {
@@ -162,7 +177,7 @@ fn update_parameters(
             } else if key == ECS_EXEC.name {
                 ecs.value_to_keep()
             } else {
-                None
+                computed.get(key).cloned()
             };
             match value {
                 Some(v) => Some(StackParameter {
@@ -210,6 +225,7 @@ mod version_tests {
             cluster: "c".into(),
             resources: Default::default(),
             services: Vec::new(),
+            update_token: Default::default(),
         }
     }
 
@@ -247,6 +263,10 @@ mod version_tests {
         VersionContext {
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             attempted: None,
+            ownership: Ownership::Unknown("not read".into()),
+            cancelled: false,
+            failing: None,
+            failed_tasks_threshold: 3,
             retry_not_before: None,
             failure_reason: None,
         }
@@ -458,6 +478,7 @@ mod version_tests {
                 converged_no.clone(),
                 VersionContext {
                     attempted: Some(v(OLD)),
+                    ownership: Ownership::Ours,
                     ..ctx()
                 },
                 Phase::Progressing,
@@ -469,6 +490,7 @@ mod version_tests {
                 converged_no.clone(),
                 VersionContext {
                     attempted: Some(v(OLD)),
+                    ownership: Ownership::Ours,
                     failure_reason: Some("ServiceWebApi: boom".into()),
                     ..ctx()
                 },
@@ -487,12 +509,45 @@ mod version_tests {
                 "BackingOff",
             ),
             (
+                "our update failing: cancelled, rolling back",
+                rack("UPDATE_IN_PROGRESS", OLD),
+                converged_no.clone(),
+                VersionContext {
+                    attempted: Some(v(OLD)),
+                    ownership: Ownership::Ours,
+                    failing: Some("ServiceWebApi: 3 new task(s) stopped".into()),
+                    ..ctx()
+                },
+                Phase::Failed,
+                "StackUpdateFailing",
+            ),
+            (
+                "someone else's update to the same version: waited for, never cancelled",
+                rack("UPDATE_IN_PROGRESS", OLD),
+                converged_no.clone(),
+                VersionContext {
+                    attempted: Some(v(OLD)),
+                    ownership: Ownership::Theirs("someone else's update".into()),
+                    ..ctx()
+                },
+                Phase::Waiting,
+                "StackUpdating",
+            ),
+            (
                 "stack needs repair",
-                rack("UPDATE_ROLLBACK_FAILED", CUR),
+                rack("DELETE_FAILED", CUR),
                 converged_no.clone(),
                 ctx(),
                 Phase::Blocked,
                 "StackUnusable",
+            ),
+            (
+                "the rollback failed too",
+                rack("UPDATE_ROLLBACK_FAILED", CUR),
+                converged_no.clone(),
+                ctx(),
+                Phase::Failed,
+                "RollbackFailing",
             ),
         ];
         for (name, r, e, c, phase, reason) in cases {
@@ -515,6 +570,7 @@ mod version_tests {
     fn a_rolled_back_update_names_the_failing_resource() {
         let c = VersionContext {
             attempted: Some(v(OLD)),
+            ownership: Ownership::Ours,
             failure_reason: Some("ServiceWebApi: tasks failed".into()),
             ..ctx()
         };

@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::model::{
     Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, ServiceTasks,
     StackEvent, StackParameter, StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskRead,
-    TaskSnapshot, MANAGED_PARAMS,
+    TaskSnapshot, UpdateToken,
 };
 use crate::spec::Declarations;
 use crate::templates::{TemplateLocation, TemplateRef};
@@ -946,6 +946,26 @@ impl Rack for AwsRack {
         Ok(walk.cause)
     }
 
+    async fn stack_update_token(&self) -> Result<UpdateToken, RackError> {
+        let mut walk = FailureWalk::default();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_EVENT_PAGES {
+            let (events, next) = self.stack_events(token.take()).await?;
+            walk.feed(&self.stack, &events);
+            token = next;
+            if walk.done {
+                return Ok(UpdateToken::Read(walk.token));
+            }
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(UpdateToken::Unknown(format!(
+            "the start of the latest update of stack {} is not among its events (read back {MAX_EVENT_PAGES} pages at most)",
+            self.stack
+        )))
+    }
+
     async fn update_service(
         &self,
         cluster: &str,
@@ -1082,9 +1102,8 @@ fn info(arn: &str, td: &TaskDefinition) -> TaskDefinitionInfo {
         arn: arn.to_string(),
         family: td.family.clone().unwrap_or_default(),
         revision: count(td.revision),
-        labels: MANAGED_PARAMS
-            .iter()
-            .filter_map(|p| Some((p.label.to_string(), labels?.get(p.label)?.clone())))
+        labels: crate::model::read_labels()
+            .filter_map(|label| Some((label.to_string(), labels?.get(label)?.clone())))
             .collect(),
     }
 }

@@ -11,7 +11,9 @@ use super::{
     TemplateSummary,
 };
 use crate::lease::Lease;
-use crate::model::{ServiceSnapshot, ServiceTasks, StackSnapshot, TaskDefinitionInfo, TaskRead};
+use crate::model::{
+    ServiceSnapshot, ServiceTasks, StackSnapshot, TaskDefinitionInfo, TaskRead, UpdateToken,
+};
 use crate::spec::Declarations;
 use crate::templates::TemplateRef;
 
@@ -118,5 +120,9 @@ impl Rack for FencedRack {
 
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError> {
         self.inner.stack_failure_reason().await
+    }
+
+    async fn stack_update_token(&self) -> Result<UpdateToken, RackError> {
+        self.inner.stack_update_token().await
     }
 }

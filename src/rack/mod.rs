@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
     ServiceSnapshot, ServiceTasks, StackParameter, StackSnapshot, TaskDefinitionInfo, TaskRead,
+    UpdateToken,
 };
 use crate::spec::Declarations;
 use crate::templates::TemplateRef;
@@ -96,6 +97,11 @@ pub trait Rack: Send + Sync {
     /// Why the stack's latest update failed: the first resource that failed, with the reason
     /// CloudFormation gave (`DescribeStackEvents`, page by page back to the update's start).
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError>;
+
+    /// The `ClientRequestToken` the stack's latest update was started with: the token of the
+    /// stack's own `UPDATE_IN_PROGRESS` event (`DescribeStackEvents`, page by page back to
+    /// it). [`UpdateToken::Unknown`] when the start is not among the pages read.
+    async fn stack_update_token(&self) -> Result<UpdateToken, RackError>;
 }
 
 /// What `GetTemplateSummary` says of a template.
@@ -201,6 +207,9 @@ pub enum RackError {
     #[error("not written: {message}")]
     NotLeader { message: String },
 
+    #[error("the stack update was not sent: its token could not be written down first ({reason}), and without it the controller could not tell the update is its own after a restart; check that the status document can be written")]
+    TokenNotRecorded { reason: String },
+
     #[error("new revision {new} of {base} differs from it in {field}, not only in the label: not rolling it out; report this as a bug")]
     RevisionMismatch {
         base: String,
@@ -265,6 +274,7 @@ impl RackError {
                 ..
             }
             | RackError::RevisionMismatch { .. }
+            | RackError::TokenNotRecorded { .. }
             | RackError::NotLeader { .. } => "error",
         }
     }

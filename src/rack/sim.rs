@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::model::{
     Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, ServiceTasks,
     StackEvent, StackParameter, StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskRead,
-    TaskSnapshot, MANAGED_PARAMS,
+    TaskSnapshot, UpdateToken,
 };
 use crate::spec::{Declarations, ParamDecl};
 use crate::templates::{declared_parameters, TemplateLocation, TemplateRef};
@@ -192,6 +192,9 @@ pub struct SimSettings {
     pub circuit_breaker_threshold: u32,
     /// Rollouts whose tasks fail to start, counted from the first `UpdateService`.
     pub failing_rollouts: u32,
+    /// Rack releases whose API tasks fail to start (a broken release): a stack update to one
+    /// of them rolls the API services to tasks that keep stopping.
+    pub failing_versions: Vec<String>,
     /// The rack parameter `HighAvailability`: the web service runs `ApiCount` tasks with
     /// minimum healthy 50%; without it, one task with minimum healthy 0%.
     pub high_availability: bool,
@@ -222,6 +225,7 @@ impl Default for SimSettings {
             circuit_breaker: false,
             circuit_breaker_threshold: 3,
             failing_rollouts: 0,
+            failing_versions: Vec::new(),
             high_availability: true,
             throttled: BTreeMap::new(),
             stack_update: Duration::from_secs(60),
@@ -277,6 +281,7 @@ struct State {
     kept: BTreeSet<String>,
     services: Vec<SimService>,
     rollout_faults: VecDeque<RolloutFault>,
+    launches_fail: bool,
     api_faults: BTreeMap<&'static str, u32>,
     calls: BTreeMap<&'static str, u64>,
     updates: Vec<UpdateRecord>,
@@ -356,6 +361,8 @@ struct SimStopped {
 struct Scheduling {
     task_start: Duration,
     circuit_breaker: Option<u32>,
+    /// Every launch fails, whatever the revision (the cluster cannot start tasks).
+    launches_fail: bool,
 }
 
 struct SimDeployment {
@@ -428,6 +435,7 @@ impl SimRack {
                 settings.failing_rollouts as usize,
             )
             .collect(),
+            launches_fail: false,
             api_faults: settings
                 .throttled
                 .iter()
@@ -576,6 +584,13 @@ impl SimRack {
     /// The next `UpdateService` deployments behave as `fault` says, in order.
     pub fn inject_rollout_fault(&self, fault: RolloutFault) {
         self.lock().rollout_faults.push_back(fault);
+    }
+
+    /// While `failing`, every task launch fails, whatever the revision (the cluster cannot
+    /// start tasks: an image registry or the instances are gone); deployments go on once it
+    /// is cleared.
+    pub fn fail_every_launch(&self, failing: bool) {
+        self.lock().launches_fail = failing;
     }
 
     /// The next `count` calls of `operation` fail with a throttling error.
@@ -851,9 +866,22 @@ impl State {
     }
 
     fn deploy(&mut self, idx: usize, task_definition: String, now: Instant) {
-        // A revision that has run before runs again: faults hit new revisions only.
+        // A revision that has run before runs again: faults hit new revisions only. A
+        // failing release's revisions never run.
         let ran_before = self.services[idx].ran.contains(&task_definition);
-        let fault = if ran_before {
+        let image = self.task_definitions.get(&task_definition).and_then(|b| {
+            b["containerDefinitions"][0]["image"]
+                .as_str()
+                .map(str::to_string)
+        });
+        let broken_release = self
+            .settings
+            .failing_versions
+            .iter()
+            .any(|v| image.as_deref() == Some(format!("convox/rack:{v}").as_str()));
+        let fault = if broken_release {
+            Some(RolloutFault::FailToStart)
+        } else if ran_before {
             None
         } else {
             self.rollout_faults.pop_front()
@@ -877,6 +905,7 @@ impl State {
                 .settings
                 .circuit_breaker
                 .then_some(self.settings.circuit_breaker_threshold),
+            launches_fail: self.launches_fail,
         }
     }
 
@@ -999,7 +1028,8 @@ impl State {
         let fault = self.stack_update_faults.pop_front();
         self.stack_status = "UPDATE_IN_PROGRESS".into();
         self.stack_status_reason = Some("User Initiated".into());
-        self.stack_token = Some(request.token.clone());
+        // An empty token stands for an update made without one (the convox CLI sends none).
+        self.stack_token = (!request.token.is_empty()).then(|| request.token.clone());
         self.stack_event(
             &self.settings.rack.clone(),
             "UPDATE_IN_PROGRESS",
@@ -1280,7 +1310,7 @@ impl SimService {
         let d = &mut self.deployments[p];
         let due: Vec<Instant> = d.starting.iter().copied().filter(|s| *s <= t).collect();
         d.starting.retain(|s| *s > t);
-        if d.fault != Some(RolloutFault::FailToStart) {
+        if d.fault != Some(RolloutFault::FailToStart) && !sched.launches_fail {
             d.running += due.len() as u32;
             if !due.is_empty() {
                 self.ran.insert(d.task_definition.clone());
@@ -1782,6 +1812,23 @@ impl Rack for SimRack {
         }
         Ok(walk.cause)
     }
+
+    async fn stack_update_token(&self) -> Result<UpdateToken, RackError> {
+        let mut s = self.lock();
+        let name = s.settings.rack.clone();
+        let newest_first: Vec<StackEvent> = s.stack_events.iter().rev().cloned().collect();
+        let mut walk = FailureWalk::default();
+        for page in newest_first.chunks(100) {
+            self.call(&mut s, "cloudformation", "DescribeStackEvents", &name)?;
+            walk.feed(&name, page);
+            if walk.done {
+                return Ok(UpdateToken::Read(walk.token));
+            }
+        }
+        Ok(UpdateToken::Unknown(format!(
+            "the start of the latest update of stack {name} is not among its events"
+        )))
+    }
 }
 
 fn cfn_validation(operation: &'static str, resource: &str, message: &str) -> RackError {
@@ -1810,12 +1857,11 @@ fn info(arn: &str, body: &Value) -> TaskDefinitionInfo {
         arn: arn.to_string(),
         family: body["family"].as_str().unwrap_or_default().to_string(),
         revision: body["revision"].as_u64().unwrap_or(0) as u32,
-        labels: MANAGED_PARAMS
-            .iter()
-            .filter_map(|p| {
-                labels[p.label]
+        labels: crate::model::read_labels()
+            .filter_map(|label| {
+                labels[label]
                     .as_str()
-                    .map(|v| (p.label.to_string(), v.to_string()))
+                    .map(|v| (label.to_string(), v.to_string()))
             })
             .collect(),
     }

@@ -36,6 +36,7 @@ use crate::spec::Declarations;
 use crate::status::{LeaseStatus, ParamsFileStatus, Status, StatusHandle};
 use crate::store::{Fetch, Location, Store, StoreError};
 use crate::templates::{TemplateRef, TemplateSource};
+use stack::StackMemory;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -205,7 +206,8 @@ pub struct Reconciler {
     last_write: BTreeMap<String, SystemTime>,
     /// What the params file holds, parsed but not yet held against the running template.
     candidate: Option<DesiredParams>,
-    /// The controller's stack update for parameters: what it asked for, and its backoff.
+    /// The controller's latest stack update (its token, what it asked for), and the stack
+    /// parameters' backoff.
     stack: StackMemory,
     /// The lease that makes this controller the rack's one writer (`None`: `lease: none`).
     lease: Option<Lease>,
@@ -217,48 +219,6 @@ pub struct Reconciler {
     params_etag: Option<String>,
     /// What requirements of values are checked against (the rack's VPC).
     exec: Option<Arc<dyn ExecSource>>,
-}
-
-/// What the loop remembers of its stack updates for parameters.
-#[derive(Default)]
-struct StackMemory {
-    /// Key → value of the update in flight (or last made), until seen applied or failed.
-    attempted: BTreeMap<String, String>,
-    /// The stack's `LastUpdatedTime` when the update was made: it has happened once that moves.
-    before: Option<String>,
-    /// The update was cancelled (once is enough).
-    cancelled: bool,
-    memory: Memory,
-}
-
-/// What the stack update's backoff is written down as.
-const STACK_BACKOFF: &str = "stack parameters";
-
-impl StackMemory {
-    fn persisted(&self) -> Option<crate::memory::PersistedStackUpdate> {
-        let failure = self.memory.backoff_record(STACK_BACKOFF);
-        (!self.attempted.is_empty() || failure.is_some()).then(|| {
-            crate::memory::PersistedStackUpdate {
-                attempted: self.attempted.clone(),
-                before: self.before.clone(),
-                cancelled: self.cancelled,
-                failure,
-            }
-        })
-    }
-
-    fn restored(p: &crate::memory::PersistedStackUpdate, builder: ExponentialBuilder) -> Self {
-        StackMemory {
-            attempted: p.attempted.clone(),
-            before: p.before.clone(),
-            cancelled: p.cancelled,
-            memory: p
-                .failure
-                .as_ref()
-                .map(|f| Memory::restored(f, builder))
-                .unwrap_or_default(),
-        }
-    }
 }
 
 impl Reconciler {
@@ -520,7 +480,14 @@ impl Reconciler {
         let now = self.clock.now();
         if let Some(version) = self.desired.as_ref().and_then(|d| d.version) {
             let ecs = self.ecs_exec_state(&observed);
-            let (d, _) = self.version_decision(version, &observed, &ecs, now).await;
+            let owner = self.ownership(&observed);
+            let failing = self
+                .plan_stack_params(&BTreeMap::new(), &observed, &owner, now)
+                .failing;
+            let update = (&owner, failing);
+            let (d, _) = self
+                .version_decision(version, &observed, &ecs, update, now)
+                .await;
             decisions.push(d);
         }
         Ok((observed, decisions))
@@ -544,9 +511,9 @@ impl Reconciler {
             })
             .into_iter()
             .collect();
+        let owner = self.ownership(&observed);
         decisions.extend(
-            self.plan_stack_params(&stack_desired, &observed, now)
-                .await
+            self.plan_stack_params(&stack_desired, &observed, &owner, now)
                 .decisions,
         );
         decisions.extend(held);
@@ -801,14 +768,24 @@ impl Reconciler {
                 .reconcile_param(&ECS_EXEC, &value, observed, now, &mut acted, &standby)
                 .instrument(span)
                 .await;
+            // Undoing a change fails too: nothing more is written until it heals.
+            acted |= d.reason == plan::hold::ROLLBACK_FAILING;
             decisions.push(d);
         }
-        let mut stack = self.plan_stack_params(&stack_desired, observed, now).await;
+        let owner = self.ownership(observed);
+        self.read_failure_reason(observed, &owner).await;
+        let mut stack = self.plan_stack_params(&stack_desired, observed, &owner, now);
         let ecs = self.ecs_exec_state(observed);
+        let update = (&owner, stack.failing.clone());
         let mut version = match desired.version {
-            Some(v) => Some(self.plan_version_change(v, observed, &ecs, now).await),
+            Some(v) => Some(
+                self.plan_version_change(v, observed, &ecs, update, now)
+                    .await,
+            ),
             None => None,
         };
+        let version_decision = version.as_ref().map(|(d, _)| d);
+        self.settle_stack_attempt(&stack, version_decision, observed, now);
         self.write_stack(&mut stack, version.as_mut(), observed, now, &mut acted)
             .await;
         report.acted = acted && standby.is_none();
@@ -1063,6 +1040,7 @@ impl Reconciler {
         version: RackVersion,
         observed: &ObservedRack,
         ecs: &EcsExecState,
+        (owner, failing): (&plan::Ownership, Option<String>),
         now: SystemTime,
     ) -> (Decision, Option<TemplateRef>) {
         let stack = &observed.stack;
@@ -1082,21 +1060,15 @@ impl Reconciler {
             }
         };
         let mem = mem_of(&mut self.memory, VERSION_PARAM);
-        let ours_failed = mem.attempted == Some(version) && stack.status.contains("ROLLBACK");
-        if ours_failed && mem.failure_reason.is_none() {
-            match self.rack.stack_failure_reason().await {
-                Ok(reason) => mem_of(&mut self.memory, VERSION_PARAM).failure_reason = reason,
-                Err(e) => {
-                    warn!(error = %e, "cannot read the stack events to say why the update failed")
-                }
-            }
-        }
-        let mem = mem_of(&mut self.memory, VERSION_PARAM);
         let ctx = VersionContext {
             now,
-            attempted: mem.attempted,
+            attempted: self.stack.version,
+            ownership: owner.clone(),
+            cancelled: self.stack.cancelled,
+            failing,
+            failed_tasks_threshold: self.settings.failed_tasks_threshold,
             retry_not_before: mem.retry_not_before,
-            failure_reason: mem.failure_reason.clone(),
+            failure_reason: self.stack.memory.failure_reason.clone(),
         };
         (
             plan::plan_version(version, observed, &declared, ecs, &ctx),
@@ -1183,11 +1155,7 @@ impl Reconciler {
     fn account_failure(&mut self, d: &Decision, now: SystemTime) {
         let fresh = matches!(
             d.reason,
-            "RolloutFailed"
-                | "RolloutTimedOut"
-                | "RolloutReverted"
-                | "StackUpdateRolledBack"
-                | "TemplateUnavailable"
+            "RolloutFailed" | "RolloutTimedOut" | "RolloutReverted" | "TemplateUnavailable"
         );
         let backoff = self.backoff();
         let mem = mem_of(&mut self.memory, &d.param);
@@ -1343,6 +1311,8 @@ impl Reconciler {
             .set_parameter(&d.param, d.phase, d.drift, drift_since);
         self.metrics
             .set_corrections_capped(&d.param, d.reason == "CorrectionsCapped");
+        self.metrics
+            .set_rollback_failing(&d.param, d.reason == plan::hold::ROLLBACK_FAILING);
         if d.param == VERSION_PARAM {
             self.metrics
                 .set_downgrade_blocked(matches!(d.reason, "DowngradeBlocked" | "DowngradeWaiting"));
@@ -1359,21 +1329,29 @@ impl Reconciler {
 
     /// Writes the status file when something a person would care about changed.
     async fn write_status_file(&mut self) {
+        if let Err(e) = self.write_down().await {
+            warn!(error = %e, "cannot write the status file");
+        }
+    }
+
+    /// Writes down the status and what must survive a restart, now; says why it could not.
+    /// Without a status file there is nowhere to write (the memory lives in the process).
+    async fn write_down(&mut self) -> Result<(), String> {
         self.persist();
         let Some(at) = self.settings.status_file.clone() else {
-            return;
+            return Ok(());
         };
         if let Some(lease) = &self.lease {
             // The holder's status document: a standby's (or a holder's that lost the lease
             // while paused) would overwrite what the holder wrote down.
-            if lease.fence().await.is_err() {
-                return;
+            if let Err(e) = lease.fence().await {
+                return Err(format!("status document {at}: not the lease holder: {e}"));
             }
         }
         let status = self.status.get();
         let key = significant(&status);
         if self.last_written.as_ref() == Some(&key) {
-            return;
+            return Ok(());
         }
         let written = match serde_json::to_string_pretty(&status) {
             Ok(body) => self.store.write(&at, &body).await,
@@ -1382,10 +1360,9 @@ impl Reconciler {
                 reason: e.to_string(),
             }),
         };
-        match written {
-            Ok(()) => self.last_written = Some(key),
-            Err(e) => warn!(file = %at, error = %e, "cannot write the status file"),
-        }
+        written.map_err(|e| format!("status document {at}: {e}"))?;
+        self.last_written = Some(key);
+        Ok(())
     }
 
     fn jittered(&self, d: Duration) -> Duration {

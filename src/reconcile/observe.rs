@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::model::{
     ObservedRack, ObservedService, ServiceSnapshot, ServiceTarget, StackSnapshot, StackState,
-    TaskDefinitionInfo,
+    TaskDefinitionInfo, UpdateToken,
 };
 use crate::plan::reads::{self, TaskMemory, TaskNeed};
 use crate::rack::{Rack, RackError};
@@ -67,6 +67,9 @@ pub struct Observer {
     read_order: Vec<String>,
     /// Per target (logical id): what the tasks proved, and what rollouts showed.
     tasks: BTreeMap<String, TaskMemory>,
+    /// The token the stack's latest update was started with, by the stack's last update
+    /// time (one update, one token: read once).
+    token: Option<(Option<String>, Option<String>)>,
 }
 
 impl Observer {
@@ -80,6 +83,7 @@ impl Observer {
             revisions: HashMap::new(),
             read_order: Vec::new(),
             tasks: BTreeMap::new(),
+            token: None,
         }
     }
 
@@ -90,13 +94,40 @@ impl Observer {
             .await?;
         let services = self.label(services).await?;
         let declared = self.declarations(&stack).await?;
+        let update_token = self.update_token(&stack).await;
         Ok(ObservedRack {
             declared,
             stack,
             cluster: located.cluster,
             resources: located.resources,
             services,
+            update_token,
         })
+    }
+
+    /// Who started the stack's latest update, where it decides something (an update under
+    /// way, a rollback, a broken stack): read from its events once per update. A failed read
+    /// makes it unknown for this look, not the look failed.
+    async fn update_token(&mut self, stack: &StackSnapshot) -> UpdateToken {
+        if !UpdateToken::needed(stack) {
+            return UpdateToken::NotRead;
+        }
+        if let Some((at, token)) = &self.token {
+            if *at == stack.last_updated && stack.last_updated.is_some() {
+                return UpdateToken::Read(token.clone());
+            }
+        }
+        match self.rack.stack_update_token().await {
+            Ok(UpdateToken::Read(token)) => {
+                self.token = Some((stack.last_updated.clone(), token.clone()));
+                UpdateToken::Read(token)
+            }
+            Ok(other) => other,
+            Err(e) => UpdateToken::Unknown(format!(
+                "cannot read the events of stack {} to tell whose update it is: {e}",
+                stack.name
+            )),
+        }
     }
 
     /// When to look again while the targets roll (see [`reads::poll_delay`]); `None` when

@@ -1,17 +1,22 @@
 //! The loop's stack writes: the parameters that change through CloudFormation and the rack
 //! version share one `UpdateStack` per run (or one `CancelUpdateStack` when the controller's
-//! own update is failing), made only when no other write was made this run.
+//! own update is failing), made only when no other write was made this run. The update's
+//! token is written down before it is sent: the stack's events carrying it are what make an
+//! update the controller's ([`crate::plan::owner`]).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use backon::ExponentialBuilder;
 use tracing::{info, warn};
 
 use super::{mem_of, round, write_failed, Reconciler};
+use crate::memory::{Memory, PersistedStackUpdate};
 use crate::model::{ObservedRack, RackVersion, StackState, VERSION_PARAM};
+use crate::plan::owner::TOKEN_PREFIX;
 use crate::plan::stack::update_parameters;
 use crate::plan::{
-    self, Action, Decision, EcsExecState, Phase, StackContext, StackPlan, StackUpdate,
+    self, Action, Decision, EcsExecState, Ownership, Phase, StackContext, StackPlan, StackUpdate,
 };
 use crate::rack::{RackError, ResourceChange, StackUpdateOutcome, StackUpdateRequest};
 use crate::templates::TemplateRef;
@@ -21,36 +26,105 @@ use crate::templates::TemplateRef;
 /// harmless).
 const RACK_CAPABILITIES: [&str; 2] = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"];
 
+/// What the stack update's backoff is written down as.
+const STACK_BACKOFF: &str = "stack parameters";
+
+/// The controller's latest stack update, written down (in the status document) before
+/// `UpdateStack` is sent, and the stack parameters' backoff.
+#[derive(Default)]
+pub(super) struct StackMemory {
+    /// The update's `ClientRequestToken`: the stack's events carrying it make it ours.
+    pub token: Option<String>,
+    /// Key → value of the parameter changes it carries.
+    pub attempted: BTreeMap<String, String>,
+    /// The version it asks for, when it changes the version.
+    pub version: Option<RackVersion>,
+    /// The stack's `LastUpdatedTime` when it was sent: it has happened once that moves.
+    pub before: Option<String>,
+    /// The update was cancelled (once is enough).
+    pub cancelled: bool,
+    pub memory: Memory,
+}
+
+impl StackMemory {
+    pub fn persisted(&self) -> Option<PersistedStackUpdate> {
+        let failure = self.memory.backoff_record(STACK_BACKOFF);
+        (self.token.is_some() || failure.is_some()).then(|| PersistedStackUpdate {
+            token: self.token.clone(),
+            attempted: self.attempted.clone(),
+            version: self.version.map(|v| v.to_string()),
+            before: self.before.clone(),
+            cancelled: self.cancelled,
+            failure,
+        })
+    }
+
+    pub fn restored(p: &PersistedStackUpdate, builder: ExponentialBuilder) -> Self {
+        StackMemory {
+            token: p.token.clone(),
+            attempted: p.attempted.clone(),
+            version: p.version.as_deref().and_then(RackVersion::parse),
+            before: p.before.clone(),
+            cancelled: p.cancelled,
+            memory: p
+                .failure
+                .as_ref()
+                .map(|f| Memory::restored(f, builder))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The update is over (applied or rolled back): nothing of it is ours to follow any more.
+    fn forget_update(&mut self) {
+        self.token = None;
+        self.attempted.clear();
+        self.version = None;
+        self.cancelled = false;
+        self.memory.failure_reason = None;
+    }
+}
+
 impl Reconciler {
-    /// The stack parameters' decisions, no write; reads the stack events once after an update
-    /// of ours rolled back.
-    pub(super) async fn plan_stack_params(
+    /// Whose the stack's latest update is: the token its events carry, against the one this
+    /// controller wrote down.
+    pub(super) fn ownership(&self, observed: &ObservedRack) -> Ownership {
+        plan::ownership(&observed.update_token, self.stack.token.as_deref())
+    }
+
+    /// After an update of ours rolled back: why, read once from the stack events.
+    pub(super) async fn read_failure_reason(&mut self, observed: &ObservedRack, owner: &Ownership) {
+        let rolled_back = owner.is_ours()
+            && observed.stack.state() == StackState::Stable
+            && observed.stack.status.contains("ROLLBACK");
+        if !rolled_back || self.stack.memory.failure_reason.is_some() {
+            return;
+        }
+        match self.rack.stack_failure_reason().await {
+            Ok(reason) => self.stack.memory.failure_reason = reason,
+            Err(e) => {
+                warn!(error = %e, "cannot read the stack events to say why the update failed")
+            }
+        }
+    }
+
+    /// The stack parameters' decisions, no write.
+    pub(super) fn plan_stack_params(
         &mut self,
         desired: &BTreeMap<String, String>,
         observed: &ObservedRack,
+        owner: &Ownership,
         now: SystemTime,
     ) -> StackPlan {
-        let rolled_back = !self.stack.attempted.is_empty()
-            && observed.stack.state() == StackState::Stable
-            && observed.stack.status.contains("ROLLBACK");
-        if rolled_back && self.stack.memory.failure_reason.is_none() {
-            match self.rack.stack_failure_reason().await {
-                Ok(reason) => self.stack.memory.failure_reason = reason,
-                Err(e) => {
-                    warn!(error = %e, "cannot read the stack events to say why the update failed")
-                }
-            }
-        }
         let ctx = StackContext {
             now,
             attempted: self.stack.attempted.clone(),
+            ownership: owner.clone(),
+            cancelled: self.stack.cancelled,
             retry_not_before: self.stack.memory.retry_not_before,
             failure_reason: self.stack.memory.failure_reason.clone(),
             rollouts: self.context(crate::model::ECS_EXEC.name, now),
         };
-        let plan = plan::plan_stack(desired, observed, &ctx);
-        self.settle_stack_attempt(&plan, observed, now);
-        plan
+        plan::plan_stack(desired, observed, &ctx)
     }
 
     /// What CloudFormation would change for the pending stack parameter changes (for `plan`):
@@ -63,7 +137,8 @@ impl Reconciler {
         let desired = self.desired.clone()?;
         let (_, stack_desired) = self.split_by_method(&desired, observed);
         let now = self.clock.now();
-        let plan = self.plan_stack_params(&stack_desired, observed, now).await;
+        let owner = self.ownership(observed);
+        let plan = self.plan_stack_params(&stack_desired, observed, &owner, now);
         if plan.changes.is_empty() {
             return None;
         }
@@ -71,63 +146,62 @@ impl Reconciler {
             template: None,
             parameters: update_parameters(observed, &plan.changes),
             capabilities: RACK_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
-            token: format!("rack-reconciler-plan-{:016x}", fastrand::u64(..)),
+            token: format!("{TOKEN_PREFIX}plan-{:016x}", fastrand::u64(..)),
             role_arn: self.settings.stack_role.clone(),
         };
         Some(self.rack.preview_stack_update(&request).await)
     }
 
-    /// Once the stack has settled, the attempt is over: applied (forget it), or rolled back
-    /// (count the failure, back off, and forget it so the retry is a new attempt).
-    fn settle_stack_attempt(&mut self, plan: &StackPlan, observed: &ObservedRack, now: SystemTime) {
-        // Over only once the stack has moved past the update (its LastUpdatedTime changed)
-        // and settled.
+    /// Once the stack has settled after the controller's update (its `LastUpdatedTime`
+    /// moved), the update is over: applied (the parameters' backoff forgotten), or rolled
+    /// back (the parameters and the version it carried back off; the retry is a new update).
+    pub(super) fn settle_stack_attempt(
+        &mut self,
+        plan: &StackPlan,
+        version: Option<&Decision>,
+        observed: &ObservedRack,
+        now: SystemTime,
+    ) {
         let moved = observed.stack.last_updated != self.stack.before;
-        if self.stack.attempted.is_empty() || observed.stack.state() != StackState::Stable || !moved
-        {
+        if self.stack.token.is_none() || observed.stack.state() != StackState::Stable || !moved {
             return;
         }
-        if let Some(d) = plan
-            .decisions
-            .iter()
-            .find(|d| d.reason == "StackUpdateRolledBack")
-        {
-            let builder = self.backoff();
-            let delay = self
-                .stack
-                .memory
-                .back_off(builder, self.settings.backoff_max, now);
+        let rolled_back = |d: &&Decision| d.reason == "StackUpdateRolledBack";
+        let max = self.settings.backoff_max;
+        if let Some(d) = plan.decisions.iter().find(rolled_back) {
+            let delay = self.stack.memory.back_off(self.backoff(), max, now);
             self.stack.memory.last_failure = Some(d.message.clone());
             warn!(parameter = %d.param, retry_in = %humantime::format_duration(round(delay)), "{}", d.message);
-        } else {
+        } else if !self.stack.attempted.is_empty() {
             self.stack.memory.reset_backoff();
         }
-        self.stack.attempted.clear();
-        self.stack.cancelled = false;
-        self.stack.memory.failure_reason = None;
+        if let Some(d) = version.filter(rolled_back) {
+            let builder = self.backoff();
+            let mem = mem_of(&mut self.memory, VERSION_PARAM);
+            let delay = mem.back_off(builder, max, now);
+            mem.last_failure = Some(d.message.clone());
+            mem.retrying = false;
+            warn!(parameter = %d.param, retry_in = %humantime::format_duration(round(delay)), "{}", d.message);
+        }
+        self.stack.forget_update();
     }
 
-    /// The version decision and its target template, no write; with the version's memory
-    /// brought up to date.
+    /// The version decision and its target template, no write; with the version's backoff
+    /// forgotten once it converged.
     pub(super) async fn plan_version_change(
         &mut self,
         version: RackVersion,
         observed: &ObservedRack,
         ecs: &EcsExecState,
+        update: (&Ownership, Option<String>),
         now: SystemTime,
     ) -> (Decision, Option<TemplateRef>) {
-        let (d, template) = self.version_decision(version, observed, ecs, now).await;
+        let (d, template) = self
+            .version_decision(version, observed, ecs, update, now)
+            .await;
         self.account_failure(&d, now);
-        let mem = mem_of(&mut self.memory, VERSION_PARAM);
-        match d.phase {
-            Phase::Converged => {
-                mem.reset_backoff();
-                mem.attempted = None;
-                mem.failure_reason = None;
-            }
-            // Counted once; the retry after the backoff is a new attempt.
-            Phase::Failed if d.reason == "StackUpdateRolledBack" => mem.attempted = None,
-            _ => {}
+        if d.phase == Phase::Converged {
+            mem_of(&mut self.memory, VERSION_PARAM).reset_backoff();
         }
         (d, template)
     }
@@ -147,18 +221,14 @@ impl Reconciler {
             return;
         }
         if stack.cancel.is_some() {
-            if self.stack.cancelled {
-                return;
-            }
             *acted = true;
             return self.cancel(stack).await;
         }
         if let Some((d, Some(template))) = version {
             if let Some(Action::UpdateStack(update)) = d.action.clone() {
                 *acted = true;
-                let before = observed.stack.last_updated.clone();
                 return self
-                    .update_version(d, update, template.clone(), stack, now, before)
+                    .update_version(d, update, template.clone(), stack, observed, now)
                     .await;
             }
         }
@@ -166,28 +236,34 @@ impl Reconciler {
             return;
         }
         *acted = true;
+        let current = observed.stack.parameters.get(VERSION_PARAM).cloned();
         let update = StackUpdate {
-            from: observed.stack.parameters.get(VERSION_PARAM).cloned(),
-            to: observed
-                .stack
-                .parameters
-                .get(VERSION_PARAM)
-                .cloned()
-                .unwrap_or_default(),
+            from: current.clone(),
+            to: current.unwrap_or_default(),
             downgrade: false,
             reuse_template: true,
             parameters: update_parameters(observed, &stack.changes),
         };
-        let result = self.send(None, &update, Vec::new()).await;
-        let before = observed.stack.last_updated.clone();
-        self.after_parameter_update(stack, &update, result, now, before);
+        let carried = stack.changes.clone();
+        let result = self
+            .send(None, &update, Vec::new(), (observed, carried, None))
+            .await;
+        self.after_parameter_update(stack, result, now);
     }
 
     async fn cancel(&mut self, stack: &mut StackPlan) {
         match self.rack.cancel_update_stack().await {
             Ok(()) => {
                 self.stack.cancelled = true;
-                info!(reason = ?stack.cancel, "cancelled the controller's failing stack update");
+                // The real cause: what the new tasks showed (the stack events will only say
+                // the update was cancelled).
+                self.stack.memory.failure_reason = stack
+                    .cancel
+                    .as_ref()
+                    .map(|why| format!("cancelled by the controller: {why}"));
+                info!(reason = ?stack.cancel, token = ?self.stack.token,
+                    "cancelled the controller's failing stack update");
+                self.write_status_file().await;
             }
             Err(e) => {
                 warn!(error = %e, "cancelling the stack update failed");
@@ -208,8 +284,8 @@ impl Reconciler {
         mut update: StackUpdate,
         template: TemplateRef,
         stack: &mut StackPlan,
+        observed: &ObservedRack,
         now: SystemTime,
-        before: Option<String>,
     ) {
         for p in &mut update.parameters {
             if let Some(v) = stack.changes.get(&p.key) {
@@ -218,33 +294,37 @@ impl Reconciler {
         }
         // A change the target template does not declare cannot go with the version change:
         // the parameter goes away with it.
+        let mut carried = BTreeMap::new();
         for d in stack.decisions.iter_mut() {
-            let carried = update.parameters.iter().any(|p| p.key == d.param);
-            if stack.changes.contains_key(&d.param) && !carried {
-                let message = format!(
-                    "version {} does not declare {}: the parameter goes away with the version change; \
-                     remove it from the params file",
-                    update.to, d.param
-                );
-                *d = d.clone().blocked("NotInTargetTemplate", message);
+            let Some(value) = stack.changes.get(&d.param) else {
+                continue;
+            };
+            if update.parameters.iter().any(|p| p.key == d.param) {
+                carried.insert(d.param.clone(), value.clone());
+                d.message = format!("{} (with the version change)", d.message);
+                continue;
             }
+            let message = format!(
+                "version {} does not declare {}: the parameter goes away with the version change; \
+                 remove it from the params file",
+                update.to, d.param
+            );
+            *d = d.clone().blocked("NotInTargetTemplate", message);
         }
         let version = RackVersion::parse(&update.to);
         let capabilities = version
             .and_then(|v| self.templates.get(&v))
             .map(|(_, summary)| summary.capabilities.clone())
             .unwrap_or_default();
-        match self.send(Some(template), &update, capabilities).await {
+        let sent = (observed, carried, version);
+        match self.send(Some(template), &update, capabilities, sent).await {
             Ok(outcome) => {
-                let mem = mem_of(&mut self.memory, VERSION_PARAM);
-                mem.attempted = version;
-                mem.failure_reason = None;
                 if outcome == StackUpdateOutcome::Started {
                     self.metrics.stack_update_started();
                 }
-                self.note_parameter_changes(stack, &update, "with the version change", before);
                 info!(from = ?update.from, to = %update.to, downgrade = update.downgrade,
-                    parameters = update.parameters.len(), ?outcome, "stack update started");
+                    parameters = update.parameters.len(), ?outcome, token = ?self.stack.token,
+                    "stack update started");
             }
             Err(e) => self.update_failed(d, &e, now),
         }
@@ -253,17 +333,15 @@ impl Reconciler {
     fn after_parameter_update(
         &mut self,
         stack: &mut StackPlan,
-        update: &StackUpdate,
         result: Result<StackUpdateOutcome, RackError>,
         now: SystemTime,
-        before: Option<String>,
     ) {
         let (reason, message, retrying) = match result {
             Ok(StackUpdateOutcome::Started) => {
                 self.metrics.stack_update_started();
                 let changed: Vec<&String> = stack.changes.keys().collect();
-                info!(parameters = ?changed, "stack update started");
-                return self.note_parameter_changes(stack, update, "", before);
+                info!(parameters = ?changed, token = ?self.stack.token, "stack update started");
+                return;
             }
             // The stack reads differently from what CloudFormation holds (a spelling it
             // normalises, say): asking again would change nothing either.
@@ -301,32 +379,6 @@ impl Reconciler {
         }
     }
 
-    /// The parameter changes an update carries are the controller's attempt.
-    fn note_parameter_changes(
-        &mut self,
-        stack: &mut StackPlan,
-        update: &StackUpdate,
-        how: &str,
-        before: Option<String>,
-    ) {
-        self.stack.before = before;
-        self.stack.cancelled = false;
-        for p in &update.parameters {
-            if let (Some(v), true) = (&p.value, stack.changes.contains_key(&p.key)) {
-                self.stack.attempted.insert(p.key.clone(), v.clone());
-            }
-        }
-        for d in stack
-            .decisions
-            .iter_mut()
-            .filter(|d| stack.changes.contains_key(&d.param))
-        {
-            if !how.is_empty() {
-                d.message = format!("{} ({how})", d.message);
-            }
-        }
-    }
-
     fn update_failed(&mut self, d: &mut Decision, e: &RackError, now: SystemTime) {
         let builder = self.backoff();
         let mem = mem_of(&mut self.memory, VERSION_PARAM);
@@ -334,26 +386,57 @@ impl Reconciler {
         write_failed(mem, (builder, self.settings.backoff_max, now), e, d, &what);
     }
 
-    /// One `UpdateStack`, with a fresh idempotency token (the SDK's own retries of this one
-    /// call reuse it); `template` absent keeps the stack's template.
+    /// One `UpdateStack` (`template` absent keeps the stack's template), with a fresh token
+    /// that is written down, with the changes it `carries` and the version, before the call
+    /// is sent: a status document that cannot be written means no update (the controller
+    /// could not prove it its own after a restart). The SDK's own retries of this one call
+    /// reuse the token. An update that did not start is forgotten; one that may have (a
+    /// transient error) stays written down until the stack's events tell.
     async fn send(
-        &self,
+        &mut self,
         template: Option<TemplateRef>,
         update: &StackUpdate,
         mut capabilities: Vec<String>,
+        (observed, carries, version): (
+            &ObservedRack,
+            BTreeMap<String, String>,
+            Option<RackVersion>,
+        ),
     ) -> Result<StackUpdateOutcome, RackError> {
         for c in RACK_CAPABILITIES {
             if !capabilities.iter().any(|have| have == c) {
                 capabilities.push(c.to_string());
             }
         }
+        let token = format!("{TOKEN_PREFIX}{}-{:016x}", update.to, fastrand::u64(..));
+        self.stack = StackMemory {
+            token: Some(token.clone()),
+            attempted: carries,
+            version,
+            before: observed.stack.last_updated.clone(),
+            cancelled: false,
+            memory: std::mem::take(&mut self.stack.memory),
+        };
+        if let Err(reason) = self.write_down().await {
+            self.stack.forget_update();
+            return Err(RackError::TokenNotRecorded { reason });
+        }
         let request = StackUpdateRequest {
             template,
             parameters: update.parameters.clone(),
             capabilities,
-            token: format!("rack-reconciler-{}-{:016x}", update.to, fastrand::u64(..)),
+            token,
             role_arn: self.settings.stack_role.clone(),
         };
-        self.rack.update_stack(&request).await
+        let result = self.rack.update_stack(&request).await;
+        let started = match &result {
+            Ok(outcome) => *outcome == StackUpdateOutcome::Started,
+            Err(e) => e.is_transient(),
+        };
+        if !started {
+            self.stack.forget_update();
+            self.write_status_file().await;
+        }
+        result
     }
 }
