@@ -1,6 +1,7 @@
 //! Stack updates through the real AWS adapter, fed canned SDK responses (aws-smithy-mocks)
 //! for what moto does not answer as CloudFormation does: a no-op update, an update already
-//! under way after a lost response, and a rollback with more events than one page holds.
+//! under way after a lost response, a rollback with more events than one page holds, and
+//! whose update is under way (the token of its start event, past the rollback's own events).
 
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +13,7 @@ use aws_sdk_cloudformation::primitives::DateTime;
 use aws_sdk_cloudformation::types::{Capability, ParameterDeclaration, ResourceStatus, StackEvent};
 use aws_smithy_mocks::{mock, mock_client, Rule, RuleMode};
 use rack_reconciler::metrics::Metrics;
-use rack_reconciler::model::{RackVersion, StackParameter};
+use rack_reconciler::model::{RackVersion, StackParameter, UpdateToken};
 use rack_reconciler::rack::aws::AwsRack;
 use rack_reconciler::rack::{Rack, StackUpdateOutcome, StackUpdateRequest};
 use rack_reconciler::templates::{TemplateLocation, TemplateRef};
@@ -223,4 +224,72 @@ async fn the_cause_of_a_rollback_is_found_past_the_first_page_of_events() {
         (1, 1),
         "stops at the update's start"
     );
+}
+
+#[tokio::test]
+async fn whose_update_it_is_is_read_from_its_start_event_past_the_rollbacks_own_events() {
+    // Newest first: the rollback's events (which may carry another token, such as that of a
+    // CancelUpdateStack) fill the first page; the update's start event is on the second.
+    let mine = "rack-reconciler-20240205000000-00000000000000aa";
+    let newest: Vec<StackEvent> = (0..100)
+        .map(|i| {
+            event(
+                &format!("RackResource{i:03}"),
+                ResourceStatus::UpdateComplete,
+                "",
+                "cancel-token-1",
+            )
+        })
+        .collect();
+    let older = vec![
+        event("ApiWebTasks", ResourceStatus::UpdateComplete, "", mine),
+        event(
+            "convox",
+            ResourceStatus::UpdateInProgress,
+            "User Initiated",
+            mine,
+        ),
+        event(
+            "convox",
+            ResourceStatus::UpdateInProgress,
+            "User Initiated",
+            "Console-x",
+        ),
+    ];
+    let first = mock!(aws_sdk_cloudformation::Client::describe_stack_events)
+        .match_requests(|r| r.next_token().is_none())
+        .then_output(move || {
+            DescribeStackEventsOutput::builder()
+                .set_stack_events(Some(newest.clone()))
+                .next_token("page-2")
+                .build()
+        });
+    let second = mock!(aws_sdk_cloudformation::Client::describe_stack_events)
+        .match_requests(|r| r.next_token() == Some("page-2"))
+        .then_output(move || {
+            DescribeStackEventsOutput::builder()
+                .set_stack_events(Some(older.clone()))
+                .next_token("page-3")
+                .build()
+        });
+    let token = rack(&[&first, &second])
+        .stack_update_token()
+        .await
+        .expect("events");
+    assert_eq!(token, UpdateToken::Read(Some(mine.to_string())));
+    assert_eq!((first.num_calls(), second.num_calls()), (1, 1));
+
+    // Events that end before the update's start: whose it is stays unknown.
+    let only = mock!(aws_sdk_cloudformation::Client::describe_stack_events).then_output(|| {
+        DescribeStackEventsOutput::builder()
+            .set_stack_events(Some(vec![event(
+                "ServiceWebApi",
+                ResourceStatus::UpdateInProgress,
+                "",
+                "tok",
+            )]))
+            .build()
+    });
+    let token = rack(&[&only]).stack_update_token().await.expect("events");
+    assert!(matches!(token, UpdateToken::Unknown(_)), "{token:?}");
 }

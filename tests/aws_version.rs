@@ -312,6 +312,21 @@ async fn a_declared_parameter_changes_by_update_stack_with_the_rest_kept_and_no_
         "the template is kept"
     );
     assert!(body.contains("ClientRequestToken=rack-reconciler-"));
+    // The token sent is the one written down (before the call) in the status document.
+    let token = body
+        .split('&')
+        .find_map(|p| p.strip_prefix("ClientRequestToken="))
+        .map(decode)
+        .expect("token");
+    let written: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("params.status.json")).expect("status file"),
+    )
+    .expect("status json");
+    assert_eq!(
+        written["controller"]["stackUpdate"]["token"].as_str(),
+        Some(token.as_str()),
+        "{written}"
+    );
     let sent = stack_parameters(&body);
     let given: Vec<_> = sent.iter().filter(|(_, v)| v.is_some()).collect();
     // AvailabilityZones as convox sends it: the zones the rack runs in, from its label.

@@ -327,3 +327,27 @@ async fn a_stack_rollback_whose_tasks_fail_too_is_named_then_followed_to_its_end
     rec.reconcile(Trigger::Timer).await;
     assert_eq!(h.sim.calls("CancelUpdateStack"), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_update_whose_token_cannot_be_written_down_is_not_sent() {
+    let h = Harness::stack_first("ECSExec: \"Yes\"\n", SimSettings::default());
+    let mut settings = h.settings();
+    let nowhere = h.dir.path().join("missing").join("params.status.json");
+    settings.status_file = Some(rack_reconciler::store::Location::File(nowhere));
+    let mut rec = h.reconciler_with(settings);
+    let failed = common::shows_reason(&rec, "ECSExec", "ActionFailed");
+    drive(&mut rec, 20, failed).await;
+    assert_eq!(
+        h.sim.calls("UpdateStack"),
+        0,
+        "sent without its token written down"
+    );
+    let p = param(&rec, "ECSExec");
+    assert_eq!(p.phase, Phase::Failed, "{}", p.message);
+    assert!(
+        p.message
+            .contains("its token could not be written down first"),
+        "{}",
+        p.message
+    );
+}
