@@ -422,6 +422,17 @@ pub struct ObservedRack {
     pub services: Vec<ObservedService>,
     /// Who started the stack's latest update, when it is under way, rolled back or broken.
     pub update_token: UpdateToken,
+    /// When the stack began rolling its latest update back (from its events), if it did and
+    /// it was read: only deployments made since are the rollback's.
+    pub rollback_since: Option<SystemTime>,
+}
+
+/// What the stack's events tell of its latest update.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpdateEvents {
+    pub token: UpdateToken,
+    /// When the stack began rolling it back, if it did.
+    pub rollback_since: Option<SystemTime>,
 }
 
 /// The `ClientRequestToken` the stack's latest update was started with, read from its events
@@ -455,6 +466,8 @@ pub struct StackEvent {
     pub reason: Option<String>,
     /// The `ClientRequestToken` of the operation that caused it.
     pub token: Option<String>,
+    /// When it happened.
+    pub at: Option<SystemTime>,
 }
 
 /// Walks stack events, newest first and page by page, back to the start of the stack's latest
@@ -467,13 +480,34 @@ pub struct FailureWalk {
     pub done: bool,
     /// The `ClientRequestToken` of the update's start event, once reached.
     pub token: Option<String>,
+    /// When the stack began rolling the update back, if it did.
+    pub rollback_at: Option<SystemTime>,
 }
 
 impl FailureWalk {
+    /// What the walk found of the latest update: the token of its start (unknown when the
+    /// start was not reached) and when it began rolling back.
+    pub fn update(&self, stack: &str) -> UpdateEvents {
+        let token = if self.done {
+            UpdateToken::Read(self.token.clone())
+        } else {
+            UpdateToken::Unknown(format!(
+                "the start of the latest update of stack {stack} is not among the events read"
+            ))
+        };
+        UpdateEvents {
+            token,
+            rollback_since: self.rollback_at,
+        }
+    }
+
     pub fn feed(&mut self, stack: &str, events: &[StackEvent]) {
         for e in events {
             if self.done {
                 return;
+            }
+            if e.logical_id == stack && e.status == "UPDATE_ROLLBACK_IN_PROGRESS" {
+                self.rollback_at = e.at;
             }
             if e.logical_id == stack && e.status == "UPDATE_IN_PROGRESS" {
                 self.done = true;
@@ -496,6 +530,7 @@ mod tests {
             status: status.into(),
             reason: (!reason.is_empty()).then(|| reason.to_string()),
             token: None,
+            at: None,
         }
     }
 

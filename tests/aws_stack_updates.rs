@@ -231,7 +231,7 @@ async fn whose_update_it_is_is_read_from_its_start_event_past_the_rollbacks_own_
     // Newest first: the rollback's events (which may carry another token, such as that of a
     // CancelUpdateStack) fill the first page; the update's start event is on the second.
     let mine = "rack-reconciler-20240205000000-00000000000000aa";
-    let newest: Vec<StackEvent> = (0..100)
+    let mut newest: Vec<StackEvent> = (0..100)
         .map(|i| {
             event(
                 &format!("RackResource{i:03}"),
@@ -241,6 +241,12 @@ async fn whose_update_it_is_is_read_from_its_start_event_past_the_rollbacks_own_
             )
         })
         .collect();
+    newest[99] = event(
+        "convox",
+        ResourceStatus::UpdateRollbackInProgress,
+        "Resource update cancelled",
+        "cancel-token-1",
+    );
     let older = vec![
         event("ApiWebTasks", ResourceStatus::UpdateComplete, "", mine),
         event(
@@ -272,11 +278,16 @@ async fn whose_update_it_is_is_read_from_its_start_event_past_the_rollbacks_own_
                 .next_token("page-3")
                 .build()
         });
-    let token = rack(&[&first, &second])
-        .stack_update_token()
+    let update = rack(&[&first, &second])
+        .latest_update()
         .await
         .expect("events");
-    assert_eq!(token, UpdateToken::Read(Some(mine.to_string())));
+    assert_eq!(update.token, UpdateToken::Read(Some(mine.to_string())));
+    assert_eq!(
+        update.rollback_since,
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000)),
+        "when the stack began rolling back"
+    );
     assert_eq!((first.num_calls(), second.num_calls()), (1, 1));
 
     // Events that end before the update's start: whose it is stays unknown.
@@ -290,6 +301,10 @@ async fn whose_update_it_is_is_read_from_its_start_event_past_the_rollbacks_own_
             )]))
             .build()
     });
-    let token = rack(&[&only]).stack_update_token().await.expect("events");
-    assert!(matches!(token, UpdateToken::Unknown(_)), "{token:?}");
+    let update = rack(&[&only]).latest_update().await.expect("events");
+    assert!(
+        matches!(update.token, UpdateToken::Unknown(_)),
+        "{:?}",
+        update.token
+    );
 }

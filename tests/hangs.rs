@@ -94,8 +94,8 @@ impl Rack for Hanging {
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError> {
         self.sim.stack_failure_reason().await
     }
-    async fn stack_update_token(&self) -> Result<rack_reconciler::model::UpdateToken, RackError> {
-        self.sim.stack_update_token().await
+    async fn latest_update(&self) -> Result<rack_reconciler::model::UpdateEvents, RackError> {
+        self.sim.latest_update().await
     }
 }
 

@@ -105,6 +105,11 @@ async fn a_version_update_whose_api_tasks_fail_is_cancelled_once_and_the_gate_st
     );
     let p = param(&rec, "Version");
     assert_eq!((p.phase, p.reason.as_str()), (Phase::Failed, "BackingOff"));
+    assert!(
+        p.message.contains("health checks"),
+        "the cause stays: {}",
+        p.message
+    );
 
     // The gate judges from the version the rack is back on: ECSExec=Yes refuses the
     // downgrade to a release that predates it, as before.

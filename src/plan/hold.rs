@@ -52,14 +52,19 @@ pub(crate) fn stack_hold(
 }
 
 /// A stack rolling back whose API services' rollback deployments keep failing: CloudFormation
-/// would wait for hours before giving up (`UPDATE_ROLLBACK_FAILED`).
+/// would wait for hours before giving up (`UPDATE_ROLLBACK_FAILED`). Only a deployment made
+/// since the rollback began is the rollback's (until CloudFormation points a service back,
+/// its primary is still the failing deployment of the update); when the rollback's start was
+/// not read, none is claimed.
 fn rollback_failing(rack: &ObservedRack, threshold: u32) -> Option<String> {
     if !rack.stack.status.contains("ROLLBACK") {
         return None;
     }
+    let since = rack.rollback_since?;
     let (service, failures, why) = rack.services.iter().find_map(|s| {
         let primary = s.service.primary()?;
-        if primary.rollout_state != Some(RolloutState::InProgress) && !primary.rolling() {
+        let rolling = primary.rollout_state == Some(RolloutState::InProgress) || primary.rolling();
+        if !rolling || primary.created_at < since {
             return None;
         }
         let (failures, why) = failed_launches(s, primary);

@@ -201,6 +201,11 @@ pub(crate) fn rollback_cause(failure_reason: Option<&String>, rack: &ObservedRac
         .unwrap_or_else(|| "CloudFormation gave no reason".into())
 }
 
+/// " (why)" for a message, when there is a why.
+pub(crate) fn why(failure: Option<&str>) -> String {
+    failure.map(|f| format!(" ({f})")).unwrap_or_default()
+}
+
 pub(crate) fn round_secs(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }

@@ -37,12 +37,18 @@ impl Ownership {
 
 /// Whose the stack's latest update is, given the token its events carry and the token this
 /// controller wrote down for its own latest update (if any).
+/// With no token written down, no update can be the controller's, whatever the events say.
 pub fn ownership(read: &UpdateToken, ours: Option<&str>) -> Ownership {
-    match read {
-        UpdateToken::Read(Some(token)) if Some(token.as_str()) == ours => Ownership::Ours,
-        UpdateToken::Read(token) => Ownership::Theirs(someone_else(token.as_deref())),
-        UpdateToken::Unknown(why) => Ownership::Unknown(why.clone()),
-        UpdateToken::NotRead => Ownership::Unknown("the stack's events were not read".into()),
+    match (read, ours) {
+        (UpdateToken::Read(Some(token)), Some(mine)) if token == mine => Ownership::Ours,
+        (UpdateToken::Read(token), _) => Ownership::Theirs(someone_else(token.as_deref())),
+        (_, None) => Ownership::Theirs(
+            "not the controller's (it has no update of its own written down)".into(),
+        ),
+        (UpdateToken::Unknown(why), Some(_)) => Ownership::Unknown(why.clone()),
+        (UpdateToken::NotRead, Some(_)) => {
+            Ownership::Unknown("the stack's events were not read".into())
+        }
     }
 }
 
@@ -103,6 +109,12 @@ mod tests {
                 read(Some(mine)),
                 None,
                 Err("another controller"),
+            ),
+            (
+                "events unreadable, nothing written down: not ours",
+                UpdateToken::Unknown("AccessDenied".into()),
+                None,
+                Err("no update of its own"),
             ),
             (
                 "events unreadable",

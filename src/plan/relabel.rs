@@ -828,6 +828,7 @@ mod tests {
             resources: Default::default(),
             services: vec![web, mon],
             update_token: Default::default(),
+            rollback_since: None,
         }
     }
 
@@ -1294,6 +1295,46 @@ mod tests {
             Case {
                 name: "a stack rolling back whose API tasks keep failing: rollback failing",
                 desired: "Yes",
+                rack: ObservedRack {
+                    rollback_since: Some(at(7100)),
+                    ..rack(
+                        "UPDATE_ROLLBACK_IN_PROGRESS",
+                        with_stopped(
+                            web(&[rolling("web:1", 0, 60), draining("web:2")], &["web:2"]),
+                            4,
+                            "CannotPullContainerError",
+                        ),
+                        mon(&[done("mon:1")], &["mon:1"]),
+                    )
+                },
+                ctx: ctx(),
+                phase: Phase::Failed,
+                reason: "RollbackFailing",
+                roll: None,
+            },
+            Case {
+                name: "rolling back, the failing deployment still the update's: not the rollback's",
+                desired: "Yes",
+                rack: ObservedRack {
+                    rollback_since: Some(at(7170)),
+                    ..rack(
+                        "UPDATE_ROLLBACK_IN_PROGRESS",
+                        with_stopped(
+                            web(&[rolling("web:2", 0, 60), draining("web:1")], &["web:1"]),
+                            4,
+                            "CannotPullContainerError",
+                        ),
+                        mon(&[done("mon:1")], &["mon:1"]),
+                    )
+                },
+                ctx: ctx(),
+                phase: Phase::Waiting,
+                reason: "StackUpdating",
+                roll: None,
+            },
+            Case {
+                name: "rolling back, when the rollback began not read: not claimed",
+                desired: "Yes",
                 rack: rack(
                     "UPDATE_ROLLBACK_IN_PROGRESS",
                     with_stopped(
@@ -1304,8 +1345,8 @@ mod tests {
                     mon(&[done("mon:1")], &["mon:1"]),
                 ),
                 ctx: ctx(),
-                phase: Phase::Failed,
-                reason: "RollbackFailing",
+                phase: Phase::Waiting,
+                reason: "StackUpdating",
                 roll: None,
             },
             Case {

@@ -111,6 +111,7 @@ mod tests {
             resources: Default::default(),
             services: Vec::new(),
             update_token: Default::default(),
+            rollback_since: None,
         }
     }
 

@@ -29,6 +29,8 @@ pub struct StackContext {
     pub cancelled: bool,
     /// After a failed update, the next waits until then.
     pub retry_not_before: Option<SystemTime>,
+    /// Why the last update failed, for the message while backing off.
+    pub last_failure: Option<String>,
     /// Why the controller's last update rolled back, once read from the stack events.
     pub failure_reason: Option<String>,
     /// For parameters that feed the rack API's labels: how their rollouts are judged.
@@ -143,7 +145,8 @@ fn decide(
     if let Some(at) = ctx.retry_not_before.filter(|at| *at > ctx.now) {
         let wait = at.duration_since(ctx.now).unwrap_or_default();
         let message = format!(
-            "the last update of stack {name} setting {key}={value} failed; next attempt in {}",
+            "the last update of stack {name} setting {key}={value} failed{}; next attempt in {}",
+            super::why(ctx.last_failure.as_deref()),
             humantime::format_duration(round_secs(wait))
         );
         return d.with(Phase::Failed, "BackingOff", message);
@@ -177,6 +180,18 @@ pub(super) fn in_progress(
     let (name, status) = (&rack.stack.name, &rack.stack.status);
     let hold = stack_hold(rack, ctx.threshold);
     match rack.stack.state() {
+        StackState::Stable if status.contains("ROLLBACK") => match ctx.ownership {
+            Ownership::Unknown(why) => Some((
+                Phase::Unknown,
+                "StackUpdateOwnerUnknown",
+                format!(
+                    "stack {name} is {status}, and whether the update it rolled back was the \
+                     controller's cannot be told ({why}): nothing is changed until it can \
+                     (check cloudformation:DescribeStackEvents in the controller's role)"
+                ),
+            )),
+            _ => None,
+        },
         StackState::Stable => None,
         StackState::Unusable => hold,
         _ if hold.as_ref().is_some_and(|h| h.1 == ROLLBACK_FAILING) => hold,
@@ -309,6 +324,7 @@ mod tests {
             resources: Default::default(),
             services: Vec::new(),
             update_token: Default::default(),
+            rollback_since: None,
         }
     }
 
@@ -320,6 +336,7 @@ mod tests {
             ownership: Ownership::Unknown("not read".into()),
             cancelled: false,
             retry_not_before: None,
+            last_failure: None,
             failure_reason: None,
             rollouts: PlanContext {
                 now,
@@ -430,6 +447,17 @@ mod tests {
                 ours.clone(),
                 Phase::Failed,
                 "RollbackFailing",
+                vec![],
+            ),
+            (
+                "rolled back, whose update it was not known: nothing changed",
+                rack("UPDATE_ROLLBACK_COMPLETE", &[("ApiCount", "2")]),
+                StackContext {
+                    ownership: Ownership::Unknown("AccessDenied".into()),
+                    ..ours.clone()
+                },
+                Phase::Unknown,
+                "StackUpdateOwnerUnknown",
                 vec![],
             ),
             (

@@ -8,9 +8,7 @@ use super::gate::{downgrade_gate, EcsExecState, Gate};
 use super::owner::Ownership;
 use super::stack::{in_progress, InFlight};
 use super::{rollback_cause, round_secs, Action, Decision, Phase, StackUpdate};
-use crate::model::{
-    ObservedRack, RackVersion, StackParameter, StackState, ECS_EXEC, VERSION_PARAM,
-};
+use crate::model::{ObservedRack, RackVersion, StackParameter, ECS_EXEC, VERSION_PARAM};
 
 /// The version planner's memory and settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +26,8 @@ pub struct VersionContext {
     /// Failed task launches that make a rollout (or a rollback) failing.
     pub failed_tasks_threshold: u32,
     pub retry_not_before: Option<SystemTime>,
+    /// Why the last update failed, for the message while backing off.
+    pub last_failure: Option<String>,
     /// Why the stack's last update failed, looked up after one of ours rolled back.
     pub failure_reason: Option<String>,
 }
@@ -97,7 +97,8 @@ pub fn plan_version(
     if let Some(at) = ctx.retry_not_before.filter(|at| *at > ctx.now) {
         let wait = at.duration_since(ctx.now).unwrap_or_default();
         let message = format!(
-            "the last update to version {desired} failed; next attempt in {}",
+            "the last update to version {desired} failed{}; next attempt in {}",
+            super::why(ctx.last_failure.as_deref()),
             humantime::format_duration(round_secs(wait))
         );
         return d.with(Phase::Failed, "BackingOff", message);
@@ -141,8 +142,8 @@ fn stack_phase(
         threshold: ctx.failed_tasks_threshold,
     };
     let what = format!("to version {desired}");
-    if stack.state() != StackState::Stable {
-        return in_progress(rack, &what, ours, &update);
+    if let Some(held) = in_progress(rack, &what, ours, &update) {
+        return Some(held);
     }
     if stack.version() == Some(desired) {
         let message = format!("stack {name} runs version {desired} ({status})");
@@ -226,6 +227,7 @@ mod version_tests {
             resources: Default::default(),
             services: Vec::new(),
             update_token: Default::default(),
+            rollback_since: None,
         }
     }
 
@@ -263,11 +265,12 @@ mod version_tests {
         VersionContext {
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             attempted: None,
-            ownership: Ownership::Unknown("not read".into()),
+            ownership: Ownership::Theirs("nothing written down".into()),
             cancelled: false,
             failing: None,
             failed_tasks_threshold: 3,
             retry_not_before: None,
+            last_failure: None,
             failure_reason: None,
         }
     }

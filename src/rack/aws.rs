@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::model::{
     Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, ServiceTasks,
     StackEvent, StackParameter, StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskRead,
-    TaskSnapshot, UpdateToken,
+    TaskSnapshot, UpdateEvents,
 };
 use crate::spec::Declarations;
 use crate::templates::{TemplateLocation, TemplateRef};
@@ -323,6 +323,7 @@ impl AwsRack {
                     .unwrap_or_default(),
                 reason: e.resource_status_reason,
                 token: e.client_request_token,
+                at: e.timestamp.and_then(|t| SystemTime::try_from(t).ok()),
             })
             .collect();
         Ok((events, out.next_token))
@@ -354,9 +355,24 @@ impl AwsRack {
             || message.contains("TokenAlreadyExists")
             || message.contains("_IN_PROGRESS state and can not be updated");
         if ours_maybe {
-            let (events, _) = self.stack_events(None).await?;
-            if events.iter().any(|ev| ev.token.as_deref() == Some(token)) {
-                return Ok(StackUpdateOutcome::Started);
+            match self.stack_events(None).await {
+                Ok((events, _)) if events.iter().any(|ev| ev.token.as_deref() == Some(token)) => {
+                    return Ok(StackUpdateOutcome::Started)
+                }
+                Ok(_) => {}
+                // Whether the update started is not known: the token stays written down
+                // (a transient answer) until the stack's events tell.
+                Err(read) => {
+                    return Err(RackError::Api {
+                        service: "cloudformation",
+                        operation: "UpdateStack",
+                        resource: self.stack.clone(),
+                        kind: ApiErrorKind::Transient,
+                        message: format!(
+                            "{message}; whether the update started could not be read: {read}"
+                        ),
+                    })
+                }
             }
         }
         Err(e)
@@ -946,24 +962,18 @@ impl Rack for AwsRack {
         Ok(walk.cause)
     }
 
-    async fn stack_update_token(&self) -> Result<UpdateToken, RackError> {
+    async fn latest_update(&self) -> Result<UpdateEvents, RackError> {
         let mut walk = FailureWalk::default();
         let mut token: Option<String> = None;
         for _ in 0..MAX_EVENT_PAGES {
             let (events, next) = self.stack_events(token.take()).await?;
             walk.feed(&self.stack, &events);
             token = next;
-            if walk.done {
-                return Ok(UpdateToken::Read(walk.token));
-            }
-            if token.is_none() {
+            if walk.done || token.is_none() {
                 break;
             }
         }
-        Ok(UpdateToken::Unknown(format!(
-            "the start of the latest update of stack {} is not among its events (read back {MAX_EVENT_PAGES} pages at most)",
-            self.stack
-        )))
+        Ok(walk.update(&self.stack))
     }
 
     async fn update_service(

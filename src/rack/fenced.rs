@@ -12,7 +12,7 @@ use super::{
 };
 use crate::lease::Lease;
 use crate::model::{
-    ServiceSnapshot, ServiceTasks, StackSnapshot, TaskDefinitionInfo, TaskRead, UpdateToken,
+    ServiceSnapshot, ServiceTasks, StackSnapshot, TaskDefinitionInfo, TaskRead, UpdateEvents,
 };
 use crate::spec::Declarations;
 use crate::templates::TemplateRef;
@@ -122,7 +122,7 @@ impl Rack for FencedRack {
         self.inner.stack_failure_reason().await
     }
 
-    async fn stack_update_token(&self) -> Result<UpdateToken, RackError> {
-        self.inner.stack_update_token().await
+    async fn latest_update(&self) -> Result<UpdateEvents, RackError> {
+        self.inner.latest_update().await
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::model::{
     ServiceSnapshot, ServiceTasks, StackParameter, StackSnapshot, TaskDefinitionInfo, TaskRead,
-    UpdateToken,
+    UpdateEvents,
 };
 use crate::spec::Declarations;
 use crate::templates::TemplateRef;
@@ -100,8 +100,9 @@ pub trait Rack: Send + Sync {
 
     /// The `ClientRequestToken` the stack's latest update was started with: the token of the
     /// stack's own `UPDATE_IN_PROGRESS` event (`DescribeStackEvents`, page by page back to
-    /// it). [`UpdateToken::Unknown`] when the start is not among the pages read.
-    async fn stack_update_token(&self) -> Result<UpdateToken, RackError>;
+    /// it), and when the stack began rolling it back. [`crate::model::UpdateToken::Unknown`] when the start
+    /// is not among the pages read.
+    async fn latest_update(&self) -> Result<UpdateEvents, RackError>;
 }
 
 /// What `GetTemplateSummary` says of a template.

@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::model::{
     Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, ServiceTasks,
     StackEvent, StackParameter, StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskRead,
-    TaskSnapshot, UpdateToken,
+    TaskSnapshot, UpdateEvents,
 };
 use crate::spec::{Declarations, ParamDecl};
 use crate::templates::{declared_parameters, TemplateLocation, TemplateRef};
@@ -255,6 +255,8 @@ pub struct SimRack {
 
 struct State {
     settings: SimSettings,
+    /// Turns the simulation's instants into the wall-clock times events carry.
+    clock: Clock,
     cluster: String,
     stack_status: String,
     stack_status_reason: Option<String>,
@@ -423,6 +425,7 @@ impl SimRack {
             cluster: cluster.clone(),
             stack_status: "UPDATE_COMPLETE".into(),
             stack_status_reason: None,
+            clock,
             stack_settles: None,
             parameters,
             stack_resources: BTreeMap::from([("Cluster".to_string(), cluster.clone())]),
@@ -1031,6 +1034,7 @@ impl State {
         // An empty token stands for an update made without one (the convox CLI sends none).
         self.stack_token = (!request.token.is_empty()).then(|| request.token.clone());
         self.stack_event(
+            now,
             &self.settings.rack.clone(),
             "UPDATE_IN_PROGRESS",
             "User Initiated",
@@ -1057,35 +1061,36 @@ impl State {
         });
     }
 
-    fn stack_event(&mut self, logical: &str, status: &str, reason: &str) {
+    fn stack_event(&mut self, at: Instant, logical: &str, status: &str, reason: &str) {
         self.stack_events.push(StackEvent {
             logical_id: logical.to_string(),
             status: status.to_string(),
             reason: (!reason.is_empty()).then(|| reason.to_string()),
             token: self.stack_token.clone(),
+            at: Some(self.clock.wall_at(at)),
         });
     }
 
     /// The events of an update that fails on `resource`: as on a real rack (148 resources),
     /// far more than one page of 100 between the update's start and its end, with the real
     /// cause buried under the rollback's own events.
-    fn record_failed_update(&mut self, resource: &str, reason: &str) {
+    fn record_failed_update(&mut self, at: Instant, resource: &str, reason: &str) {
         let stack = self.settings.rack.clone();
         for i in 0..60 {
             let logical = format!("RackResource{i:03}");
-            self.stack_event(&logical, "UPDATE_IN_PROGRESS", "");
-            self.stack_event(&logical, "UPDATE_COMPLETE", "");
+            self.stack_event(at, &logical, "UPDATE_IN_PROGRESS", "");
+            self.stack_event(at, &logical, "UPDATE_COMPLETE", "");
         }
-        self.stack_event(resource, "UPDATE_FAILED", reason);
+        self.stack_event(at, resource, "UPDATE_FAILED", reason);
         let summary = format!("The following resource(s) failed to update: [{resource}].");
-        self.stack_event(&stack, "UPDATE_ROLLBACK_IN_PROGRESS", &summary);
+        self.stack_event(at, &stack, "UPDATE_ROLLBACK_IN_PROGRESS", &summary);
         for logical in ["ServiceMonitorApi", "ApiMonitorTasks"] {
-            self.stack_event(logical, "UPDATE_FAILED", "Resource update cancelled");
+            self.stack_event(at, logical, "UPDATE_FAILED", "Resource update cancelled");
         }
         for i in 0..55 {
             let logical = format!("RackResource{i:03}");
-            self.stack_event(&logical, "UPDATE_IN_PROGRESS", "");
-            self.stack_event(&logical, "UPDATE_COMPLETE", "");
+            self.stack_event(at, &logical, "UPDATE_IN_PROGRESS", "");
+            self.stack_event(at, &logical, "UPDATE_COMPLETE", "");
         }
     }
 }
@@ -1107,7 +1112,7 @@ impl State {
         if let Some((resource, reason)) = u.fault.clone() {
             let at = u.at;
             self.stack_update = None;
-            self.record_failed_update(&resource, &reason);
+            self.record_failed_update(at, &resource, &reason);
             self.stack_status_reason = Some(format!(
                 "The following resource(s) failed to update: [{resource}]."
             ));
@@ -1183,7 +1188,7 @@ impl State {
         u.rolling_back = true;
         u.at = now;
         let (parameters, revisions) = u.previous.clone();
-        self.record_failed_update(resource, reason);
+        self.record_failed_update(now, resource, reason);
         self.stack_status = "UPDATE_ROLLBACK_IN_PROGRESS".into();
         self.stack_status_reason = Some(format!(
             "The following resource(s) failed to update: [{resource}]."
@@ -1813,7 +1818,7 @@ impl Rack for SimRack {
         Ok(walk.cause)
     }
 
-    async fn stack_update_token(&self) -> Result<UpdateToken, RackError> {
+    async fn latest_update(&self) -> Result<UpdateEvents, RackError> {
         let mut s = self.lock();
         let name = s.settings.rack.clone();
         let newest_first: Vec<StackEvent> = s.stack_events.iter().rev().cloned().collect();
@@ -1822,12 +1827,10 @@ impl Rack for SimRack {
             self.call(&mut s, "cloudformation", "DescribeStackEvents", &name)?;
             walk.feed(&name, page);
             if walk.done {
-                return Ok(UpdateToken::Read(walk.token));
+                break;
             }
         }
-        Ok(UpdateToken::Unknown(format!(
-            "the start of the latest update of stack {name} is not among its events"
-        )))
+        Ok(walk.update(&name))
     }
 }
 

@@ -768,8 +768,6 @@ impl Reconciler {
                 .reconcile_param(&ECS_EXEC, &value, observed, now, &mut acted, &standby)
                 .instrument(span)
                 .await;
-            // Undoing a change fails too: nothing more is written until it heals.
-            acted |= d.reason == plan::hold::ROLLBACK_FAILING;
             decisions.push(d);
         }
         let owner = self.ownership(observed);
@@ -785,7 +783,17 @@ impl Reconciler {
             None => None,
         };
         let version_decision = version.as_ref().map(|(d, _)| d);
-        self.settle_stack_attempt(&stack, version_decision, observed, now);
+        self.settle_stack_attempt(&stack, version_decision, (observed, &owner), now);
+        // Undoing a change fails too, wherever it shows: nothing more is written until it
+        // heals.
+        let rollback_failing = decisions
+            .iter()
+            .chain(&stack.decisions)
+            .chain(version_decision)
+            .any(|d| d.reason == plan::hold::ROLLBACK_FAILING);
+        if rollback_failing {
+            hold_for_rollback(&mut stack, version.as_mut().map(|(d, _)| d));
+        }
         self.write_stack(&mut stack, version.as_mut(), observed, now, &mut acted)
             .await;
         report.acted = acted && standby.is_none();
@@ -1068,6 +1076,7 @@ impl Reconciler {
             failing,
             failed_tasks_threshold: self.settings.failed_tasks_threshold,
             retry_not_before: mem.retry_not_before,
+            last_failure: mem.last_failure.clone(),
             failure_reason: self.stack.memory.failure_reason.clone(),
         };
         (
@@ -1515,6 +1524,25 @@ fn write_failed(
         "{what} failed, next attempt in {}: {e}",
         humantime::format_duration(round(delay))
     );
+}
+
+/// A rollback is failing: the stack writes this run would have made wait until it heals.
+fn hold_for_rollback(stack: &mut plan::StackPlan, version: Option<&mut Decision>) {
+    let message = "undoing a failed change of the rack API fails too (see RollbackFailing): \
+                   nothing is written until it heals or a person acts";
+    for d in stack
+        .decisions
+        .iter_mut()
+        .filter(|d| stack.changes.contains_key(&d.param))
+        .chain(version.filter(|d| d.action.is_some()))
+    {
+        d.action = None;
+        d.phase = Phase::Waiting;
+        d.reason = "WaitingForRollback";
+        d.message = format!("{}; {message}", d.message);
+    }
+    stack.changes.clear();
+    stack.cancel = None;
 }
 
 /// A change this controller would make, left to the lease holder.

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::model::{
     ObservedRack, ObservedService, ServiceSnapshot, ServiceTarget, StackSnapshot, StackState,
-    TaskDefinitionInfo, UpdateToken,
+    TaskDefinitionInfo, UpdateEvents, UpdateToken,
 };
 use crate::plan::reads::{self, TaskMemory, TaskNeed};
 use crate::rack::{Rack, RackError};
@@ -67,9 +67,9 @@ pub struct Observer {
     read_order: Vec<String>,
     /// Per target (logical id): what the tasks proved, and what rollouts showed.
     tasks: BTreeMap<String, TaskMemory>,
-    /// The token the stack's latest update was started with, by the stack's last update
-    /// time (one update, one token: read once).
-    token: Option<(Option<String>, Option<String>)>,
+    /// What the events told of the stack's latest update, by the stack's last update time
+    /// (one update, one token: read once, and once more when it starts rolling back).
+    update: Option<(Option<String>, UpdateEvents)>,
 }
 
 impl Observer {
@@ -83,7 +83,7 @@ impl Observer {
             revisions: HashMap::new(),
             read_order: Vec::new(),
             tasks: BTreeMap::new(),
-            token: None,
+            update: None,
         }
     }
 
@@ -94,39 +94,46 @@ impl Observer {
             .await?;
         let services = self.label(services).await?;
         let declared = self.declarations(&stack).await?;
-        let update_token = self.update_token(&stack).await;
+        let update = self.update_events(&stack).await;
         Ok(ObservedRack {
             declared,
             stack,
             cluster: located.cluster,
             resources: located.resources,
             services,
-            update_token,
+            update_token: update.token,
+            rollback_since: update.rollback_since,
         })
     }
 
     /// Who started the stack's latest update, where it decides something (an update under
     /// way, a rollback, a broken stack): read from its events once per update. A failed read
     /// makes it unknown for this look, not the look failed.
-    async fn update_token(&mut self, stack: &StackSnapshot) -> UpdateToken {
+    async fn update_events(&mut self, stack: &StackSnapshot) -> UpdateEvents {
         if !UpdateToken::needed(stack) {
-            return UpdateToken::NotRead;
+            return UpdateEvents::default();
         }
-        if let Some((at, token)) = &self.token {
-            if *at == stack.last_updated && stack.last_updated.is_some() {
-                return UpdateToken::Read(token.clone());
+        let rolling_back = stack.status.contains("ROLLBACK");
+        if let Some((at, known)) = &self.update {
+            let same = *at == stack.last_updated && stack.last_updated.is_some();
+            if same && (known.rollback_since.is_some() || !rolling_back) {
+                return known.clone();
             }
         }
-        match self.rack.stack_update_token().await {
-            Ok(UpdateToken::Read(token)) => {
-                self.token = Some((stack.last_updated.clone(), token.clone()));
-                UpdateToken::Read(token)
+        match self.rack.latest_update().await {
+            Ok(read) => {
+                if matches!(read.token, UpdateToken::Read(_)) {
+                    self.update = Some((stack.last_updated.clone(), read.clone()));
+                }
+                read
             }
-            Ok(other) => other,
-            Err(e) => UpdateToken::Unknown(format!(
-                "cannot read the events of stack {} to tell whose update it is: {e}",
-                stack.name
-            )),
+            Err(e) => UpdateEvents {
+                token: UpdateToken::Unknown(format!(
+                    "cannot read the events of stack {} to tell whose update it is: {e}",
+                    stack.name
+                )),
+                rollback_since: None,
+            },
         }
     }
 

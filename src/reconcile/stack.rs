@@ -121,6 +121,7 @@ impl Reconciler {
             ownership: owner.clone(),
             cancelled: self.stack.cancelled,
             retry_not_before: self.stack.memory.retry_not_before,
+            last_failure: self.stack.memory.last_failure.clone(),
             failure_reason: self.stack.memory.failure_reason.clone(),
             rollouts: self.context(crate::model::ECS_EXEC.name, now),
         };
@@ -159,11 +160,15 @@ impl Reconciler {
         &mut self,
         plan: &StackPlan,
         version: Option<&Decision>,
-        observed: &ObservedRack,
+        (observed, owner): (&ObservedRack, &Ownership),
         now: SystemTime,
     ) {
         let moved = observed.stack.last_updated != self.stack.before;
         if self.stack.token.is_none() || observed.stack.state() != StackState::Stable || !moved {
+            return;
+        }
+        if observed.stack.status.contains("ROLLBACK") && matches!(owner, Ownership::Unknown(_)) {
+            // Whether our update was the one rolled back is not known: keep it written down.
             return;
         }
         let rolled_back = |d: &&Decision| d.reason == "StackUpdateRolledBack";
@@ -252,6 +257,24 @@ impl Reconciler {
     }
 
     async fn cancel(&mut self, stack: &mut StackPlan) {
+        // Whose the update is, read again right before: the events read when it started
+        // could have lagged behind the stack (and another update may have begun since).
+        let fresh = self.rack.latest_update().await.map(|u| u.token);
+        let owner = match &fresh {
+            Ok(token) => plan::ownership(token, self.stack.token.as_deref()),
+            Err(e) => Ownership::Unknown(e.to_string()),
+        };
+        if !owner.is_ours() {
+            warn!(owner = %owner.describe(), "not cancelling the stack update: it is not proven the controller's");
+            for d in &mut stack.decisions {
+                d.message = format!(
+                    "{}; not cancelled: the update under way is {}",
+                    d.message,
+                    owner.describe()
+                );
+            }
+            return;
+        }
         match self.rack.cancel_update_stack().await {
             Ok(()) => {
                 self.stack.cancelled = true;
