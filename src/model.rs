@@ -388,6 +388,24 @@ impl ObservedService {
                 .unwrap_or(param.default)
         })
     }
+
+    /// How many of a deployment's new tasks stopped or failed to start (ECS's count, or the
+    /// stopped tasks read, whichever is more), and the last stopped reason.
+    pub fn failed_launches(&self, deployment: &Deployment) -> (u32, &str) {
+        let mut stopped: Vec<&StoppedTask> = self
+            .service
+            .stopped
+            .iter()
+            .filter(|t| t.launched_by(deployment) && t.failed())
+            .collect();
+        stopped.sort_by_key(|t| t.created_at);
+        let why = stopped
+            .iter()
+            .rev()
+            .find_map(|t| t.stopped_reason.as_deref())
+            .unwrap_or("ECS gave no stopped reason");
+        (deployment.failed_tasks.max(stopped.len() as u32), why)
+    }
 }
 
 impl ObservedRack {

@@ -11,14 +11,11 @@ use std::time::Duration;
 
 use common::{drive, param, run_for, Harness, RELABEL_RELEASE};
 use rack_reconciler::lease::{Lease, LeaseStore, MemoryLeaseStore, Timing};
-use rack_reconciler::metrics::Metrics;
 use rack_reconciler::model::{RackVersion, StackParameter};
 use rack_reconciler::plan::Phase;
-use rack_reconciler::rack::fenced::FencedRack;
 use rack_reconciler::rack::sim::{SimSettings, SIM_ECSEXEC_VERSION};
 use rack_reconciler::rack::{Rack, StackUpdateRequest};
 use rack_reconciler::reconcile::{Reconciler, Report, Trigger};
-use rack_reconciler::status::{Status, StatusHandle};
 use rack_reconciler::templates::TemplateSource;
 
 /// A rack on the release that declares `ECSExec` (`No`), asked to move to the public release
@@ -33,7 +30,9 @@ fn broken_release_rack() -> Harness {
     Harness::stack_first("ECSExec: \"No\"\n", settings)
 }
 
-fn to_broken_release(h: &Harness) {
+/// Once `ECSExec=No` has converged, the params file asks for the broken release.
+async fn converged_then_to_broken_release(h: &Harness, rec: &mut Reconciler) {
+    drive(rec, 50, |r| common::ecs_exec(r) == Some(Phase::Converged)).await;
     h.write_params(&format!(
         "ECSExec: \"No\"\nVersion: \"{RELABEL_RELEASE}\"\n"
     ));
@@ -74,11 +73,7 @@ async fn until_rolled_back(rec: &mut Reconciler) {
 async fn a_version_update_whose_api_tasks_fail_is_cancelled_once_and_the_gate_still_holds() {
     let h = broken_release_rack();
     let mut rec = h.reconciler();
-    drive(&mut rec, 50, |r| {
-        common::ecs_exec(r) == Some(Phase::Converged)
-    })
-    .await;
-    to_broken_release(&h);
+    converged_then_to_broken_release(&h, &mut rec).await;
     let started = tokio::time::Instant::now();
     let failing = common::shows_reason(&rec, "Version", "StackUpdateFailing");
     drive(&mut rec, 300, failing).await;
@@ -133,11 +128,7 @@ async fn a_version_update_whose_api_tasks_fail_is_cancelled_once_and_the_gate_st
 async fn the_token_written_down_proves_the_update_ours_after_a_restart() {
     let h = broken_release_rack();
     let mut rec = h.reconciler();
-    drive(&mut rec, 50, |r| {
-        common::ecs_exec(r) == Some(Phase::Converged)
-    })
-    .await;
-    to_broken_release(&h);
+    converged_then_to_broken_release(&h, &mut rec).await;
     drive(&mut rec, 20, acted).await;
     assert_eq!(h.sim.stack_updates().len(), 1, "the update was sent");
     drop(rec);
@@ -152,12 +143,6 @@ async fn the_token_written_down_proves_the_update_ours_after_a_restart() {
     assert_eq!(stack_version(&h), SIM_ECSEXEC_VERSION);
 }
 
-fn leased(h: &Harness, lease: &Lease) -> Reconciler {
-    let rack = Arc::new(FencedRack::new(h.sim.clone(), lease.clone()));
-    let status = StatusHandle::new(Status::default());
-    Reconciler::new(rack, h.settings(), Metrics::new(), status).with_lease(lease.clone())
-}
-
 #[tokio::test(start_paused = true)]
 async fn the_token_proves_the_update_ours_after_a_lease_takeover() {
     let h = broken_release_rack();
@@ -169,12 +154,8 @@ async fn the_token_proves_the_update_ours_after_a_lease_takeover() {
     );
     la.tick().await.expect("a");
     lb.tick().await.expect("b");
-    let mut a = leased(&h, &la);
-    drive(&mut a, 50, |r| {
-        common::ecs_exec(r) == Some(Phase::Converged)
-    })
-    .await;
-    to_broken_release(&h);
+    let mut a = h.leased(&la);
+    converged_then_to_broken_release(&h, &mut a).await;
     drive(&mut a, 20, acted).await;
     assert_eq!(h.sim.stack_updates().len(), 1, "the holder sent the update");
 
@@ -183,7 +164,7 @@ async fn the_token_proves_the_update_ours_after_a_lease_takeover() {
         tokio::time::sleep(timing.retry).await;
         lb.tick().await.expect("b");
     }
-    let mut b = leased(&h, &lb);
+    let mut b = h.leased(&lb);
     until_rolled_back(&mut b).await;
     assert_eq!(h.sim.calls("CancelUpdateStack"), 1, "b cancelled it, once");
     assert_eq!(
@@ -308,11 +289,7 @@ async fn a_stack_rollback_whose_tasks_fail_too_is_named_then_followed_to_its_end
     // rollback's tasks cannot start either.
     let h = broken_release_rack();
     let mut rec = h.reconciler();
-    drive(&mut rec, 50, |r| {
-        common::ecs_exec(r) == Some(Phase::Converged)
-    })
-    .await;
-    to_broken_release(&h);
+    converged_then_to_broken_release(&h, &mut rec).await;
     let failing = common::shows_reason(&rec, "Version", "StackUpdateFailing");
     drive(&mut rec, 300, failing).await;
     h.sim.fail_every_launch(true);

@@ -10,18 +10,9 @@ use std::time::Duration;
 
 use common::{drive, param, Harness};
 use rack_reconciler::lease::{Lease, LeaseStore, MemoryLeaseStore, Timing};
-use rack_reconciler::metrics::Metrics;
 use rack_reconciler::plan::Phase;
-use rack_reconciler::rack::fenced::FencedRack;
 use rack_reconciler::rack::sim::SimSettings;
 use rack_reconciler::reconcile::{Reconciler, Trigger};
-use rack_reconciler::status::{Status, StatusHandle};
-
-fn controller(h: &Harness, lease: &Lease) -> Reconciler {
-    let rack = Arc::new(FencedRack::new(h.sim.clone(), lease.clone()));
-    let status = StatusHandle::new(Status::default());
-    Reconciler::new(rack, h.settings(), Metrics::new(), status).with_lease(lease.clone())
-}
 
 #[tokio::test(start_paused = true)]
 async fn the_standby_writes_nothing_then_takes_over_and_the_old_holder_is_fenced() {
@@ -34,7 +25,7 @@ async fn the_standby_writes_nothing_then_takes_over_and_the_old_holder_is_fenced
     );
     la.tick().await.expect("a");
     lb.tick().await.expect("b");
-    let (mut a, mut b) = (controller(&h, &la), controller(&h, &lb));
+    let (mut a, mut b) = (h.leased(&la), h.leased(&lb));
 
     h.write_params("ECSExec: \"Yes\"\n");
     b.reconcile(Trigger::ParamsChanged).await;

@@ -3,7 +3,6 @@
 //! its own state: the rack API may be down, and no write is made until it heals or a person
 //! acts.
 
-use super::relabel::failed_launches;
 use super::Phase;
 use crate::model::{ObservedRack, RolloutState, StackState, UpdateToken};
 
@@ -67,7 +66,7 @@ fn rollback_failing(rack: &ObservedRack, threshold: u32) -> Option<String> {
         if !rolling || primary.created_at < since {
             return None;
         }
-        let (failures, why) = failed_launches(s, primary);
+        let (failures, why) = s.failed_launches(primary);
         (failures >= threshold.max(1)).then_some((&s.target.service, failures, why))
     })?;
     Some(format!(

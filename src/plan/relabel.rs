@@ -13,7 +13,6 @@ use super::{
 };
 use crate::model::{
     Deployment, DeploymentStatus, ManagedParam, ObservedRack, ObservedService, RolloutState,
-    StoppedTask,
 };
 
 /// What the controller remembers between reconciles, and its settings. Losing the remembered
@@ -399,7 +398,7 @@ pub(super) fn rollout_failure(
     ctx: &PlanContext,
 ) -> Option<(&'static str, String)> {
     let name = &s.target.service;
-    let (failures, why) = failed_launches(s, primary);
+    let (failures, why) = s.failed_launches(primary);
     if failures >= ctx.failed_tasks_threshold.max(1) {
         return Some((
             "RolloutFailed",
@@ -427,24 +426,6 @@ pub(super) fn rollout_failure(
             ),
         )
     })
-}
-
-/// How many of a deployment's new tasks stopped or failed to start (ECS's count, or the
-/// stopped tasks read, whichever is more), and the last stopped reason.
-pub(super) fn failed_launches<'a>(s: &'a ObservedService, primary: &Deployment) -> (u32, &'a str) {
-    let mut stopped: Vec<&StoppedTask> = s
-        .service
-        .stopped
-        .iter()
-        .filter(|t| t.launched_by(primary) && t.failed())
-        .collect();
-    stopped.sort_by_key(|t| t.created_at);
-    let why = stopped
-        .iter()
-        .rev()
-        .find_map(|t| t.stopped_reason.as_deref())
-        .unwrap_or("ECS gave no stopped reason");
-    (primary.failed_tasks.max(stopped.len() as u32), why)
 }
 
 /// A failing rollout of ours is undone (the service pointed back at where it came from);
@@ -540,7 +521,7 @@ fn own_rollout(
     let own = ctx.own_rollouts.get(name)?;
     if own.undone && busy && primary.task_definition == own.from {
         let why = ctx.last_failure.as_deref().unwrap_or("the rollout failed");
-        let (failures, stopped) = failed_launches(s, primary);
+        let (failures, stopped) = s.failed_launches(primary);
         if failures >= ctx.failed_tasks_threshold.max(1) {
             return Some(Eval::RollbackFailing(format!(
                 "{why}; pointing {name} back at {} is failing too: {failures} of its task(s) stopped or \
@@ -659,8 +640,8 @@ mod tests {
     use super::super::Action;
     use super::*;
     use crate::model::{
-        Deployment, DeploymentStatus, ServiceSnapshot, ServiceTarget, StackSnapshot, TaskSnapshot,
-        ECS_EXEC,
+        Deployment, DeploymentStatus, ServiceSnapshot, ServiceTarget, StackSnapshot, StoppedTask,
+        TaskSnapshot, ECS_EXEC,
     };
     use std::collections::BTreeMap;
 

@@ -329,6 +329,22 @@ impl AwsRack {
         Ok((events, out.next_token))
     }
 
+    /// The stack's events, page by page, newest first, back to the latest update's start (at
+    /// most [`MAX_EVENT_PAGES`]).
+    async fn walk_events(&self) -> Result<FailureWalk, RackError> {
+        let mut walk = FailureWalk::default();
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_EVENT_PAGES {
+            let (events, next) = self.stack_events(token.take()).await?;
+            walk.feed(&self.stack, &events);
+            token = next;
+            if walk.done || token.is_none() {
+                break;
+            }
+        }
+        Ok(walk)
+    }
+
     /// An `UpdateStack` error that may still mean success: nothing to update, or the update
     /// this token started already under way (the SDK retried after a lost response).
     async fn update_stack_refused(
@@ -949,31 +965,11 @@ impl Rack for AwsRack {
     }
 
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError> {
-        let mut walk = FailureWalk::default();
-        let mut token: Option<String> = None;
-        for _ in 0..MAX_EVENT_PAGES {
-            let (events, next) = self.stack_events(token.take()).await?;
-            walk.feed(&self.stack, &events);
-            token = next;
-            if walk.done || token.is_none() {
-                break;
-            }
-        }
-        Ok(walk.cause)
+        Ok(self.walk_events().await?.cause)
     }
 
     async fn latest_update(&self) -> Result<UpdateEvents, RackError> {
-        let mut walk = FailureWalk::default();
-        let mut token: Option<String> = None;
-        for _ in 0..MAX_EVENT_PAGES {
-            let (events, next) = self.stack_events(token.take()).await?;
-            walk.feed(&self.stack, &events);
-            token = next;
-            if walk.done || token.is_none() {
-                break;
-            }
-        }
-        Ok(walk.update(&self.stack))
+        Ok(self.walk_events().await?.update(&self.stack))
     }
 
     async fn update_service(

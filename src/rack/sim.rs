@@ -582,6 +582,22 @@ impl SimRack {
         Ok(())
     }
 
+    /// `DescribeStackEvents`, 100 a page, newest first, back to the latest update's start.
+    fn walk_events(&self) -> Result<FailureWalk, RackError> {
+        let mut s = self.lock();
+        let name = s.settings.rack.clone();
+        let newest_first: Vec<StackEvent> = s.stack_events.iter().rev().cloned().collect();
+        let mut walk = FailureWalk::default();
+        for page in newest_first.chunks(100) {
+            self.call(&mut s, "cloudformation", "DescribeStackEvents", &name)?;
+            walk.feed(&name, page);
+            if walk.done {
+                break;
+            }
+        }
+        Ok(walk)
+    }
+
     // ---- fault injection and inspection (tests, demos) ----
 
     /// The next `UpdateService` deployments behave as `fault` says, in order.
@@ -1804,33 +1820,12 @@ impl Rack for SimRack {
     }
 
     async fn stack_failure_reason(&self) -> Result<Option<String>, RackError> {
-        let mut s = self.lock();
-        let name = s.settings.rack.clone();
-        let newest_first: Vec<StackEvent> = s.stack_events.iter().rev().cloned().collect();
-        let mut walk = FailureWalk::default();
-        for page in newest_first.chunks(100) {
-            self.call(&mut s, "cloudformation", "DescribeStackEvents", &name)?;
-            walk.feed(&name, page);
-            if walk.done {
-                break;
-            }
-        }
-        Ok(walk.cause)
+        Ok(self.walk_events()?.cause)
     }
 
     async fn latest_update(&self) -> Result<UpdateEvents, RackError> {
-        let mut s = self.lock();
-        let name = s.settings.rack.clone();
-        let newest_first: Vec<StackEvent> = s.stack_events.iter().rev().cloned().collect();
-        let mut walk = FailureWalk::default();
-        for page in newest_first.chunks(100) {
-            self.call(&mut s, "cloudformation", "DescribeStackEvents", &name)?;
-            walk.feed(&name, page);
-            if walk.done {
-                break;
-            }
-        }
-        Ok(walk.update(&name))
+        let name = self.lock().settings.rack.clone();
+        Ok(self.walk_events()?.update(&name))
     }
 }
 

@@ -96,6 +96,16 @@ impl Harness {
         Reconciler::new(self.sim.clone(), settings, metrics, status).with_exec(self.sim.clone())
     }
 
+    /// A reconciler whose writes go through the lease (a fenced rack), as `run` with a lease.
+    pub fn leased(&self, lease: &rack_reconciler::lease::Lease) -> Reconciler {
+        let rack = Arc::new(rack_reconciler::rack::fenced::FencedRack::new(
+            self.sim.clone(),
+            lease.clone(),
+        ));
+        let status = StatusHandle::new(Status::default());
+        Reconciler::new(rack, self.settings(), Metrics::new(), status).with_lease(lease.clone())
+    }
+
     pub fn write_params(&self, text: &str) {
         std::fs::write(&self.params, text).expect("write params");
     }
