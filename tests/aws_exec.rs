@@ -10,7 +10,7 @@
 //! the later reasons are covered with canned SDK answers (`tests/aws_exec_canned.rs`) and on
 //! the simulated rack.
 
-mod common;
+use crate::common;
 
 use std::time::SystemTime;
 

@@ -4,7 +4,7 @@
 //! `iam:SimulatePrincipalPolicy` (moto does not implement it: a canned IAM answer from a
 //! local server on loopback).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;

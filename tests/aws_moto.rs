@@ -7,7 +7,7 @@
 //! are tested with canned SDK responses in `aws_rollouts.rs`. Here the monitor service is
 //! rolled by a second reconciler that targets it alone.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

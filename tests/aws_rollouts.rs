@@ -3,7 +3,7 @@
 //! real rack's: no deployment circuit breaker on the API services, the web service behind the
 //! load balancer's target group, roles under `/convox/`, stopped tasks with their reasons.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};

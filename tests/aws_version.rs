@@ -1,7 +1,7 @@
 //! Version changes through the AWS adapter against moto: the `UpdateStack` request carries
 //! exactly the right parameters, and `check-downgrade` (the real binary) exits as documented.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! Bounded work under churn: an editor rewriting the params file every 100 ms with
 //! alternating values for a minute. On tokio's paused clock, through the loop's own `run`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

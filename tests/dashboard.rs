@@ -2,7 +2,7 @@
 //! Prometheus scrapes the controller running on the simulated rack on loopback, the
 //! controller converges a change, and every panel's query then parses and returns data.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! task gets in its environment is a valid config that points at the stack's own table, the
 //! rack's Settings bucket and the stack's CloudFormation role.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

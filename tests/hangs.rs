@@ -3,7 +3,7 @@
 //! answers, turns `/readyz` to 503 once its last observation is too old and still exits
 //! promptly on SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

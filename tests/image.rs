@@ -3,7 +3,7 @@
 //! it and sets `RACK_RECONCILER_IMAGE_ROOT`). Without that variable there is no image to test
 //! and the test says so.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -3,7 +3,7 @@
 //! rack of which only the holder writes, the standby taking over from a killed holder, and
 //! `apply` refusing to write while another controller holds the lease.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

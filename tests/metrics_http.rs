@@ -3,7 +3,7 @@
 //! failure. Runs on the real clock with a fast simulated rack; it waits on status changes,
 //! never sleeps.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Invalid edits of the params file are reported and never acted on; the controller keeps the
 //! last valid desired state. The watcher notices edits however an editor saves.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

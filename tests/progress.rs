@@ -3,7 +3,7 @@
 //! `status --watch` follows a running controller the same way; `run 2>file` leaves no escape
 //! sequences in the file. On the simulated rack.
 
-mod common;
+use crate::common;
 
 use std::process::Stdio;
 

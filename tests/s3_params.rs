@@ -3,7 +3,7 @@
 //! answered 304 per poll, an invalid edit keeps the last valid desired state, and the status
 //! document is written next to the object.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

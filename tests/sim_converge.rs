@@ -1,7 +1,7 @@
 //! ECSExec converges on the simulated rack: both directions, web before monitor, no writes
 //! when there is nothing to do, and a restart mid-rollout registers nothing twice.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

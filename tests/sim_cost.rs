@@ -2,7 +2,7 @@
 //! paused clock), whose counts are the calls the AWS adapter makes for the same work, at the
 //! shipped default intervals.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

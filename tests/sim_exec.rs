@@ -2,7 +2,7 @@
 //! demo apps, the metric, the status section and `ExecReady`, the calls a look costs, and the
 //! route-to-SSM requirement that holds `ECSExec=Yes` back on a private rack without one.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

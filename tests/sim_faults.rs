@@ -1,7 +1,7 @@
 //! Faults on the simulated rack: failed and stuck rollouts, stack updates, API errors and
 //! out-of-band reverts. All on tokio's paused clock.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

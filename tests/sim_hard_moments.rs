@@ -4,7 +4,7 @@
 //! lease takeover), once; someone else's update is never cancelled; and undoing a change
 //! that fails too is named, counted and alerted on, and heals by itself.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! takes over (picking up the holder's stack update from the status file) and finishes the
 //! change; the old holder, waking up, is refused by the fence.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use common::{drive, param, Harness};
 use rack_reconciler::lease::{Lease, LeaseStore, MemoryLeaseStore, Timing};
 use rack_reconciler::plan::Phase;
 use rack_reconciler::rack::sim::SimSettings;
-use rack_reconciler::reconcile::{Reconciler, Trigger};
+use rack_reconciler::reconcile::Trigger;
 
 #[tokio::test(start_paused = true)]
 async fn the_standby_writes_nothing_then_takes_over_and_the_old_holder_is_fenced() {

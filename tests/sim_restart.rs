@@ -1,7 +1,7 @@
 //! Restarts: what the controller writes down (the rollouts it started, its backoffs) lets a
 //! new process carry on where the old one stopped. On tokio's paused clock.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! CloudFormation, batched into one `UpdateStack`, and are followed to the end. On tokio's
 //! paused clock.
 
-mod common;
+use crate::common;
 
 use common::{drive, ecs_exec, Harness};
 use rack_reconciler::plan::Phase;

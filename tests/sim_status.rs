@@ -2,7 +2,7 @@
 //! metrics; an outage keeps the drift and when it started; one transient error does not flap
 //! the phase. On tokio's paused clock.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Version changes and the downgrade gate on the simulated rack (paused clock).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! `DescribeTaskDefinition` and `RegisterTaskDefinition`, and appear in none of the logs, the
 //! status file or `/status`.
 
-mod common;
+use crate::common;
 
 use common::binary::{free_port, Binary};
 use common::moto::Moto;
