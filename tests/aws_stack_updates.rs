@@ -33,6 +33,28 @@ fn event(logical: &str, status: ResourceStatus, reason: &str, token: &str) -> St
         .build()
 }
 
+/// `DescribeStackEvents` answered in two pages (newest first), and a third that is never
+/// asked for when the walk stops in time.
+fn two_pages(newest: Vec<StackEvent>, older: Vec<StackEvent>) -> (Rule, Rule) {
+    let first = mock!(aws_sdk_cloudformation::Client::describe_stack_events)
+        .match_requests(|r| r.next_token().is_none())
+        .then_output(move || {
+            DescribeStackEventsOutput::builder()
+                .set_stack_events(Some(newest.clone()))
+                .next_token("page-2")
+                .build()
+        });
+    let second = mock!(aws_sdk_cloudformation::Client::describe_stack_events)
+        .match_requests(|r| r.next_token() == Some("page-2"))
+        .then_output(move || {
+            DescribeStackEventsOutput::builder()
+                .set_stack_events(Some(older.clone()))
+                .next_token("page-3")
+                .build()
+        });
+    (first, second)
+}
+
 fn validation(message: &'static str) -> impl Fn() -> UpdateStackError + Send + Sync {
     move || {
         UpdateStackError::generic(
@@ -195,22 +217,7 @@ async fn the_cause_of_a_rollback_is_found_past_the_first_page_of_events() {
             "tok-0",
         ),
     ];
-    let first = mock!(aws_sdk_cloudformation::Client::describe_stack_events)
-        .match_requests(|r| r.next_token().is_none())
-        .then_output(move || {
-            DescribeStackEventsOutput::builder()
-                .set_stack_events(Some(newest.clone()))
-                .next_token("page-2")
-                .build()
-        });
-    let second = mock!(aws_sdk_cloudformation::Client::describe_stack_events)
-        .match_requests(|r| r.next_token() == Some("page-2"))
-        .then_output(move || {
-            DescribeStackEventsOutput::builder()
-                .set_stack_events(Some(older.clone()))
-                .next_token("page-3")
-                .build()
-        });
+    let (first, second) = two_pages(newest, older);
     let cause = rack(&[&first, &second])
         .stack_failure_reason()
         .await
@@ -262,22 +269,7 @@ async fn whose_update_it_is_is_read_from_its_start_event_past_the_rollbacks_own_
             "Console-x",
         ),
     ];
-    let first = mock!(aws_sdk_cloudformation::Client::describe_stack_events)
-        .match_requests(|r| r.next_token().is_none())
-        .then_output(move || {
-            DescribeStackEventsOutput::builder()
-                .set_stack_events(Some(newest.clone()))
-                .next_token("page-2")
-                .build()
-        });
-    let second = mock!(aws_sdk_cloudformation::Client::describe_stack_events)
-        .match_requests(|r| r.next_token() == Some("page-2"))
-        .then_output(move || {
-            DescribeStackEventsOutput::builder()
-                .set_stack_events(Some(older.clone()))
-                .next_token("page-3")
-                .build()
-        });
+    let (first, second) = two_pages(newest, older);
     let update = rack(&[&first, &second])
         .latest_update()
         .await

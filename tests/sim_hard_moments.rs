@@ -6,11 +6,10 @@
 
 use crate::common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{drive, param, run_for, Harness, RELABEL_RELEASE};
-use rack_reconciler::lease::{Lease, LeaseStore, MemoryLeaseStore, Timing};
+use rack_reconciler::lease::Timing;
 use rack_reconciler::model::{RackVersion, StackParameter};
 use rack_reconciler::plan::Phase;
 use rack_reconciler::rack::sim::{SimSettings, SIM_ECSEXEC_VERSION};
@@ -146,14 +145,8 @@ async fn the_token_written_down_proves_the_update_ours_after_a_restart() {
 #[tokio::test(start_paused = true)]
 async fn the_token_proves_the_update_ours_after_a_lease_takeover() {
     let h = broken_release_rack();
-    let store: Arc<dyn LeaseStore> = Arc::new(MemoryLeaseStore::default());
     let timing = Timing::for_duration(Duration::from_secs(30));
-    let (la, lb) = (
-        Lease::new(store.clone(), "a", timing),
-        Lease::new(store.clone(), "b", timing),
-    );
-    la.tick().await.expect("a");
-    lb.tick().await.expect("b");
+    let (la, lb) = common::two_leases(timing).await;
     let mut a = h.leased(&la);
     converged_then_to_broken_release(&h, &mut a).await;
     drive(&mut a, 20, acted).await;

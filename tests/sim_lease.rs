@@ -5,11 +5,10 @@
 
 use crate::common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{drive, param, Harness};
-use rack_reconciler::lease::{Lease, LeaseStore, MemoryLeaseStore, Timing};
+use rack_reconciler::lease::Timing;
 use rack_reconciler::plan::Phase;
 use rack_reconciler::rack::sim::SimSettings;
 use rack_reconciler::reconcile::Trigger;
@@ -17,14 +16,8 @@ use rack_reconciler::reconcile::Trigger;
 #[tokio::test(start_paused = true)]
 async fn the_standby_writes_nothing_then_takes_over_and_the_old_holder_is_fenced() {
     let h = Harness::stack_first("ECSExec: \"No\"\n", SimSettings::default());
-    let store: Arc<dyn LeaseStore> = Arc::new(MemoryLeaseStore::default());
     let timing = Timing::for_duration(Duration::from_secs(30));
-    let (la, lb) = (
-        Lease::new(store.clone(), "a", timing),
-        Lease::new(store.clone(), "b", timing),
-    );
-    la.tick().await.expect("a");
-    lb.tick().await.expect("b");
+    let (la, lb) = common::two_leases(timing).await;
     let (mut a, mut b) = (h.leased(&la), h.leased(&lb));
 
     h.write_params("ECSExec: \"Yes\"\n");

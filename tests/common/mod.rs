@@ -111,6 +111,22 @@ impl Harness {
     }
 }
 
+/// Two controllers' leases, "a" and "b", on one table in memory, each having looked once:
+/// "a" holds the lease.
+pub async fn two_leases(
+    timing: rack_reconciler::lease::Timing,
+) -> (rack_reconciler::lease::Lease, rack_reconciler::lease::Lease) {
+    use rack_reconciler::lease::{Lease, LeaseStore, MemoryLeaseStore};
+    let store: Arc<dyn LeaseStore> = Arc::new(MemoryLeaseStore::default());
+    let (la, lb) = (
+        Lease::new(store.clone(), "a", timing),
+        Lease::new(store.clone(), "b", timing),
+    );
+    la.tick().await.expect("a");
+    lb.tick().await.expect("b");
+    (la, lb)
+}
+
 /// The status of one parameter as the reconciler reports it.
 pub fn param(rec: &Reconciler, name: &str) -> rack_reconciler::status::ParameterStatus {
     rec.status()
