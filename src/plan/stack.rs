@@ -232,7 +232,7 @@ pub(super) fn in_progress(
         StackState::InProgress => {
             let message = format!(
                 "stack {name} is {status}: {}; the controller waits for it to settle and never cancels \
-                 an update it did not start",
+                 an update it has not proven its own",
                 ctx.ownership.describe()
             );
             Some((Phase::Waiting, "StackUpdating", message))
