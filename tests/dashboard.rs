@@ -61,6 +61,7 @@ fn the_dashboard_asks_for_its_data_source_and_covers_what_is_exported() {
         "rack_reconciler_reconcile_duration_seconds",
         "rack_reconciler_aws_api_calls_total",
         "rack_reconciler_params_file_valid",
+        "rack_reconciler_rollback_failing",
     ] {
         assert!(all.contains(metric), "no panel shows {metric}");
     }
