@@ -417,12 +417,14 @@ async fn exec_readiness(apps: usize) -> (String, String) {
         .expect("look");
     let first = total(&sim);
     let (services, tasks) = (apps * 3, r.verdicts.len());
-    // One listing page per 100 stacks (the rack's own and each service's nested stack among
-    // them), DescribeServices per 10, ListTasks and DescribeTasks per 100, one
-    // DescribeContainerInstances per 100 instances (the generated rack has one), one role
-    // check per app role; the first look also reads each task definition once.
+    // One listing page per 100 stacks (the rack's own, the apps' and each service's nested
+    // stack), ListTasks and DescribeTasks per 100, no DescribeServices (every task runs with
+    // ECS Exec), the cluster's exec configuration, one DescribeContainerInstances and one
+    // DescribeInstances per 100 instances (the generated rack has one), one role check per
+    // app role, the VPC's route tables and endpoints; the first look also reads each task
+    // definition once.
     let steady_min =
-        (apps + 1).div_ceil(100) + services.div_ceil(10) + 2 * tasks.div_ceil(100) + 1 + apps;
+        (1 + apps + services).div_ceil(100) + 2 * tasks.div_ceil(100) + 1 + 1 + 1 + apps + 2;
     let first_min = steady_min + services;
     let n = 20u32;
     let t = Instant::now();

@@ -41,6 +41,7 @@ mod exit {
     pub const FAILED: u8 = 3;
     pub const BLOCKED: u8 = 4;
     pub const INVALID_PARAMS: u8 = 5;
+    pub const UNKNOWN: u8 = 6;
 }
 
 #[derive(Parser)]
@@ -499,7 +500,6 @@ async fn run(cfg: Config) -> Result<u8> {
         keep_lease(lease, wiring.metrics.clone(), shutdown.clone(), Some(tx));
     }
     if let Some(exec) = rec.exec_source() {
-        let (rack, targets) = rec.rack_api();
         let watch = ExecWatch::new(
             exec,
             &cfg.rack,
@@ -507,8 +507,7 @@ async fn run(cfg: Config) -> Result<u8> {
             cfg.timeouts.reconcile,
             rec.metrics(),
             rec.status(),
-        )
-        .with_api(rack, targets);
+        );
         tokio::spawn(watch.run(shutdown.clone()));
     }
     rec.run(rx, shutdown).await;
@@ -969,7 +968,6 @@ fn template_declarations(path: &Path) -> Result<Declarations> {
 async fn exec_check(cfg: Config, app: Option<&str>, json: bool) -> Result<u8> {
     let backend = build_backend(&cfg, &Metrics::new()).await?;
     let readiness = Discovery::default()
-        .with_api(backend.rack.clone(), Settings::from(&cfg).targets)
         .run(
             backend.exec.as_ref(),
             &cfg.rack,
@@ -992,10 +990,10 @@ async fn exec_check(cfg: Config, app: Option<&str>, json: bool) -> Result<u8> {
         print!("{}", check::table(&cfg.rack, &readiness));
         print!("\n{}", check::plugin_lines(&plugin));
     }
-    Ok(if check::all_ecs_exec(&readiness) {
-        exit::CONVERGED
-    } else {
-        exit::BLOCKED
+    Ok(match check::outcome(&readiness) {
+        check::Outcome::Ready => exit::CONVERGED,
+        check::Outcome::NotReady => exit::BLOCKED,
+        check::Outcome::Unknown => exit::UNKNOWN,
     })
 }
 

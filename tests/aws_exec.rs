@@ -20,10 +20,19 @@ use rack_reconciler::config::Timeouts;
 use rack_reconciler::exec::discover::{rack_route, Discovery};
 use rack_reconciler::exec::source::ExecSource;
 use rack_reconciler::exec::watch::ExecWatch;
-use rack_reconciler::exec::Route;
+use std::collections::BTreeMap;
+
+use rack_reconciler::exec::network::{Endpoint, RouteTable, SecurityGroup, TaskNetwork};
+use rack_reconciler::exec::permissions::{Access, ExecConfig, Grant, SSMMESSAGES_ACTIONS};
+use rack_reconciler::exec::source::{
+    InstanceFacts, ServiceFacts, StackPage, TaskDefinitionFacts, TaskInfo,
+};
+use rack_reconciler::exec::{ExecPath, Fact, Route};
 use rack_reconciler::metrics::Metrics;
 use rack_reconciler::rack::aws_exec::AwsExec;
+use rack_reconciler::rack::aws_exec::POLICIES_READ;
 use rack_reconciler::rack::query::{QueryClient, EC2, IAM};
+use rack_reconciler::rack::RackError;
 use rack_reconciler::status::{Status, StatusHandle};
 
 const CLUSTER: &str = "convox-Cluster-1ABCDEF";
@@ -182,6 +191,20 @@ async fn vpc(q: &QueryClient) -> Vpc {
     }
 }
 
+/// An interface endpoint for `service` with private DNS in the VPC's subnet, in `group`.
+async fn endpoint(q: &QueryClient, net: &Vpc, service: &str, group: Option<&str>) {
+    let name = format!("com.amazonaws.us-east-1.{service}");
+    let mut params = vec![
+        ("VpcId", net.id.as_str()),
+        ("ServiceName", name.as_str()),
+        ("VpcEndpointType", "Interface"),
+        ("SubnetId.1", net.subnet.as_str()),
+        ("PrivateDnsEnabled", "true"),
+    ];
+    params.extend(group.map(|g| ("SecurityGroupId.1", g)));
+    call(q, &EC2, "CreateVpcEndpoint", &params).await;
+}
+
 fn tags(pairs: &[(&str, &str)]) -> Vec<Tag> {
     pairs
         .iter()
@@ -302,10 +325,11 @@ fn app_tags<'a>(
     t
 }
 
-#[tokio::test]
-async fn apps_services_tasks_roles_and_the_route_read_from_aws() {
+/// moto checking signatures and policies once its first three calls are made, whose tasks
+/// stay running (it walks a task one state further at every describe), and the controller's
+/// identity.
+async fn moto_with_running_tasks() -> (Moto, aws_config::SdkConfig) {
     let moto = Moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]).await;
-    // moto walks a task one state further at every describe; these tasks stay running.
     reqwest::Client::new()
         .post(format!("{}/moto-api/state-manager/set-transition", moto.endpoint))
         .body(r#"{"model_name": "ecs::task", "transition": {"progression": "manual", "times": 1000000}}"#)
@@ -314,6 +338,19 @@ async fn apps_services_tasks_roles_and_the_route_read_from_aws() {
         .and_then(reqwest::Response::error_for_status)
         .expect("moto state manager");
     let sdk = controller_identity(&moto).await;
+    (moto, sdk)
+}
+
+fn ssmmessages() -> Access {
+    Access {
+        actions: SSMMESSAGES_ACTIONS.iter().map(|a| a.to_string()).collect(),
+        resource: "*".into(),
+    }
+}
+
+#[tokio::test]
+async fn apps_services_tasks_roles_and_the_route_read_from_aws() {
+    let (_moto, sdk) = moto_with_running_tasks().await;
     let metrics = Metrics::new();
     let q = QueryClient::new(&sdk, &Timeouts::default(), metrics.clone()).expect("client");
     let cfn = aws_sdk_cloudformation::Client::new(&sdk);
@@ -527,17 +564,20 @@ async fn apps_services_tasks_roles_and_the_route_read_from_aws() {
         .map(|v| (v.app.clone(), v.service.clone(), v.reason.clone()))
         .collect();
     seen.dedup();
+    // moto's tasks are Fargate and never started with ECS Exec (moto does not model it), so
+    // each is a fallback case with no Docker daemon to fall back to.
     let want: Vec<(String, String, String)> = [
-        ("billing", "api", "started_before_enable"),
-        ("files", "web", "readonly_root_filesystem"),
+        ("billing", "api", "service_without_exec"),
+        ("files", "web", "service_without_exec"),
         ("legacy", legacy_name.as_str(), "gen1"),
         ("shop", "run", "started_before_enable"),
-        ("shop", "web", "started_before_enable"),
+        ("shop", "web", "service_without_exec"),
     ]
     .iter()
     .map(|(a, s, r)| (a.to_string(), s.to_string(), r.to_string()))
     .collect();
     assert_eq!(seen, want);
+    assert!(r.verdicts.iter().all(|v| v.path == ExecPath::Fails));
     assert_eq!(
         r.verdicts.len(),
         7,
@@ -549,37 +589,30 @@ async fn apps_services_tasks_roles_and_the_route_read_from_aws() {
         "the other rack's app is not this rack's: {:?}",
         r.apps
     );
-    assert_eq!(r.apps.get("legacy"), Some(&1));
-    // The second private route table has no NAT route and there is no endpoint.
-    assert_eq!(
-        r.rack.route,
-        Route::None {
-            missing: vec!["com.amazonaws.us-east-1.ssmmessages".into()]
-        }
-    );
+    assert_eq!(r.apps["legacy"].generation, 1);
 
     // Task roles: the simulation is denied, so the roles' own policies decide.
+    let ssm = ssmmessages();
     assert_eq!(
-        exec.role_allows(&shop_role, &rack_reconciler::exec::SSMMESSAGES_ACTIONS)
-            .await,
-        Ok(Some(true))
+        exec.role_grant(&shop_role, &ssm).await,
+        Ok(Fact::Known(Grant::Allowed))
     );
     assert_eq!(
-        exec.role_allows(&files_role, &rack_reconciler::exec::SSMMESSAGES_ACTIONS)
-            .await,
-        Ok(Some(true))
+        exec.role_grant(&files_role, &ssm).await,
+        Ok(Fact::Known(Grant::Allowed))
     );
-    assert_eq!(
-        exec.role_allows(&billing_role, &rack_reconciler::exec::SSMMESSAGES_ACTIONS)
-            .await,
-        Ok(Some(false))
-    );
+    assert!(matches!(
+        exec.role_grant(&billing_role, &ssm).await,
+        Ok(Fact::Known(Grant::Denied(_)))
+    ));
+    assert_eq!(exec.notes(), vec![POLICIES_READ.to_string()]);
     let text = metrics.render();
     assert!(
         text.contains(r#"rack_reconciler_aws_api_calls_total{operation="SimulatePrincipalPolicy",outcome="access_denied",service="iam"} 1"#),
         "simulated once, then the policies are read:\n{text}"
     );
     for op in [
+        "GetRole",
         "ListRolePolicies",
         "GetRolePolicy",
         "ListAttachedRolePolicies",
@@ -594,7 +627,7 @@ async fn apps_services_tasks_roles_and_the_route_read_from_aws() {
         );
     }
 
-    // A NAT route in every private table, then only the ssmmessages endpoint.
+    // The rack-wide route: a NAT route in every private table; else both endpoints.
     call(
         &q,
         &EC2,
@@ -632,19 +665,15 @@ async fn apps_services_tasks_roles_and_the_route_read_from_aws() {
         ],
     )
     .await;
-    call(
-        &q,
-        &EC2,
-        "CreateVpcEndpoint",
-        &[
-            ("VpcId", &net.id),
-            ("ServiceName", "com.amazonaws.us-east-1.ssmmessages"),
-            ("VpcEndpointType", "Interface"),
-            ("SubnetId.1", &net.subnet),
-            ("PrivateDnsEnabled", "true"),
-        ],
-    )
-    .await;
+    endpoint(&q, &net, "ssmmessages", None).await;
+    assert_eq!(
+        rack_route(Some(&exec), &outputs(&tables)).await,
+        Route::None {
+            missing: vec!["com.amazonaws.us-east-1.ssm".into()]
+        },
+        "the ssmmessages endpoint alone is not enough"
+    );
+    endpoint(&q, &net, "ssm", None).await;
     assert_eq!(
         rack_route(Some(&exec), &outputs(&tables)).await,
         Route::Reachable {
@@ -665,12 +694,421 @@ async fn apps_services_tasks_roles_and_the_route_read_from_aws() {
     watch.look().await.expect("look");
     let text = metrics.render();
     for line in [
-        r#"rack_reconciler_exec_tasks{app="files",path="docker",reason="readonly_root_filesystem"} 1"#,
-        r#"rack_reconciler_exec_tasks{app="legacy",path="docker",reason="gen1"} 2"#,
-        r#"rack_reconciler_exec_tasks{app="shop",path="docker",reason="started_before_enable"} 3"#,
+        r#"rack_reconciler_exec_tasks{app="files",path="fails",reason="service_without_exec"} 1"#,
+        r#"rack_reconciler_exec_tasks{app="legacy",path="fails",reason="gen1"} 2"#,
+        r#"rack_reconciler_exec_tasks{app="shop",path="fails",reason="service_without_exec"} 2"#,
+        r#"rack_reconciler_exec_tasks{app="shop",path="fails",reason="started_before_enable"} 1"#,
     ] {
         assert!(text.contains(line), "{line}:\n{text}");
     }
     let exec_status = status.get().exec.expect("exec");
-    assert_eq!((exec_status.tasks, exec_status.docker), (7, 7));
+    assert_eq!(
+        (exec_status.tasks, exec_status.count(ExecPath::Fails)),
+        (7, 7)
+    );
+}
+
+/// moto does not model ECS Exec on tasks, and reports ECS agent 1.0.0 for every instance:
+/// this source answers as AWS does for tasks started with ECS Exec (`enableExecuteCommand`, a
+/// running `ExecuteCommandAgent`) on a current agent, and passes every other read, and every
+/// other fact, from the AWS adapter unchanged.
+struct WithEcsExec(AwsExec);
+
+#[async_trait::async_trait]
+impl ExecSource for WithEcsExec {
+    async fn stacks(&self, next: Option<String>) -> Result<StackPage, RackError> {
+        self.0.stacks(next).await
+    }
+    async fn stack_services(&self, stack: &str) -> Result<Vec<String>, RackError> {
+        self.0.stack_services(stack).await
+    }
+    async fn services(&self, c: &str, arns: &[String]) -> Result<Vec<ServiceFacts>, RackError> {
+        self.0.services(c, arns).await
+    }
+    async fn list_tasks(
+        &self,
+        c: &str,
+        next: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), RackError> {
+        self.0.list_tasks(c, next).await
+    }
+    async fn tasks(&self, c: &str, arns: &[String]) -> Result<Vec<TaskInfo>, RackError> {
+        let mut tasks = self.0.tasks(c, arns).await?;
+        for t in &mut tasks {
+            t.exec_enabled = true;
+            t.exec_agent = Some(("RUNNING".into(), None));
+        }
+        Ok(tasks)
+    }
+    async fn container_instances(
+        &self,
+        c: &str,
+        arns: &[String],
+    ) -> Result<BTreeMap<String, InstanceFacts>, RackError> {
+        let mut found = self.0.container_instances(c, arns).await?;
+        for i in found.values_mut() {
+            assert_eq!(
+                i.agent_version.as_deref(),
+                Some("1.0.0"),
+                "moto's fixed agent"
+            );
+            i.agent_version = Some("1.70.0".into());
+        }
+        Ok(found)
+    }
+    async fn exec_config(&self, c: &str) -> Result<ExecConfig, RackError> {
+        self.0.exec_config(c).await
+    }
+    async fn task_definition(&self, arn: &str) -> Result<TaskDefinitionFacts, RackError> {
+        self.0.task_definition(arn).await
+    }
+    async fn role_grant(&self, role: &str, access: &Access) -> Result<Fact<Grant>, RackError> {
+        self.0.role_grant(role, access).await
+    }
+    async fn instance_networks(
+        &self,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, TaskNetwork>, RackError> {
+        self.0.instance_networks(ids).await
+    }
+    async fn interface_networks(
+        &self,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, TaskNetwork>, RackError> {
+        self.0.interface_networks(ids).await
+    }
+    async fn route_tables(&self, vpcs: &[String]) -> Result<Vec<RouteTable>, RackError> {
+        self.0.route_tables(vpcs).await
+    }
+    async fn endpoints(&self, vpcs: &[String]) -> Result<Vec<Endpoint>, RackError> {
+        self.0.endpoints(vpcs).await
+    }
+    async fn security_groups(&self, ids: &[String]) -> Result<Vec<SecurityGroup>, RackError> {
+        self.0.security_groups(ids).await
+    }
+    fn region(&self) -> String {
+        self.0.region()
+    }
+    fn notes(&self) -> Vec<String> {
+        self.0.notes()
+    }
+}
+
+/// One look with a fresh discovery: the one task's path, reason and detail.
+async fn verdict(src: &WithEcsExec) -> (ExecPath, String, String) {
+    let r = Discovery::default()
+        .run(src, "convox", None, SystemTime::now())
+        .await
+        .expect("look");
+    assert_eq!(r.verdicts.len(), 1, "{:?}", r.verdicts);
+    let v = r.verdicts[0].clone();
+    (v.path, v.reason, v.detail)
+}
+
+/// A user that may do everything but the calls in `denied`.
+async fn identity_without(
+    moto: &Moto,
+    q: &QueryClient,
+    name: &str,
+    denied: &str,
+) -> aws_config::SdkConfig {
+    call(q, &IAM, "CreateUser", &[("UserName", name)]).await;
+    let doc = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"*","Resource":"*"}},{{"Effect":"Deny","Action":{denied},"Resource":"*"}}]}}"#
+    );
+    call(
+        q,
+        &IAM,
+        "PutUserPolicy",
+        &[
+            ("UserName", name),
+            ("PolicyName", "deny"),
+            ("PolicyDocument", &doc),
+        ],
+    )
+    .await;
+    let key = call(q, &IAM, "CreateAccessKey", &[("UserName", name)]).await;
+    moto.sdk_config_as(
+        &moto.endpoint,
+        &first(&key, "AccessKeyId"),
+        &first(&key, "SecretAccessKey"),
+    )
+    .await
+}
+
+/// An EC2 task of app `shop` on an instance in a private subnet with no default route: its
+/// route read from its instance, the subnet's route table, the endpoints and their security
+/// group; the cluster's exec configuration; the role's policies and boundary; and what a
+/// controller denied EC2 or IAM reads makes of it.
+#[tokio::test]
+async fn a_task_is_judged_on_its_own_route_role_and_cluster() {
+    let (moto, sdk) = moto_with_running_tasks().await;
+    let q = QueryClient::new(&sdk, &Timeouts::default(), Metrics::new()).expect("client");
+    let cfn = aws_sdk_cloudformation::Client::new(&sdk);
+    let ecs = aws_sdk_ecs::Client::new(&sdk);
+    let net = vpc(&q).await;
+    // The task's subnet has its own table, without a default route.
+    let bare = first(
+        &call(&q, &EC2, "CreateRouteTable", &[("VpcId", &net.id)]).await,
+        "routeTableId",
+    );
+    call(
+        &q,
+        &EC2,
+        "AssociateRouteTable",
+        &[("RouteTableId", &bare), ("SubnetId", &net.subnet)],
+    )
+    .await;
+    let group = |name: &'static str| {
+        let q = q.clone();
+        let vpc = net.id.clone();
+        async move {
+            let xml = call(
+                &q,
+                &EC2,
+                "CreateSecurityGroup",
+                &[
+                    ("GroupName", name),
+                    ("GroupDescription", name),
+                    ("VpcId", &vpc),
+                ],
+            )
+            .await;
+            first(&xml, "groupId")
+        }
+    };
+    let tasks_sg = group("tasks").await;
+    let endpoints_sg = group("endpoints").await;
+    let role = role(&q, "convox-shop-ServiceRole-9").await;
+    call(
+        &q,
+        &IAM,
+        "PutRolePolicy",
+        &[
+            ("RoleName", "convox-shop-ServiceRole-9"),
+            ("PolicyName", "exec"),
+            ("PolicyDocument", &policy(r#""ssmmessages:*""#)),
+        ],
+    )
+    .await;
+    ecs.create_cluster()
+        .cluster_name(CLUSTER)
+        .send()
+        .await
+        .expect("cluster");
+    // An instance in the private subnet, in the tasks' group, registered with the cluster.
+    let instance = first(
+        &call(
+            &q,
+            &EC2,
+            "RunInstances",
+            &[
+                ("ImageId", "ami-12c6146b"),
+                ("MinCount", "1"),
+                ("MaxCount", "1"),
+                ("SubnetId", &net.subnet),
+                ("SecurityGroupId.1", &tasks_sg),
+            ],
+        )
+        .await,
+        "instanceId",
+    );
+    ecs.register_container_instance()
+        .cluster(CLUSTER)
+        .instance_identity_document(format!(r#"{{"instanceId": "{instance}"}}"#))
+        .send()
+        .await
+        .expect("container instance");
+    let td = task_definition(&ecs, "convox-shop-web", Some(&role), false).await;
+    let shop = service(&ecs, "convox-shop-ServiceWeb-9AAA", &td).await;
+    ecs.run_task()
+        .cluster(CLUSTER)
+        .task_definition(&td)
+        .launch_type(aws_sdk_ecs::types::LaunchType::Ec2)
+        .group("service:convox-shop-ServiceWeb-9AAA")
+        .send()
+        .await
+        .expect("run task");
+    stack(
+        &cfn,
+        "convox",
+        template(
+            &[("ECSExec", "Yes")],
+            &[("Cluster", CLUSTER), ("Private", "Yes"), ("Vpc", &net.id)],
+        ),
+        &[("System", "convox"), ("Type", "rack")],
+    )
+    .await;
+    stack(
+        &cfn,
+        "convox-shop",
+        template(&[], &[("ServiceWebService", &shop)]),
+        &app_tags("convox", "shop", Some("2")),
+    )
+    .await;
+    let source = |sdk: &aws_config::SdkConfig| {
+        let q = QueryClient::new(sdk, &Timeouts::default(), Metrics::new()).expect("client");
+        WithEcsExec(AwsExec::new(
+            aws_sdk_cloudformation::Client::new(sdk),
+            aws_sdk_ecs::Client::new(sdk),
+            q,
+            Metrics::new(),
+        ))
+    };
+    let controller = source(&sdk);
+
+    // No default route and no endpoint.
+    let (path, reason, detail) = verdict(&controller).await;
+    assert_eq!(
+        (path, reason.as_str()),
+        (ExecPath::Fails, "no_route_to_ssm"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains(&format!("route table {bare} of subnet {}", net.subnet)),
+        "{detail}"
+    );
+
+    // Both endpoints, but their group admits nobody: still no route.
+    endpoint(&q, &net, "ssm", Some(&endpoints_sg)).await;
+    endpoint(&q, &net, "ssmmessages", Some(&endpoints_sg)).await;
+    let (_, reason, detail) = verdict(&controller).await;
+    assert_eq!(reason, "no_route_to_ssm", "{detail}");
+    assert!(detail.contains("do not admit the task"), "{detail}");
+    // The group admits the tasks' group on 443: ECS Exec, proven.
+    call(
+        &q,
+        &EC2,
+        "AuthorizeSecurityGroupIngress",
+        &[
+            ("GroupId", &endpoints_sg),
+            ("IpPermissions.1.IpProtocol", "tcp"),
+            ("IpPermissions.1.FromPort", "443"),
+            ("IpPermissions.1.ToPort", "443"),
+            ("IpPermissions.1.Groups.1.GroupId", &tasks_sg),
+        ],
+    )
+    .await;
+    let (path, reason, detail) = verdict(&controller).await;
+    assert_eq!(
+        (path, reason.as_str()),
+        (ExecPath::EcsExec, "none"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("ssmmessages via endpoint vpce-"),
+        "{detail}"
+    );
+
+    // The cluster encrypts sessions with a KMS key the role may not use.
+    let key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    ecs.update_cluster()
+        .cluster(CLUSTER)
+        .configuration(
+            aws_sdk_ecs::types::ClusterConfiguration::builder()
+                .execute_command_configuration(
+                    aws_sdk_ecs::types::ExecuteCommandConfiguration::builder()
+                        .kms_key_id(key)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("update cluster");
+    let (_, reason, detail) = verdict(&controller).await;
+    assert_eq!(reason, "task_role_lacks_kms_decrypt", "{detail}");
+    // Allowed the key: the task must reach KMS too.
+    call(
+        &q,
+        &IAM,
+        "PutRolePolicy",
+        &[
+            ("RoleName", "convox-shop-ServiceRole-9"),
+            ("PolicyName", "kms"),
+            ("PolicyDocument", &format!(r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"kms:Decrypt","Resource":"{key}"}}]}}"#)),
+        ],
+    )
+    .await;
+    let (_, reason, detail) = verdict(&controller).await;
+    assert_eq!(reason, "no_route_to_ssm", "{detail}");
+    assert!(detail.starts_with("kms: "), "{detail}");
+    endpoint(&q, &net, "kms", Some(&endpoints_sg)).await;
+    let (path, _, detail) = verdict(&controller).await;
+    assert_eq!(path, ExecPath::EcsExec, "{detail}");
+
+    // A permissions boundary without ssmmessages holds the role back.
+    let boundary = call(
+        &q,
+        &IAM,
+        "CreatePolicy",
+        &[
+            ("PolicyName", "boundary"),
+            (
+                "PolicyDocument",
+                &policy(r#"["kms:Decrypt","s3:GetObject"]"#),
+            ),
+        ],
+    )
+    .await;
+    call(
+        &q,
+        &IAM,
+        "PutRolePermissionsBoundary",
+        &[
+            ("RoleName", "convox-shop-ServiceRole-9"),
+            ("PermissionsBoundary", &first(&boundary, "Arn")),
+        ],
+    )
+    .await;
+    let (path, reason, detail) = verdict(&controller).await;
+    assert_eq!(
+        (path, reason.as_str()),
+        (ExecPath::Fails, "boundary_blocks_ssmmessages"),
+        "{detail}"
+    );
+    call(
+        &q,
+        &IAM,
+        "DeleteRolePermissionsBoundary",
+        &[("RoleName", "convox-shop-ServiceRole-9")],
+    )
+    .await;
+
+    // A controller denied the EC2 reads: the route is not known, never assumed.
+    // (moto does not implement iam:SimulatePrincipalPolicy: every identity here is denied it.)
+    let no_ec2 = source(
+        &identity_without(
+            &moto,
+            &q,
+            "no-ec2",
+            r#"["ec2:Describe*","iam:SimulatePrincipalPolicy"]"#,
+        )
+        .await,
+    );
+    let (path, reason, detail) = verdict(&no_ec2).await;
+    assert_eq!(
+        (path, reason.as_str()),
+        (ExecPath::Unknown, "unknown_route"),
+        "{detail}"
+    );
+    assert!(detail.contains("ec2:DescribeInstances failed"), "{detail}");
+    // One denied every IAM read: the role's permissions are not known.
+    let no_iam = source(
+        &identity_without(
+            &moto,
+            &q,
+            "no-iam",
+            r#"["iam:SimulatePrincipalPolicy","iam:List*","iam:Get*"]"#,
+        )
+        .await,
+    );
+    let (path, reason, detail) = verdict(&no_iam).await;
+    assert_eq!(
+        (path, reason.as_str()),
+        (ExecPath::Unknown, "unknown_role_permissions"),
+        "{detail}"
+    );
+    assert!(detail.contains("is denied"), "{detail}");
+    assert_eq!(no_iam.notes(), vec![POLICIES_READ.to_string()]);
 }

@@ -262,7 +262,7 @@ fn fake_plugin(dir: &Path) -> PathBuf {
 }
 
 #[test]
-fn exec_check_shows_every_task_and_the_plugin_and_exits_4_unless_all_use_ecs_exec() {
+fn exec_check_shows_every_task_and_the_plugin_and_exits_0_only_when_every_task_is_proven() {
     let r = rack("  initial_ecs_exec: \"Yes\"\n", "ECSExec: \"Yes\"\n");
     let install = "https://docs.aws.amazon.com/systems-manager/latest/userguide/session-manager-working-with-install-plugin.html";
     // No plugin on PATH: said so, with AWS's install guide.
@@ -275,18 +275,28 @@ fn exec_check_shows_every_task_and_the_plugin_and_exits_4_unless_all_use_ecs_exe
     assert!(out.contains(install), "{out}");
     for reason in [
         "gen1",
+        "service_without_exec",
         "started_before_enable",
+        "readonly_root_filesystem",
         "agent_too_old",
         "agent_not_running",
         "platform_too_old",
+        "credentials_in_environment",
         "task_role_lacks_ssmmessages",
+        "boundary_blocks_ssmmessages",
+        "unknown_agent_version",
+        "unknown_role_permissions",
     ] {
         assert!(out.contains(reason), "{reason} missing:\n{out}");
     }
     assert!(
-        out.contains("11 tasks in 4 apps: 3 would use ECS Exec, 8 would fall back"),
+        out.contains("18 tasks in 7 apps: 3 would use ECS Exec, 5 would go through Docker exec (not audited in CloudTrail), 8 would fail, 2 could not be judged."),
         "{out}"
     );
+    // Only facts that could not be read: exit 6, not 0.
+    let (code, out) = run(&r.config, &["exec-check", "--app", "metrics"]);
+    assert_eq!(code, 6, "{out}");
+    assert!(out.contains("unknown_role_permissions"), "{out}");
     // The plugin on PATH: its version and where it is, no install link.
     let bin = fake_plugin(r.dir.path());
     let (code, out) = run_env(
@@ -305,8 +315,9 @@ fn exec_check_shows_every_task_and_the_plugin_and_exits_4_unless_all_use_ecs_exe
         &[("PATH", bin.to_str().expect("path"))],
     );
     let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-    assert_eq!(doc["tasks"].as_array().map(Vec::len), Some(11));
+    assert_eq!(doc["tasks"].as_array().map(Vec::len), Some(18));
     assert_eq!(doc["ready"], false);
+    assert_eq!(doc["outcome"], "not_ready");
     assert_eq!(doc["sessionManagerPlugin"]["version"], "1.2.707.0");
     // An unknown app is an error.
     let (code, out) = run(&r.config, &["exec-check", "--app", "nope"]);
@@ -320,7 +331,7 @@ fn exec_check_shows_every_task_and_the_plugin_and_exits_4_unless_all_use_ecs_exe
     let (code, out) = run(&ready.config, &["exec-check"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("18 tasks in 2 apps: 18 would use ECS Exec, 0 would fall back"),
+        out.contains("18 tasks in 2 apps: 18 would use ECS Exec, 0 would go through Docker exec"),
         "{out}"
     );
 }

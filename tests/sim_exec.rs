@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use common::{drive, ecs_exec, param, Harness};
 use rack_reconciler::exec::discover::{Discovery, Readiness};
 use rack_reconciler::exec::watch::ExecWatch;
-use rack_reconciler::exec::{ExecPath, Route};
+use rack_reconciler::exec::ExecPath;
 use rack_reconciler::metrics::Metrics;
 use rack_reconciler::plan::Phase;
 use rack_reconciler::rack::sim::{SimNetwork, SimRack, SimSettings};
@@ -32,13 +32,15 @@ async fn look(sim: &SimRack, app: Option<&str>) -> Readiness {
         .expect("look")
 }
 
-/// (app, service) → reasons of its tasks, in task order.
-fn reasons(r: &Readiness) -> BTreeMap<(String, String), Vec<String>> {
-    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+/// (path, reason) of each task, by (app, service), in task order.
+type Paths = BTreeMap<(String, String), Vec<(ExecPath, String)>>;
+
+fn paths(r: &Readiness) -> Paths {
+    let mut out = Paths::new();
     for v in &r.verdicts {
         out.entry((v.app.clone(), v.service.clone()))
             .or_default()
-            .push(v.reason.clone());
+            .push((v.path, v.reason.clone()));
     }
     out
 }
@@ -50,71 +52,194 @@ async fn every_path_on_the_demo_apps() {
         ..SimSettings::default()
     });
     let r = look(&rack, None).await;
-    let key = |a: &str, s: &str| (a.to_string(), s.to_string());
-    let want = BTreeMap::from([
+    use ExecPath::{Docker, EcsExec, Fails, Unknown};
+    type Want<'a> = (&'a str, &'a str, &'a [(ExecPath, &'a str)]);
+    let want: &[Want] = &[
+        ("audit", "web", &[(Fails, "boundary_blocks_ssmmessages")]),
         (
-            key("billing", "api"),
-            vec!["none", "agent_not_running", "platform_too_old"],
+            "billing",
+            "api",
+            &[
+                (EcsExec, "none"),
+                (Fails, "agent_not_running"),
+                (Fails, "platform_too_old"),
+                (Fails, "started_before_enable"),
+            ],
         ),
         (
-            key("legacy", "convox-legacy-ServiceWeb-0000-Service-1"),
-            vec!["gen1", "gen1"],
+            "legacy",
+            "convox-legacy-ServiceWeb-0000-Service-1",
+            &[(Docker, "gen1"), (Docker, "gen1")],
         ),
-        (key("reports", "web"), vec!["task_role_lacks_ssmmessages"]),
-        (key("shop", "run"), vec!["none"]),
+        ("metrics", "web", &[(Unknown, "unknown_role_permissions")]),
+        ("reports", "web", &[(Fails, "task_role_lacks_ssmmessages")]),
+        ("shop", "cron", &[(Docker, "service_without_exec")]),
+        ("shop", "run", &[(EcsExec, "none")]),
         (
-            key("shop", "web"),
-            vec!["started_before_enable", "started_before_enable", "none"],
+            "shop",
+            "web",
+            &[
+                (Docker, "started_before_enable"),
+                (Docker, "started_before_enable"),
+                (EcsExec, "none"),
+            ],
         ),
-        (key("shop", "worker"), vec!["agent_too_old"]),
-    ]);
-    let want: BTreeMap<_, Vec<String>> = want
-        .into_iter()
-        .map(|(k, v)| (k, v.into_iter().map(String::from).collect()))
+        (
+            "shop",
+            "worker",
+            &[(Fails, "agent_too_old"), (Unknown, "unknown_agent_version")],
+        ),
+        ("uploads", "sync", &[(Fails, "credentials_in_environment")]),
+        ("uploads", "web", &[(Fails, "readonly_root_filesystem")]),
+    ];
+    let want: Paths = want
+        .iter()
+        .map(|(a, s, v)| {
+            let v = v.iter().map(|(p, r)| (*p, r.to_string())).collect();
+            ((a.to_string(), s.to_string()), v)
+        })
         .collect();
-    assert_eq!(reasons(&r), want);
-    assert_eq!(r.apps.get("legacy"), Some(&1));
-    assert_eq!(r.apps.get("shop"), Some(&2));
-    for v in &r.verdicts {
-        assert_eq!(v.path == ExecPath::EcsExec, v.reason == "none", "{v:?}");
-    }
-    let stopped = r
+    assert_eq!(paths(&r), want);
+    assert_eq!(r.apps["legacy"].generation, 1);
+    assert_eq!(r.apps["shop"].generation, 2);
+    let by_reason = |reason: &str| {
+        r.verdicts
+            .iter()
+            .find(|v| v.reason == reason)
+            .unwrap_or_else(|| panic!("{reason}"))
+    };
+    assert!(by_reason("agent_not_running").detail.contains("STOPPED"));
+    let restart = r
         .verdicts
         .iter()
-        .find(|v| v.reason == "agent_not_running")
-        .expect("stopped agent");
-    assert!(stopped.detail.contains("STOPPED"), "{}", stopped.detail);
-    let old = r
-        .verdicts
-        .iter()
-        .find(|v| v.reason == "started_before_enable")
-        .expect("old task");
+        .find(|v| v.app == "shop" && v.reason == "started_before_enable")
+        .expect("shop task started before enable");
     assert!(
-        old.advice.contains("convox deploy -a shop"),
+        restart.advice.contains("convox restart -a shop"),
         "{}",
-        old.advice
+        restart.advice
     );
-    assert!(old.detail.contains("predates"), "{}", old.detail);
-    assert!(matches!(r.rack.route, Route::Reachable { .. }));
+    assert!(restart.detail.contains("predates"), "{}", restart.detail);
+    let deploy = by_reason("service_without_exec");
+    assert!(
+        deploy.advice.contains("convox deploy -a shop"),
+        "{}",
+        deploy.advice
+    );
+    assert!(
+        deploy.advice.contains("convox releases promote"),
+        "{}",
+        deploy.advice
+    );
+    let fargate = r
+        .verdicts
+        .iter()
+        .find(|v| v.app == "billing" && v.reason == "started_before_enable")
+        .expect("fargate task started before enable");
+    assert!(
+        fargate.detail.contains("no Docker daemon"),
+        "{}",
+        fargate.detail
+    );
+    let creds = by_reason("credentials_in_environment");
+    assert_eq!(creds.detail, "container(s) sync");
+    let ready = by_reason("none");
+    assert!(
+        ready.detail.contains("ssm via internet gateway"),
+        "{}",
+        ready.detail
+    );
+    assert!(by_reason("unknown_role_permissions")
+        .detail
+        .contains("AccessDenied"));
 
     // One app only.
     let shop = look(&rack, Some("shop")).await;
     assert!(shop.verdicts.iter().all(|v| v.app == "shop"));
-    assert_eq!(shop.verdicts.len(), 5);
+    assert_eq!(shop.verdicts.len(), 7);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_rack_with_ecs_exec_no_reads_no_more_than_it_needs() {
     let rack = sim(SimSettings::default());
     let r = look(&rack, None).await;
-    assert_eq!(r.verdicts.len(), 11);
+    assert_eq!(r.verdicts.len(), 18);
     assert!(r.verdicts.iter().all(|v| v.reason == "rack_ecs_exec_no"));
+    // Fargate tasks have no Docker daemon to fall back to.
+    let fails = r
+        .verdicts
+        .iter()
+        .filter(|v| v.path == ExecPath::Fails)
+        .count();
+    assert_eq!(fails, 9);
     for op in [
+        "DescribeServices",
+        "DescribeClusters",
         "DescribeTaskDefinition",
         "SimulatePrincipalPolicy",
         "DescribeContainerInstances",
+        "DescribeInstances",
+        "DescribeRouteTables",
     ] {
         assert_eq!(rack.calls(op), 0, "{op}: not needed while ECSExec is No");
+    }
+}
+
+/// A private rack: the route is read per task, and both endpoints are needed.
+#[tokio::test(start_paused = true)]
+async fn the_route_is_read_for_each_task() {
+    let cases = [
+        (
+            SimNetwork {
+                nat: true,
+                endpoints: vec![],
+            },
+            "reachable",
+        ),
+        (
+            SimNetwork {
+                nat: false,
+                endpoints: vec![],
+            },
+            "no_route_to_ssm",
+        ),
+        (
+            SimNetwork {
+                nat: false,
+                endpoints: vec!["ssmmessages".into()],
+            },
+            "no_route_to_ssm",
+        ),
+        (
+            SimNetwork {
+                nat: false,
+                endpoints: vec!["ssm".into(), "ssmmessages".into()],
+            },
+            "reachable",
+        ),
+    ];
+    for (network, want) in cases {
+        let rack = sim(SimSettings {
+            initial_ecs_exec: Some("Yes".into()),
+            apps: 1,
+            ..private(network.clone())
+        });
+        let r = look(&rack, None).await;
+        let got: Vec<&str> = r.verdicts.iter().map(|v| v.reason.as_str()).collect();
+        let want_reason = if want == "reachable" { "none" } else { want };
+        assert!(
+            got.iter().all(|g| *g == want_reason),
+            "{network:?}: {got:?}"
+        );
+        if want != "reachable" {
+            assert!(
+                r.verdicts[0].detail.contains(
+                    "ssm: route table rtb-0a1b2c3d of subnet subnet-0a1b2c3d has no default route"
+                ),
+                "{}",
+                r.verdicts[0].detail
+            );
+        }
     }
 }
 
@@ -143,15 +268,27 @@ async fn the_watch_publishes_metric_status_and_exec_ready() {
         r#"rack_reconciler_exec_tasks{app="shop",path="docker",reason="started_before_enable"} 2"#,
         r#"rack_reconciler_exec_tasks{app="shop",path="ecs_exec",reason="none"} 2"#,
         r#"rack_reconciler_exec_tasks{app="legacy",path="docker",reason="gen1"} 2"#,
-        r#"rack_reconciler_exec_tasks{app="reports",path="docker",reason="task_role_lacks_ssmmessages"} 1"#,
-        r#"rack_reconciler_exec_tasks{app="billing",path="docker",reason="platform_too_old"} 1"#,
+        r#"rack_reconciler_exec_tasks{app="reports",path="fails",reason="task_role_lacks_ssmmessages"} 1"#,
+        r#"rack_reconciler_exec_tasks{app="billing",path="fails",reason="platform_too_old"} 1"#,
+        r#"rack_reconciler_exec_tasks{app="metrics",path="unknown",reason="unknown_role_permissions"} 1"#,
     ] {
         assert!(text.contains(line), "{line} missing in:\n{text}");
     }
     let status = rec.status().get();
     let exec = status.exec.as_ref().expect("exec section");
-    assert_eq!((exec.tasks, exec.ecs_exec, exec.docker), (11, 3, 8));
-    assert_eq!(exec.fallbacks.len(), 8);
+    let count = |p| exec.count(p);
+    assert_eq!(exec.tasks, 18);
+    assert_eq!(
+        [
+            ExecPath::EcsExec,
+            ExecPath::Docker,
+            ExecPath::Fails,
+            ExecPath::Unknown
+        ]
+        .map(count),
+        [3, 5, 8, 2]
+    );
+    assert_eq!(exec.not_ecs_exec.len(), 15);
     let shop = exec.apps.iter().find(|a| a.app == "shop").expect("shop");
     assert_eq!(shop.reasons.get("started_before_enable"), Some(&2));
     let cond = param(&rec, "ECSExec")
@@ -161,10 +298,11 @@ async fn the_watch_publishes_metric_status_and_exec_ready() {
         .expect("ExecReady");
     assert_eq!(
         (cond.status.as_str(), cond.reason.as_str()),
-        ("False", "TasksFallBackToDocker")
+        ("False", "TasksDoNotUseEcsExec")
     );
     assert!(
-        cond.message.contains("2 started_before_enable (shop)"),
+        cond.message
+            .contains("3 started_before_enable (billing, shop)"),
         "{}",
         cond.message
     );
@@ -218,7 +356,9 @@ async fn apps_that_are_gone_leave_the_metric() {
         "{text}"
     );
     let exec = status.get().exec.expect("exec");
-    assert_eq!(exec.docker, 0);
+    assert_eq!(exec.count(ExecPath::EcsExec), 9);
+    assert_eq!(exec.tasks, 9);
+    assert_eq!(exec.condition().0, "True");
 }
 
 /// 200 apps × 3 services × 3 tasks: a look costs the batching minimum, and the second one
@@ -241,19 +381,25 @@ async fn a_large_rack_is_looked_at_in_batches() {
         .expect("look");
     assert_eq!(r.verdicts.len(), 1800);
     assert!(r.verdicts.iter().all(|v| v.path == ExecPath::EcsExec));
-    // 801 stacks (each service a nested stack): 9 pages; 600 services: 60 calls; 1800 tasks: 18 pages and 18 describes;
-    // one instance; 600 task definitions; 200 roles; a public rack reads no VPC.
+    // 801 stacks (each service a nested stack): 9 pages; 1800 tasks: 18 pages and 18
+    // describes; no task without ECS Exec, so no service to describe; the cluster's exec
+    // configuration; one instance (agent, then its network); 600 task definitions; 200 roles;
+    // the VPC's route tables and endpoints (none, so no security group).
     let first = BTreeMap::from([
         ("DescribeStacks", 9),
-        ("DescribeServices", 60),
+        ("DescribeServices", 0),
         ("ListTasks", 18),
         ("DescribeTasks", 18),
         ("DescribeContainerInstances", 1),
+        ("DescribeClusters", 1),
         ("DescribeTaskDefinition", 600),
         ("SimulatePrincipalPolicy", 200),
         ("ListStackResources", 0),
-        ("DescribeRouteTables", 0),
-        ("DescribeVpcEndpoints", 0),
+        ("DescribeInstances", 1),
+        ("DescribeNetworkInterfaces", 0),
+        ("DescribeRouteTables", 1),
+        ("DescribeVpcEndpoints", 1),
+        ("DescribeSecurityGroups", 0),
     ]);
     assert_eq!(counts(&rack), first);
     discovery
@@ -268,7 +414,10 @@ async fn a_large_rack_is_looked_at_in_batches() {
         second["DescribeTaskDefinition"], 0,
         "revisions are read once"
     );
-    assert_eq!(second.values().sum::<u64>(), 9 + 60 + 18 + 18 + 1 + 200);
+    assert_eq!(
+        second.values().sum::<u64>(),
+        9 + 18 + 18 + 1 + 1 + 200 + 1 + 1 + 1
+    );
 }
 
 fn private(network: SimNetwork) -> SimSettings {
@@ -393,9 +542,9 @@ async fn without_vpc_access_a_private_rack_waits() {
 }
 
 /// On a rack whose template does not declare `ECSExec` (relabelled, as on the public template
-/// today), the rack API's labels are the rack's value.
+/// today), the API predates ECS Exec: whatever the label says, exec goes through Docker.
 #[tokio::test(start_paused = true)]
-async fn a_relabelled_rack_is_judged_by_its_api_labels() {
+async fn a_rack_whose_version_predates_ecs_exec_says_so() {
     let h = Harness::new("ECSExec: \"Yes\"\n");
     let mut rec = h.reconciler();
     let reports = drive(&mut rec, 200, |r| ecs_exec(r) == Some(Phase::Converged)).await;
@@ -403,23 +552,14 @@ async fn a_relabelled_rack_is_judged_by_its_api_labels() {
         ecs_exec(reports.last().expect("report")),
         Some(Phase::Converged)
     );
-    let targets = rack_reconciler::model::ServiceTarget::rack_api();
-    let r = Discovery::default()
-        .with_api(h.sim.clone(), targets.clone())
-        .run(h.sim.as_ref(), "convox", None, SystemTime::now())
-        .await
-        .expect("look");
-    assert!(r.rack.ecs_exec);
-    assert!(r.verdicts.iter().all(|v| v.reason != "rack_ecs_exec_no"));
-    assert!(r.verdicts.iter().any(|v| v.reason == "none"));
-
-    // Before the change, the labels say No.
-    let h = Harness::new("ECSExec: \"No\"\n");
-    let r = Discovery::default()
-        .with_api(h.sim.clone(), targets)
-        .run(h.sim.as_ref(), "convox", None, SystemTime::now())
-        .await
-        .expect("look");
-    assert!(!r.rack.ecs_exec);
-    assert!(r.verdicts.iter().all(|v| v.reason == "rack_ecs_exec_no"));
+    let r = look(&h.sim, None).await;
+    assert!(!r.rack.declares_ecs_exec);
+    assert!(r
+        .verdicts
+        .iter()
+        .all(|v| v.reason == "rack_version_lacks_ecs_exec" && v.path != ExecPath::EcsExec));
+    let v = &r.verdicts[0];
+    assert!(v.advice.contains("Version"), "{}", v.advice);
+    let status = rack_reconciler::exec::ExecStatus::from_readiness(&r);
+    assert_eq!(status.condition().1, "RackVersionLacksEcsExec");
 }

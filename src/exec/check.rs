@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use std::collections::BTreeMap;
+
 use super::discover::Readiness;
-use super::{ExecPath, Route, Verdict};
+use super::{ExecPath, Verdict};
 
 pub const PLUGIN: &str = "session-manager-plugin";
 pub const PLUGIN_INSTALL_URL: &str = "https://docs.aws.amazon.com/systems-manager/latest/userguide/session-manager-working-with-install-plugin.html";
@@ -59,26 +61,32 @@ async fn version_of(f: &std::path::Path) -> Option<String> {
     (out.status.success() && !text.is_empty()).then_some(text)
 }
 
-/// Every task would use ECS Exec.
-pub fn all_ecs_exec(r: &Readiness) -> bool {
-    r.verdicts.iter().all(|v| v.path == ExecPath::EcsExec)
+/// What `exec-check` concludes (its exit code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every task was proven to use ECS Exec (and every app was read).
+    Ready,
+    /// Some task goes through Docker exec or would fail.
+    NotReady,
+    /// No task is known not to, but something could not be read.
+    Unknown,
 }
 
-fn route_line(route: &Route) -> String {
-    match route {
-        Route::Reachable { via } => format!("reachable ({via})"),
-        Route::None { missing } => format!("none: missing {}", missing.join(", ")),
-        Route::Unknown { why } => format!("not known: {why}"),
+pub fn outcome(r: &Readiness) -> Outcome {
+    let any = |p: ExecPath| r.verdicts.iter().any(|v| v.path == p);
+    let usable = r.rack.declares_ecs_exec && r.rack.ecs_exec;
+    if !usable || any(ExecPath::Docker) || any(ExecPath::Fails) {
+        Outcome::NotReady
+    } else if any(ExecPath::Unknown) || r.apps.values().any(|a| a.error.is_some()) {
+        Outcome::Unknown
+    } else {
+        Outcome::Ready
     }
 }
 
-/// The table: a header line, one line per task, a summary.
+/// The table: a header line, one line per task, a summary, the notes.
 pub fn table(rack: &str, r: &Readiness) -> String {
-    let mut out = format!(
-        "rack {rack}: ECSExec {}; route to SSM: {}\n\n",
-        if r.rack.ecs_exec { "Yes" } else { "No" },
-        route_line(&r.rack.route)
-    );
+    let mut out = format!("rack {rack}: {}\n\n", rack_line(r));
     let w = |f: fn(&Verdict) -> &str, title: &str| {
         r.verdicts
             .iter()
@@ -117,19 +125,37 @@ pub fn table(rack: &str, r: &Readiness) -> String {
         );
         out.push('\n');
     }
-    let docker = r
-        .verdicts
-        .iter()
-        .filter(|v| v.path == ExecPath::Docker)
-        .count();
+    for (app, info) in &r.apps {
+        if let Some(e) = &info.error {
+            out.push_str(&format!(
+                "app {app}: not read, its tasks are not judged: {e}\n"
+            ));
+        }
+    }
+    let count = |p: ExecPath| r.verdicts.iter().filter(|v| v.path == p).count();
     out.push_str(&format!(
-        "\n{} tasks in {} apps: {} would use ECS Exec, {} would fall back to Docker exec (not audited in CloudTrail).\n",
+        "\n{} tasks in {} apps: {} would use ECS Exec, {} would go through Docker exec (not audited in CloudTrail), {} would fail, {} could not be judged.\n",
         r.verdicts.len(),
         r.apps.len(),
-        r.verdicts.len() - docker,
-        docker
+        count(ExecPath::EcsExec),
+        count(ExecPath::Docker),
+        count(ExecPath::Fails),
+        count(ExecPath::Unknown),
     ));
+    for n in &r.notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
     out
+}
+
+fn rack_line(r: &Readiness) -> String {
+    match (r.rack.declares_ecs_exec, r.rack.ecs_exec) {
+        (false, _) => {
+            "its version predates ECS Exec (the template does not declare ECSExec)".into()
+        }
+        (true, true) => "ECSExec Yes".into(),
+        (true, false) => "ECSExec No".into(),
+    }
 }
 
 /// What the plugin check says.
@@ -148,13 +174,29 @@ pub fn plugin_lines(p: &Plugin) -> String {
 
 /// The JSON document of `--json`.
 pub fn json(rack: &str, r: &Readiness, plugin: &Plugin) -> serde_json::Value {
+    let apps: BTreeMap<&String, serde_json::Value> = r
+        .apps
+        .iter()
+        .map(|(a, i)| {
+            (
+                a,
+                serde_json::json!({"generation": i.generation, "error": i.error}),
+            )
+        })
+        .collect();
     serde_json::json!({
         "rack": rack,
+        "declaresEcsExec": r.rack.declares_ecs_exec,
         "ecsExec": r.rack.ecs_exec,
-        "route": r.rack.route,
-        "apps": r.apps,
+        "apps": apps,
         "tasks": r.verdicts,
-        "ready": all_ecs_exec(r),
+        "outcome": match outcome(r) {
+            Outcome::Ready => "ready",
+            Outcome::NotReady => "not_ready",
+            Outcome::Unknown => "unknown",
+        },
+        "ready": outcome(r) == Outcome::Ready,
+        "notes": r.notes,
         "sessionManagerPlugin": plugin,
         "sessionManagerPluginInstall": PLUGIN_INSTALL_URL,
     })

@@ -4,24 +4,24 @@
 //! described 100 at a time (service tasks and `convox run` tasks alike), container instances
 //! 100 at a time, each task definition once ever (revisions are immutable), each task role once
 //! per look. Facts that cannot change the verdict are not fetched: nothing past the stacks and
-//! tasks while the rack's `ECSExec` is `No`, nothing past the task for a Gen1 app. Only
+//! tasks while the rack cannot use ECS Exec, nothing past the task where a fallback case
+//! applies (see [`super::enrich`] for the rest). A failure reading one app's services makes
+//! that app unknown, not the look. Only
 //! running tasks are judged (one still starting has no agent yet); a one-off task is one
 //! started by `convox.APP` from one of the app's task definitions (`RACK-APP-*`: builds,
 //! started the same way from `RACK-build`, are not the app's).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::enrich::{enrich, Candidate};
+use super::network::{route, Network, Route, Target};
 use super::source::{ExecSource, ServiceFacts, StackFacts, TaskDefinitionFacts, TaskInfo};
-use super::{
-    evaluate, route, Launch, Network, RackFacts, Route, TaskFacts, Verdict, SSMMESSAGES_ACTIONS,
-};
-use crate::model::{ServiceTarget, TaskRead, ECS_EXEC};
-use crate::rack::{Rack, RackError};
+use super::{evaluate, fallback, Fact, Launch, RackFacts, ServiceExec, TaskFacts, Verdict};
+use crate::model::ECS_EXEC;
+use crate::rack::RackError;
 
-/// `DescribeServices` takes at most 10 services, `DescribeTasks` and
-/// `DescribeContainerInstances` at most 100.
+/// `DescribeServices` takes at most 10 services, `DescribeTasks` at most 100.
 pub const SERVICES_PER_CALL: usize = 10;
 pub const TASKS_PER_CALL: usize = 100;
 
@@ -30,9 +30,18 @@ pub const TASKS_PER_CALL: usize = 100;
 pub struct Readiness {
     pub checked_at: SystemTime,
     pub rack: RackFacts,
-    /// Every app found, with its generation (also apps with no running task).
-    pub apps: BTreeMap<String, u8>,
+    /// Every app found (also apps with no running task).
+    pub apps: BTreeMap<String, AppInfo>,
     pub verdicts: Vec<Verdict>,
+    /// What the answers cannot account for.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppInfo {
+    pub generation: u8,
+    /// Its services could not be read: its tasks are not judged.
+    pub error: Option<String>,
 }
 
 /// An app stack of the rack.
@@ -44,6 +53,7 @@ struct App {
     /// Services: the name Convox knows them by (`web`; the ECS name for Gen1), the ECS
     /// service name (the last part of the ARN), the ARN.
     services: Vec<Service>,
+    error: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,17 +63,9 @@ struct Service {
     arn: String,
 }
 
-/// The rack API, read where the rack's template does not declare `ECSExec`: then the
-/// `rack.ECSExec` label of its revisions is the rack's value (set by relabelling).
-pub struct RackApi {
-    pub rack: Arc<dyn Rack>,
-    pub targets: Vec<ServiceTarget>,
-}
-
 /// What is kept between looks.
 #[derive(Default)]
 pub struct Discovery {
-    api: Option<RackApi>,
     /// Task definitions by ARN: immutable, kept while some task uses them.
     task_definitions: HashMap<String, TaskDefinitionFacts>,
     /// Services of stacks without service outputs, by stack, with the stack's last update
@@ -72,13 +74,6 @@ pub struct Discovery {
 }
 
 impl Discovery {
-    /// Reads the rack API's labels where the template does not declare `ECSExec`; without it
-    /// such a rack counts as `ECSExec=No`.
-    pub fn with_api(mut self, rack: Arc<dyn Rack>, targets: Vec<ServiceTarget>) -> Self {
-        self.api = Some(RackApi { rack, targets });
-        self
-    }
-
     /// Looks at the rack `rack` and every app of it (or only `only_app`).
     pub async fn run(
         &mut self,
@@ -88,13 +83,18 @@ impl Discovery {
         now: SystemTime,
     ) -> Result<Readiness, RackError> {
         let stacks = all_stacks(src).await?;
-        let (cluster, facts) = rack_facts(src, self.api.as_ref(), &stacks, rack).await?;
+        let (cluster, mut facts) = rack_facts(&stacks, rack)?;
         let mut apps = Vec::new();
         for s in stacks.iter().filter(|s| is_app_of(s, rack)) {
             let name = app_name(s, rack);
             if only_app.is_none_or(|a| a == name) {
+                let (services, error) = match self.services_of(src, s).await {
+                    Ok(services) => (services, None),
+                    Err(e) => (Vec::new(), Some(e.to_string())),
+                };
                 apps.push(App {
-                    services: self.services_of(src, s).await?,
+                    services,
+                    error,
                     name,
                     stack: s.name.clone(),
                     generation: generation(s),
@@ -102,54 +102,62 @@ impl Discovery {
             }
         }
         let tasks = app_tasks(src, &cluster, rack, &apps).await?;
-        let verdicts = self.judge(src, &cluster, &facts, &apps, &tasks).await?;
+        let (verdicts, notes) = self.judge(src, &cluster, &mut facts, &apps, &tasks).await;
         self.forget_unused(&apps, &tasks);
         Ok(Readiness {
             checked_at: now,
             rack: facts,
             apps: apps
                 .iter()
-                .map(|a| (a.name.clone(), a.generation))
+                .map(|a| {
+                    let info = AppInfo {
+                        generation: a.generation,
+                        error: a.error.clone(),
+                    };
+                    (a.name.clone(), info)
+                })
                 .collect(),
             verdicts,
+            notes,
         })
     }
 
-    /// Each task's verdict. The facts past the task itself are read only where they can
-    /// change it: while the rack's `ECSExec` is `Yes`, for Generation 2 apps.
+    /// Each task's verdict: the fallback cases from the task and its service; the rest read
+    /// only for the tasks that would try ECS Exec.
     async fn judge(
         &mut self,
         src: &dyn ExecSource,
         cluster: &str,
-        facts: &RackFacts,
+        rack: &mut RackFacts,
         apps: &[App],
         tasks: &[AppTask<'_>],
-    ) -> Result<Vec<Verdict>, RackError> {
-        let enrich = facts.ecs_exec;
-        let (services, agents) = if enrich {
-            (
-                describe_services(src, cluster, apps).await?,
-                self.agents(src, cluster, tasks).await?,
-            )
+    ) -> (Vec<Verdict>, Vec<String>) {
+        let usable = rack.declares_ecs_exec && rack.ecs_exec;
+        let services = if usable {
+            describe_services(src, cluster, apps, tasks).await
         } else {
-            Default::default()
+            BTreeMap::new()
         };
-        let mut roles = HashMap::new();
-        let mut verdicts = Vec::with_capacity(tasks.len());
-        for at in tasks {
-            let mut t = task_facts(at, &agents);
-            if enrich && at.app.generation >= 2 {
-                let td = self.task_definition(src, &at.task.task_definition).await?;
-                t.readonly_root = td.readonly_root;
-                t.role_allows_ssmmessages = role_allows(src, &mut roles, &td).await?;
-            }
-            let mut v = evaluate(facts, &t);
-            if v.reason == "started_before_enable" {
-                v.detail = exec_detail(&services, at);
-            }
-            verdicts.push(v);
-        }
-        Ok(verdicts)
+        let mut facts: Vec<TaskFacts> = tasks.iter().map(|t| task_facts(t, &services)).collect();
+        let mut candidates: Vec<Candidate<'_>> = facts
+            .iter_mut()
+            .zip(tasks)
+            .filter(|(f, _)| fallback(rack, f).is_none())
+            .map(|(facts, t)| Candidate {
+                facts,
+                info: &t.task,
+            })
+            .collect();
+        let notes = enrich(
+            src,
+            cluster,
+            rack,
+            &mut self.task_definitions,
+            &mut candidates,
+        )
+        .await;
+        let verdicts = facts.iter().map(|f| evaluate(rack, f)).collect();
+        (verdicts, notes)
     }
 
     /// Keeps only what the tasks and apps still use.
@@ -195,38 +203,6 @@ impl Discovery {
         };
         Ok(arns.iter().map(|a| service(last_part(a), a)).collect())
     }
-
-    async fn agents(
-        &self,
-        src: &dyn ExecSource,
-        cluster: &str,
-        tasks: &[AppTask<'_>],
-    ) -> Result<BTreeMap<String, String>, RackError> {
-        let instances: BTreeSet<String> = tasks
-            .iter()
-            .filter(|t| t.app.generation >= 2)
-            .filter_map(|t| t.task.container_instance.clone())
-            .collect();
-        let instances: Vec<String> = instances.into_iter().collect();
-        let mut out = BTreeMap::new();
-        for chunk in instances.chunks(TASKS_PER_CALL) {
-            out.extend(src.agent_versions(cluster, chunk).await?);
-        }
-        Ok(out)
-    }
-
-    async fn task_definition(
-        &mut self,
-        src: &dyn ExecSource,
-        arn: &str,
-    ) -> Result<TaskDefinitionFacts, RackError> {
-        if let Some(td) = self.task_definitions.get(arn) {
-            return Ok(td.clone());
-        }
-        let td = src.task_definition(arn).await?;
-        self.task_definitions.insert(arn.to_string(), td.clone());
-        Ok(td)
-    }
 }
 
 /// Whether tasks in the rack's subnets reach SSM: public subnets do; private ones need a NAT
@@ -255,11 +231,23 @@ pub async fn rack_route(src: Option<&dyn ExecSource>, outputs: &BTreeMap<String,
             .get("RouteTablesPrivate")
             .map(|t| split_list(t))
             .unwrap_or_default();
-        match src.vpc(vpc, &tables).await {
-            Ok(v) => {
+        let read = async {
+            let vpcs = [vpc.clone()];
+            Ok::<_, RackError>((src.route_tables(&vpcs).await?, src.endpoints(&vpcs).await?))
+        };
+        match read.await {
+            Ok((all, endpoints)) => {
+                let found: Vec<_> = all.iter().filter(|t| tables.contains(&t.id)).collect();
                 net.route_tables = tables.len();
-                net.nat_routes = v.nat_routes.min(v.route_tables);
-                net.endpoints = v.endpoints;
+                net.nat_routes = found
+                    .iter()
+                    .filter(|t| matches!(t.default_route, Some(Target::Nat(_))))
+                    .count();
+                net.endpoints = endpoints
+                    .into_iter()
+                    .filter(|e| e.usable)
+                    .map(|e| e.service)
+                    .collect();
             }
             Err(e) => {
                 return Route::Unknown {
@@ -271,13 +259,9 @@ pub async fn rack_route(src: Option<&dyn ExecSource>, outputs: &BTreeMap<String,
     route(&net)
 }
 
-/// The rack's cluster and rack-wide facts, from its own stack among `stacks`.
-async fn rack_facts(
-    src: &dyn ExecSource,
-    api: Option<&RackApi>,
-    stacks: &[StackFacts],
-    rack: &str,
-) -> Result<(String, RackFacts), RackError> {
+/// The rack's cluster and rack-wide facts, from its own stack among `stacks`. A template
+/// that does not declare `ECSExec` is a version whose API knows only Docker exec.
+fn rack_facts(stacks: &[StackFacts], rack: &str) -> Result<(String, RackFacts), RackError> {
     let own = stacks
         .iter()
         .find(|s| s.name == rack && !s.nested)
@@ -292,63 +276,13 @@ async fn rack_facts(
                 stack: rack.to_string(),
                 logical: "output Cluster".into(),
             })?;
-    let ecs_exec = match (own.parameters.get(ECS_EXEC.name), api) {
-        (Some(v), _) => v == "Yes",
-        (None, Some(api)) => api_ecs_exec(api, rack, &cluster).await?,
-        (None, None) => false,
-    };
-    let route = if ecs_exec {
-        rack_route(Some(src), &own.outputs).await
-    } else {
-        Route::Unknown {
-            why: "not looked at while the rack's ECSExec is No".into(),
-        }
-    };
     let facts = RackFacts {
-        ecs_exec,
+        declares_ecs_exec: own.parameters.contains_key(ECS_EXEC.name),
+        ecs_exec: param_yes(own, ECS_EXEC.name),
         readonly_root: param_yes(own, "EnableContainerReadonlyRootFilesystem"),
-        route,
+        needs: Fact::Unknown("not read".into()),
     };
     Ok((cluster, facts))
-}
-
-/// `ECSExec` on a rack API whose template does not declare it: `Yes` when every revision its
-/// services run (deployments and tasks) has the label `rack.ECSExec=Yes`.
-async fn api_ecs_exec(api: &RackApi, rack: &str, cluster: &str) -> Result<bool, RackError> {
-    let resources = api.rack.stack_resources().await?;
-    let reads = api
-        .targets
-        .iter()
-        .map(|t| {
-            resources
-                .get(&t.service)
-                .map(|name| TaskRead {
-                    service: name.clone(),
-                    running: true,
-                    stopped: false,
-                })
-                .ok_or_else(|| RackError::MissingResource {
-                    stack: rack.to_string(),
-                    logical: t.service.clone(),
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let names: Vec<String> = reads.iter().map(|r| r.service.clone()).collect();
-    let mut revisions = BTreeSet::new();
-    for s in api.rack.describe_services(cluster, &names).await? {
-        revisions.extend(s.task_definitions().map(str::to_string));
-    }
-    for tasks in api.rack.service_tasks(cluster, &reads).await? {
-        revisions.extend(tasks.running.into_iter().map(|t| t.task_definition));
-    }
-    for arn in &revisions {
-        let info = api.rack.describe_task_definition(arn).await?;
-        let value = info.labels.get(ECS_EXEC.label).map(String::as_str);
-        if value.unwrap_or(ECS_EXEC.default) != "Yes" {
-            return Ok(false);
-        }
-    }
-    Ok(!revisions.is_empty())
 }
 
 async fn all_stacks(src: &dyn ExecSource) -> Result<Vec<StackFacts>, RackError> {
@@ -364,25 +298,38 @@ async fn all_stacks(src: &dyn ExecSource) -> Result<Vec<StackFacts>, RackError> 
     }
 }
 
-/// The services of Generation 2 apps, described 10 at a time (whether they start tasks with
-/// ECS Exec: the detail of `started_before_enable`).
+/// The services of Generation 2 apps that run a task without ECS Exec, described 10 at a
+/// time: whether they start tasks with it now decides the advice (restart or deploy). A
+/// failed call makes its services' answer unknown.
 async fn describe_services(
     src: &dyn ExecSource,
     cluster: &str,
     apps: &[App],
-) -> Result<BTreeMap<String, ServiceFacts>, RackError> {
-    let arns: Vec<String> = apps
+    tasks: &[AppTask<'_>],
+) -> BTreeMap<String, Fact<ServiceFacts>> {
+    let wanted: BTreeSet<&str> = tasks
+        .iter()
+        .filter(|t| !t.task.exec_enabled && t.app.generation >= 2)
+        .map(|t| t.ecs_name.as_str())
+        .collect();
+    let services: Vec<&Service> = apps
         .iter()
         .filter(|a| a.generation >= 2)
-        .flat_map(|a| a.services.iter().map(|s| s.arn.clone()))
+        .flat_map(|a| a.services.iter())
+        .filter(|s| wanted.contains(s.ecs_name.as_str()))
         .collect();
     let mut out = BTreeMap::new();
-    for chunk in arns.chunks(SERVICES_PER_CALL) {
-        for s in src.services(cluster, chunk).await? {
-            out.insert(s.name.clone(), s);
+    for chunk in services.chunks(SERVICES_PER_CALL) {
+        let arns: Vec<String> = chunk.iter().map(|s| s.arn.clone()).collect();
+        match src.services(cluster, &arns).await {
+            Ok(found) => out.extend(found.into_iter().map(|s| (s.name.clone(), Fact::Known(s)))),
+            Err(e) => out.extend(chunk.iter().map(|s| {
+                let why = Fact::Unknown(format!("ecs:DescribeServices failed: {e}"));
+                (s.ecs_name.clone(), why)
+            })),
         }
     }
-    Ok(out)
+    out
 }
 
 /// A running task of an app: the service as Convox names it (`run` for a one-off task) and
@@ -454,33 +401,9 @@ async fn app_tasks<'a>(
     Ok(out)
 }
 
-/// The task role's verdict, asked once per role and look; a task without a role cannot reach
-/// SSM (`Some(false)`).
-async fn role_allows(
-    src: &dyn ExecSource,
-    roles: &mut HashMap<String, Option<bool>>,
-    td: &TaskDefinitionFacts,
-) -> Result<Option<bool>, RackError> {
-    let Some(role) = &td.task_role else {
-        return Ok(Some(false));
-    };
-    if let Some(v) = roles.get(role) {
-        return Ok(*v);
-    }
-    let v = match src.role_allows(role, &SSMMESSAGES_ACTIONS).await {
-        Ok(v) => v,
-        // A role deleted or replaced while old tasks still run: not known, not fatal.
-        Err(e) if !e.is_transient() => {
-            tracing::warn!(role = %role, error = %e, "cannot check the task role; its ssmmessages permissions are not known");
-            None
-        }
-        Err(e) => return Err(e),
-    };
-    roles.insert(role.clone(), v);
-    Ok(v)
-}
-
-fn task_facts(at: &AppTask<'_>, agents: &BTreeMap<String, String>) -> TaskFacts {
+/// What the task itself says; the facts past it start unknown ("not read") until
+/// [`enrich`] reads them.
+fn task_facts(at: &AppTask<'_>, services: &BTreeMap<String, Fact<ServiceFacts>>) -> TaskFacts {
     let t = &at.task;
     let launch = if t.launch_type == "FARGATE" {
         Launch::Fargate {
@@ -488,11 +411,15 @@ fn task_facts(at: &AppTask<'_>, agents: &BTreeMap<String, String>) -> TaskFacts 
         }
     } else {
         Launch::Ec2 {
-            agent_version: t
-                .container_instance
-                .as_ref()
-                .and_then(|i| agents.get(i).cloned()),
+            agent_version: Fact::Unknown("not read".into()),
         }
+    };
+    let service_exec = match services.get(&at.ecs_name) {
+        _ if at.service == "run" => ServiceExec::OneOff,
+        Some(Fact::Known(s)) if s.exec_enabled => ServiceExec::Yes,
+        Some(Fact::Known(_)) => ServiceExec::No,
+        Some(Fact::Unknown(why)) => ServiceExec::Unknown(why.clone()),
+        None => ServiceExec::Unknown("the service was not described".into()),
     };
     TaskFacts {
         app: at.app.name.clone(),
@@ -500,21 +427,13 @@ fn task_facts(at: &AppTask<'_>, agents: &BTreeMap<String, String>) -> TaskFacts 
         service: at.service.clone(),
         task: last_part(&t.arn),
         exec_enabled: t.exec_enabled,
+        service_exec,
         launch,
         exec_agent: t.exec_agent.clone(),
-        readonly_root: false,
-        role_allows_ssmmessages: None,
-    }
-}
-
-fn exec_detail(services: &BTreeMap<String, ServiceFacts>, at: &AppTask<'_>) -> String {
-    match services.get(&at.ecs_name) {
-        Some(s) if s.exec_enabled => {
-            "the service has enableExecuteCommand; this task predates it".into()
-        }
-        Some(_) => "the service does not have enableExecuteCommand yet".into(),
-        None if at.service == "run" => "a one-off task started without enableExecuteCommand".into(),
-        None => String::new(),
+        definition: Fact::Unknown("not read".into()),
+        override_credentials: t.override_credentials.clone(),
+        grants: BTreeMap::new(),
+        route: Fact::Unknown("not read".into()),
     }
 }
 

@@ -1,10 +1,15 @@
-//! Exec readiness: for every app task of the rack, would `convox exec` go through ECS Exec
-//! (SSM, recorded in CloudTrail) or fall back to the Docker daemon, and if so why and what
-//! fixes it. Pure: facts in, verdicts out, no AWS types.
+//! Exec readiness: for every app task of the rack, what `convox exec` will really do. Pure:
+//! facts in, verdicts out, no AWS types.
 //!
-//! The reasons are a fixed, documented set (they are metric labels); the first that applies
-//! wins, in the order of [`REASONS`]: a reason earlier in the list makes the later ones moot
-//! (a Gen1 app never uses ECS Exec, whatever its task's agent says).
+//! Four paths. `docker`: Convox falls back to Docker exec, in exactly its fallback cases (a
+//! rack that cannot use ECS Exec, a Generation 1 app, a task started without
+//! `enableExecuteCommand`); on Fargate those cases fail instead, there is no daemon to reach.
+//! `fails`: ECS Exec is tried and a fact that was read shows it cannot work. `unknown`: no
+//! fact read shows a failure, but one the decision needs could not be read. `ecs_exec`: every
+//! fact was read and every check passed. Never `ecs_exec` without proof.
+//!
+//! The reasons are a fixed, documented set (they are metric labels, see [`REASONS`]); a
+//! fallback case decides first, then the first failing check, then the first unknown one.
 
 use std::collections::BTreeMap;
 
@@ -12,9 +17,17 @@ use serde::{Deserialize, Serialize};
 
 pub mod check;
 pub mod discover;
+pub mod enrich;
+pub mod network;
+pub mod permissions;
 pub mod policy;
 pub mod source;
+pub mod status;
 pub mod watch;
+
+pub use network::{Reach, Route};
+pub use permissions::{Grant, Need, SSMMESSAGES_ACTIONS};
+pub use status::ExecStatus;
 
 /// How `convox exec` would reach a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -22,112 +35,143 @@ pub mod watch;
 pub enum ExecPath {
     EcsExec,
     Docker,
+    Fails,
+    Unknown,
 }
 
 impl ExecPath {
+    pub const ALL: [ExecPath; 4] = [
+        ExecPath::EcsExec,
+        ExecPath::Docker,
+        ExecPath::Fails,
+        ExecPath::Unknown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ExecPath::EcsExec => "ecs_exec",
             ExecPath::Docker => "docker",
+            ExecPath::Fails => "fails",
+            ExecPath::Unknown => "unknown",
         }
     }
 }
 
-/// Why a task would not use ECS Exec (`none` when it would), in the order they are checked.
-pub const REASONS: [(&str, &str); 10] = [
-    ("none", "ECS Exec is used"),
-    ("rack_ecs_exec_no", "the rack's ECSExec is No: `rack-reconciler set ECSExec=Yes`"),
-    ("gen1", "a Generation 1 app: convox exec always goes through Docker; migrate the app to Generation 2"),
-    ("readonly_root_filesystem", "the container's root filesystem is read-only, where the SSM agent cannot run: EnableContainerReadonlyRootFilesystem=No on the rack, or a writable root for this container"),
-    ("started_before_enable", "the task started before ECS Exec was enabled for its service: redeploy (`convox deploy -a APP`, or `convox restart -a APP`)"),
-    ("platform_too_old", "Fargate platform version older than 1.4.0: redeploy on platform LATEST"),
-    ("agent_too_old", "ECS container agent older than 1.50.2: update the instance's agent (a rack update with a current AMI)"),
-    ("agent_not_running", "the ExecuteCommandAgent is not running in the task: restart the task; see its reason"),
-    ("task_role_lacks_ssmmessages", "the task role lacks ssmmessages:CreateControlChannel, CreateDataChannel, OpenControlChannel, OpenDataChannel"),
-    ("no_route_to_ssm", "the task's private subnets reach neither a NAT gateway nor an ssmmessages interface endpoint (with private DNS): add one of them"),
+/// A fact the decision needs: read, or not, and then why (the call or permission that failed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact<T> {
+    Known(T),
+    Unknown(String),
+}
+
+/// What a reason says about the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Ready,
+    /// Convox falls back to Docker exec (fails on Fargate).
+    Fallback,
+    Fails,
+    Unknown,
+}
+
+/// A reason: its label, what it says, the fix in a few words (the metric's help) and the
+/// advice (`APP` is replaced by the app).
+pub struct Reason {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub fix: &'static str,
+    pub advice: &'static str,
+}
+
+const fn reason(name: &'static str, kind: Kind, fix: &'static str, advice: &'static str) -> Reason {
+    Reason {
+        name,
+        kind,
+        fix,
+        advice,
+    }
+}
+
+/// Every reason, in the order they are decided within their kind.
+pub const REASONS: &[Reason] = &[
+    reason("none", Kind::Ready, "", ""),
+    reason("rack_version_lacks_ecs_exec", Kind::Fallback, "update the rack",
+        "the rack's version predates ECS Exec (its template does not declare ECSExec), so its API execs through Docker whatever the label says: move the rack to a version that declares it (`Version` in the params file), then ECSExec=Yes"),
+    reason("rack_ecs_exec_no", Kind::Fallback, "set ECSExec=Yes",
+        "the rack's ECSExec is No: `rack-reconciler set ECSExec=Yes`"),
+    reason("gen1", Kind::Fallback, "migrate to Generation 2",
+        "a Generation 1 app: convox exec always goes through Docker; migrate the app to Generation 2"),
+    reason("service_without_exec", Kind::Fallback, "deploy or promote",
+        "the task's service does not start tasks with enableExecuteCommand yet, so a restart would not help: `convox deploy -a APP`, or `convox releases promote RELEASE -a APP`"),
+    reason("started_before_enable", Kind::Fallback, "restart",
+        "the task started before its service had enableExecuteCommand: `convox restart -a APP` (a one-off task: start it again)"),
+    reason("readonly_root_filesystem", Kind::Fails, "writable root filesystem",
+        "the container's root filesystem is read-only, where the SSM agent cannot run: EnableContainerReadonlyRootFilesystem=No on the rack, or a writable root for this container, then `convox deploy -a APP`"),
+    reason("platform_too_old", Kind::Fails, "redeploy on platform LATEST",
+        "Fargate platform version older than 1.4.0: redeploy on platform LATEST (`convox deploy -a APP`)"),
+    reason("agent_too_old", Kind::Fails, "update the ECS agent",
+        "ECS container agent older than 1.50.2: update the instances' agent (a rack update with a current AMI)"),
+    reason("agent_not_running", Kind::Fails, "restart",
+        "the task's ExecuteCommandAgent is not running: `convox restart -a APP`; if it stops again, see its reason"),
+    reason("credentials_in_environment", Kind::Fails, "remove the AWS keys from the environment",
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the container's environment override the task role the SSM agent uses: remove them (`convox env unset -a APP`), grant the app's needs to its role, and deploy"),
+    reason("task_role_lacks_ssmmessages", Kind::Fails, "grant ssmmessages to the task role",
+        "the task role does not allow ssmmessages:CreateControlChannel, CreateDataChannel, OpenControlChannel, OpenDataChannel (or the task has no role): grant them"),
+    reason("boundary_blocks_ssmmessages", Kind::Fails, "allow ssmmessages in the permissions boundary",
+        "the task role's permissions boundary does not allow the ssmmessages actions its policies grant: add them to the boundary policy"),
+    reason("task_role_lacks_kms_decrypt", Kind::Fails, "grant kms:Decrypt on the exec key",
+        "the cluster encrypts exec sessions with a KMS key and the task role may not use it: grant kms:Decrypt on the key"),
+    reason("task_role_lacks_exec_logging", Kind::Fails, "grant the exec log writes",
+        "the cluster logs exec sessions and the task role may not write them: grant logs:DescribeLogGroups, CreateLogStream, DescribeLogStreams, PutLogEvents on the log group, s3:PutObject (and s3:GetEncryptionConfiguration when encrypted) on the bucket"),
+    reason("no_route_to_ssm", Kind::Fails, "NAT route or ssm + ssmmessages endpoints",
+        "the task cannot reach SSM: a default route to a NAT gateway (or an internet gateway with a public IP), or interface endpoints for ssm and ssmmessages with private DNS whose security groups admit the tasks on TCP 443"),
+    reason("unknown_task_definition", Kind::Unknown, "allow ecs:DescribeTaskDefinition",
+        "the task definition could not be read (root filesystem, environment): allow ecs:DescribeTaskDefinition to the controller; see the detail"),
+    reason("unknown_platform_version", Kind::Unknown, "see the detail",
+        "the task reports no Fargate platform version: look at the task (`aws ecs describe-tasks`)"),
+    reason("unknown_agent_version", Kind::Unknown, "allow ecs:DescribeContainerInstances",
+        "the ECS agent version of the task's instance could not be read: allow ecs:DescribeContainerInstances to the controller; see the detail"),
+    reason("unknown_exec_configuration", Kind::Unknown, "allow ecs:DescribeClusters",
+        "the cluster's exec configuration (KMS key, logging) could not be read: allow ecs:DescribeClusters to the controller; see the detail"),
+    reason("unknown_role_permissions", Kind::Unknown, "allow iam:SimulatePrincipalPolicy",
+        "the task role's permissions could not be decided: allow iam:SimulatePrincipalPolicy (or the IAM policy reads) to the controller; see the detail"),
+    reason("unknown_route", Kind::Unknown, "allow the ec2:Describe* reads",
+        "the task's route to SSM could not be read: allow ec2:DescribeInstances, DescribeNetworkInterfaces, DescribeRouteTables, DescribeVpcEndpoints, DescribeSecurityGroups to the controller; see the detail"),
 ];
 
-/// The four actions the SSM agent in a task needs from its task role.
-pub const SSMMESSAGES_ACTIONS: [&str; 4] = [
-    "ssmmessages:CreateControlChannel",
-    "ssmmessages:CreateDataChannel",
-    "ssmmessages:OpenControlChannel",
-    "ssmmessages:OpenDataChannel",
-];
+/// The reason named `name`.
+pub fn reason_info(name: &str) -> Option<&'static Reason> {
+    REASONS.iter().find(|r| r.name == name)
+}
 
 /// The oldest ECS agent and Fargate platform that support ECS Exec.
 pub const MIN_AGENT: &str = "1.50.2";
 pub const MIN_PLATFORM: &str = "1.4.0";
 
-/// Whether the rack's private subnets can reach SSM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", tag = "state")]
-pub enum Route {
-    /// Not known (not looked at yet, or the calls failed).
-    Unknown { why: String },
-    /// Public subnets, a NAT gateway route, or the `ssmmessages` endpoint.
-    Reachable { via: String },
-    /// Neither: the endpoints that would fix it.
-    None { missing: Vec<String> },
-}
-
-/// The network facts, as read from the rack's outputs and the VPC.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Network {
-    /// The rack is `Private=Yes`: tasks run in the private subnets.
-    pub private: bool,
-    /// Private route tables with a default route to a NAT gateway (or instance).
-    pub nat_routes: usize,
-    /// Private route tables in all.
-    pub route_tables: usize,
-    /// Interface endpoint service names in the VPC (`com.amazonaws.REGION.ssmmessages`...).
-    pub endpoints: Vec<String>,
-    pub region: String,
-}
-
-/// The service name of an interface endpoint (`cn.com.amazonaws.` in the China regions).
-pub fn endpoint_service(region: &str, service: &str) -> String {
-    let prefix = if region.starts_with("cn-") {
-        "cn.com.amazonaws"
-    } else {
-        "com.amazonaws"
-    };
-    format!("{prefix}.{region}.{service}")
-}
-
-/// Whether tasks in the rack's subnets reach SSM. ECS Exec's agent talks to Session Manager's
-/// `ssmmessages` only (AWS's ECS Exec guide and its amazon-ecs-exec-checker ask for that one
-/// endpoint); `ssm` is not needed.
-pub fn route(n: &Network) -> Route {
-    if !n.private {
-        return Route::Reachable {
-            via: "public subnets".into(),
-        };
-    }
-    if n.route_tables > 0 && n.nat_routes == n.route_tables {
-        return Route::Reachable {
-            via: "NAT gateway".into(),
-        };
-    }
-    let missing: Vec<String> = ["ssmmessages"]
-        .iter()
-        .map(|s| endpoint_service(&n.region, s))
-        .filter(|name| !n.endpoints.contains(name))
-        .collect();
-    if missing.is_empty() {
-        Route::Reachable {
-            via: "VPC endpoints".into(),
-        }
-    } else {
-        Route::None { missing }
-    }
-}
-
 /// How a task runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Launch {
     Fargate { platform_version: Option<String> },
-    Ec2 { agent_version: Option<String> },
+    Ec2 { agent_version: Fact<String> },
+}
+
+/// Whether the task's service starts tasks with `enableExecuteCommand`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceExec {
+    Yes,
+    No,
+    /// A one-off task: no service.
+    OneOff,
+    Unknown(String),
+}
+
+/// What a task definition says that matters to ECS Exec.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Definition {
+    /// Some container has `readonlyRootFilesystem`.
+    pub readonly_root: bool,
+    /// Containers whose environment (or secrets) set AWS access keys: names only.
+    pub credentials: Vec<String>,
 }
 
 /// What is known of one task.
@@ -142,24 +186,30 @@ pub struct TaskFacts {
     pub task: String,
     /// The task was started with `enableExecuteCommand`.
     pub exec_enabled: bool,
+    pub service_exec: ServiceExec,
     pub launch: Launch,
     /// The `ExecuteCommandAgent` managed agent's status and reason, if the task reports one.
     pub exec_agent: Option<(String, Option<String>)>,
-    /// Some container's root filesystem is read-only.
-    pub readonly_root: bool,
-    /// The task role allows the four `ssmmessages` actions (`None`: not known).
-    pub role_allows_ssmmessages: Option<bool>,
+    pub definition: Fact<Definition>,
+    /// Containers whose overrides (a `convox run`) set AWS access keys.
+    pub override_credentials: Vec<String>,
+    /// The task role's answer to each need of the cluster.
+    pub grants: BTreeMap<Need, Fact<Grant>>,
+    pub route: Fact<Reach>,
 }
 
 /// The rack-wide facts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RackFacts {
-    /// The rack's `ECSExec` is `Yes` (converged).
+    /// The rack's template declares `ECSExec` (its version knows ECS Exec).
+    pub declares_ecs_exec: bool,
+    /// The rack's `ECSExec` is `Yes`.
     pub ecs_exec: bool,
     /// The rack's `EnableContainerReadonlyRootFilesystem` is `Yes` (apps take it at their next
     /// release: the task definition says what a task has; this only explains it).
     pub readonly_root: bool,
-    pub route: Route,
+    /// The needs of the cluster's exec configuration.
+    pub needs: Fact<Vec<Need>>,
 }
 
 /// The outcome for one task.
@@ -171,17 +221,15 @@ pub struct Verdict {
     pub task: String,
     pub path: ExecPath,
     pub reason: String,
-    /// What else is known (an agent's reason, a version, the missing endpoints).
+    /// What else is known (an agent's reason, a version, the route, the call that failed).
     pub detail: String,
     pub advice: String,
 }
 
 /// The advice for a reason, with the app filled in.
 pub fn advice(reason: &str, app: &str) -> String {
-    REASONS
-        .iter()
-        .find(|(r, _)| *r == reason)
-        .map(|(_, a)| a.replace("APP", app))
+    reason_info(reason)
+        .map(|r| r.advice.replace("APP", app))
         .unwrap_or_default()
 }
 
@@ -208,68 +256,178 @@ pub fn at_least(v: &str, min: &str) -> bool {
         .is_none_or(|o| o.is_gt())
 }
 
-/// The first reason that applies, with its detail.
-fn reason(rack: &RackFacts, t: &TaskFacts) -> Option<(&'static str, String)> {
-    if !rack.ecs_exec {
-        return Some(("rack_ecs_exec_no", String::new()));
+/// A check's answer: passes, or a reason with its detail.
+type Hit = Option<(&'static str, String)>;
+type Check = fn(&RackFacts, &TaskFacts) -> Hit;
+
+/// Convox's fallback cases, in order.
+const FALLBACKS: &[Check] = &[
+    |r, _| (!r.declares_ecs_exec).then(|| ("rack_version_lacks_ecs_exec", String::new())),
+    |r, _| (!r.ecs_exec).then(|| ("rack_ecs_exec_no", String::new())),
+    |_, t| (t.generation < 2).then(|| ("gen1", String::new())),
+    not_enabled,
+];
+
+/// What ECS Exec needs, in order; each hit is a failing or an unknown reason.
+const CHECKS: &[Check] = &[
+    readonly_root,
+    version,
+    agent_running,
+    credentials,
+    |r, t| grant(r, t, Need::Ssmmessages),
+    |r, t| grant(r, t, Need::KmsDecrypt),
+    |r, t| grant(r, t, Need::ExecLogging),
+    route,
+];
+
+fn not_enabled(_: &RackFacts, t: &TaskFacts) -> Hit {
+    if t.exec_enabled {
+        return None;
     }
-    if t.generation < 2 {
-        return Some(("gen1", String::new()));
-    }
-    if t.readonly_root {
-        let detail = if rack.readonly_root {
-            "readonlyRootFilesystem in the task definition; the rack sets EnableContainerReadonlyRootFilesystem=Yes"
-        } else {
-            "readonlyRootFilesystem in the task definition"
-        };
-        return Some(("readonly_root_filesystem", detail.into()));
-    }
-    if !t.exec_enabled {
-        return Some(("started_before_enable", String::new()));
-    }
-    match &t.launch {
-        Launch::Fargate {
-            platform_version: Some(v),
-        } if !at_least(v, MIN_PLATFORM) => {
-            return Some(("platform_too_old", format!("platform {v}")));
-        }
-        Launch::Ec2 {
-            agent_version: Some(v),
-        } if !at_least(v, MIN_AGENT) => {
-            return Some(("agent_too_old", format!("agent {v}")));
-        }
-        _ => {}
-    }
-    match &t.exec_agent {
-        Some((status, why)) if status != "RUNNING" => {
-            let detail = match why {
-                Some(w) => format!("{status}: {w}"),
-                None => status.clone(),
-            };
-            return Some(("agent_not_running", detail));
-        }
-        None => {
-            return Some((
-                "agent_not_running",
-                "no ExecuteCommandAgent reported".into(),
-            ))
-        }
-        _ => {}
-    }
-    if t.role_allows_ssmmessages == Some(false) {
-        return Some(("task_role_lacks_ssmmessages", String::new()));
-    }
-    if let Route::None { missing } = &rack.route {
-        return Some(("no_route_to_ssm", format!("missing {}", missing.join(", "))));
-    }
-    None
+    Some(match &t.service_exec {
+        ServiceExec::No => ("service_without_exec", String::new()),
+        ServiceExec::Yes => (
+            "started_before_enable",
+            "the service has enableExecuteCommand; this task predates it".into(),
+        ),
+        ServiceExec::OneOff => (
+            "started_before_enable",
+            "a one-off task started without enableExecuteCommand".into(),
+        ),
+        ServiceExec::Unknown(why) => (
+            "started_before_enable",
+            format!("whether the service has enableExecuteCommand could not be read ({why}): if a restart does not help, deploy"),
+        ),
+    })
 }
 
-/// Would `convox exec` into this task use ECS Exec, and if not, why and what fixes it.
+fn readonly_root(r: &RackFacts, t: &TaskFacts) -> Hit {
+    match &t.definition {
+        Fact::Unknown(why) => Some(("unknown_task_definition", why.clone())),
+        Fact::Known(d) if d.readonly_root => Some((
+            "readonly_root_filesystem",
+            if r.readonly_root {
+                "readonlyRootFilesystem in the task definition; the rack sets EnableContainerReadonlyRootFilesystem=Yes"
+            } else {
+                "readonlyRootFilesystem in the task definition"
+            }
+            .into(),
+        )),
+        Fact::Known(_) => None,
+    }
+}
+
+fn version(_: &RackFacts, t: &TaskFacts) -> Hit {
+    match &t.launch {
+        Launch::Fargate {
+            platform_version: None,
+        } => Some((
+            "unknown_platform_version",
+            "DescribeTasks gave no platformVersion".into(),
+        )),
+        Launch::Fargate {
+            platform_version: Some(v),
+        } => (!at_least(v, MIN_PLATFORM)).then(|| ("platform_too_old", format!("platform {v}"))),
+        Launch::Ec2 {
+            agent_version: Fact::Unknown(why),
+        } => Some(("unknown_agent_version", why.clone())),
+        Launch::Ec2 {
+            agent_version: Fact::Known(v),
+        } => (!at_least(v, MIN_AGENT)).then(|| ("agent_too_old", format!("agent {v}"))),
+    }
+}
+
+fn agent_running(_: &RackFacts, t: &TaskFacts) -> Hit {
+    match &t.exec_agent {
+        Some((status, _)) if status == "RUNNING" => None,
+        Some((status, Some(why))) => Some(("agent_not_running", format!("{status}: {why}"))),
+        Some((status, None)) => Some(("agent_not_running", status.clone())),
+        None => Some((
+            "agent_not_running",
+            "no ExecuteCommandAgent reported".into(),
+        )),
+    }
+}
+
+fn credentials(_: &RackFacts, t: &TaskFacts) -> Hit {
+    let mut containers: Vec<&str> = t.override_credentials.iter().map(String::as_str).collect();
+    if let Fact::Known(d) = &t.definition {
+        containers.extend(d.credentials.iter().map(String::as_str));
+    }
+    containers.sort_unstable();
+    containers.dedup();
+    (!containers.is_empty()).then(|| {
+        (
+            "credentials_in_environment",
+            format!("container(s) {}", containers.join(", ")),
+        )
+    })
+}
+
+fn grant(r: &RackFacts, t: &TaskFacts, need: Need) -> Hit {
+    let needed = match &r.needs {
+        Fact::Known(needs) => needs.contains(&need),
+        Fact::Unknown(why) if need != Need::Ssmmessages => {
+            return Some(("unknown_exec_configuration", why.clone()))
+        }
+        Fact::Unknown(_) => true,
+    };
+    if !needed {
+        return None;
+    }
+    let (lacks, boundary) = match need {
+        Need::Ssmmessages => ("task_role_lacks_ssmmessages", "boundary_blocks_ssmmessages"),
+        Need::KmsDecrypt => ("task_role_lacks_kms_decrypt", "task_role_lacks_kms_decrypt"),
+        Need::ExecLogging => (
+            "task_role_lacks_exec_logging",
+            "task_role_lacks_exec_logging",
+        ),
+    };
+    match t.grants.get(&need) {
+        Some(Fact::Known(Grant::Allowed)) => None,
+        Some(Fact::Known(Grant::Denied(why))) => Some((lacks, why.clone())),
+        Some(Fact::Known(Grant::DeniedByBoundary(b))) => {
+            Some((boundary, format!("permissions boundary {b}")))
+        }
+        Some(Fact::Unknown(why)) => Some(("unknown_role_permissions", why.clone())),
+        None => Some(("unknown_role_permissions", "not checked".into())),
+    }
+}
+
+fn route(_: &RackFacts, t: &TaskFacts) -> Hit {
+    match &t.route {
+        Fact::Known(Reach::Reachable(_)) => None,
+        Fact::Known(Reach::Unreachable(why)) => Some(("no_route_to_ssm", why.clone())),
+        Fact::Unknown(why) => Some(("unknown_route", why.clone())),
+    }
+}
+
+/// The fallback case that applies to a task, if any: then nothing past it is needed.
+pub fn fallback(rack: &RackFacts, t: &TaskFacts) -> Hit {
+    FALLBACKS.iter().find_map(|c| c(rack, t))
+}
+
+/// What `convox exec` into this task would do, why, and what fixes it.
 pub fn evaluate(rack: &RackFacts, t: &TaskFacts) -> Verdict {
-    let (path, reason, detail) = match reason(rack, t) {
+    let fargate = matches!(t.launch, Launch::Fargate { .. });
+    let (path, reason, detail) = match fallback(rack, t) {
+        Some((r, d)) if fargate => (
+            ExecPath::Fails,
+            r,
+            with(d, "on Fargate there is no Docker daemon to fall back to"),
+        ),
         Some((r, d)) => (ExecPath::Docker, r, d),
-        None => (ExecPath::EcsExec, "none", String::new()),
+        None => {
+            let hits: Vec<(&'static str, String)> =
+                CHECKS.iter().filter_map(|c| c(rack, t)).collect();
+            let kind = |name| reason_info(name).map(|r| r.kind);
+            let fails = hits.iter().find(|(r, _)| kind(r) == Some(Kind::Fails));
+            match fails.or(hits.first()) {
+                Some((r, d)) if kind(r) == Some(Kind::Fails) => (ExecPath::Fails, *r, d.clone()),
+                Some((r, d)) => (ExecPath::Unknown, *r, d.clone()),
+                None => (ExecPath::EcsExec, "none", ready_detail(t)),
+            }
+        }
     };
     Verdict {
         app: t.app.clone(),
@@ -278,11 +436,22 @@ pub fn evaluate(rack: &RackFacts, t: &TaskFacts) -> Verdict {
         path,
         reason: reason.to_string(),
         detail,
-        advice: if path == ExecPath::Docker {
-            advice(reason, &t.app)
-        } else {
-            String::new()
-        },
+        advice: advice(reason, &t.app),
+    }
+}
+
+fn with(detail: String, more: &str) -> String {
+    if detail.is_empty() {
+        more.to_string()
+    } else {
+        format!("{detail}; {more}")
+    }
+}
+
+fn ready_detail(t: &TaskFacts) -> String {
+    match &t.route {
+        Fact::Known(Reach::Reachable(via)) => via.clone(),
+        _ => String::new(),
     }
 }
 
@@ -296,290 +465,5 @@ pub fn counts(verdicts: &[Verdict]) -> BTreeMap<(String, ExecPath, String), u64>
     out
 }
 
-/// Tasks falling back to Docker listed by name in the status; the rest are counted.
-pub const LISTED_FALLBACKS: usize = 100;
-
-/// Exec readiness as the status shows it: totals, per app, and the tasks that fall back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ExecStatus {
-    /// When every app was last looked at (RFC 3339).
-    pub checked_at: Option<String>,
-    /// The rack's `ECSExec` is `Yes`.
-    pub rack_ecs_exec: bool,
-    pub route: Option<Route>,
-    pub tasks: usize,
-    pub ecs_exec: usize,
-    pub docker: usize,
-    pub apps: Vec<AppSummary>,
-    /// The tasks that would fall back to Docker exec, up to [`LISTED_FALLBACKS`].
-    pub fallbacks: Vec<Verdict>,
-    /// Fallbacks beyond those listed.
-    #[serde(default)]
-    pub more_fallbacks: usize,
-    /// The last look failed (the rest is from the look before).
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct AppSummary {
-    pub app: String,
-    pub generation: u8,
-    pub ecs_exec: usize,
-    pub docker: usize,
-    /// Tasks per reason, `none` included.
-    pub reasons: BTreeMap<String, usize>,
-}
-
-impl ExecStatus {
-    pub fn from_readiness(r: &discover::Readiness) -> ExecStatus {
-        let mut apps: BTreeMap<&str, AppSummary> = r
-            .apps
-            .iter()
-            .map(|(a, g)| {
-                let s = AppSummary {
-                    app: a.clone(),
-                    generation: *g,
-                    ..AppSummary::default()
-                };
-                (a.as_str(), s)
-            })
-            .collect();
-        for v in &r.verdicts {
-            if let Some(a) = apps.get_mut(v.app.as_str()) {
-                match v.path {
-                    ExecPath::EcsExec => a.ecs_exec += 1,
-                    ExecPath::Docker => a.docker += 1,
-                }
-                *a.reasons.entry(v.reason.clone()).or_default() += 1;
-            }
-        }
-        let fallbacks: Vec<&Verdict> = r
-            .verdicts
-            .iter()
-            .filter(|v| v.path == ExecPath::Docker)
-            .collect();
-        ExecStatus {
-            checked_at: Some(crate::status::rfc3339(r.checked_at)),
-            rack_ecs_exec: r.rack.ecs_exec,
-            route: Some(r.rack.route.clone()),
-            tasks: r.verdicts.len(),
-            ecs_exec: r.verdicts.len() - fallbacks.len(),
-            docker: fallbacks.len(),
-            apps: apps.into_values().collect(),
-            more_fallbacks: fallbacks.len().saturating_sub(LISTED_FALLBACKS),
-            fallbacks: fallbacks
-                .into_iter()
-                .take(LISTED_FALLBACKS)
-                .cloned()
-                .collect(),
-            error: None,
-        }
-    }
-
-    /// The `ExecReady` condition: status (`True`, `False`, `Unknown`), reason, message.
-    pub fn condition(&self) -> (&'static str, &'static str, String) {
-        if self.checked_at.is_none() {
-            let why = self.error.as_deref().unwrap_or("not looked at yet");
-            return ("Unknown", "NotChecked", format!("exec readiness: {why}"));
-        }
-        if !self.rack_ecs_exec {
-            return (
-                "False",
-                "RackEcsExecNo",
-                "the rack's ECSExec is No: convox exec goes through Docker for every task".into(),
-            );
-        }
-        if self.docker == 0 {
-            return (
-                "True",
-                "AllTasksUseEcsExec",
-                format!("all {} tasks would use ECS Exec", self.tasks),
-            );
-        }
-        let mut by_reason: BTreeMap<&str, (usize, Vec<&str>)> = BTreeMap::new();
-        for a in &self.apps {
-            for (reason, n) in a.reasons.iter().filter(|(r, _)| *r != "none") {
-                let e = by_reason.entry(reason.as_str()).or_default();
-                e.0 += n;
-                e.1.push(a.app.as_str());
-            }
-        }
-        let parts: Vec<String> = by_reason
-            .iter()
-            .map(|(r, (n, apps))| format!("{n} {r} ({})", apps.join(", ")))
-            .collect();
-        (
-            "False",
-            "TasksFallBackToDocker",
-            format!(
-                "{} of {} tasks would fall back to Docker exec (not audited): {}; see `rack-reconciler exec-check`",
-                self.docker,
-                self.tasks,
-                parts.join(", ")
-            ),
-        )
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ready_task() -> TaskFacts {
-        TaskFacts {
-            app: "web".into(),
-            generation: 2,
-            service: "web".into(),
-            task: "abc".into(),
-            exec_enabled: true,
-            launch: Launch::Ec2 {
-                agent_version: Some("1.89.1".into()),
-            },
-            exec_agent: Some(("RUNNING".into(), None)),
-            readonly_root: false,
-            role_allows_ssmmessages: Some(true),
-        }
-    }
-
-    fn rack() -> RackFacts {
-        RackFacts {
-            ecs_exec: true,
-            readonly_root: false,
-            route: Route::Reachable {
-                via: "NAT gateway".into(),
-            },
-        }
-    }
-
-    #[test]
-    fn each_reason_from_its_fact() {
-        type Edit = fn(&mut RackFacts, &mut TaskFacts);
-        let cases: [(&str, Edit); 11] = [
-            ("none", |_, _| {}),
-            ("gen1", |_, t| t.generation = 1),
-            ("rack_ecs_exec_no", |r, _| r.ecs_exec = false),
-            ("readonly_root_filesystem", |_, t| t.readonly_root = true),
-            ("none", |r, _| r.readonly_root = true),
-            ("started_before_enable", |_, t| t.exec_enabled = false),
-            ("platform_too_old", |_, t| {
-                t.launch = Launch::Fargate {
-                    platform_version: Some("1.3.0".into()),
-                }
-            }),
-            ("agent_too_old", |_, t| {
-                t.launch = Launch::Ec2 {
-                    agent_version: Some("1.50.1".into()),
-                }
-            }),
-            ("agent_not_running", |_, t| {
-                t.exec_agent = Some(("STOPPED".into(), Some("InternalError".into())))
-            }),
-            ("task_role_lacks_ssmmessages", |_, t| {
-                t.role_allows_ssmmessages = Some(false)
-            }),
-            ("no_route_to_ssm", |r, _| {
-                r.route = Route::None {
-                    missing: vec!["com.amazonaws.us-east-1.ssmmessages".into()],
-                }
-            }),
-        ];
-        for (want, edit) in cases {
-            let (mut r, mut t) = (rack(), ready_task());
-            edit(&mut r, &mut t);
-            let v = evaluate(&r, &t);
-            assert_eq!(v.reason, want);
-            assert_eq!(v.path == ExecPath::EcsExec, want == "none", "{want}");
-            assert_eq!(v.advice.is_empty(), want == "none", "{want}");
-        }
-    }
-
-    #[test]
-    fn an_earlier_reason_wins() {
-        let mut t = ready_task();
-        t.generation = 1;
-        t.exec_enabled = false;
-        let mut r = rack();
-        r.ecs_exec = false;
-        assert_eq!(evaluate(&r, &t).reason, "rack_ecs_exec_no");
-        r.ecs_exec = true;
-        assert_eq!(evaluate(&r, &t).reason, "gen1");
-        t.generation = 2;
-        assert_eq!(evaluate(&r, &t).reason, "started_before_enable");
-    }
-
-    #[test]
-    fn versions_compare_by_number() {
-        for (v, min, ok) in [
-            ("1.50.2", "1.50.2", true),
-            ("1.50.10", "1.50.2", true),
-            ("1.9.0", "1.50.2", false),
-            ("1.4", "1.4.0", true),
-            ("1.3.0", "1.4.0", false),
-            ("2.0.0", "1.50.2", true),
-            ("LATEST", "1.4.0", false),
-        ] {
-            assert_eq!(at_least(v, min), ok, "{v} >= {min}");
-        }
-    }
-
-    #[test]
-    fn the_route_to_ssm() {
-        let private = |nat, tables, endpoints: &[&str]| Network {
-            private: true,
-            nat_routes: nat,
-            route_tables: tables,
-            endpoints: endpoints.iter().map(|s| s.to_string()).collect(),
-            region: "us-east-1".into(),
-        };
-        assert!(matches!(
-            route(&Network::default()),
-            Route::Reachable { .. }
-        ));
-        assert!(matches!(
-            route(&private(3, 3, &[])),
-            Route::Reachable { .. }
-        ));
-        assert_eq!(
-            route(&private(2, 3, &["com.amazonaws.us-east-1.ssm"])),
-            Route::None {
-                missing: vec!["com.amazonaws.us-east-1.ssmmessages".into()]
-            }
-        );
-        assert!(matches!(
-            route(&private(0, 3, &["com.amazonaws.us-east-1.ssmmessages"])),
-            Route::Reachable { .. }
-        ));
-        let mut china = private(0, 2, &[]);
-        china.region = "cn-north-1".into();
-        assert_eq!(
-            route(&china),
-            Route::None {
-                missing: vec!["cn.com.amazonaws.cn-north-1.ssmmessages".into()]
-            }
-        );
-    }
-
-    #[test]
-    fn counts_per_app_path_and_reason() {
-        let r = rack();
-        let mut old = ready_task();
-        old.exec_enabled = false;
-        let vs = vec![
-            evaluate(&r, &ready_task()),
-            evaluate(&r, &old),
-            evaluate(&r, &old),
-        ];
-        let c = counts(&vs);
-        assert_eq!(c[&("web".into(), ExecPath::EcsExec, "none".into())], 1);
-        assert_eq!(
-            c[&(
-                "web".into(),
-                ExecPath::Docker,
-                "started_before_enable".into()
-            )],
-            2
-        );
-    }
-}
+mod tests;

@@ -1,20 +1,21 @@
-//! Whether IAM policy documents allow some actions: the fallback when
+//! Whether IAM policy documents allow some actions on a resource: the fallback when
 //! `iam:SimulatePrincipalPolicy` is not allowed. It reads `Effect`, `Action`/`NotAction` and
-//! `Resource` with IAM's wildcards; a statement with a `Condition` cannot be decided without
-//! the request, so an action allowed only under a condition is not known (`None`). Explicit
-//! denies win. Permission boundaries, SCPs and session policies are not seen here: a `true`
-//! means "the role's own policies allow it".
+//! `Resource`/`NotResource` with IAM's wildcards; a statement with a `Condition` cannot be
+//! decided without the request, so an action allowed only under a condition is not known
+//! (`None`). Explicit denies win. The caller evaluates a role's policies and its permissions
+//! boundary separately (both must allow); SCPs and session policies are not seen here.
 
 use serde_json::Value;
 
-/// Whether `documents` allow every one of `actions` on any resource.
-pub fn allows(documents: &[Value], actions: &[&str]) -> Option<bool> {
+/// Whether `documents` allow every one of `actions` on `resource` (`*`: actions that take no
+/// resource).
+pub fn allows(documents: &[Value], actions: &[String], resource: &str) -> Option<bool> {
     let statements: Vec<&Value> = documents.iter().flat_map(statements).collect();
     let mut known = true;
     for action in actions {
         let matching: Vec<&&Value> = statements
             .iter()
-            .filter(|s| covers_action(s, action) && covers_any_resource(s))
+            .filter(|s| covers_action(s, action) && covers_resource(s, resource))
             .collect();
         let effect = |s: &Value| s.get("Effect").and_then(Value::as_str) == Some("Allow");
         let conditional = |s: &Value| s.get("Condition").is_some();
@@ -61,12 +62,15 @@ fn covers_action(s: &Value, action: &str) -> bool {
     }
 }
 
-/// The ssmmessages actions take no resource ARN: only `*` (or `NotResource`) covers them.
-fn covers_any_resource(s: &Value) -> bool {
+/// Whether the statement's `Resource` (or `NotResource`) covers `resource`. Actions that take
+/// no resource (the ssmmessages ones) are asked about `*`, which only `*` covers.
+fn covers_resource(s: &Value, resource: &str) -> bool {
+    let matches = |patterns: Vec<&str>| patterns.iter().any(|p| glob(p, resource));
     if s.get("NotResource").is_some() {
-        return true;
+        !matches(strings(s.get("NotResource")))
+    } else {
+        matches(strings(s.get("Resource")))
     }
-    strings(s.get("Resource")).contains(&"*")
 }
 
 /// IAM's wildcard match, case-insensitive: `*` any run, `?` one character.
@@ -98,6 +102,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn actions() -> Vec<String> {
+        crate::exec::SSMMESSAGES_ACTIONS
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    }
     const ACTIONS: [&str; 4] = crate::exec::SSMMESSAGES_ACTIONS;
 
     fn doc(statements: Value) -> Vec<Value> {
@@ -165,7 +175,7 @@ mod tests {
             ("no statements", json!([]), Some(false)),
         ];
         for (name, statements, want) in cases {
-            assert_eq!(allows(&doc(statements), &ACTIONS), want, "{name}");
+            assert_eq!(allows(&doc(statements), &actions(), "*"), want, "{name}");
         }
     }
 
@@ -175,8 +185,33 @@ mod tests {
             json!({"Statement": [{"Effect": "Allow", "Action": "ssmmessages:Create*", "Resource": "*"}]}),
             json!({"Statement": [{"Effect": "Allow", "Action": "ssmmessages:Open*", "Resource": "*"}]}),
         ];
-        assert_eq!(allows(&docs, &ACTIONS), Some(true));
-        assert_eq!(allows(&docs[..1], &ACTIONS), Some(false));
+        assert_eq!(allows(&docs, &actions(), "*"), Some(true));
+        assert_eq!(allows(&docs[..1], &actions(), "*"), Some(false));
+    }
+
+    #[test]
+    fn resources_match_with_wildcards() {
+        let key = "arn:aws:kms:us-east-1:1:key/abc";
+        let decrypt = vec!["kms:Decrypt".to_string()];
+        let on = |resource: Value| {
+            doc(json!([{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": resource}]))
+        };
+        assert_eq!(allows(&on(json!(key)), &decrypt, key), Some(true));
+        assert_eq!(
+            allows(&on(json!("arn:aws:kms:us-east-1:1:key/*")), &decrypt, key),
+            Some(true)
+        );
+        assert_eq!(allows(&on(json!("*")), &decrypt, key), Some(true));
+        assert_eq!(
+            allows(
+                &on(json!("arn:aws:kms:us-east-1:1:key/other")),
+                &decrypt,
+                key
+            ),
+            Some(false)
+        );
+        let not = doc(json!([{"Effect": "Allow", "Action": "kms:*", "NotResource": key}]));
+        assert_eq!(allows(&not, &decrypt, key), Some(false));
     }
 
     #[test]

@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
+use super::network::{Endpoint, RouteTable, SecurityGroup, TaskNetwork};
+use super::permissions::{Access, ExecConfig, Grant};
+use super::Fact;
 use crate::rack::RackError;
 
 /// The AWS operations behind the methods of [`ExecSource`] (a role check is one
@@ -17,10 +20,14 @@ pub const OPERATIONS: &[&str] = &[
     "ListTasks",
     "DescribeTasks",
     "DescribeContainerInstances",
+    "DescribeClusters",
     "DescribeTaskDefinition",
     "SimulatePrincipalPolicy",
+    "DescribeInstances",
+    "DescribeNetworkInterfaces",
     "DescribeRouteTables",
     "DescribeVpcEndpoints",
+    "DescribeSecurityGroups",
 ];
 
 /// A CloudFormation stack as `DescribeStacks` lists it.
@@ -68,6 +75,19 @@ pub struct TaskInfo {
     /// The `ExecuteCommandAgent` managed agent of the task's containers: the first one not
     /// `RUNNING`, else a running one (status, reason).
     pub exec_agent: Option<(String, Option<String>)>,
+    /// The task's own network interface (`awsvpc`), from its attachment.
+    pub network_interface: Option<String>,
+    /// Containers whose overrides set `AWS_ACCESS_KEY_ID` or `AWS_SECRET_ACCESS_KEY` (names
+    /// only: the values are never kept).
+    pub override_credentials: Vec<String>,
+}
+
+/// A container instance as `DescribeContainerInstances` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct InstanceFacts {
+    pub agent_version: Option<String>,
+    /// The EC2 instance it runs on.
+    pub ec2_instance: Option<String>,
 }
 
 /// What a task definition says that matters to ECS Exec.
@@ -76,18 +96,18 @@ pub struct TaskDefinitionFacts {
     /// Some container has `readonlyRootFilesystem`.
     pub readonly_root: bool,
     pub task_role: Option<String>,
+    /// Containers whose environment or secrets set `AWS_ACCESS_KEY_ID` or
+    /// `AWS_SECRET_ACCESS_KEY` (names only).
+    pub credentials: Vec<String>,
 }
 
-/// The VPC as `DescribeRouteTables` and `DescribeVpcEndpoints` show it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct VpcFacts {
-    /// Route tables found among those asked for.
-    pub route_tables: usize,
-    /// Of those, tables whose default route (`0.0.0.0/0`) goes to a NAT gateway or instance.
-    pub nat_routes: usize,
-    /// Service names of the VPC's available interface endpoints with private DNS.
-    pub endpoints: Vec<String>,
-}
+/// The environment variables that make the SSM agent use other credentials than the task
+/// role's.
+pub const CREDENTIAL_VARIABLES: [&str; 3] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ACCESS_KEY",
+];
 
 /// The read calls exec readiness makes.
 #[async_trait]
@@ -116,27 +136,50 @@ pub trait ExecSource: Send + Sync {
     /// At most 100 tasks (`DescribeTasks`).
     async fn tasks(&self, cluster: &str, arns: &[String]) -> Result<Vec<TaskInfo>, RackError>;
 
-    /// The ECS agent version of at most 100 container instances (`DescribeContainerInstances`).
-    async fn agent_versions(
+    /// At most 100 container instances (`DescribeContainerInstances`), by ARN.
+    async fn container_instances(
         &self,
         cluster: &str,
         arns: &[String],
-    ) -> Result<BTreeMap<String, String>, RackError>;
+    ) -> Result<BTreeMap<String, InstanceFacts>, RackError>;
+
+    /// The cluster's `executeCommandConfiguration` (`DescribeClusters`).
+    async fn exec_config(&self, cluster: &str) -> Result<ExecConfig, RackError>;
 
     /// `DescribeTaskDefinition`.
     async fn task_definition(&self, arn: &str) -> Result<TaskDefinitionFacts, RackError>;
 
-    /// Whether the role allows every one of `actions` on any resource (`None`: it cannot be
-    /// told). `iam:SimulatePrincipalPolicy`, else the role's own policies, evaluated.
-    async fn role_allows(
-        &self,
-        role_arn: &str,
-        actions: &[&str],
-    ) -> Result<Option<bool>, RackError>;
+    /// What the role's policies (and permissions boundary) say to `access`:
+    /// `iam:SimulatePrincipalPolicy`, else the policies read and evaluated. `Unknown` when they
+    /// cannot decide (a condition, a read denied), naming why.
+    async fn role_grant(&self, role_arn: &str, access: &Access) -> Result<Fact<Grant>, RackError>;
 
-    /// The route tables (by id) and the interface endpoints of the VPC.
-    async fn vpc(&self, vpc: &str, route_tables: &[String]) -> Result<VpcFacts, RackError>;
+    /// The networks of at most 100 EC2 instances (`DescribeInstances`), by instance id.
+    async fn instance_networks(
+        &self,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, TaskNetwork>, RackError>;
+
+    /// The networks of at most 100 network interfaces (`DescribeNetworkInterfaces`), by id.
+    async fn interface_networks(
+        &self,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, TaskNetwork>, RackError>;
+
+    /// The route tables of the VPCs (`DescribeRouteTables`, every page).
+    async fn route_tables(&self, vpcs: &[String]) -> Result<Vec<RouteTable>, RackError>;
+
+    /// The interface endpoints of the VPCs (`DescribeVpcEndpoints`, every page).
+    async fn endpoints(&self, vpcs: &[String]) -> Result<Vec<Endpoint>, RackError>;
+
+    /// Security groups by id (`DescribeSecurityGroups`).
+    async fn security_groups(&self, ids: &[String]) -> Result<Vec<SecurityGroup>, RackError>;
 
     /// The region, for the endpoint service names.
     fn region(&self) -> String;
+
+    /// What this source's answers cannot account for (shown with the verdicts).
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

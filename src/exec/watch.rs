@@ -2,7 +2,7 @@
 //! looks at every app of the rack, then publishes the verdicts as `rack_reconciler_exec_tasks`
 //! and as the status's `exec` section with the `ExecReady` condition on `ECSExec`. It only
 //! reads, so a standby controller looks too. A failed look is logged and shown in the status;
-//! the last good verdicts stay until the next look.
+//! the last verdicts stay on show, and `ExecReady` is `Unknown` until a look succeeds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::discover::{Discovery, Readiness};
 use super::source::ExecSource;
-use super::{counts, ExecStatus};
+use super::{counts, ExecPath, ExecStatus};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::rack::RackError;
@@ -54,16 +54,6 @@ impl ExecWatch {
         }
     }
 
-    /// Reads the rack API's labels where the template does not declare `ECSExec`.
-    pub fn with_api(
-        mut self,
-        rack: Arc<dyn crate::rack::Rack>,
-        targets: Vec<crate::model::ServiceTarget>,
-    ) -> Self {
-        self.discovery = Discovery::default().with_api(rack, targets);
-        self
-    }
-
     /// One look at every app, published.
     pub async fn look(&mut self) -> Result<Readiness, RackError> {
         let now = self.clock.now();
@@ -80,8 +70,10 @@ impl ExecWatch {
                 let exec = ExecStatus::from_readiness(r);
                 info!(
                     tasks = exec.tasks,
-                    ecs_exec = exec.ecs_exec,
-                    docker = exec.docker,
+                    ecs_exec = exec.count(ExecPath::EcsExec),
+                    docker = exec.count(ExecPath::Docker),
+                    fails = exec.count(ExecPath::Fails),
+                    unknown = exec.count(ExecPath::Unknown),
                     "exec readiness checked"
                 );
                 self.status.update(|s| s.set_exec(exec, now));

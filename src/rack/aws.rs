@@ -1329,6 +1329,7 @@ pub(crate) fn classify(code: &str, message: &str, status: u16) -> ApiErrorKind {
         "ServiceNotFoundException",
         "ClusterNotFoundException",
         "ResourceNotFoundException",
+        "NoSuchEntity",
     ];
     if THROTTLING_CODES.contains(&code) || TRANSIENT.contains(&code) || status >= 500 {
         ApiErrorKind::Transient
@@ -1426,7 +1427,9 @@ mod policy_tests {
     fn called_operations() -> BTreeSet<String> {
         let src = [
             include_str!("aws.rs"),
-            include_str!("aws_exec.rs"),
+            include_str!("aws_exec/mod.rs"),
+            include_str!("aws_exec/iam.rs"),
+            include_str!("aws_exec/ec2.rs"),
             include_str!("../store.rs"),
             include_str!("../lease/dynamodb.rs"),
         ]
@@ -1483,7 +1486,7 @@ mod policy_tests {
             }
         }
         let mut wanted = called_operations();
-        assert_eq!(wanted.len(), 30, "{wanted:?}");
+        assert_eq!(wanted.len(), 35, "{wanted:?}");
         wanted.insert("iam:PassRole".into());
         wanted.insert("ecs:TagResource".into());
         // S3 encrypts and decrypts the Settings bucket's objects with the rack's KMS key.

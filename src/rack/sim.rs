@@ -842,8 +842,13 @@ impl State {
     }
 
     /// The rack stack's outputs that exec readiness reads.
+    /// The rack parameter `Private` is `Yes`.
+    fn private(&self) -> bool {
+        self.parameters.get("Private").is_some_and(|p| p == "Yes")
+    }
+
     fn outputs(&self) -> BTreeMap<String, String> {
-        let private = self.parameters.get("Private").is_some_and(|p| p == "Yes");
+        let private = self.private();
         let list = |prefix: &str| {
             if private {
                 format!("{prefix}-0a1b2c3d,{prefix}-1a2b3c4d")
@@ -857,7 +862,7 @@ impl State {
                 "Private".to_string(),
                 if private { "Yes" } else { "No" }.to_string(),
             ),
-            ("Vpc".to_string(), "vpc-0123456789abcdef0".to_string()),
+            ("Vpc".to_string(), apps::VPC.to_string()),
             ("RouteTablesPrivate".to_string(), list("rtb")),
             ("SubnetsPrivate".to_string(), list("subnet")),
             ("NatGateways".to_string(), list("nat")),

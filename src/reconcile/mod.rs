@@ -294,11 +294,6 @@ impl Reconciler {
         self
     }
 
-    /// The rack and the rack API's services, for reads beside the loop (exec readiness).
-    pub fn rack_api(&self) -> (Arc<dyn Rack>, Vec<ServiceTarget>) {
-        (self.rack.clone(), self.settings.targets.clone())
-    }
-
     /// What exec readiness reads, when [`Reconciler::with_exec`] gave it.
     pub fn exec_source(&self) -> Option<Arc<dyn ExecSource>> {
         self.exec.clone()

@@ -2,11 +2,18 @@
 //! ECS services and running tasks (service tasks and a one-off `convox run` task), container
 //! instances with their agent versions, task definitions, task roles, and the rack's VPC.
 //!
-//! The demo set shows every path: a Generation 1 app, Generation 2 tasks started before and
-//! after ECS Exec was enabled for their service, an instance with an old agent, Fargate tasks
-//! on an old platform and with a stopped `ExecuteCommandAgent`, a task role without the
-//! `ssmmessages` actions. `apps: N` in the sim settings generates N uniform apps instead
-//! (3 services of 3 tasks each), for benchmarks.
+//! The demo set shows every path: a Generation 1 app; Generation 2 tasks started before and
+//! after ECS Exec was enabled for their service, and a service without it; instances with an
+//! old agent and with none reported; Fargate tasks on an old platform, with a stopped
+//! `ExecuteCommandAgent` and started before enable (no Docker to fall back to); task roles
+//! without the `ssmmessages` actions, held back by a permissions boundary, and one whose
+//! policies cannot be read; a read-only root filesystem; AWS keys in a container's
+//! environment. `apps: N` in the sim settings generates N uniform apps instead (3 services
+//! of 3 tasks each), for benchmarks.
+//!
+//! The rack's VPC: a public subnet routed to an internet gateway (a public rack's tasks have
+//! public IPs there), two private subnets routed to NAT gateways or not as `network` says, and
+//! the interface endpoints `network` lists, whose security group admits the VPC on 443.
 
 use std::collections::BTreeMap;
 
@@ -14,10 +21,15 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::{SimRack, ACCOUNT};
-use crate::exec::source::{
-    ExecSource, ServiceFacts, StackFacts, StackPage, TaskDefinitionFacts, TaskInfo, VpcFacts,
+use crate::exec::network::{
+    endpoint_service, Endpoint, Ingress, RouteTable, SecurityGroup, Target, TaskNetwork,
 };
-use crate::rack::RackError;
+use crate::exec::permissions::{Access, ExecConfig, Grant};
+use crate::exec::source::{
+    ExecSource, InstanceFacts, ServiceFacts, StackFacts, StackPage, TaskDefinitionFacts, TaskInfo,
+};
+use crate::exec::Fact;
+use crate::rack::{ApiErrorKind, RackError};
 
 /// Stacks per `DescribeStacks` page and tasks per `ListTasks` page, as AWS pages them.
 const STACKS_PER_PAGE: usize = 100;
@@ -31,6 +43,20 @@ pub struct SimNetwork {
     pub nat: bool,
     /// Interface endpoint services of the VPC (`ssm`, `ssmmessages`: the region is added).
     pub endpoints: Vec<String>,
+}
+
+/// The rack's VPC, its public subnet and its private subnets (as the rack's outputs name them).
+pub(super) const VPC: &str = "vpc-0123456789abcdef0";
+const PUBLIC_SUBNET: &str = "subnet-public";
+const PRIVATE_SUBNETS: [&str; 2] = ["subnet-0a1b2c3d", "subnet-1a2b3c4d"];
+
+/// A task role: what its policies and boundary allow, or that they cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SimRole {
+    Allows,
+    Lacks,
+    BoundaryBlocks,
+    Unreadable,
 }
 
 impl Default for SimNetwork {
@@ -51,16 +77,29 @@ pub(super) struct SimApps {
     services: BTreeMap<String, ServiceFacts>,
     tasks: Vec<TaskInfo>,
     task_definitions: BTreeMap<String, TaskDefinitionFacts>,
-    /// Role ARN → it allows the `ssmmessages` actions.
-    roles: BTreeMap<String, bool>,
-    agents: BTreeMap<String, String>,
+    roles: BTreeMap<String, SimRole>,
+    /// Container instance ARN → agent version (none: not reported), EC2 instance id.
+    instances: BTreeMap<String, (Option<String>, String)>,
 }
 
-/// One service of a demo app: name, service has enableExecuteCommand, its tasks.
+/// One service of a demo app: name, service has enableExecuteCommand, its tasks, and its
+/// task definition: a read-only root, AWS keys in the environment.
 struct Svc<'a> {
     name: &'a str,
     exec: bool,
     tasks: Vec<Task<'a>>,
+    readonly: bool,
+    credentials: bool,
+}
+
+fn svc<'a>(name: &'a str, exec: bool, tasks: Vec<Task<'a>>) -> Svc<'a> {
+    Svc {
+        name,
+        exec,
+        tasks,
+        readonly: false,
+        credentials: false,
+    }
 }
 
 /// One task: exec enabled, launch (`None`: EC2 on the instance, else a Fargate platform),
@@ -104,83 +143,77 @@ impl SimApps {
             next: 0,
         };
         if generated > 0 {
-            b.instances(&[("i-0", "1.89.1")]);
+            b.instances(&[("i-0", Some("1.89.1"))]);
             for i in 0..generated {
-                let svc = |n| Svc {
-                    name: n,
-                    exec: true,
-                    tasks: (0..3).map(|_| ec2(true, "i-0")).collect(),
-                };
+                let uniform = |n| svc(n, true, (0..3).map(|_| ec2(true, "i-0")).collect());
                 let name = format!("app{i:03}");
-                b.app(
-                    &name,
-                    2,
-                    true,
-                    vec![svc("web"), svc("worker"), svc("cron")],
-                    &[],
-                );
+                let services = vec![uniform("web"), uniform("worker"), uniform("cron")];
+                b.app(&name, 2, SimRole::Allows, services, &[]);
             }
             return apps;
         }
-        b.instances(&[("i-new", "1.89.1"), ("i-old", "1.48.0")]);
-        b.app(
-            "legacy",
-            1,
-            true,
-            vec![Svc {
-                name: "web",
-                exec: false,
-                tasks: vec![ec2(false, "i-new"), ec2(false, "i-new")],
-            }],
-            &[],
-        );
-        b.app(
-            "shop",
-            2,
+        b.instances(&[
+            ("i-new", Some("1.89.1")),
+            ("i-old", Some("1.48.0")),
+            ("i-bare", None),
+        ]);
+        let legacy = svc("web", false, vec![ec2(false, "i-new"), ec2(false, "i-new")]);
+        b.app("legacy", 1, SimRole::Allows, vec![legacy], &[]);
+        let shop = vec![
+            svc(
+                "web",
+                true,
+                vec![ec2(false, "i-new"), ec2(false, "i-new"), ec2(true, "i-new")],
+            ),
+            svc(
+                "worker",
+                true,
+                vec![ec2(true, "i-old"), ec2(true, "i-bare")],
+            ),
+            svc("cron", false, vec![ec2(false, "i-new")]),
+        ];
+        b.app("shop", 2, SimRole::Allows, shop, &[ec2(true, "i-new")]);
+        let stopped = Some(("STOPPED", Some("the agent could not start: InternalError")));
+        let mut before = fargate("1.4.0", None);
+        before.exec = false;
+        let billing = svc(
+            "api",
             true,
             vec![
-                Svc {
-                    name: "web",
-                    exec: true,
-                    tasks: vec![ec2(false, "i-new"), ec2(false, "i-new"), ec2(true, "i-new")],
-                },
-                Svc {
-                    name: "worker",
-                    exec: true,
-                    tasks: vec![ec2(true, "i-old")],
-                },
+                fargate("1.4.0", RUNNING),
+                fargate("1.4.0", stopped),
+                fargate("1.3.0", None),
+                before,
             ],
-            &[ec2(true, "i-new")],
         );
-        b.app(
-            "billing",
-            2,
-            true,
-            vec![Svc {
-                name: "api",
-                exec: true,
-                tasks: vec![
-                    fargate("1.4.0", RUNNING),
-                    fargate(
-                        "1.4.0",
-                        Some(("STOPPED", Some("the agent could not start: InternalError"))),
-                    ),
-                    fargate("1.3.0", None),
-                ],
-            }],
-            &[],
-        );
+        b.app("billing", 2, SimRole::Allows, vec![billing], &[]);
+        let ready = || vec![fargate("1.4.0", RUNNING)];
         b.app(
             "reports",
             2,
-            false,
-            vec![Svc {
-                name: "web",
-                exec: true,
-                tasks: vec![fargate("1.4.0", RUNNING)],
-            }],
+            SimRole::Lacks,
+            vec![svc("web", true, ready())],
             &[],
         );
+        b.app(
+            "audit",
+            2,
+            SimRole::BoundaryBlocks,
+            vec![svc("web", true, ready())],
+            &[],
+        );
+        b.app(
+            "metrics",
+            2,
+            SimRole::Unreadable,
+            vec![svc("web", true, ready())],
+            &[],
+        );
+        let mut files = svc("web", true, ready());
+        files.readonly = true;
+        let mut sync = svc("sync", true, ready());
+        sync.credentials = true;
+        b.app("uploads", 2, SimRole::Allows, vec![files, sync], &[]);
         apps
     }
 }
@@ -198,10 +231,13 @@ impl Builder<'_> {
         format!("arn:aws:ecs:{}:{ACCOUNT}:{kind}/{rest}", self.region)
     }
 
-    fn instances(&mut self, agents: &[(&str, &str)]) {
+    fn instances(&mut self, agents: &[(&str, Option<&str>)]) {
         for (id, version) in agents {
             let arn = self.arn("container-instance", &format!("{}/{id}", self.cluster));
-            self.apps.agents.insert(arn, version.to_string());
+            let ec2 = format!("{id}-0123456789");
+            self.apps
+                .instances
+                .insert(arn, (version.map(str::to_string), ec2));
         }
     }
 
@@ -210,13 +246,13 @@ impl Builder<'_> {
         &mut self,
         name: &str,
         generation: u8,
-        role_ok: bool,
+        role_kind: SimRole,
         services: Vec<Svc>,
         runs: &[Task],
     ) {
         let stack = format!("{}-{name}", self.rack);
         let role = format!("arn:aws:iam::{ACCOUNT}:role/convox/{stack}-ServiceRole");
-        self.apps.roles.insert(role.clone(), role_ok);
+        self.apps.roles.insert(role.clone(), role_kind);
         let mut facts = StackFacts {
             name: stack.clone(),
             updated: Some("1".into()),
@@ -260,28 +296,38 @@ impl Builder<'_> {
                     exec_enabled: svc.exec,
                 },
             );
-            let td = self.task_definition(&format!("{stack}-{}", svc.name), &role);
+            let td = self.task_definition(&format!("{stack}-{}", svc.name), &role, svc);
             for t in &svc.tasks {
                 self.task(t, &td, Some(format!("service:{service_name}")), None);
             }
         }
-        let td = self.task_definition(&format!("{stack}-console"), &role);
+        let td = self.task_definition(
+            &format!("{stack}-console"),
+            &role,
+            &svc("console", true, vec![]),
+        );
         for t in runs {
             self.task(t, &td, None, Some(format!("convox.{name}")));
         }
         self.apps.stacks.push(facts);
     }
 
-    fn task_definition(&mut self, family: &str, role: &str) -> String {
+    fn task_definition(&mut self, family: &str, role: &str, svc: &Svc) -> String {
         let arn = format!(
             "arn:aws:ecs:{}:{ACCOUNT}:task-definition/{family}:1",
             self.region
         );
+        let container = family.rsplit('-').next().unwrap_or(family).to_string();
         self.apps.task_definitions.insert(
             arn.clone(),
             TaskDefinitionFacts {
-                readonly_root: false,
+                readonly_root: svc.readonly,
                 task_role: Some(role.to_string()),
+                credentials: if svc.credentials {
+                    vec![container]
+                } else {
+                    vec![]
+                },
             },
         );
         arn
@@ -310,8 +356,10 @@ impl Builder<'_> {
             }
             .into(),
             platform_version: t.platform.map(str::to_string),
+            network_interface: t.platform.map(|_| format!("eni-{id}")),
             container_instance: instance,
             exec_agent: t.agent.map(|(s, r)| (s.to_string(), r.map(str::to_string))),
+            override_credentials: Vec::new(),
         };
         self.apps.tasks.push(info);
     }
@@ -395,17 +443,34 @@ impl ExecSource for SimRack {
             .collect())
     }
 
-    async fn agent_versions(
+    async fn container_instances(
         &self,
         cluster: &str,
         arns: &[String],
-    ) -> Result<BTreeMap<String, String>, RackError> {
+    ) -> Result<BTreeMap<String, InstanceFacts>, RackError> {
         let mut s = self.lock();
         self.call(&mut s, "ecs", "DescribeContainerInstances", cluster)?;
         Ok(arns
             .iter()
-            .filter_map(|a| Some((a.clone(), s.apps.agents.get(a)?.clone())))
+            .filter_map(|a| {
+                let (agent, ec2) = s.apps.instances.get(a)?;
+                let facts = InstanceFacts {
+                    agent_version: agent.clone(),
+                    ec2_instance: Some(ec2.clone()),
+                };
+                Some((a.clone(), facts))
+            })
             .collect())
+    }
+
+    async fn exec_config(&self, cluster: &str) -> Result<ExecConfig, RackError> {
+        let mut s = self.lock();
+        self.call(&mut s, "ecs", "DescribeClusters", cluster)?;
+        let region = s.settings.region.clone();
+        Ok(ExecConfig {
+            cluster_arn: format!("arn:aws:ecs:{region}:{ACCOUNT}:cluster/{cluster}"),
+            ..ExecConfig::default()
+        })
     }
 
     async fn task_definition(&self, arn: &str) -> Result<TaskDefinitionFacts, RackError> {
@@ -418,36 +483,145 @@ impl ExecSource for SimRack {
             .unwrap_or_default())
     }
 
-    async fn role_allows(
-        &self,
-        role_arn: &str,
-        _actions: &[&str],
-    ) -> Result<Option<bool>, RackError> {
+    async fn role_grant(&self, role_arn: &str, _access: &Access) -> Result<Fact<Grant>, RackError> {
         let mut s = self.lock();
         self.call(&mut s, "iam", "SimulatePrincipalPolicy", role_arn)?;
-        Ok(s.apps.roles.get(role_arn).copied())
+        Ok(match s.apps.roles.get(role_arn) {
+            Some(SimRole::Allows) => Fact::Known(Grant::Allowed),
+            Some(SimRole::Lacks) => {
+                Fact::Known(Grant::Denied("ssmmessages:* not allowed on *".into()))
+            }
+            Some(SimRole::BoundaryBlocks) => {
+                Fact::Known(Grant::DeniedByBoundary("attached to the role".into()))
+            }
+            Some(SimRole::Unreadable) => {
+                return Err(RackError::Api {
+                    service: "iam",
+                    operation: "SimulatePrincipalPolicy",
+                    resource: role_arn.to_string(),
+                    kind: ApiErrorKind::AccessDenied,
+                    message: "AccessDenied: not authorized on this role".into(),
+                })
+            }
+            None => Fact::Known(Grant::Denied(format!(
+                "the task role {role_arn} no longer exists"
+            ))),
+        })
     }
 
-    async fn vpc(&self, vpc: &str, route_tables: &[String]) -> Result<VpcFacts, RackError> {
+    async fn instance_networks(
+        &self,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, TaskNetwork>, RackError> {
         let mut s = self.lock();
-        if !route_tables.is_empty() {
-            self.call(&mut s, "ec2", "DescribeRouteTables", vpc)?;
+        self.call(&mut s, "ec2", "DescribeInstances", "instances")?;
+        let known: Vec<&String> = s.apps.instances.values().map(|(_, id)| id).collect();
+        let private = s.private();
+        Ok(ids
+            .iter()
+            .filter(|id| known.contains(id))
+            .map(|id| (id.clone(), placed(private, "sg-instances")))
+            .collect())
+    }
+
+    async fn interface_networks(
+        &self,
+        ids: &[String],
+    ) -> Result<BTreeMap<String, TaskNetwork>, RackError> {
+        let mut s = self.lock();
+        self.call(
+            &mut s,
+            "ec2",
+            "DescribeNetworkInterfaces",
+            "network interfaces",
+        )?;
+        let private = s.private();
+        Ok(ids
+            .iter()
+            .map(|id| (id.clone(), placed(private, "sg-tasks")))
+            .collect())
+    }
+
+    async fn route_tables(&self, vpcs: &[String]) -> Result<Vec<RouteTable>, RackError> {
+        let mut s = self.lock();
+        self.call(&mut s, "ec2", "DescribeRouteTables", &vpcs.join(","))?;
+        let nat = s.settings.network.nat;
+        let mut tables = vec![RouteTable {
+            id: "rtb-public".into(),
+            vpc: VPC.into(),
+            main: true,
+            subnets: vec![PUBLIC_SUBNET.into()],
+            default_route: Some(Target::InternetGateway("igw-0123456789".into())),
+        }];
+        for subnet in PRIVATE_SUBNETS {
+            let suffix = subnet.trim_start_matches("subnet-");
+            tables.push(RouteTable {
+                id: format!("rtb-{suffix}"),
+                vpc: VPC.into(),
+                main: false,
+                subnets: vec![subnet.into()],
+                default_route: nat.then(|| Target::Nat(format!("nat-{suffix}"))),
+            });
         }
-        self.call(&mut s, "ec2", "DescribeVpcEndpoints", vpc)?;
-        let net = s.settings.network.clone();
+        Ok(tables)
+    }
+
+    async fn endpoints(&self, vpcs: &[String]) -> Result<Vec<Endpoint>, RackError> {
+        let mut s = self.lock();
+        self.call(&mut s, "ec2", "DescribeVpcEndpoints", &vpcs.join(","))?;
         let region = s.settings.region.clone();
-        Ok(VpcFacts {
-            route_tables: route_tables.len(),
-            nat_routes: if net.nat { route_tables.len() } else { 0 },
-            endpoints: net
-                .endpoints
-                .iter()
-                .map(|e| format!("com.amazonaws.{region}.{e}"))
-                .collect(),
-        })
+        Ok(s.settings
+            .network
+            .endpoints
+            .iter()
+            .map(|e| Endpoint {
+                id: format!("vpce-{e}"),
+                vpc: VPC.into(),
+                service: endpoint_service(&region, e),
+                usable: true,
+                gateway: false,
+                route_tables: Vec::new(),
+                groups: vec!["sg-endpoints".into()],
+            })
+            .collect())
+    }
+
+    async fn security_groups(&self, ids: &[String]) -> Result<Vec<SecurityGroup>, RackError> {
+        let mut s = self.lock();
+        self.call(&mut s, "ec2", "DescribeSecurityGroups", &ids.join(","))?;
+        Ok(ids
+            .iter()
+            .filter(|id| *id == "sg-endpoints")
+            .map(|id| SecurityGroup {
+                id: id.clone(),
+                ingress: vec![Ingress {
+                    protocol: "tcp".into(),
+                    from_port: Some(443),
+                    to_port: Some(443),
+                    cidrs: vec!["10.0.0.0/16".into()],
+                    groups: Vec::new(),
+                }],
+            })
+            .collect())
     }
 
     fn region(&self) -> String {
         self.lock().settings.region.clone()
+    }
+}
+
+/// Where the simulated rack's tasks sit: a private subnet, or the public one with a public IP.
+fn placed(private: bool, group: &str) -> TaskNetwork {
+    TaskNetwork {
+        vpc: VPC.into(),
+        subnet: if private {
+            PRIVATE_SUBNETS[0]
+        } else {
+            PUBLIC_SUBNET
+        }
+        .into(),
+        private_ip: Some(std::net::Ipv4Addr::new(10, 0, 1, 10)),
+        public_ip: !private,
+        groups: vec![group.into()],
     }
 }
