@@ -400,7 +400,7 @@ async fn reconciler(cfg: &Config, wiring: &Wiring) -> Result<Reconciler> {
     let mut rack = backend.rack;
     if let Some(lease) = &wiring.lease {
         // Every write re-checks the lease right before it is made.
-        rack = Arc::new(FencedRack::new(rack, lease.clone()));
+        rack = Arc::new(FencedRack::new(rack, lease.clone(), wiring.metrics.clone()));
     }
     let status = StatusHandle::new(Status {
         rack: cfg.rack.clone(),

@@ -134,6 +134,30 @@ pub struct Persisted {
     /// parameters' backoff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack_update: Option<PersistedStackUpdate>,
+    /// The lease fence the document was written under (absent without a lease).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
+}
+
+/// Whether a controller that took the lease with fence `mine` may pick up a status document
+/// written under `written`. Fences grow by one at each handover, so the previous holder's
+/// is `mine - 1`: a document written under an older fence may be a stale copy a controller
+/// paused past its lease wrote after its successor's (or the previous holder never wrote one);
+/// one written under a newer fence means this controller is behind. Either way it is not
+/// picked up: the controller starts from what it observes. A document without a fence was
+/// written without a lease.
+pub fn restorable(written: Option<u64>, mine: u64) -> Result<(), String> {
+    match written {
+        None => Ok(()),
+        Some(f) if f > mine => Err(format!(
+            "it was written under fence {f}, newer than this controller's {mine}: another controller holds the lease now"
+        )),
+        Some(f) if f + 1 < mine => Err(format!(
+            "it was written under fence {f}, but the lease was last held under fence {}: it may be a stale copy written by a controller paused past its lease (or the last holder wrote none)",
+            mine - 1
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// The controller's stack update, as written down before `UpdateStack` is sent: the token
@@ -177,6 +201,26 @@ pub struct PersistedFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_previous_holders_document_is_picked_up() {
+        for (written, mine, ok) in [
+            (None, 5, true),
+            (Some(4), 5, true),
+            (Some(5), 5, true),
+            (Some(3), 5, false),
+            (Some(1), 5, false),
+            (Some(6), 5, false),
+        ] {
+            assert_eq!(
+                restorable(written, mine).is_ok(),
+                ok,
+                "{written:?} at {mine}"
+            );
+        }
+        let why = restorable(Some(2), 4).expect_err("stale");
+        assert!(why.contains("fence 2") && why.contains("fence 3"), "{why}");
+    }
 
     fn builder() -> ExponentialBuilder {
         ExponentialBuilder::default()

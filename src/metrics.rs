@@ -57,6 +57,7 @@ docs! {
     "rack_reconciler_exec_tasks", "gauge", "app, path, reason", "Running app tasks by what `convox exec` would do (path: ecs_exec; docker, Convox's fallback, not audited in CloudTrail; fails, ECS Exec tried and failing; unknown, a fact it needs could not be read) and why, with the fix (reason: none; rack_version_lacks_ecs_exec, update the rack; rack_ecs_exec_no, set ECSExec=Yes; gen1, migrate to Generation 2; service_without_exec, deploy or promote; started_before_enable, restart; readonly_root_filesystem, writable root filesystem; platform_too_old, redeploy on platform LATEST; agent_too_old, update the ECS agent; agent_not_running, restart; credentials_in_environment, remove the AWS keys from the environment; task_role_lacks_ssmmessages, grant ssmmessages to the task role; boundary_blocks_ssmmessages, allow ssmmessages in the permissions boundary; task_role_lacks_kms_decrypt, grant kms:Decrypt on the exec key; task_role_lacks_exec_logging, grant the exec log writes; no_route_to_ssm, NAT route or ssm + ssmmessages endpoints; unknown_task_definition, allow ecs:DescribeTaskDefinition; unknown_platform_version, see the detail; unknown_agent_version, allow ecs:DescribeContainerInstances; unknown_exec_configuration, allow ecs:DescribeClusters; unknown_role_permissions, allow iam:SimulatePrincipalPolicy; unknown_route, allow the ec2:Describe* reads).";
     "rack_reconciler_exec_check_timestamp_seconds", "gauge", "", "Unix time exec readiness last looked at every app of the rack successfully.";
     "rack_reconciler_leader", "gauge", "", "1 while this controller holds the lease and may write; 0 on a standby (always 1 with `lease: none`).";
+    "rack_reconciler_writes_refused_total", "counter", "operation", "Write attempts not sent because the lease they were to be made under had run out by the moment of the attempt (a paused process, a call slower than the lease): each is a write a standby may have superseded.";
 }
 
 #[derive(Clone)]
@@ -87,6 +88,7 @@ struct Inner {
     stack_updates: prometheus::IntCounter,
     api_calls: IntCounterVec,
     leader: IntGauge,
+    writes_refused: IntCounterVec,
     exec_tasks: IntGaugeVec,
     exec_checked: prometheus::Gauge,
 }
@@ -198,6 +200,7 @@ impl Metrics {
             params_errors: register!(r, IntCounterVec, "rack_reconciler_params_file_errors_total"),
             api_calls: register!(r, IntCounterVec, "rack_reconciler_aws_api_calls_total"),
             leader,
+            writes_refused: register!(r, IntCounterVec, "rack_reconciler_writes_refused_total"),
             exec_tasks: register!(r, IntGaugeVec, "rack_reconciler_exec_tasks"),
             exec_checked,
             registry: r,
@@ -220,6 +223,9 @@ impl Metrics {
         }
         for kind in crate::params::ParamsError::KINDS {
             m.params_errors.with_label_values(&[*kind]);
+        }
+        for op in crate::lease::fence::FENCED_OPERATIONS {
+            m.writes_refused.with_label_values(&[*op]);
         }
     }
 
@@ -369,6 +375,14 @@ impl Metrics {
         m.exec_checked.set(unix_seconds(at));
     }
 
+    /// Counts a write attempt refused because its lease had run out.
+    pub fn write_refused(&self, operation: &str) {
+        self.inner
+            .writes_refused
+            .with_label_values(&[operation])
+            .inc();
+    }
+
     /// Counts one call to AWS (or to the simulated rack, under the AWS names it models).
     pub fn api_call(&self, service: &'static str, operation: &'static str, outcome: &'static str) {
         self.inner
@@ -425,6 +439,7 @@ mod tests {
             2,
         )]);
         m.set_exec_tasks(&tasks, SystemTime::now());
+        m.write_refused("UpdateService");
         let text = m.render();
         for d in METRICS {
             assert!(d.name.starts_with("rack_reconciler_"), "{}", d.name);

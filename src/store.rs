@@ -120,7 +120,10 @@ impl Store {
         Store::default()
     }
 
+    /// Writes made under a fence are checked against it right before each attempt.
     pub fn with_s3(client: S3Client, metrics: Metrics) -> Store {
+        let fence = crate::lease::fence::FenceInterceptor;
+        let client = S3Client::from_conf(client.config().to_builder().interceptor(fence).build());
         Store {
             s3: Some(client),
             metrics,
@@ -143,20 +146,21 @@ impl Store {
         }
     }
 
-    /// Replaces the document at `at` whole (a file: a temporary file renamed over it).
-    pub async fn write(&self, at: &Location, text: &str) -> Result<(), StoreError> {
+    /// Replaces the document at `at` whole (a file: a temporary file renamed over it); the
+    /// new version's ETag (S3).
+    pub async fn write(&self, at: &Location, text: &str) -> Result<Option<String>, StoreError> {
         self.put(at, text, None).await
     }
 
     /// Replaces the document at `at` only if it is still the version read (`read`: its ETag,
     /// or `None` when there was none); S3 refuses the write otherwise (`Conflict`). Local
-    /// files are replaced as [`Store::write`] does.
+    /// files are replaced as [`Store::write`] does. The new version's ETag (S3).
     pub async fn write_if_unchanged(
         &self,
         at: &Location,
         text: &str,
         read: Option<&str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         self.put(at, text, Some(read)).await
     }
 
@@ -165,12 +169,16 @@ impl Store {
         at: &Location,
         text: &str,
         unless_changed: Option<Option<&str>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         match at {
-            Location::File(path) => write_file(path, text).map_err(|e| StoreError::Io {
-                location: at.to_string(),
-                reason: e.to_string(),
-            }),
+            Location::File(path) => {
+                write_file(path, text)
+                    .map(|()| None)
+                    .map_err(|e| StoreError::Io {
+                        location: at.to_string(),
+                        reason: e.to_string(),
+                    })
+            }
             Location::S3 { bucket, key } => {
                 self.put_object(at, bucket, key, text, unless_changed).await
             }
@@ -240,7 +248,7 @@ impl Store {
         key: &str,
         text: &str,
         unless_changed: Option<Option<&str>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<String>, StoreError> {
         let (if_match, if_none_match) = match unless_changed {
             None => (None, None),
             Some(Some(etag)) => (Some(etag.to_string()), None),
@@ -263,9 +271,9 @@ impl Store {
             .send()
             .await;
         match sent {
-            Ok(_) => {
+            Ok(out) => {
                 self.metrics.api_call("s3", "PutObject", "success");
-                Ok(())
+                Ok(out.e_tag)
             }
             // 412: the object changed; 409: a concurrent conditional write won the race.
             Err(SdkError::ServiceError(se)) if matches!(se.raw().status().as_u16(), 409 | 412) => {

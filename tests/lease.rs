@@ -73,7 +73,7 @@ async fn a_holder_paused_past_its_lease_writes_nothing() {
 
     // a's writes go to a rack through the fence.
     let sim = Arc::new(SimRack::new(SimSettings::default()));
-    let rack = FencedRack::new(sim.clone(), a.clone());
+    let rack = FencedRack::new(sim.clone(), a.clone(), Metrics::new());
     let cluster = sim.resource("Cluster").expect("cluster");
     let web = sim.service_snapshot("ServiceWebApi").expect("web");
     let (service, td) = (web.name.clone(), web.deployments[0].task_definition.clone());
@@ -210,6 +210,7 @@ async fn a_resent_write_that_had_landed_is_not_a_lost_lease() {
         fence: 3,
         renewals: 8,
         expires_at: std::time::UNIX_EPOCH + Duration::from_millis(1_800_000_000_000),
+        duration: Duration::from_secs(30),
     };
     let item = |holder: &str| {
         [
@@ -218,6 +219,7 @@ async fn a_resent_write_that_had_landed_is_not_a_lost_lease() {
             ("fence", AttributeValue::N("3".into())),
             ("renewals", AttributeValue::N("8".into())),
             ("expires_at_ms", AttributeValue::N("1800000000000".into())),
+            ("duration_ms", AttributeValue::N("30000".into())),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -244,4 +246,175 @@ async fn a_resent_write_that_had_landed_is_not_a_lost_lease() {
             "the stored item is {stored_holder}'s"
         );
     }
+}
+
+/// A fence whose lease ran out a moment ago, as a process resumed after a pause holds one.
+fn lapsed_fence(fence: u64) -> rack_reconciler::lease::Fence {
+    use rack_reconciler::lease::{Deadline, Fence};
+    let past = Duration::from_secs(1);
+    Fence {
+        fence,
+        deadline: Deadline {
+            mono: tokio::time::Instant::now() - past,
+            wall: std::time::SystemTime::now() - past,
+        },
+    }
+}
+
+/// The check happens inside the AWS client, right before each attempt is transmitted: a
+/// write whose lease ran out after the controller's own check (a pause between the check and
+/// the send) reaches moto's ECS not at all.
+#[tokio::test]
+async fn an_attempt_past_the_lease_never_reaches_aws() {
+    use rack_reconciler::lease::fence;
+    use rack_reconciler::rack::aws::AwsRack;
+    let moto = Moto::start().await;
+    let fixture = rack_fixture::create(&moto).await;
+    let (cfn, ecs) = moto.clients().await;
+    let metrics = Metrics::new();
+    let rack = AwsRack::new(STACK, cfn, ecs.clone(), metrics.clone());
+    let other = rack_fixture::revisions(&ecs, "convox-web").await;
+    assert!(!other.is_empty());
+    let sent = fence::scoped(
+        lapsed_fence(4),
+        metrics.clone(),
+        rack.update_service(rack_fixture::CLUSTER, WEB, &fixture.monitor_task_definition),
+    )
+    .await;
+    let err = sent.expect_err("the attempt went out");
+    assert!(err.to_string().contains("fence 4"), "{err}");
+    assert_eq!(
+        rack_fixture::service_task_definition(&ecs, WEB).await,
+        fixture.web_task_definition,
+        "the service was moved"
+    );
+    let text = metrics.render();
+    assert!(
+        text.contains(r#"rack_reconciler_writes_refused_total{operation="UpdateService"} 1"#),
+        "{text}"
+    );
+    // Under a live fence the same call goes through.
+    let live = rack_reconciler::lease::Fence {
+        fence: 5,
+        deadline: rack_reconciler::lease::Deadline::after(
+            tokio::time::Instant::now(),
+            std::time::SystemTime::now(),
+            Duration::from_secs(30),
+        ),
+    };
+    fence::scoped(
+        live,
+        metrics.clone(),
+        rack.update_service(rack_fixture::CLUSTER, WEB, &fixture.web_task_definition),
+    )
+    .await
+    .expect("a live fence writes");
+}
+
+/// The status document in S3 is written over the version its writer last saw, carrying its
+/// fence: a paused former holder cannot overwrite its successor's, and says why.
+#[tokio::test]
+async fn a_former_holder_cannot_overwrite_its_successors_status_document() {
+    use rack_reconciler::reconcile::document::{fence_of, StatusDocument};
+    use rack_reconciler::status::Status;
+    let moto = Moto::start().await;
+    let sdk = moto.sdk_config(&moto.endpoint).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket()
+        .bucket("convox-settings-1abc")
+        .send()
+        .await
+        .expect("bucket");
+    let metrics = Metrics::new();
+    let store = rack_reconciler::store::Store::with_s3(s3, metrics.clone());
+    let at = rack_reconciler::store::Location::S3 {
+        bucket: "convox-settings-1abc".into(),
+        key: "rack-reconciler/params.status.json".into(),
+    };
+    let body = |fence: u64| {
+        let mut s = Status::default();
+        s.controller.fence = Some(fence);
+        serde_json::to_string(&s).expect("json")
+    };
+    let live = |fence: u64| {
+        let f = rack_reconciler::lease::Fence {
+            fence,
+            deadline: rack_reconciler::lease::Deadline::after(
+                tokio::time::Instant::now(),
+                std::time::SystemTime::now(),
+                Duration::from_secs(30),
+            ),
+        };
+        Some((f, &metrics))
+    };
+    let mut a = StatusDocument::new(at.clone(), store.clone());
+    let mut b = StatusDocument::new(at.clone(), store.clone());
+    a.write(&body(1), live(1)).await.expect("a writes first");
+    // b takes over: reads, then claims the document under fence 2.
+    assert_eq!(
+        b.read().await.expect("read").as_deref().and_then(fence_of),
+        Some(1)
+    );
+    b.write(&body(2), live(2)).await.expect("b claims it");
+    // a, resumed with a lease it still believes in, writes over the version it saw: refused.
+    let refused = a
+        .write(&body(1), live(1))
+        .await
+        .expect_err("a overwrote b's document");
+    assert!(
+        refused.contains("fence 2, newer than this controller's 1"),
+        "{refused}"
+    );
+    let mut reader = StatusDocument::new(at.clone(), store.clone());
+    let stored = reader.read().await.expect("read").expect("document");
+    assert_eq!(fence_of(&stored), Some(2));
+    // A document changed under an older fence (or by hand) is overwritten by the holder.
+    reader
+        .write(&body(1), None)
+        .await
+        .expect("an old copy lands");
+    b.write(&body(2), live(2))
+        .await
+        .expect("the holder writes over it");
+    let stored = reader.read().await.expect("read").expect("document");
+    assert_eq!(fence_of(&stored), Some(2));
+    // Past its lease, the holder's write does not go out at all.
+    let lapsed = Some((lapsed_fence(2), &metrics));
+    assert!(b.write(&body(2), lapsed).await.is_err());
+    assert!(
+        metrics
+            .render()
+            .contains(r#"rack_reconciler_writes_refused_total{operation="PutObject"} 1"#),
+        "{}",
+        metrics.render()
+    );
+}
+
+/// Each controller honours the holder's duration as its record states it: a standby set to
+/// a short lease does not take over from a holder that renews as its long lease says.
+#[tokio::test]
+async fn a_standby_honours_the_holders_lease_duration() {
+    let moto = Moto::start().await;
+    let client = create_table(&moto).await;
+    let holder = lease(&client, "a", Timing::for_duration(Duration::from_secs(6)));
+    let short = Timing::for_duration(Duration::from_millis(900));
+    let standby = lease(&client, "b", short);
+    holder.tick().await.expect("a takes the lease");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let kept = tokio::spawn(holder.clone().keep(stopped));
+    // 4 s: the holder renews every 2 s, so the record never stands still for 6 s, though it
+    // does for far longer than the standby's own 0.9 s.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        standby.tick().await.expect("b looks");
+        assert!(!standby.is_leader(), "b took the lease from a live holder");
+        tokio::time::sleep(short.retry).await;
+    }
+    assert!(holder.is_leader());
+    stop.send(true).expect("stop");
+    kept.await.expect("keep");
 }

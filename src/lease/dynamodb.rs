@@ -88,6 +88,7 @@ fn record(item: &Item) -> Option<LeaseRecord> {
         fence: number(item, "fence")?,
         renewals: number(item, "renewals")?,
         expires_at: UNIX_EPOCH + Duration::from_millis(number(item, "expires_at_ms")?),
+        duration: Duration::from_millis(number(item, "duration_ms").unwrap_or(0)),
     })
 }
 
@@ -140,6 +141,7 @@ impl LeaseStore for DynamoLeaseStore {
             .item("fence", n(new.fence))
             .item("renewals", n(new.renewals))
             .item("expires_at_ms", n(ms))
+            .item("duration_ms", n(new.duration.as_millis() as u64))
             // A retry of a write that had landed fails its condition: the item then tells.
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         put = match expected {

@@ -5,11 +5,13 @@
 //! lease changes hands, and a renewal counter. Every write to it is a compare-and-swap on the
 //! record last seen, so two controllers can never both believe a write succeeded.
 //!
-//! Expiry is judged on each controller's own monotonic clock, as Kubernetes leader election
-//! does, so clock skew between machines does not matter: the holder counts its lease valid
-//! for `duration` minus a margin from the moment it *sent* its last successful write; a
-//! standby takes over only once it has seen the same record, unchanged, for a full
-//! `duration`. The wall-clock expiry in the record is for people ("held by X until T").
+//! Expiry is judged on each controller's own clocks, as Kubernetes leader election does, so
+//! clock skew between machines does not matter: the holder counts its lease valid for
+//! `duration` minus a margin from the moment it *sent* its last successful write (on its
+//! monotonic clock, and on its wall clock so that time suspended counts too, see [`fence`]); a
+//! standby takes over only once it has seen the same record, unchanged, for a full `duration`
+//! *as the record states it*: the holder's, whatever the standby is configured with. The
+//! wall-clock expiry in the record is for people ("held by X until T").
 //!
 //! [`Elector`] is the pure decision; [`Lease`] drives it against a [`LeaseStore`].
 
@@ -25,6 +27,9 @@ use tracing::{info, warn};
 use crate::clock::Clock;
 
 pub mod dynamodb;
+pub mod fence;
+
+pub use fence::{Deadline, Fence};
 
 /// The lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +42,9 @@ pub struct LeaseRecord {
     pub renewals: u64,
     /// When it runs out by the holder's clock (for people, and for the table's TTL).
     pub expires_at: SystemTime,
+    /// The holder's lease duration: how long a standby waits on an unchanged record before it
+    /// takes over (zero in a record written before durations were stored: the standby's own).
+    pub duration: Duration,
 }
 
 impl LeaseRecord {
@@ -62,8 +70,9 @@ pub enum Step {
 pub struct Elector {
     me: String,
     duration: Duration,
-    /// The record this controller holds and when the write that stored it was sent.
-    held: Option<(LeaseRecord, Instant)>,
+    /// The record this controller holds and when the write that stored it was sent, on the
+    /// monotonic and the wall clock.
+    held: Option<(LeaseRecord, Instant, SystemTime)>,
     /// Another holder's record and when it was first seen as it is.
     seen: Option<(LeaseRecord, Instant)>,
 }
@@ -88,16 +97,21 @@ impl Elector {
         self.valid_until().is_some_and(|t| now < t)
     }
 
-    /// Until when the lease held is good by this controller's clock.
+    /// Until when the lease held is good by this controller's monotonic clock.
     pub fn valid_until(&self) -> Option<Instant> {
-        self.held
-            .as_ref()
-            .map(|(_, sent)| *sent + self.duration - self.duration / 10)
+        self.deadline().map(|d| d.mono)
+    }
+
+    /// Until when the lease held is good for writes, on both clocks.
+    pub fn deadline(&self) -> Option<Deadline> {
+        self.held.as_ref().map(|(_, sent, wall)| {
+            Deadline::after(*sent, *wall, self.duration - self.duration / 10)
+        })
     }
 
     /// The record held, if any.
     pub fn held(&self) -> Option<&LeaseRecord> {
-        self.held.as_ref().map(|(r, _)| r)
+        self.held.as_ref().map(|(r, _, _)| r)
     }
 
     /// The next step given the stored record (`current`): renew, take a free or abandoned
@@ -111,10 +125,11 @@ impl Elector {
                 new: self.record(1, 0, expires_at),
             };
         };
-        if self.held.as_ref().is_some_and(|(r, _)| r == current) {
+        if self.held.as_ref().is_some_and(|(r, _, _)| r == current) {
             let mut new = current.clone();
             new.renewals += 1;
             new.expires_at = expires_at;
+            new.duration = self.duration;
             return self.write(current, new);
         }
         // Not (or no longer) ours.
@@ -122,11 +137,18 @@ impl Elector {
         if current.is_free() {
             return self.write(current, self.record(current.fence + 1, 0, expires_at));
         }
+        // The holder's duration, as its record states it: a standby configured shorter
+        // must not take over from a holder that renews as its own, longer, duration says.
+        let holders = if current.duration.is_zero() {
+            self.duration
+        } else {
+            current.duration
+        };
         match &self.seen {
             Some((seen, since)) if seen == current => {
-                if now.duration_since(*since) >= self.duration {
-                    warn!(holder = %current.holder, fence = current.fence,
-                        "the lease has not been renewed for a full lease duration; taking over");
+                if now.duration_since(*since) >= holders {
+                    warn!(holder = %current.holder, fence = current.fence, duration = ?holders,
+                        "the lease has not been renewed for the holder's full lease duration; taking over");
                     return self.write(current, self.record(current.fence + 1, 0, expires_at));
                 }
             }
@@ -137,10 +159,10 @@ impl Elector {
         }
     }
 
-    /// A write this controller sent at `sent` stored `new`.
-    pub fn stored(&mut self, new: LeaseRecord, sent: Instant) {
+    /// A write this controller sent at `sent` (monotonic) and `sent_wall` stored `new`.
+    pub fn stored(&mut self, new: LeaseRecord, sent: Instant, sent_wall: SystemTime) {
         self.seen = None;
-        self.held = Some((new, sent));
+        self.held = Some((new, sent, sent_wall));
     }
 
     /// A write failed its condition: someone else changed the record first.
@@ -150,7 +172,7 @@ impl Elector {
 
     /// The record that gives the lease up (free, same fence), when this controller holds it.
     pub fn release(&self) -> Option<Step> {
-        let (held, _) = self.held.as_ref()?;
+        let (held, _, _) = self.held.as_ref()?;
         let mut new = held.clone();
         new.holder.clear();
         new.renewals += 1;
@@ -166,6 +188,7 @@ impl Elector {
             fence,
             renewals,
             expires_at,
+            duration: self.duration,
         }
     }
 
@@ -361,9 +384,9 @@ impl Lease {
 
     /// Right before a write: renews the lease held (one conditional write), so a controller
     /// that lost it, or was paused past its expiry, finds out and writes nothing.
-    /// Returns the fence and when, by this controller's clock, the lease renewed now runs
-    /// out: a write must be over (or abandoned) by then.
-    pub async fn fence(&self) -> Result<(u64, Instant), NotLeader> {
+    /// Returns the fence and when, by this controller's clocks, the lease renewed now runs
+    /// out: every attempt of the write is checked against it ([`fence::scoped`]).
+    pub async fn fence(&self) -> Result<Fence, NotLeader> {
         let mut inner = self.inner.lock().await;
         let now = Instant::now();
         if inner.elector.held().is_some() && !inner.elector.holds(now) {
@@ -372,9 +395,11 @@ impl Lease {
         }
         let renewed = inner.renew().await;
         inner.publish(renewed.as_ref().err());
-        let now = Instant::now();
-        match (renewed, inner.elector.held(), inner.elector.valid_until()) {
-            (Ok(()), Some(r), Some(until)) if now < until => Ok((r.fence, until)),
+        match (renewed, inner.elector.held(), inner.elector.deadline()) {
+            (Ok(()), Some(r), Some(deadline)) if !deadline.passed() => Ok(Fence {
+                fence: r.fence,
+                deadline,
+            }),
             _ => Err(NotLeader(inner.view.borrow().clone())),
         }
     }
@@ -440,7 +465,7 @@ impl Inner {
 
     async fn step(&mut self, current: Option<&LeaseRecord>) -> Result<(), LeaseError> {
         let was_leader = self.elector.held().is_some();
-        let sent = Instant::now();
+        let (sent, sent_wall) = (Instant::now(), SystemTime::now());
         match self.elector.next(current, sent, self.clock.now()) {
             Step::Wait { holder } => {
                 let known = self.view.borrow().holder.clone();
@@ -460,7 +485,7 @@ impl Inner {
                     if !was_leader {
                         info!(holder = %new.holder, fence = new.fence, "lease acquired; this controller writes");
                     }
-                    self.elector.stored(new, sent);
+                    self.elector.stored(new, sent, sent_wall);
                 }
                 Ok(false) => {
                     if was_leader {
@@ -524,6 +549,7 @@ mod tests {
             fence,
             renewals,
             expires_at: SystemTime::UNIX_EPOCH,
+            duration: D,
         }
     }
 
@@ -611,7 +637,7 @@ mod tests {
         let t0 = Instant::now();
         let mut e = Elector::new("a", D);
         let (_, first) = written(e.next(None, t0, SystemTime::UNIX_EPOCH));
-        e.stored(first.clone(), t0);
+        e.stored(first.clone(), t0, SystemTime::now());
         assert!(e.holds(t0));
         let (expected, renewed) = written(e.next(Some(&first), t0, SystemTime::UNIX_EPOCH));
         assert_eq!(expected.as_ref(), Some(&first));
@@ -629,13 +655,45 @@ mod tests {
     fn a_holder_stops_holding_before_a_standby_may_take_over() {
         let t0 = Instant::now();
         let mut e = Elector::new("a", D);
-        e.stored(rec("a", 1, 0), t0);
+        e.stored(rec("a", 1, 0), t0, SystemTime::now());
         assert!(e.holds(t0 + D * 8 / 10));
         assert!(!e.holds(t0 + D * 9 / 10));
         assert!(!e.holds(t0 + D));
         assert!(e.release().is_some());
         e.lost();
         assert!(e.release().is_none());
+    }
+
+    #[test]
+    fn a_standby_waits_out_the_holders_duration_not_its_own() {
+        let t0 = Instant::now();
+        let long = LeaseRecord {
+            duration: Duration::from_secs(120),
+            ..rec("b", 2, 7)
+        };
+        let mut standby = Elector::new("a", D);
+        standby.seen = Some((long.clone(), t0));
+        for (after, takes) in [
+            (D, false),
+            (Duration::from_secs(119), false),
+            (Duration::from_secs(120), true),
+        ] {
+            let step = standby.next(Some(&long), t0 + after, SystemTime::UNIX_EPOCH);
+            assert_eq!(matches!(step, Step::Write { .. }), takes, "after {after:?}");
+        }
+        // A record without a duration (written before it was stored): the standby's own.
+        let old = LeaseRecord {
+            duration: Duration::ZERO,
+            ..rec("b", 2, 7)
+        };
+        standby.seen = Some((old.clone(), t0));
+        assert!(matches!(
+            standby.next(Some(&old), t0 + D, SystemTime::UNIX_EPOCH),
+            Step::Write { .. }
+        ));
+        // The record written states the writer's duration.
+        let (_, new) = written(standby.next(None, t0, SystemTime::UNIX_EPOCH));
+        assert_eq!(new.duration, D);
     }
 
     #[tokio::test(start_paused = true)]

@@ -103,7 +103,12 @@ impl AwsRack {
         )
     }
 
+    /// The clients' writes are checked against the fence in scope right before each attempt
+    /// ([`crate::lease::fence::FenceInterceptor`]).
     pub fn new(stack: &str, cfn: CfnClient, ecs: EcsClient, metrics: Metrics) -> AwsRack {
+        let fence = crate::lease::fence::FenceInterceptor;
+        let cfn = CfnClient::from_conf(cfn.config().to_builder().interceptor(fence).build());
+        let ecs = EcsClient::from_conf(ecs.config().to_builder().interceptor(fence).build());
         AwsRack {
             stack: stack.to_string(),
             cfn,

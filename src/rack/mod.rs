@@ -208,6 +208,9 @@ pub enum RackError {
     #[error("not written: {message}")]
     NotLeader { message: String },
 
+    #[error("{resource} changed since this reconcile observed it ({what}): not written; the next reconcile starts from what it sees")]
+    ChangedSinceObserved { resource: String, what: String },
+
     #[error("the stack update was not sent: its token could not be written down first ({reason}), and without it the controller could not tell the update is its own after a restart; check that the status document can be written")]
     TokenNotRecorded { reason: String },
 
@@ -276,7 +279,8 @@ impl RackError {
             }
             | RackError::RevisionMismatch { .. }
             | RackError::TokenNotRecorded { .. }
-            | RackError::NotLeader { .. } => "error",
+            | RackError::NotLeader { .. }
+            | RackError::ChangedSinceObserved { .. } => "error",
         }
     }
 }

@@ -1639,6 +1639,7 @@ impl Rack for SimRack {
     }
 
     async fn relabel(&self, base: &str, label: &str, value: &str) -> Result<Relabelled, RackError> {
+        fenced("RegisterTaskDefinition")?;
         let mut s = self.lock();
         // The AWS adapter reads the running revision in full (kept since the loop read it).
         if s.kept.insert(base.to_string()) {
@@ -1667,6 +1668,7 @@ impl Rack for SimRack {
         service: &str,
         task_definition: &str,
     ) -> Result<(), RackError> {
+        fenced("UpdateService")?;
         let now = self.clock.instant();
         let mut s = self.lock();
         self.call(&mut s, "ecs", "UpdateService", service)?;
@@ -1738,6 +1740,7 @@ impl Rack for SimRack {
         &self,
         request: &StackUpdateRequest,
     ) -> Result<StackUpdateOutcome, RackError> {
+        fenced("UpdateStack")?;
         let now = self.clock.instant();
         let mut s = self.lock();
         let name = s.settings.rack.clone();
@@ -1809,6 +1812,7 @@ impl Rack for SimRack {
     }
 
     async fn cancel_update_stack(&self) -> Result<(), RackError> {
+        fenced("CancelUpdateStack")?;
         let now = self.clock.instant();
         let mut s = self.lock();
         let name = s.settings.rack.clone();
@@ -1988,6 +1992,14 @@ fn initial_task_definition(
 /// The simulated rack API password: the monitor task's plaintext `PASSWORD`.
 pub fn sim_password(rack: &str) -> String {
     format!("sim-password-{}", short_id(rack))
+}
+
+/// The simulated rack's writes are attempts too: each is checked against the fence in scope
+/// as the AWS clients' interceptor checks theirs.
+fn fenced(operation: &str) -> Result<(), RackError> {
+    crate::lease::fence::check(operation).map_err(|r| RackError::NotLeader {
+        message: r.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -34,8 +34,9 @@ use crate::plan::{reads, requirements};
 use crate::rack::{Rack, RackError, Relabelled, TemplateSummary};
 use crate::spec::Declarations;
 use crate::status::{LeaseStatus, ParamsFileStatus, Status, StatusHandle};
-use crate::store::{Fetch, Location, Store, StoreError};
+use crate::store::{Fetch, Location, Store};
 use crate::templates::{TemplateRef, TemplateSource};
+use document::StatusDocument;
 use stack::StackMemory;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -179,6 +180,7 @@ pub struct VersionCheck {
     pub template: Option<String>,
 }
 
+pub mod document;
 mod observe;
 mod stack;
 
@@ -211,8 +213,10 @@ pub struct Reconciler {
     stack: StackMemory,
     /// The lease that makes this controller the rack's one writer (`None`: `lease: none`).
     lease: Option<Lease>,
-    /// Reads the params file and writes the status document.
+    /// Reads the params file.
     store: Store,
+    /// Where the status and what must survive a restart are written down.
+    document: Option<StatusDocument>,
     /// This controller held the lease at its last look.
     leading: bool,
     /// The ETag of the params object read last: an unchanged object is not read again.
@@ -258,10 +262,16 @@ impl Reconciler {
             stack: StackMemory::default(),
             lease: None,
             store: Store::local(),
+            document: None,
             leading: false,
             params_etag: None,
             exec: None,
         };
+        rec.document = rec
+            .settings
+            .status_file
+            .clone()
+            .map(|at| StatusDocument::new(at, Store::local()));
         if let Some(Location::File(path)) = rec.settings.status_file.clone() {
             if let Ok(text) = std::fs::read_to_string(&path) {
                 rec.restore(&text);
@@ -273,9 +283,14 @@ impl Reconciler {
     /// Reads and writes the params file and status document through `store` (needed for S3
     /// locations), and picks up what the status document in it wrote down.
     pub async fn with_store(mut self, store: Store) -> Self {
+        self.document = self
+            .settings
+            .status_file
+            .clone()
+            .map(|at| StatusDocument::new(at, store.clone()));
         self.store = store;
         if let Some(Location::S3 { .. }) = &self.settings.status_file {
-            self.restore_from_store().await;
+            self.restore_from_store(None).await;
         }
         self
     }
@@ -341,23 +356,50 @@ impl Reconciler {
         self.status
             .update(|s| s.lease = Some(LeaseStatus::from(&view)));
         if view.leader && !self.leading {
-            self.restore_from_store().await;
+            self.restore_from_store(Some(view.fence)).await;
+            // Claim the document under this controller's fence before anything else is
+            // written: a former holder's late write of it is then refused by its condition.
+            self.last_written = None;
+            self.leading = true;
+            self.write_status_file().await;
         }
         self.leading = view.leader;
         (!view.leader).then(|| standby_message(&view))
     }
 
-    async fn restore_from_store(&mut self) {
-        let Some(at) = self.settings.status_file.clone() else {
+    /// Picks up what the status document wrote down; a controller that took the lease with
+    /// fence `mine` only from the previous holder's document ([`crate::memory::restorable`]).
+    async fn restore_from_store(&mut self, mine: Option<u64>) {
+        let Some(doc) = self.document.as_mut() else {
             return;
         };
-        match self.store.read(&at, None).await {
-            Ok(Fetch::Text { text, .. }) => self.restore(&text),
-            Ok(_) => {}
+        let at = doc.location().clone();
+        let text = match doc.read().await {
+            Ok(Some(text)) => text,
+            Ok(None) => return,
             Err(e) => {
-                warn!(status = %at, error = %e, "cannot read the status document; going on without what it wrote down")
+                warn!(status = %at, error = %e, "cannot read the status document; going on without what it wrote down");
+                return;
+            }
+        };
+        if let Some(mine) = mine {
+            if let Err(why) = crate::memory::restorable(document::fence_of(&text), mine) {
+                warn!(status = %at, fence = mine, %why,
+                    "not picking up the status document: starting from what is observed");
+                self.forget_restored();
+                return;
             }
         }
+        self.restore(&text);
+    }
+
+    /// Forgets what a document picked up earlier said (rollouts, stack update, backoffs).
+    fn forget_restored(&mut self) {
+        self.own_rollouts.clear();
+        self.stack = StackMemory::default();
+        self.memory.clear();
+        self.status
+            .update(|s| s.controller = crate::memory::Persisted::default());
     }
 
     pub fn status(&self) -> StatusHandle {
@@ -1345,26 +1387,30 @@ impl Reconciler {
         let Some(at) = self.settings.status_file.clone() else {
             return Ok(());
         };
-        if let Some(lease) = &self.lease {
-            // The holder's status document: a standby's (or a holder's that lost the lease
-            // while paused) would overwrite what the holder wrote down.
-            if let Err(e) = lease.fence().await {
-                return Err(format!("status document {at}: not the lease holder: {e}"));
-            }
-        }
+        let fence = match &self.lease {
+            // The holder's status document, under its fence: a standby's (or a holder's
+            // that lost the lease while paused) would overwrite what the holder wrote down.
+            Some(lease) => Some(
+                lease
+                    .fence()
+                    .await
+                    .map_err(|e| format!("status document {at}: not the lease holder: {e}"))?,
+            ),
+            None => None,
+        };
+        self.status
+            .update(|s| s.controller.fence = fence.map(|f| f.fence));
         let status = self.status.get();
         let key = significant(&status);
         if self.last_written.as_ref() == Some(&key) {
             return Ok(());
         }
-        let written = match serde_json::to_string_pretty(&status) {
-            Ok(body) => self.store.write(&at, &body).await,
-            Err(e) => Err(StoreError::Io {
-                location: at.to_string(),
-                reason: e.to_string(),
-            }),
-        };
-        written.map_err(|e| format!("status document {at}: {e}"))?;
+        let body = serde_json::to_string_pretty(&status)
+            .map_err(|e| format!("status document {at}: {e}"))?;
+        let metrics = self.metrics.clone();
+        if let Some(doc) = self.document.as_mut() {
+            doc.write(&body, fence.map(|f| (f, &metrics))).await?;
+        }
         self.last_written = Some(key);
         Ok(())
     }
@@ -1506,9 +1552,10 @@ fn write_failed(
     d: &mut Decision,
     what: &str,
 ) {
-    if let RackError::NotLeader { message } = e {
-        // Lost the lease right before writing: the holder makes this change, no backoff.
-        standing_by(d, message);
+    if let Some((reason, message)) = not_a_failure(e) {
+        d.phase = Phase::Waiting;
+        d.reason = reason;
+        d.message = format!("{}; not written here: {message}", d.message);
         return;
     }
     let delay = mem.back_off(builder, max, now);
@@ -1541,6 +1588,16 @@ fn hold_for_rollback(stack: &mut plan::StackPlan, version: Option<&mut Decision>
 }
 
 /// A change this controller would make, left to the lease holder.
+/// A write refused by the fence or by a condition is no failure of the change: the lease
+/// holder makes it, or the next reconcile does from what it sees; no backoff.
+fn not_a_failure(e: &RackError) -> Option<(&'static str, String)> {
+    match e {
+        RackError::NotLeader { message } => Some(("Standby", message.clone())),
+        RackError::ChangedSinceObserved { .. } => Some(("ChangedSinceObserved", e.to_string())),
+        _ => None,
+    }
+}
+
 fn standing_by(d: &mut Decision, message: &str) {
     d.phase = Phase::Waiting;
     d.reason = "Standby";

@@ -375,11 +375,25 @@ impl Reconciler {
                     .to_string(),
                 false,
             ),
-            Err(e) => (
-                "ActionFailed",
-                format!("updating the stack failed: {e}"),
-                e.is_transient(),
-            ),
+            Err(e) => match super::not_a_failure(&e) {
+                Some((reason, message)) => {
+                    for d in stack
+                        .decisions
+                        .iter_mut()
+                        .filter(|d| stack.changes.contains_key(&d.param))
+                    {
+                        d.phase = Phase::Waiting;
+                        d.reason = reason;
+                        d.message = format!("{}; not written here: {message}", d.message);
+                    }
+                    return;
+                }
+                None => (
+                    "ActionFailed",
+                    format!("updating the stack failed: {e}"),
+                    e.is_transient(),
+                ),
+            },
         };
         let builder = self.backoff();
         let delay = self

@@ -98,12 +98,26 @@ impl Harness {
 
     /// A reconciler whose writes go through the lease (a fenced rack), as `run` with a lease.
     pub fn leased(&self, lease: &rack_reconciler::lease::Lease) -> Reconciler {
-        let rack = Arc::new(rack_reconciler::rack::fenced::FencedRack::new(
+        self.leased_with_pause(lease).0
+    }
+
+    /// As [`Harness::leased`], with the point between a write's lease check and its send
+    /// where a test can hold it.
+    pub fn leased_with_pause(
+        &self,
+        lease: &rack_reconciler::lease::Lease,
+    ) -> (Reconciler, rack_reconciler::rack::fenced::PausePoint) {
+        let metrics = Metrics::new();
+        let fenced = rack_reconciler::rack::fenced::FencedRack::new(
             self.sim.clone(),
             lease.clone(),
-        ));
+            metrics.clone(),
+        );
+        let pause = fenced.pause_point();
         let status = StatusHandle::new(Status::default());
-        Reconciler::new(rack, self.settings(), Metrics::new(), status).with_lease(lease.clone())
+        let rec = Reconciler::new(Arc::new(fenced), self.settings(), metrics, status)
+            .with_lease(lease.clone());
+        (rec, pause)
     }
 
     pub fn write_params(&self, text: &str) {
@@ -116,15 +130,27 @@ impl Harness {
 pub async fn two_leases(
     timing: rack_reconciler::lease::Timing,
 ) -> (rack_reconciler::lease::Lease, rack_reconciler::lease::Lease) {
+    let mut all = leases(timing, &["a", "b"]).await;
+    let lb = all.pop().expect("b");
+    let la = all.pop().expect("a");
+    (la, lb)
+}
+
+/// Leases on one table in memory, one per name, each having looked once in order (the
+/// first holds it).
+pub async fn leases(
+    timing: rack_reconciler::lease::Timing,
+    names: &[&str],
+) -> Vec<rack_reconciler::lease::Lease> {
     use rack_reconciler::lease::{Lease, LeaseStore, MemoryLeaseStore};
     let store: Arc<dyn LeaseStore> = Arc::new(MemoryLeaseStore::default());
-    let (la, lb) = (
-        Lease::new(store.clone(), "a", timing),
-        Lease::new(store.clone(), "b", timing),
-    );
-    la.tick().await.expect("a");
-    lb.tick().await.expect("b");
-    (la, lb)
+    let mut out = Vec::new();
+    for name in names {
+        let lease = Lease::new(store.clone(), *name, timing);
+        lease.tick().await.expect("lease");
+        out.push(lease);
+    }
+    out
 }
 
 /// The status of one parameter as the reconciler reports it.
