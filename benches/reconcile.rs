@@ -421,10 +421,10 @@ async fn exec_readiness(apps: usize) -> (String, String) {
     // stack), ListTasks and DescribeTasks per 100, no DescribeServices (every task runs with
     // ECS Exec), the cluster's exec configuration, one DescribeContainerInstances and one
     // DescribeInstances per 100 instances (the generated rack has one), one role check per
-    // app role, the VPC's route tables and endpoints; the first look also reads each task
-    // definition once.
+    // app role, the VPC's route tables, NAT gateways and endpoints; the first look also reads
+    // each task definition once.
     let steady_min =
-        (1 + apps + services).div_ceil(100) + 2 * tasks.div_ceil(100) + 1 + 1 + 1 + apps + 2;
+        (1 + apps + services).div_ceil(100) + 2 * tasks.div_ceil(100) + 1 + 1 + 1 + apps + 3;
     let first_min = steady_min + services;
     let n = 20u32;
     let t = Instant::now();

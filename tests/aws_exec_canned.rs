@@ -53,6 +53,8 @@ struct T {
     td: &'static str,
     status: &'static str,
     keys: bool,
+    /// The task role given when the task was started.
+    role: Option<&'static str>,
 }
 
 const fn fargate(
@@ -70,6 +72,7 @@ const fn fargate(
         td: "web:1",
         status: "RUNNING",
         keys: false,
+        role: None,
     }
 }
 
@@ -83,6 +86,7 @@ const fn ec2(id: &'static str, instance: &'static str, td: &'static str) -> T {
         td,
         status: "RUNNING",
         keys: false,
+        role: None,
     }
 }
 
@@ -106,6 +110,10 @@ const TASKS: &[T] = &[
     T {
         keys: true,
         ..fargate("keys", "1.4.0", true, RUNNING)
+    },
+    T {
+        role: Some(BARE_ROLE),
+        ..fargate("overridden", "1.4.0", true, RUNNING)
     },
     T {
         status: "PENDING",
@@ -175,6 +183,9 @@ fn canned_task(t: &T) -> Task {
                 .build(),
         );
     }
+    if let Some(role) = t.role {
+        task = task.overrides(TaskOverride::builder().task_role_arn(role).build());
+    }
     task.build()
 }
 
@@ -225,6 +236,10 @@ struct Answers {
     role_deleted: bool,
     /// The good role may use the KMS key.
     kms_allowed: bool,
+    /// The NAT gateway of the default route is private.
+    nat_private: bool,
+    /// The simulation of the good role lacks a condition's context value.
+    missing_context: bool,
 }
 
 impl Default for Answers {
@@ -237,6 +252,8 @@ impl Default for Answers {
             iam_denied: false,
             role_deleted: false,
             kms_allowed: true,
+            nat_private: false,
+            missing_context: false,
         }
     }
 }
@@ -279,7 +296,12 @@ fn simulate(body: &str, a: &Answers) -> axum::response::Response {
             } else {
                 ("allowed", "true")
             };
-            format!("<member><EvalActionName>{action}</EvalActionName><EvalResourceName>*</EvalResourceName><EvalDecision>{decision}</EvalDecision><MatchedStatements/><PermissionsBoundaryDecisionDetail><AllowedByPermissionsBoundary>{boundary}</AllowedByPermissionsBoundary></PermissionsBoundaryDecisionDetail></member>")
+            let context = if a.missing_context && role(GOOD_ROLE) {
+                "<MissingContextValues><member>aws:SourceVpc</member></MissingContextValues>"
+            } else {
+                "<MissingContextValues/>"
+            };
+            format!("<member><EvalActionName>{action}</EvalActionName><EvalResourceName>*</EvalResourceName><EvalDecision>{decision}</EvalDecision><MatchedStatements/>{context}<PermissionsBoundaryDecisionDetail><AllowedByPermissionsBoundary>{boundary}</AllowedByPermissionsBoundary></PermissionsBoundaryDecisionDetail></member>")
         })
         .collect();
     ok(format!("<SimulatePrincipalPolicyResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><SimulatePrincipalPolicyResult><IsTruncated>false</IsTruncated><EvaluationResults>{results}</EvaluationResults></SimulatePrincipalPolicyResult><ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></SimulatePrincipalPolicyResponse>"))
@@ -326,6 +348,10 @@ fn ec2_answer(action: &str, a: &Answers) -> axum::response::Response {
                 .map(|e| format!("<item><vpcEndpointId>vpce-{e}</vpcEndpointId><vpcId>vpc-1</vpcId><serviceName>com.amazonaws.us-east-1.{e}</serviceName><vpcEndpointType>Interface</vpcEndpointType><state>available</state><privateDnsEnabled>true</privateDnsEnabled><groupSet><item><groupId>sg-endpoints</groupId></item></groupSet></item>"))
                 .collect();
             format!("<vpcEndpointSet>{items}</vpcEndpointSet>")
+        }
+        "DescribeNatGateways" => {
+            let kind = if a.nat_private { "private" } else { "public" };
+            format!("<natGatewaySet><item><natGatewayId>nat-1</natGatewayId><connectivityType>{kind}</connectivityType><state>available</state></item></natGatewaySet>")
         }
         "DescribeSecurityGroups" => "<securityGroupInfo><item><groupId>sg-endpoints</groupId><ipPermissions><item><ipProtocol>tcp</ipProtocol><fromPort>443</fromPort><toPort>443</toPort><ipRanges><item><cidrIp>10.0.0.0/16</cidrIp></item></ipRanges><groups/></item></ipPermissions></item></securityGroupInfo>".to_string(),
         other => panic!("unexpected EC2 call {other}"),
@@ -516,6 +542,7 @@ async fn every_check_from_canned_answers() {
         ("bounded-role", Fails, "boundary_blocks_ssmmessages"),
         ("lost-instance", Unknown, "unknown_agent_version"),
         ("keys", Fails, "credentials_in_environment"),
+        ("overridden", Fails, "task_role_lacks_ssmmessages"),
     ];
     for (task, path, reason) in want {
         let (p, r, d) = &got[*task];
@@ -571,7 +598,46 @@ async fn every_check_from_canned_answers() {
     assert_eq!(got["ready"].1, "none", "{:?}", got["ready"]);
     assert_eq!(got["on-ec2"].1, "none", "{:?}", got["on-ec2"]);
 
+    // A NAT gateway: public, then private (which does not reach the internet).
+    *answers.lock().expect("answers") = Answers {
+        endpoints: vec![],
+        default_route: Some("nat-1"),
+        ..Answers::default()
+    };
+    let got = verdicts(&look(&url, &Metrics::new(), false).await);
+    assert_eq!(got["ready"].1, "none", "{:?}", got["ready"]);
+    answers.lock().expect("answers").nat_private = true;
+    let got = verdicts(&look(&url, &Metrics::new(), false).await);
+    assert_eq!(
+        (got["ready"].0, got["ready"].1.as_str()),
+        (ExecPath::Unknown, "unknown_route")
+    );
+    assert!(
+        got["ready"].2.contains("private or not available"),
+        "{}",
+        got["ready"].2
+    );
+
+    // A simulation that lacks a condition's context decides nothing.
+    *answers.lock().expect("answers") = Answers {
+        missing_context: true,
+        ..Answers::default()
+    };
+    let got = verdicts(&look(&url, &Metrics::new(), false).await);
+    assert_eq!(got["ready"].1, "unknown_role_permissions");
+    assert!(
+        got["ready"].2.contains("aws:SourceVpc"),
+        "{}",
+        got["ready"].2
+    );
+
     // The key not allowed to the role.
+    *answers.lock().expect("answers") = Answers {
+        endpoints: vec![],
+        default_route: Some("igw-1"),
+        public_ips: true,
+        ..Answers::default()
+    };
     answers.lock().expect("answers").kms_allowed = false;
     let got = verdicts(&look(&url, &Metrics::new(), false).await);
     assert_eq!(got["ready"].1, "task_role_lacks_kms_decrypt");

@@ -384,7 +384,8 @@ async fn a_large_rack_is_looked_at_in_batches() {
     // 801 stacks (each service a nested stack): 9 pages; 1800 tasks: 18 pages and 18
     // describes; no task without ECS Exec, so no service to describe; the cluster's exec
     // configuration; one instance (agent, then its network); 600 task definitions; 200 roles;
-    // the VPC's route tables and endpoints (none, so no security group).
+    // the VPC's route tables, whether its NAT gateways are public, and its endpoints (none,
+    // so no security group).
     let first = BTreeMap::from([
         ("DescribeStacks", 9),
         ("DescribeServices", 0),
@@ -398,6 +399,7 @@ async fn a_large_rack_is_looked_at_in_batches() {
         ("DescribeInstances", 1),
         ("DescribeNetworkInterfaces", 0),
         ("DescribeRouteTables", 1),
+        ("DescribeNatGateways", 1),
         ("DescribeVpcEndpoints", 1),
         ("DescribeSecurityGroups", 0),
     ]);
@@ -416,7 +418,7 @@ async fn a_large_rack_is_looked_at_in_batches() {
     );
     assert_eq!(
         second.values().sum::<u64>(),
-        9 + 18 + 18 + 1 + 1 + 200 + 1 + 1 + 1
+        9 + 18 + 18 + 1 + 1 + 200 + 1 + 1 + 1 + 1
     );
 }
 

@@ -135,7 +135,13 @@ async fn task_definitions(
                     readonly_root: td.readonly_root,
                     credentials: td.credentials.clone(),
                 });
-                roles.push(td.task_role.clone());
+                // A role given when the task was started takes the definition's place.
+                roles.push(
+                    t.info
+                        .role_override
+                        .clone()
+                        .or_else(|| td.task_role.clone()),
+                );
             }
             None => {
                 t.facts.definition = failed

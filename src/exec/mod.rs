@@ -327,6 +327,12 @@ fn version(_: &RackFacts, t: &TaskFacts) -> Hit {
         )),
         Launch::Fargate {
             platform_version: Some(v),
+        } if !v.starts_with(|c: char| c.is_ascii_digit()) => Some((
+            "unknown_platform_version",
+            format!("DescribeTasks gave platform {v}, not a version number"),
+        )),
+        Launch::Fargate {
+            platform_version: Some(v),
         } => (!at_least(v, MIN_PLATFORM)).then(|| ("platform_too_old", format!("platform {v}"))),
         Launch::Ec2 {
             agent_version: Fact::Unknown(why),

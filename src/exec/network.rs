@@ -119,7 +119,7 @@ pub fn task_route(net: &TaskNetwork, vpcs: &Vpcs, region: &str, services: &[&str
     let mut blocked = Vec::new();
     let mut unknown = Vec::new();
     for &service in services {
-        match service_route(net, vpcs, &endpoint_service(region, service)) {
+        match service_route(net, vpcs, region, service) {
             Fact::Known(Ok(v)) => via.push(format!("{service} via {v}")),
             Fact::Known(Err(why)) => blocked.push(format!("{service}: {why}")),
             Fact::Unknown(why) => unknown.push(format!("{service}: {why}")),
@@ -135,9 +135,14 @@ pub fn task_route(net: &TaskNetwork, vpcs: &Vpcs, region: &str, services: &[&str
 }
 
 /// `Ok(via)` or `Err(why not)` for one service.
-fn service_route(net: &TaskNetwork, vpcs: &Vpcs, service: &str) -> Fact<Result<String, String>> {
+fn service_route(
+    net: &TaskNetwork,
+    vpcs: &Vpcs,
+    region: &str,
+    service: &str,
+) -> Fact<Result<String, String>> {
     let table = subnet_table(net, vpcs);
-    let mine = |e: &&Endpoint| e.usable && e.vpc == net.vpc && e.service == service;
+    let mine = |e: &&Endpoint| e.usable && e.vpc == net.vpc && serves(&e.service, region, service);
     let gateway = vpcs
         .endpoints
         .iter()
@@ -155,7 +160,8 @@ fn service_route(net: &TaskNetwork, vpcs: &Vpcs, service: &str) -> Fact<Result<S
     if endpoints.is_empty() {
         return match internet(net, vpcs) {
             Fact::Known(Err(why)) => Fact::Known(Err(format!(
-                "{why}, and the VPC has no {service} interface endpoint with private DNS"
+                "{why}, and the VPC has no {} interface endpoint with private DNS",
+                endpoint_service(region, service)
             ))),
             other => other,
         };
@@ -267,6 +273,12 @@ impl Ingress {
     }
 }
 
+/// Whether endpoint service `name` is `service` of `region` (`com.amazonaws.REGION.ssm`,
+/// `cn.com.amazonaws.REGION.ssm`: the China regions use both prefixes).
+pub fn serves(name: &str, region: &str, service: &str) -> bool {
+    name.ends_with(&format!(".{region}.{service}"))
+}
+
 /// Whether IPv4 `cidr` (`10.0.0.0/16`) holds `ip`; a malformed CIDR holds nothing.
 pub fn contains(cidr: &str, ip: Ipv4Addr) -> bool {
     let Some((net, bits)) = cidr.split_once('/') else {
@@ -324,8 +336,8 @@ pub fn route(n: &Network) -> Route {
     }
     let missing: Vec<String> = SSM_SERVICES
         .iter()
+        .filter(|s| !n.endpoints.iter().any(|e| serves(e, &n.region, s)))
         .map(|s| endpoint_service(&n.region, s))
-        .filter(|name| !n.endpoints.contains(name))
         .collect();
     if missing.is_empty() {
         Route::Reachable {

@@ -21,6 +21,8 @@ pub struct ExecConfig {
     pub kms_key: Option<String>,
     /// `OVERRIDE` logging's destinations; `DEFAULT` and `NONE` ask nothing of the task role.
     pub cloudwatch_log_group: Option<String>,
+    /// Sessions are only logged to an encrypted log group.
+    pub cloudwatch_encrypted: bool,
     pub s3_bucket: Option<String>,
     pub s3_prefix: Option<String>,
     pub s3_encrypted: bool,
@@ -79,7 +81,7 @@ pub fn needs(config: &ExecConfig) -> Vec<(Need, Result<Vec<Access>, String>)> {
         Need::Ssmmessages,
         Ok(vec![Access::new(&SSMMESSAGES_ACTIONS, "*")]),
     )];
-    let (region, account) = region_account(&config.cluster_arn);
+    let (partition, region, account) = arn_parts(&config.cluster_arn);
     if let Some(key) = &config.kms_key {
         let arn = if key.starts_with("arn:") {
             Ok(key.clone())
@@ -88,7 +90,7 @@ pub fn needs(config: &ExecConfig) -> Vec<(Need, Result<Vec<Access>, String>)> {
                 "the cluster names its exec KMS key by {key}: kms:Decrypt is granted on the key's ARN, which an alias does not give"
             ))
         } else {
-            Ok(format!("arn:aws:kms:{region}:{account}:key/{key}"))
+            Ok(format!("arn:{partition}:kms:{region}:{account}:key/{key}"))
         };
         out.push((
             Need::KmsDecrypt,
@@ -96,6 +98,15 @@ pub fn needs(config: &ExecConfig) -> Vec<(Need, Result<Vec<Access>, String>)> {
         ));
     }
     let mut logging = Vec::new();
+    if let (Some(group), true) = (&config.cloudwatch_log_group, config.cloudwatch_encrypted) {
+        out.push((
+            Need::ExecLogging,
+            Err(format!(
+                "the cluster logs exec sessions only to an encrypted log group, and whether {group} is encrypted is not read here"
+            )),
+        ));
+        return out;
+    }
     if let Some(group) = &config.cloudwatch_log_group {
         logging.push(Access::new(&["logs:DescribeLogGroups"], "*"));
         logging.push(Access::new(
@@ -104,19 +115,19 @@ pub fn needs(config: &ExecConfig) -> Vec<(Need, Result<Vec<Access>, String>)> {
                 "logs:DescribeLogStreams",
                 "logs:PutLogEvents",
             ],
-            format!("arn:aws:logs:{region}:{account}:log-group:{group}:*"),
+            format!("arn:{partition}:logs:{region}:{account}:log-group:{group}:*"),
         ));
     }
     if let Some(bucket) = &config.s3_bucket {
         let prefix = config.s3_prefix.as_deref().unwrap_or("");
         logging.push(Access::new(
             &["s3:PutObject"],
-            format!("arn:aws:s3:::{bucket}/{prefix}*"),
+            format!("arn:{partition}:s3:::{bucket}/{prefix}*"),
         ));
         if config.s3_encrypted {
             logging.push(Access::new(
                 &["s3:GetEncryptionConfiguration"],
-                format!("arn:aws:s3:::{bucket}"),
+                format!("arn:{partition}:s3:::{bucket}"),
             ));
         }
     }
@@ -142,13 +153,12 @@ pub fn services(config: &ExecConfig) -> Vec<&'static str> {
     out
 }
 
-/// The region and account of an ARN (`arn:aws:ecs:REGION:ACCOUNT:...`).
-fn region_account(arn: &str) -> (&str, &str) {
-    let mut parts = arn.split(':').skip(3);
-    (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    )
+/// The partition, region and account of an ARN (`arn:PARTITION:ecs:REGION:ACCOUNT:...`).
+fn arn_parts(arn: &str) -> (&str, &str, &str) {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let at = |i: usize| parts.get(i).copied().unwrap_or_default();
+    let partition = Some(at(1)).filter(|p| !p.is_empty()).unwrap_or("aws");
+    (partition, at(3), at(4))
 }
 
 #[cfg(test)]
@@ -202,6 +212,25 @@ mod tests {
                 "arn:aws:s3:::audit"
             ]
         );
+    }
+
+    #[test]
+    fn arns_are_in_the_clusters_partition_and_an_encrypted_log_group_is_not_assumed() {
+        let china = ExecConfig {
+            cluster_arn: "arn:aws-cn:ecs:cn-north-1:123456789012:cluster/convox".into(),
+            s3_bucket: Some("audit".into()),
+            ..ExecConfig::default()
+        };
+        let got = needs(&china);
+        let s3 = got[1].1.as_ref().expect("s3");
+        assert_eq!(s3[0].resource, "arn:aws-cn:s3:::audit/*");
+        let encrypted = ExecConfig {
+            cluster_arn: CLUSTER.into(),
+            cloudwatch_log_group: Some("/convox/exec".into()),
+            cloudwatch_encrypted: true,
+            ..ExecConfig::default()
+        };
+        assert!(needs(&encrypted)[1].1.is_err());
     }
 
     #[test]

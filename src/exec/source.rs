@@ -26,6 +26,7 @@ pub const OPERATIONS: &[&str] = &[
     "DescribeInstances",
     "DescribeNetworkInterfaces",
     "DescribeRouteTables",
+    "DescribeNatGateways",
     "DescribeVpcEndpoints",
     "DescribeSecurityGroups",
 ];
@@ -80,6 +81,8 @@ pub struct TaskInfo {
     /// Containers whose overrides set `AWS_ACCESS_KEY_ID` or `AWS_SECRET_ACCESS_KEY` (names
     /// only: the values are never kept).
     pub override_credentials: Vec<String>,
+    /// The task role the task was started with in place of its task definition's.
+    pub role_override: Option<String>,
 }
 
 /// A container instance as `DescribeContainerInstances` shows it.

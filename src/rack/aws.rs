@@ -1491,7 +1491,7 @@ mod policy_tests {
             }
         }
         let mut wanted = called_operations();
-        assert_eq!(wanted.len(), 35, "{wanted:?}");
+        assert_eq!(wanted.len(), 36, "{wanted:?}");
         wanted.insert("iam:PassRole".into());
         wanted.insert("ecs:TagResource".into());
         // S3 encrypts and decrypts the Settings bucket's objects with the rack's KMS key.

@@ -44,7 +44,9 @@ impl AwsExec {
         ids: &[String],
     ) -> Result<BTreeMap<String, TaskNetwork>, RackError> {
         let mut out = BTreeMap::new();
-        let params = numbered("InstanceId", ids);
+        // A filter, not `InstanceId.N`: an instance gone since the task was read is left
+        // out instead of failing the whole call.
+        let params = filters(&[("instance-id", ids)]);
         self.ec2_items(
             "DescribeInstances",
             "instances",
@@ -68,7 +70,7 @@ impl AwsExec {
         ids: &[String],
     ) -> Result<BTreeMap<String, TaskNetwork>, RackError> {
         let mut out = BTreeMap::new();
-        let params = numbered("NetworkInterfaceId", ids);
+        let params = filters(&[("network-interface-id", ids)]);
         self.ec2_items(
             "DescribeNetworkInterfaces",
             "network interfaces",
@@ -87,7 +89,56 @@ impl AwsExec {
         Ok(out)
     }
 
+    /// The route tables of the VPCs; a default route to a NAT gateway counts as one only when
+    /// the gateway is public and available (a private NAT gateway does not reach the
+    /// internet), which `DescribeNatGateways` tells.
     pub(super) async fn route_tables(&self, vpcs: &[String]) -> Result<Vec<RouteTable>, RackError> {
+        let mut tables = self.raw_route_tables(vpcs).await?;
+        let nats: Vec<String> = tables
+            .iter()
+            .filter_map(|t| match &t.default_route {
+                Some(Target::Nat(id)) => Some(id.clone()),
+                _ => None,
+            })
+            .collect();
+        if nats.is_empty() {
+            return Ok(tables);
+        }
+        let public = self.public_nat_gateways(&nats).await?;
+        for t in &mut tables {
+            if let Some(Target::Nat(id)) = &t.default_route {
+                if !public.contains(id) {
+                    t.default_route = Some(Target::Other(format!(
+                        "NAT gateway {id}, which is private or not available"
+                    )));
+                }
+            }
+        }
+        Ok(tables)
+    }
+
+    /// Of the NAT gateways `ids`, those that are public and available.
+    async fn public_nat_gateways(&self, ids: &[String]) -> Result<Vec<String>, RackError> {
+        let mut out = Vec::new();
+        let params = filters(&[("nat-gateway-id", ids)]);
+        self.ec2_items(
+            "DescribeNatGateways",
+            &ids.join(","),
+            params,
+            "natGatewaySet",
+            |g| {
+                let public = child_text(g, "connectivityType").is_none_or(|c| c == "public");
+                let available = child_text(g, "state").as_deref() == Some("available");
+                if let (true, true, Some(id)) = (public, available, child_text(g, "natGatewayId")) {
+                    out.push(id);
+                }
+            },
+        )
+        .await?;
+        Ok(out)
+    }
+
+    async fn raw_route_tables(&self, vpcs: &[String]) -> Result<Vec<RouteTable>, RackError> {
         let mut out = Vec::new();
         let params = filters(&[("vpc-id", vpcs)]);
         self.ec2_items(
@@ -159,7 +210,7 @@ impl AwsExec {
         ids: &[String],
     ) -> Result<Vec<SecurityGroup>, RackError> {
         let mut out = Vec::new();
-        let params = numbered("GroupId", ids);
+        let params = filters(&[("group-id", ids)]);
         self.ec2_items(
             "DescribeSecurityGroups",
             &ids.join(","),
@@ -235,8 +286,13 @@ fn network(n: Node, public_ip: bool) -> TaskNetwork {
 /// Where a default route goes.
 fn target(r: Node) -> Target {
     let id = |k: &str| child_text(r, k).filter(|v| !v.is_empty());
-    if let Some(nat) = id("natGatewayId").or_else(|| id("instanceId")) {
+    if let Some(nat) = id("natGatewayId") {
         return Target::Nat(nat);
+    }
+    if let Some(instance) = id("instanceId") {
+        // A NAT instance, or a firewall or proxy: where it sends traffic is not in the VPC's
+        // description.
+        return Target::Other(format!("instance {instance}"));
     }
     match id("gatewayId") {
         Some(g) if g.starts_with("igw-") => Target::InternetGateway(g),
@@ -252,14 +308,6 @@ fn target(r: Node) -> Target {
             .unwrap_or_else(|| "an unnamed target".into()),
         ),
     }
-}
-
-fn numbered(name: &str, values: &[String]) -> Vec<(String, String)> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (format!("{name}.{}", i + 1), v.clone()))
-        .collect()
 }
 
 pub(super) fn filters(filters: &[(&str, &[String])]) -> Vec<(String, String)> {

@@ -59,15 +59,28 @@ impl AwsExec {
         let mut by_boundary = false;
         let mut by_scp = false;
         let mut seen = 0;
+        let mut missing_context = Vec::new();
         for r in results {
             seen += 1;
             let text = |name: &str| texts(r, name).into_iter().next();
+            if let Some(m) = r
+                .children()
+                .find(|c| c.has_tag_name("MissingContextValues"))
+            {
+                missing_context.extend(texts(m, "member"));
+            }
             if text("EvalDecision").as_deref() == Some("allowed") {
                 continue;
             }
             denied.push(text("EvalActionName").unwrap_or_default());
             by_boundary |= text("AllowedByPermissionsBoundary").as_deref() == Some("false");
             by_scp |= text("AllowedByOrganizations").as_deref() == Some("false");
+        }
+        if !missing_context.is_empty() {
+            return Ok(Fact::Unknown(format!(
+                "iam:SimulatePrincipalPolicy on {role} needs context values it was not given ({}): a condition decides it",
+                missing_context.join(", ")
+            )));
         }
         Ok(Fact::Known(match () {
             _ if seen < access.actions.len() => {

@@ -275,6 +275,7 @@ impl ExecSource for AwsExec {
             kms_key: nonempty(exec.and_then(|e| e.kms_key_id())),
             cloudwatch_log_group: nonempty(log.and_then(|l| l.cloud_watch_log_group_name()))
                 .filter(|_| overridden),
+            cloudwatch_encrypted: log.is_some_and(|l| l.cloud_watch_encryption_enabled()),
             s3_bucket: nonempty(log.and_then(|l| l.s3_bucket_name())).filter(|_| overridden),
             s3_prefix: nonempty(log.and_then(|l| l.s3_key_prefix())),
             s3_encrypted: log.is_some_and(|l| l.s3_encryption_enabled()),
@@ -399,6 +400,11 @@ fn task_info(t: &aws_sdk_ecs::types::Task) -> TaskInfo {
             .flat_map(|a| a.details())
             .find(|d| d.name() == Some("networkInterfaceId"))
             .and_then(|d| d.value())
+            .map(str::to_string),
+        role_override: t
+            .overrides()
+            .and_then(|o| o.task_role_arn())
+            .filter(|r| !r.is_empty())
             .map(str::to_string),
         override_credentials: t
             .overrides()

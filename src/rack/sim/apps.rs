@@ -360,6 +360,7 @@ impl Builder<'_> {
             container_instance: instance,
             exec_agent: t.agent.map(|(s, r)| (s.to_string(), r.map(str::to_string))),
             override_credentials: Vec::new(),
+            role_override: None,
         };
         self.apps.tasks.push(info);
     }
@@ -546,6 +547,10 @@ impl ExecSource for SimRack {
         let mut s = self.lock();
         self.call(&mut s, "ec2", "DescribeRouteTables", &vpcs.join(","))?;
         let nat = s.settings.network.nat;
+        if nat {
+            // The AWS adapter asks whether the NAT gateways are public and available.
+            self.call(&mut s, "ec2", "DescribeNatGateways", "nat gateways")?;
+        }
         let mut tables = vec![RouteTable {
             id: "rtb-public".into(),
             vpc: VPC.into(),
