@@ -377,15 +377,12 @@ impl Reconciler {
             ),
             Err(e) => match super::not_a_failure(&e) {
                 Some((reason, message)) => {
-                    for d in stack
-                        .decisions
-                        .iter_mut()
-                        .filter(|d| stack.changes.contains_key(&d.param))
-                    {
+                    let write = |d: &mut Decision| {
                         d.phase = Phase::Waiting;
                         d.reason = reason;
                         d.message = format!("{}; not written here: {message}", d.message);
-                    }
+                    };
+                    changed(stack).for_each(write);
                     return;
                 }
                 None => (
@@ -402,11 +399,7 @@ impl Reconciler {
             .back_off(builder, self.settings.backoff_max, now);
         self.stack.memory.retrying = retrying;
         self.stack.memory.last_failure = Some(message.clone());
-        for d in stack
-            .decisions
-            .iter_mut()
-            .filter(|d| stack.changes.contains_key(&d.param))
-        {
+        for d in changed(stack) {
             d.phase = Phase::Failed;
             d.reason = reason;
             d.message = format!(
@@ -476,4 +469,12 @@ impl Reconciler {
         }
         result
     }
+}
+/// The decisions of the parameters the stack update changes.
+fn changed(stack: &mut StackPlan) -> impl Iterator<Item = &mut Decision> {
+    let changes = &stack.changes;
+    stack
+        .decisions
+        .iter_mut()
+        .filter(move |d| changes.contains_key(&d.param))
 }
