@@ -418,3 +418,53 @@ async fn a_standby_honours_the_holders_lease_duration() {
     stop.send(true).expect("stop");
     kept.await.expect("keep");
 }
+
+/// Two controllers on moto's DynamoDB and ECS: the holder is held between its lease check and
+/// its `UpdateService` (the test hook) while the standby takes the lease over; when it resumes,
+/// its write is not sent, and moto's service runs what it ran.
+#[tokio::test]
+async fn a_holder_held_between_its_check_and_its_send_writes_nothing_to_moto() {
+    use rack_reconciler::rack::aws::AwsRack;
+    let moto = Moto::start().await;
+    let client = create_table(&moto).await;
+    let fixture = rack_fixture::create(&moto).await;
+    let timing = Timing::for_duration(Duration::from_secs(2));
+    let (a, b) = (lease(&client, "a", timing), lease(&client, "b", timing));
+    a.tick().await.expect("a looks");
+    b.tick().await.expect("b looks");
+    assert!(a.is_leader());
+    let (cfn, ecs) = moto.clients().await;
+    let metrics = Metrics::new();
+    let aws: Arc<dyn Rack> = Arc::new(AwsRack::new(STACK, cfn, ecs.clone(), metrics.clone()));
+    let rack = Arc::new(FencedRack::new(aws, a.clone(), metrics.clone()));
+    let pause = rack.pause_point();
+    pause.arm("UpdateService");
+    let held = {
+        let rack = rack.clone();
+        let td = fixture.monitor_task_definition.clone();
+        tokio::spawn(async move { rack.update_service(rack_fixture::CLUSTER, WEB, &td).await })
+    };
+    pause.reached().await;
+    while !b.is_leader() {
+        tokio::time::sleep(timing.retry).await;
+        b.tick().await.expect("b looks");
+    }
+    pause.resume();
+    let refused = held
+        .await
+        .expect("a's write")
+        .expect_err("a's write went out");
+    assert!(matches!(refused, RackError::NotLeader { .. }), "{refused}");
+    assert_eq!(
+        rack_fixture::service_task_definition(&ecs, WEB).await,
+        fixture.web_task_definition,
+        "the held write moved the service"
+    );
+    assert!(
+        metrics
+            .render()
+            .contains(r#"rack_reconciler_writes_refused_total{operation="UpdateService"} 1"#),
+        "{}",
+        metrics.render()
+    );
+}
