@@ -57,3 +57,8 @@ impl Clock {
         }
     }
 }
+
+/// A time as RFC 3339, to the second.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}

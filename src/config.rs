@@ -9,8 +9,8 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::model::ServiceTarget;
-use crate::rack::sim::SimSettings;
-use crate::store::Location;
+use crate::settings::{Location, SimSettings};
+pub use crate::settings::{Method, Timeouts};
 use crate::templates::TemplateSource;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -182,58 +182,6 @@ impl Default for Intervals {
             exec_check: Duration::from_secs(300),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Timeouts {
-    /// A rollout running longer than this is `Failed` (and undone, when it is the
-    /// controller's own).
-    #[serde(with = "humantime_serde")]
-    pub rollout: Duration,
-    /// One reconcile run; a longer one is abandoned and retried with backoff.
-    #[serde(with = "humantime_serde")]
-    pub reconcile: Duration,
-    /// Connecting to an AWS endpoint.
-    #[serde(with = "humantime_serde")]
-    pub aws_connect: Duration,
-    /// One attempt of an AWS call (the SDK retries throttling and server errors).
-    #[serde(with = "humantime_serde")]
-    pub aws_attempt: Duration,
-    /// An AWS call with all its retries.
-    #[serde(with = "humantime_serde")]
-    pub aws_call: Duration,
-    /// `/readyz` and `status --controller-only` fail once the last complete observation of
-    /// the rack is older than this.
-    #[serde(with = "humantime_serde")]
-    pub observation_stale: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            rollout: Duration::from_secs(30 * 60),
-            reconcile: Duration::from_secs(120),
-            aws_connect: Duration::from_secs(3),
-            aws_attempt: Duration::from_secs(10),
-            aws_call: Duration::from_secs(30),
-            observation_stale: Duration::from_secs(10 * 60),
-        }
-    }
-}
-
-/// How a parameter is changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    /// Through the stack when the running template declares it, else (`ECSExec`) by
-    /// relabelling the rack API's task definitions.
-    #[default]
-    Auto,
-    /// Always through the stack (`UpdateStack`).
-    Stack,
-    /// Always by relabelling (`ECSExec` only).
-    Relabel,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -439,6 +387,35 @@ impl Config {
     /// Where the status file goes, if enabled.
     pub fn status_path(&self) -> Option<Location> {
         self.status_file.then(|| self.params_file.status())
+    }
+}
+
+impl From<&Config> for crate::reconcile::Settings {
+    fn from(c: &Config) -> Self {
+        crate::reconcile::Settings {
+            targets: c.services.clone(),
+            cluster_resource: c.cluster_resource.clone(),
+            params_file: c.params_file.clone(),
+            status_file: c.status_path(),
+            resync: c.intervals.resync,
+            poll: c.intervals.poll,
+            jitter: c.intervals.jitter,
+            rollout_timeout: c.timeouts.rollout,
+            min_reconcile: c.intervals.min_reconcile,
+            min_write: c.intervals.min_write,
+            failed_tasks_threshold: c.rollouts.failed_tasks_threshold,
+            reconcile_timeout: c.timeouts.reconcile,
+            backoff_min: c.backoff.min,
+            backoff_max: c.backoff.max,
+            max_corrections_per_hour: c.corrections.max_per_hour,
+            templates: c.templates.clone(),
+            stack_role: c.stack_role_arn.clone(),
+            methods: c
+                .parameters
+                .iter()
+                .map(|(k, p)| (k.clone(), p.method))
+                .collect(),
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub mod plan;
 pub mod progress;
 pub mod rack;
 pub mod reconcile;
+pub mod settings;
 pub mod spec;
 pub mod status;
 pub mod store;

@@ -94,7 +94,7 @@ impl Memory {
     pub fn backoff_record(&self, desired: &str) -> Option<PersistedFailure> {
         Some(PersistedFailure {
             desired: desired.to_string(),
-            retry_not_before: crate::status::rfc3339(self.retry_not_before?),
+            retry_not_before: crate::clock::rfc3339(self.retry_not_before?),
             last_failure: self.last_failure.clone(),
             failures: self.failures,
         })

@@ -60,6 +60,16 @@ docs! {
     "rack_reconciler_writes_refused_total", "counter", "operation", "Write attempts not sent because the lease they were to be made under had run out by the moment of the attempt (a paused process, a call slower than the lease): each is a write a standby may have superseded.";
 }
 
+/// The writes made under a lease's fence: the `operation` values of
+/// `rack_reconciler_writes_refused_total`, created at zero.
+pub const FENCED_OPERATIONS: &[&str] = &[
+    "RegisterTaskDefinition",
+    "UpdateService",
+    "UpdateStack",
+    "CancelUpdateStack",
+    "PutObject",
+];
+
 #[derive(Clone)]
 pub struct Metrics {
     inner: Arc<Inner>,
@@ -224,7 +234,7 @@ impl Metrics {
         for kind in crate::params::ParamsError::KINDS {
             m.params_errors.with_label_values(&[*kind]);
         }
-        for op in crate::lease::fence::FENCED_OPERATIONS {
+        for op in FENCED_OPERATIONS {
             m.writes_refused.with_label_values(&[*op]);
         }
     }

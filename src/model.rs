@@ -538,6 +538,27 @@ impl FailureWalk {
     }
 }
 
+/// Why a reconcile runs. Only for logs: a run does the same whatever the trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    ParamsChanged,
+    Timer,
+    /// This controller has just taken the lease.
+    LeaseAcquired,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::ParamsChanged => "params_changed",
+            Trigger::LeaseAcquired => "lease_acquired",
+            Trigger::Timer => "timer",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use thiserror::Error;
 
-use crate::model::{managed_param, ManagedParam, RackVersion, VERSION_PARAM};
+use crate::model::{managed_param, ManagedParam, RackVersion, MANAGED_PARAMS, VERSION_PARAM};
 use crate::spec::{quoted_list, Declarations, Misfit};
 
 /// The desired state read from a valid params file.
@@ -58,7 +58,7 @@ impl DesiredParams {
                     key: key.clone(),
                     allowed: format!(
                         "the parameters the rack's template declares (and Version): {}",
-                        declared.allowed_keys().join(", ")
+                        declared.allowed_keys(&always_allowed()).join(", ")
                     ),
                 });
             };
@@ -358,6 +358,14 @@ fn nth_key_line(text: &str, key: &str, n: usize) -> Option<usize> {
 /// The line a key is written on (the first content line for flow mappings and the like).
 fn key_line(text: &str, key: &str) -> usize {
     nth_key_line(text, key, 1).unwrap_or_else(|| first_content_line(text))
+}
+
+/// The keys a params file may hold whatever the template declares: `Version` and the
+/// parameters the controller manages.
+fn always_allowed() -> Vec<&'static str> {
+    std::iter::once(VERSION_PARAM)
+        .chain(MANAGED_PARAMS.iter().map(|p| p.name))
+        .collect()
 }
 
 #[cfg(test)]

@@ -210,7 +210,7 @@ mod tests {
                     running: 1,
                     desired: 2,
                     draining: 2,
-                    since: Some(crate::status::rfc3339(t0)),
+                    since: Some(crate::clock::rfc3339(t0)),
                 }],
                 pending: Vec::new(),
                 conditions: Vec::new(),

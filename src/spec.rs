@@ -9,8 +9,6 @@ use std::collections::BTreeMap;
 
 use serde_yaml::Value;
 
-use crate::model::{ECS_EXEC, VERSION_PARAM};
-
 /// One parameter as a template declares it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ParamDecl {
@@ -169,14 +167,15 @@ impl Declarations {
     }
 
     /// The keys a params file may hold with these declarations: every declared parameter
-    /// that is not a secret, `Version`, and `ECSExec`.
-    pub fn allowed_keys(&self) -> Vec<String> {
+    /// that is not a secret, and the keys the controller always accepts (`Version`, the
+    /// parameters it manages).
+    pub fn allowed_keys(&self, always: &[&str]) -> Vec<String> {
         let mut keys: Vec<String> = self
             .params
             .values()
             .filter(|p| !p.no_echo)
             .map(|p| p.name.clone())
-            .chain([VERSION_PARAM.to_string(), ECS_EXEC.name.to_string()])
+            .chain(always.iter().map(|k| k.to_string()))
             .collect();
         keys.sort();
         keys.dedup();
@@ -283,7 +282,7 @@ mod tests {
     fn a_no_echo_parameter_is_a_secret_whatever_its_value() {
         assert_eq!(check("Password", "hunter2"), Err(Misfit::Secret));
         let d = Declarations::from_template(TEMPLATE).expect("template");
-        let keys = d.allowed_keys();
+        let keys = d.allowed_keys(&["Version", "ECSExec"]);
         assert!(!keys.contains(&"Password".to_string()));
         assert!(keys.contains(&"ECSExec".to_string()) && keys.contains(&"Version".to_string()));
     }

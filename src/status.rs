@@ -2,15 +2,17 @@
 //! conditions, served at `GET /status`, printed by `rack-reconciler status`, and written next
 //! to the params file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use crate::clock::rfc3339;
 use crate::memory::Persisted;
 use crate::plan::{Decision, PendingChange, Phase, ServiceProgress};
+pub use crate::settings::status_file_for;
 
 /// A Kubernetes-style condition: one per aspect, `True`, `False` or `Unknown`, with a reason
 /// and a message only where it applies (when not `False`).
@@ -298,10 +300,6 @@ fn set_phase(
         .retain(|c| c.kind == EXEC_READY || CONDITIONS.iter().any(|(k, _)| *k == c.kind));
 }
 
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 /// The status shared between the reconcile loop, the HTTP server and anyone waiting for a
 /// change (`subscribe`).
 #[derive(Clone)]
@@ -335,15 +333,6 @@ impl StatusHandle {
     pub fn subscribe(&self) -> watch::Receiver<Status> {
         self.0.subscribe()
     }
-}
-
-/// Where the status file of a params file goes: `params.yaml` → `params.status.json`.
-pub fn status_file_for(params: &Path) -> PathBuf {
-    let stem = params
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "params".into());
-    params.with_file_name(format!("{stem}.status.json"))
 }
 
 /// Writes the status atomically: a temporary file in the same directory, then a rename, so

@@ -5,8 +5,7 @@
 //! An S3 params object is polled with conditional requests: an unchanged object costs one
 //! `GetObject` answered `304 Not Modified`. The loop reads the latest copy the poller holds.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_s3::error::SdkError;
@@ -17,67 +16,10 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::rack::aws::map_error;
+use crate::model::Trigger;
+use crate::rack::sdk::map_error;
 use crate::rack::RackError;
-use crate::reconcile::Trigger;
-
-/// A document's location: `s3://bucket/key`, or a local path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    File(PathBuf),
-    S3 { bucket: String, key: String },
-}
-
-impl Location {
-    /// `s3://bucket/key` or a path; a relative path is taken relative to `base`.
-    pub fn parse(text: &str, base: &Path) -> Result<Location, String> {
-        if let Some(rest) = text.strip_prefix("s3://") {
-            return match rest.split_once('/') {
-                Some((bucket, key)) if !bucket.is_empty() && !key.is_empty() => Ok(Location::S3 {
-                    bucket: bucket.into(),
-                    key: key.into(),
-                }),
-                _ => Err(format!("{text}: expected s3://BUCKET/KEY")),
-            };
-        }
-        let path = PathBuf::from(text);
-        Ok(Location::File(if path.is_relative() {
-            base.join(path)
-        } else {
-            path
-        }))
-    }
-
-    /// The status document next to a params document: `params.yaml` → `params.status.json`.
-    pub fn status(&self) -> Location {
-        match self {
-            Location::File(p) => Location::File(crate::status::status_file_for(p)),
-            Location::S3 { bucket, key } => {
-                let name = crate::status::status_file_for(Path::new(key));
-                Location::S3 {
-                    bucket: bucket.clone(),
-                    key: name.to_string_lossy().into_owned(),
-                }
-            }
-        }
-    }
-
-    pub fn as_file(&self) -> Option<&Path> {
-        match self {
-            Location::File(p) => Some(p),
-            Location::S3 { .. } => None,
-        }
-    }
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Location::File(p) => write!(f, "{}", p.display()),
-            Location::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
-        }
-    }
-}
+pub use crate::settings::Location;
 
 /// A failed read or write of a document.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]

@@ -17,6 +17,7 @@ mod deploy_template;
 mod hangs;
 mod iam_policy;
 mod image;
+mod layers;
 mod lease;
 mod metrics_http;
 mod params_edits;

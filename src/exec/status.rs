@@ -83,7 +83,7 @@ impl ExecStatus {
             .filter(|v| v.path != ExecPath::EcsExec)
             .collect();
         ExecStatus {
-            checked_at: Some(crate::status::rfc3339(r.checked_at)),
+            checked_at: Some(crate::clock::rfc3339(r.checked_at)),
             rack_declares_ecs_exec: r.rack.declares_ecs_exec,
             rack_ecs_exec: r.rack.ecs_exec,
             tasks: r.verdicts.len(),

@@ -12,7 +12,7 @@ use aws_sdk_dynamodb::Client;
 
 use super::{LeaseError, LeaseRecord, LeaseStore};
 use crate::metrics::Metrics;
-use crate::rack::aws::map_error;
+use crate::rack::sdk::map_error;
 use crate::rack::RackError;
 
 /// The calls made, as (service, operation): metric labels, and the IAM actions granted.

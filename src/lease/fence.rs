@@ -25,15 +25,6 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
-/// The writes made under a fence (the metric's `operation` values).
-pub const FENCED_OPERATIONS: &[&str] = &[
-    "RegisterTaskDefinition",
-    "UpdateService",
-    "UpdateStack",
-    "CancelUpdateStack",
-    "PutObject",
-];
-
 /// When a lease renewed at (`mono`, `wall`) runs out for writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadline {

@@ -631,7 +631,7 @@ fn progress(s: &ObservedService, param: &ManagedParam, eval: &Eval) -> ServicePr
             .filter(|d| d.status != DeploymentStatus::Primary)
             .map(|d| d.running_count)
             .sum(),
-        since: primary.map(|p| crate::status::rfc3339(p.created_at)),
+        since: primary.map(|p| crate::clock::rfc3339(p.created_at)),
     }
 }
 

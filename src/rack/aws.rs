@@ -25,17 +25,18 @@ use aws_sdk_ecs::types::{
 use aws_sdk_ecs::Client as EcsClient;
 use backon::{ExponentialBuilder, Retryable};
 
+pub(crate) use super::sdk::map_error;
 use super::{
     ApiErrorKind, Rack, RackError, Relabelled, ResourceChange, StackUpdateOutcome,
-    StackUpdateRequest, TemplateSummary, THROTTLING_CODES,
+    StackUpdateRequest, TemplateSummary,
 };
-use crate::config::Timeouts;
 use crate::metrics::Metrics;
 use crate::model::{
     Deployment, DeploymentStatus, FailureWalk, RolloutState, ServiceSnapshot, ServiceTasks,
     StackEvent, StackParameter, StackSnapshot, StoppedTask, TaskDefinitionInfo, TaskRead,
     TaskSnapshot, UpdateEvents,
 };
+use crate::settings::Timeouts;
 use crate::spec::Declarations;
 use crate::templates::{TemplateLocation, TemplateRef};
 
@@ -1267,100 +1268,6 @@ where
     }
 }
 
-/// Maps an SDK error to a rack error: what failed, on which resource, and the kind, which
-/// decides the hint and the metric outcome. The message is AWS's, never request data.
-pub(crate) fn map_error<E>(
-    service: &'static str,
-    operation: &'static str,
-    resource: &str,
-    e: &SdkError<E, HttpResponse>,
-) -> RackError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let (kind, message) = match e {
-        SdkError::TimeoutError(_) => (ApiErrorKind::Transient, "timed out".to_string()),
-        SdkError::DispatchFailure(_) => (
-            ApiErrorKind::Transient,
-            format!("could not reach the endpoint: {}", error_chain(e)),
-        ),
-        SdkError::ResponseError(_) => (ApiErrorKind::Transient, "malformed response".to_string()),
-        SdkError::ConstructionFailure(_) => (
-            ApiErrorKind::Rejected,
-            format!("could not build the request: {}", error_chain(e)),
-        ),
-        SdkError::ServiceError(se) => {
-            let status = se.raw().status().as_u16();
-            let code = e.code().unwrap_or("");
-            let msg = e.message().unwrap_or("");
-            let kind = classify(code, msg, status);
-            let text = match (code.is_empty(), msg.is_empty()) {
-                (false, false) => format!("{code}: {msg}"),
-                (false, true) => code.to_string(),
-                (true, false) => msg.to_string(),
-                (true, true) => format!("HTTP {status}"),
-            };
-            (kind, text)
-        }
-        _ => (ApiErrorKind::Transient, error_chain(e)),
-    };
-    RackError::Api {
-        service,
-        operation,
-        resource: resource.to_string(),
-        kind,
-        message,
-    }
-}
-
-pub(crate) fn classify(code: &str, message: &str, status: u16) -> ApiErrorKind {
-    const TRANSIENT: &[&str] = &[
-        "ServerException",
-        "ServiceUnavailable",
-        "InternalFailure",
-        "InternalError",
-    ];
-    const DENIED: &[&str] = &[
-        "AccessDenied",
-        "AccessDeniedException",
-        "UnauthorizedOperation",
-        "UnrecognizedClientException",
-        "InvalidClientTokenId",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "SignatureDoesNotMatch",
-    ];
-    const NOT_FOUND: &[&str] = &[
-        "ServiceNotFoundException",
-        "ClusterNotFoundException",
-        "ResourceNotFoundException",
-        "NoSuchEntity",
-    ];
-    if THROTTLING_CODES.contains(&code) || TRANSIENT.contains(&code) || status >= 500 {
-        ApiErrorKind::Transient
-    } else if DENIED.contains(&code) || status == 403 {
-        ApiErrorKind::AccessDenied
-    } else if NOT_FOUND.contains(&code)
-        || message.contains("does not exist")
-        || message.contains("Unable to describe task definition")
-    {
-        ApiErrorKind::NotFound
-    } else {
-        ApiErrorKind::Rejected
-    }
-}
-
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1399,27 +1306,6 @@ mod tests {
             let got = reuse_candidates(page, "convox-web", &base, |a| a == kept);
             assert_eq!(got, (want, reached), "{name}");
         }
-    }
-
-    #[test]
-    fn classifies_errors() {
-        assert_eq!(
-            classify("ThrottlingException", "Rate exceeded", 400),
-            ApiErrorKind::Transient
-        );
-        assert_eq!(classify("", "", 503), ApiErrorKind::Transient);
-        assert_eq!(
-            classify("AccessDeniedException", "not authorized", 400),
-            ApiErrorKind::AccessDenied
-        );
-        assert_eq!(
-            classify("ValidationError", "Stack with id x does not exist", 400),
-            ApiErrorKind::NotFound
-        );
-        assert_eq!(
-            classify("ClientException", "Invalid revision", 400),
-            ApiErrorKind::Rejected
-        );
     }
 }
 

@@ -19,6 +19,7 @@ pub mod aws;
 pub mod aws_exec;
 pub mod fenced;
 pub mod query;
+pub mod sdk;
 pub mod sim;
 
 /// The operations a rack offers the controller.

@@ -21,8 +21,8 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use backon::{ExponentialBuilder, Retryable};
 
 use super::{ApiErrorKind, RackError};
-use crate::config::Timeouts;
 use crate::metrics::Metrics;
+use crate::settings::Timeouts;
 
 /// A Query-protocol API: signing name, version, endpoint.
 pub struct Api {
@@ -210,7 +210,7 @@ impl QueryClient {
                     ApiErrorKind::Transient,
                     format!(
                         "could not reach the endpoint: {}",
-                        super::aws::error_chain(&e)
+                        super::sdk::error_chain(&e)
                     ),
                 )
             })?;
@@ -228,7 +228,7 @@ impl QueryClient {
             return Ok(text);
         }
         let (code, message) = error_of(&text);
-        let kind = super::aws::classify(&code, &message, status);
+        let kind = super::sdk::classify(&code, &message, status);
         let text = match (code.is_empty(), message.is_empty()) {
             (true, true) => format!("HTTP {status}"),
             (false, true) => code,

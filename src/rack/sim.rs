@@ -37,7 +37,7 @@ use crate::spec::{Declarations, ParamDecl};
 use crate::templates::{declared_parameters, TemplateLocation, TemplateRef};
 
 mod apps;
-pub use apps::SimNetwork;
+pub use crate::settings::{SimNetwork, SimSettings, SIM_ECSEXEC_VERSION};
 
 const FIXTURE: &str = include_str!("sim_rack.json");
 const ACCOUNT: &str = "123456789012";
@@ -80,9 +80,6 @@ pub fn operation(name: &str) -> Option<&'static str> {
 /// The capability an update of the rack template must acknowledge (it creates IAM roles).
 const RACK_CAPABILITY: &str = "CAPABILITY_IAM";
 const CIRCUIT_BREAKER_REASON: &str = "ECS deployment circuit breaker: tasks failed to start.";
-/// A synthetic release, newer than the fixture's, whose template declares `ECSExec`: the
-/// first rack version that knows the parameter.
-pub const SIM_ECSEXEC_VERSION: &str = "20261101000000";
 
 /// The template facts the sim is built from.
 #[derive(Debug, Deserialize)]
@@ -166,74 +163,6 @@ pub struct FixtureLoadBalancer {
 pub fn fixture() -> Fixture {
     // The fixture is compiled in and covered by tests; failing to parse it is a build defect.
     serde_json::from_str(FIXTURE).expect("embedded sim_rack.json is valid")
-}
-
-/// How the simulated rack behaves.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SimSettings {
-    /// The stack (rack) name: the config's `rack`.
-    #[serde(skip)]
-    pub rack: String,
-    /// The config's `region`.
-    #[serde(skip)]
-    pub region: String,
-    /// The rack version the stack runs.
-    pub version: String,
-    /// Initial `rack.ECSExec` label on the API task definitions; absent when `None`, as on
-    /// racks whose template predates the parameter.
-    pub initial_ecs_exec: Option<String>,
-    /// How long a new task takes to become healthy.
-    #[serde(with = "humantime_serde")]
-    pub task_start: Duration,
-    /// Give the API services a deployment circuit breaker (a real rack has none).
-    pub circuit_breaker: bool,
-    /// Failed task launches after which the circuit breaker (if any) rolls a deployment back.
-    pub circuit_breaker_threshold: u32,
-    /// Rollouts whose tasks fail to start, counted from the first `UpdateService`.
-    pub failing_rollouts: u32,
-    /// Rack releases whose API tasks fail to start (a broken release): a stack update to one
-    /// of them rolls the API services to tasks that keep stopping.
-    pub failing_versions: Vec<String>,
-    /// The rack parameter `HighAvailability`: the web service runs `ApiCount` tasks with
-    /// minimum healthy 50%; without it, one task with minimum healthy 0%.
-    pub high_availability: bool,
-    /// The first N calls of an operation (by its AWS name) are throttled.
-    pub throttled: BTreeMap<String, u32>,
-    /// How long CloudFormation takes to update the stack (before the service rollouts it
-    /// starts have to finish).
-    #[serde(with = "humantime_serde")]
-    pub stack_update: Duration,
-    /// Apps: 0 for the demo set (every exec readiness path), N for N uniform apps of 3
-    /// services with 3 tasks each.
-    pub apps: usize,
-    /// The rack parameter `Private`: tasks run in private subnets, which reach SSM only as
-    /// `network` says.
-    pub private: bool,
-    pub network: SimNetwork,
-}
-
-impl Default for SimSettings {
-    fn default() -> Self {
-        SimSettings {
-            rack: "convox".into(),
-            region: "us-east-1".into(),
-            // A release whose template declares ECSExec, as every rack that supports it.
-            version: SIM_ECSEXEC_VERSION.into(),
-            initial_ecs_exec: None,
-            task_start: Duration::from_secs(20),
-            circuit_breaker: false,
-            circuit_breaker_threshold: 3,
-            failing_rollouts: 0,
-            failing_versions: Vec::new(),
-            high_availability: true,
-            throttled: BTreeMap::new(),
-            stack_update: Duration::from_secs(60),
-            apps: 0,
-            private: false,
-            network: SimNetwork::default(),
-        }
-    }
 }
 
 /// How the next deployments' tasks behave.

@@ -15,12 +15,12 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::clock::Clock;
-use crate::config::{Config, Method};
 use crate::exec::discover::rack_route;
 use crate::exec::source::ExecSource;
 use crate::lease::{standby_message, Lease};
 use crate::memory::Memory;
 use crate::metrics::Metrics;
+pub use crate::model::Trigger;
 use crate::model::{
     ManagedParam, ObservedRack, RackVersion, Requirement, ServiceTarget, StackState, ECS_EXEC,
     MANAGED_PARAMS, VERSION_PARAM,
@@ -32,6 +32,7 @@ use crate::plan::{
 };
 use crate::plan::{reads, requirements};
 use crate::rack::{Rack, RackError, Relabelled, TemplateSummary};
+use crate::settings::Method;
 use crate::spec::Declarations;
 use crate::status::{LeaseStatus, ParamsFileStatus, Status, StatusHandle};
 use crate::store::{Fetch, Location, Store};
@@ -77,56 +78,6 @@ pub struct Settings {
     pub methods: BTreeMap<String, Method>,
     /// A CloudFormation service role stack updates run with.
     pub stack_role: Option<String>,
-}
-
-impl From<&Config> for Settings {
-    fn from(c: &Config) -> Self {
-        Settings {
-            targets: c.services.clone(),
-            cluster_resource: c.cluster_resource.clone(),
-            params_file: c.params_file.clone(),
-            status_file: c.status_path(),
-            resync: c.intervals.resync,
-            poll: c.intervals.poll,
-            jitter: c.intervals.jitter,
-            rollout_timeout: c.timeouts.rollout,
-            min_reconcile: c.intervals.min_reconcile,
-            min_write: c.intervals.min_write,
-            failed_tasks_threshold: c.rollouts.failed_tasks_threshold,
-            reconcile_timeout: c.timeouts.reconcile,
-            backoff_min: c.backoff.min,
-            backoff_max: c.backoff.max,
-            max_corrections_per_hour: c.corrections.max_per_hour,
-            templates: c.templates.clone(),
-            stack_role: c.stack_role_arn.clone(),
-            methods: c
-                .parameters
-                .iter()
-                .map(|(k, p)| (k.clone(), p.method))
-                .collect(),
-        }
-    }
-}
-
-/// Why a reconcile runs. Only for logs: a run does the same whatever the trigger.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Startup,
-    ParamsChanged,
-    Timer,
-    /// This controller has just taken the lease.
-    LeaseAcquired,
-}
-
-impl Trigger {
-    fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Startup => "startup",
-            Trigger::ParamsChanged => "params_changed",
-            Trigger::LeaseAcquired => "lease_acquired",
-            Trigger::Timer => "timer",
-        }
-    }
 }
 
 /// What one reconcile run found and did.
@@ -755,7 +706,7 @@ impl Reconciler {
             s.ready = true;
             s.rack_error = None;
             s.stack_status = Some(observed.stack.status.clone());
-            s.last_reconcile = Some(crate::status::rfc3339(now));
+            s.last_reconcile = Some(crate::clock::rfc3339(now));
             s.observed(now);
         });
     }

@@ -18,7 +18,6 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use serde::Deserialize;
 
 use super::{SimRack, ACCOUNT};
 use crate::exec::network::{
@@ -35,16 +34,6 @@ use crate::rack::{ApiErrorKind, RackError};
 const STACKS_PER_PAGE: usize = 100;
 const TASKS_PER_PAGE: usize = 100;
 
-/// The rack's VPC as the sim shows it to a private rack (`Private=Yes`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SimNetwork {
-    /// The private route tables have a default route to a NAT gateway.
-    pub nat: bool,
-    /// Interface endpoint services of the VPC (`ssm`, `ssmmessages`: the region is added).
-    pub endpoints: Vec<String>,
-}
-
 /// The rack's VPC, its public subnet and its private subnets (as the rack's outputs name them).
 pub(super) const VPC: &str = "vpc-0123456789abcdef0";
 const PUBLIC_SUBNET: &str = "subnet-public";
@@ -57,15 +46,6 @@ enum SimRole {
     Lacks,
     BoundaryBlocks,
     Unreadable,
-}
-
-impl Default for SimNetwork {
-    fn default() -> Self {
-        SimNetwork {
-            nat: true,
-            endpoints: Vec::new(),
-        }
-    }
 }
 
 /// What the apps are made of.
