@@ -22,13 +22,13 @@ use crate::memory::Memory;
 use crate::metrics::Metrics;
 pub use crate::model::Trigger;
 use crate::model::{
-    ManagedParam, ObservedRack, RackVersion, Requirement, ServiceTarget, StackState, ECS_EXEC,
-    MANAGED_PARAMS, VERSION_PARAM,
+    ObservedRack, RackVersion, Requirement, ServiceTarget, StackState, ECS_EXEC, MANAGED_PARAMS,
+    VERSION_PARAM,
 };
 use crate::params::{self, DesiredParams, ParamsError};
 use crate::plan::{
-    self, Action, Decision, EcsExecState, OwnRollout, Phase, PlanContext, Roll, RollPurpose,
-    RollTo, ServiceState, VersionContext,
+    self, Decision, EcsExecState, OwnRollout, Phase, PlanContext, Roll, RollPurpose, RollTo,
+    ServiceState, VersionContext,
 };
 use crate::plan::{reads, requirements};
 use crate::rack::{Rack, RackError, Relabelled, TemplateSummary};
@@ -134,6 +134,7 @@ pub struct VersionCheck {
 pub mod document;
 mod observe;
 mod stack;
+mod steps;
 
 pub use observe::Observer;
 
@@ -663,7 +664,7 @@ impl Reconciler {
         self.observed_ok(&observed, now);
 
         let decisions = self
-            .decide_and_act(&desired, &observed, now, &mut report)
+            .decide_act_record(&desired, &observed, now, &mut report)
             .await;
         report.result = report.worst().map(phase_result).unwrap_or("converged");
         report.retrying = self
@@ -734,82 +735,6 @@ impl Reconciler {
         report
     }
 
-    /// Every decision of this run, with at most one write: a relabel roll (or its undo), or
-    /// the one stack write (cancel, or an update batching every stack parameter and the
-    /// version). Each decision is published.
-    async fn decide_and_act(
-        &mut self,
-        desired: &DesiredParams,
-        observed: &ObservedRack,
-        now: SystemTime,
-        report: &mut Report,
-    ) -> Vec<Decision> {
-        let (desired, held) = self.hold_unmet(desired, observed).await;
-        let (relabel, stack_desired) = self.split_by_method(&desired, observed);
-        let standby = self.standby().await;
-        // A standby decides as the holder would, and writes nothing.
-        let mut acted = standby.is_some();
-        let mut decisions = Vec::new();
-        if let Some(value) = relabel {
-            let span = info_span!("parameter", parameter = ECS_EXEC.name, desired = %value);
-            let d = self
-                .reconcile_param(&ECS_EXEC, &value, observed, now, &mut acted, &standby)
-                .instrument(span)
-                .await;
-            decisions.push(d);
-        }
-        let owner = self.ownership(observed);
-        self.read_failure_reason(observed, &owner).await;
-        let mut stack = self.plan_stack_params(&stack_desired, observed, &owner, now);
-        let ecs = self.ecs_exec_state(observed);
-        let update = (&owner, stack.failing.clone());
-        let mut version = match desired.version {
-            Some(v) => Some(
-                self.plan_version_change(v, observed, &ecs, update, now)
-                    .await,
-            ),
-            None => None,
-        };
-        let version_decision = version.as_ref().map(|(d, _)| d);
-        self.settle_stack_attempt(&stack, version_decision, (observed, &owner), now);
-        // Undoing a change fails too, wherever it shows: nothing more is written until it
-        // heals.
-        let rollback_failing = decisions
-            .iter()
-            .chain(&stack.decisions)
-            .chain(version_decision)
-            .any(|d| d.reason == plan::hold::ROLLBACK_FAILING);
-        if rollback_failing {
-            hold_for_rollback(&mut stack, version.as_mut().map(|(d, _)| d));
-        }
-        self.write_stack(&mut stack, version.as_mut(), observed, now, &mut acted)
-            .await;
-        report.acted = acted && standby.is_none();
-        let mut rest = Vec::new();
-        for mut d in stack.decisions {
-            let writes = stack.cancel.is_some() || stack.changes.contains_key(&d.param);
-            if let Some(m) = standby.as_deref().filter(|_| writes) {
-                standing_by(&mut d, m);
-            }
-            rest.push(d);
-        }
-        if let Some((mut d, _)) = version {
-            if let Some(m) = standby.as_deref().filter(|_| d.action.is_some()) {
-                standing_by(&mut d, m);
-            }
-            rest.push(d);
-        }
-        rest.extend(held);
-        for d in &rest {
-            self.publish(d, now);
-        }
-        decisions.extend(rest);
-        for d in &decisions {
-            report.phases.insert(d.param.clone(), d.phase);
-        }
-        decisions
-    }
-
     /// `ECSExec` by relabelling (when the running template does not declare it, or the config
     /// says so), every other parameter through the stack.
     fn split_by_method(
@@ -877,50 +802,6 @@ impl Reconciler {
             next = next.min(wait.max(Duration::from_millis(100)));
         }
         next
-    }
-
-    /// Plans one parameter, makes its write if it has one (and none was made this run), and
-    /// publishes the outcome.
-    async fn reconcile_param(
-        &mut self,
-        param: &'static ManagedParam,
-        value: &str,
-        observed: &ObservedRack,
-        now: SystemTime,
-        acted: &mut bool,
-        standby: &Option<String>,
-    ) -> Decision {
-        let ctx = self.context(param.name, now);
-        let mut d = plan::plan(param, value, observed, &ctx);
-        let mem = mem_of(&mut self.memory, param.name);
-        if let Some(message) = mem.blocked.clone().filter(|_| d.phase != Phase::Converged) {
-            d = d.blocked("RevisionMismatch", message);
-        }
-        for s in d
-            .services
-            .iter()
-            .filter(|s| s.state == ServiceState::Converged)
-        {
-            mem.rolled_to.remove(&s.service);
-        }
-        self.account_failure(&d, now);
-        if d.phase == Phase::Converged {
-            let mem = mem_of(&mut self.memory, param.name);
-            mem.last_converged = Some(value.to_string());
-            mem.reset_backoff();
-            mem.failed_services.clear();
-        }
-        if let Some(Action::Roll(roll)) = d.action.clone() {
-            if !*acted {
-                self.act(&roll, &mut d, now).await;
-                *acted = true;
-            }
-        }
-        if let Some(m) = standby.as_deref().filter(|_| d.action.is_some()) {
-            standing_by(&mut d, m);
-        }
-        self.publish(&d, now);
-        d
     }
 
     /// The rack could not be observed: say so, keep every parameter's last known drift and

@@ -16,7 +16,7 @@ use crate::model::{ObservedRack, RackVersion, StackState, VERSION_PARAM};
 use crate::plan::owner::TOKEN_PREFIX;
 use crate::plan::stack::update_parameters;
 use crate::plan::{
-    self, Action, Decision, EcsExecState, Ownership, Phase, StackContext, StackPlan, StackUpdate,
+    self, Decision, EcsExecState, Ownership, Phase, StackContext, StackPlan, StackUpdate,
 };
 use crate::rack::{RackError, ResourceChange, StackUpdateOutcome, StackUpdateRequest};
 use crate::templates::TemplateRef;
@@ -211,36 +211,14 @@ impl Reconciler {
         (d, template)
     }
 
-    /// The run's one stack write, if no other write was made: cancel the controller's
-    /// failing update, or one `UpdateStack` carrying the version change (with the parameter
-    /// changes its template declares) or the parameter changes alone.
-    pub(super) async fn write_stack(
+    /// The stack parameters' update: one `UpdateStack` batching every change, on the
+    /// running template.
+    pub(super) async fn update_stack_parameters(
         &mut self,
         stack: &mut StackPlan,
-        version: Option<&mut (Decision, Option<TemplateRef>)>,
         observed: &ObservedRack,
         now: SystemTime,
-        acted: &mut bool,
     ) {
-        if *acted {
-            return;
-        }
-        if stack.cancel.is_some() {
-            *acted = true;
-            return self.cancel(stack).await;
-        }
-        if let Some((d, Some(template))) = version {
-            if let Some(Action::UpdateStack(update)) = d.action.clone() {
-                *acted = true;
-                return self
-                    .update_version(d, update, template.clone(), stack, observed, now)
-                    .await;
-            }
-        }
-        if stack.changes.is_empty() {
-            return;
-        }
-        *acted = true;
         let current = observed.stack.parameters.get(VERSION_PARAM).cloned();
         let update = StackUpdate {
             from: current.clone(),
@@ -256,7 +234,7 @@ impl Reconciler {
         self.after_parameter_update(stack, result, now);
     }
 
-    async fn cancel(&mut self, stack: &mut StackPlan) {
+    pub(super) async fn cancel(&mut self, stack: &mut StackPlan) {
         // Whose the update is, read again right before: the events read when it started
         // could have lagged behind the stack (and another update may have begun since).
         let fresh = self.rack.latest_update().await.map(|u| u.token);
@@ -301,7 +279,7 @@ impl Reconciler {
     }
 
     /// The version change, with the stack parameter changes its target template declares.
-    async fn update_version(
+    pub(super) async fn update_version(
         &mut self,
         d: &mut Decision,
         mut update: StackUpdate,

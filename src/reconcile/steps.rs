@@ -1,0 +1,337 @@
+//! One reconcile after the rack was observed: **decide** (every decision, with the writes
+//! they would make), **choose** the one write of the run ([`choose_write`], pure; none on a
+//! standby, which decides as the holder would), **act** (that write, through the rack, under
+//! the fence when there is a lease), **record** (publish every decision: status, metrics).
+
+use std::time::SystemTime;
+
+use tracing::{info_span, Instrument};
+
+use super::{hold_for_rollback, mem_of, standing_by, Reconciler, Report};
+use crate::model::{ManagedParam, ObservedRack, ECS_EXEC};
+use crate::params::DesiredParams;
+use crate::plan::{self, Action, Decision, Phase, Roll, ServiceState, StackPlan};
+use crate::templates::TemplateRef;
+
+/// What one reconcile decided: the relabelled parameter's decision, the stack's plan (its
+/// parameters, and a cancel), the version's decision with the template it would update to,
+/// and the changes held back by an unmet requirement.
+pub(super) struct Decided {
+    pub relabel: Option<Decision>,
+    pub stack: StackPlan,
+    pub version: Option<(Decision, Option<TemplateRef>)>,
+    pub held: Vec<Decision>,
+}
+
+/// The one write a reconcile makes.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Write {
+    /// Roll a service of the relabelled parameter (or undo its rollout).
+    Roll(Roll),
+    /// Cancel the controller's own failing stack update.
+    CancelStack,
+    /// Update the stack to another version (with its parameters).
+    Version,
+    /// Update the stack's parameters (batched).
+    StackParameters,
+}
+
+/// The write of this run, in this order: the relabelled parameter's rollout, cancelling the
+/// controller's own failing stack update, a version update, the stack parameters' update.
+pub(super) fn choose_write(d: &Decided) -> Option<Write> {
+    if let Some(Action::Roll(roll)) = d.relabel.as_ref().and_then(|d| d.action.clone()) {
+        return Some(Write::Roll(roll));
+    }
+    if d.stack.cancel.is_some() {
+        return Some(Write::CancelStack);
+    }
+    if let Some((v, Some(_))) = &d.version {
+        if matches!(v.action, Some(Action::UpdateStack(_))) {
+            return Some(Write::Version);
+        }
+    }
+    (!d.stack.changes.is_empty()).then_some(Write::StackParameters)
+}
+
+impl Reconciler {
+    /// Decides, makes the one write (not on a standby), and records every decision.
+    pub(super) async fn decide_act_record(
+        &mut self,
+        desired: &DesiredParams,
+        observed: &ObservedRack,
+        now: SystemTime,
+        report: &mut Report,
+    ) -> Vec<Decision> {
+        let mut decided = self.decide(desired, observed, now).await;
+        let standby = self.standby().await;
+        let write = choose_write(&decided).filter(|_| standby.is_none());
+        report.acted = write.is_some();
+        if let Some(w) = write {
+            self.act_on(w, &mut decided, observed, now).await;
+        }
+        self.record(decided, standby.as_deref(), now, report)
+    }
+
+    /// Every decision of this run, nothing written: requirements held back, the relabelled
+    /// parameter, the stack's parameters (and whether to cancel its update), the version.
+    async fn decide(
+        &mut self,
+        desired: &DesiredParams,
+        observed: &ObservedRack,
+        now: SystemTime,
+    ) -> Decided {
+        let (desired, held) = self.hold_unmet(desired, observed).await;
+        let (relabel, stack_desired) = self.split_by_method(&desired, observed);
+        let relabel = relabel.map(|value| self.plan_param(&ECS_EXEC, &value, observed, now));
+        let owner = self.ownership(observed);
+        self.read_failure_reason(observed, &owner).await;
+        let mut stack = self.plan_stack_params(&stack_desired, observed, &owner, now);
+        let ecs = self.ecs_exec_state(observed);
+        let update = (&owner, stack.failing.clone());
+        let mut version = match desired.version {
+            Some(v) => Some(
+                self.plan_version_change(v, observed, &ecs, update, now)
+                    .await,
+            ),
+            None => None,
+        };
+        let version_decision = version.as_ref().map(|(d, _)| d);
+        self.settle_stack_attempt(&stack, version_decision, (observed, &owner), now);
+        // Undoing a change fails too, wherever it shows: nothing more is written until it
+        // heals.
+        let rollback_failing = relabel
+            .iter()
+            .chain(&stack.decisions)
+            .chain(version_decision)
+            .any(|d| d.reason == plan::hold::ROLLBACK_FAILING);
+        if rollback_failing {
+            hold_for_rollback(&mut stack, version.as_mut().map(|(d, _)| d));
+        }
+        Decided {
+            relabel,
+            stack,
+            version,
+            held,
+        }
+    }
+
+    /// Plans one relabelled parameter and keeps what its decision says (a rollout settled,
+    /// a failure counted, a value converged).
+    fn plan_param(
+        &mut self,
+        param: &'static ManagedParam,
+        value: &str,
+        observed: &ObservedRack,
+        now: SystemTime,
+    ) -> Decision {
+        let ctx = self.context(param.name, now);
+        let mut d = plan::plan(param, value, observed, &ctx);
+        let mem = mem_of(&mut self.memory, param.name);
+        if let Some(message) = mem.blocked.clone().filter(|_| d.phase != Phase::Converged) {
+            d = d.blocked("RevisionMismatch", message);
+        }
+        for s in d
+            .services
+            .iter()
+            .filter(|s| s.state == ServiceState::Converged)
+        {
+            mem.rolled_to.remove(&s.service);
+        }
+        self.account_failure(&d, now);
+        if d.phase == Phase::Converged {
+            let mem = mem_of(&mut self.memory, param.name);
+            mem.last_converged = Some(value.to_string());
+            mem.reset_backoff();
+            mem.failed_services.clear();
+        }
+        d
+    }
+
+    /// Makes the write; its outcome goes into the decisions it belongs to.
+    async fn act_on(
+        &mut self,
+        write: Write,
+        decided: &mut Decided,
+        observed: &ObservedRack,
+        now: SystemTime,
+    ) {
+        match write {
+            Write::Roll(roll) => {
+                if let Some(d) = decided.relabel.as_mut() {
+                    let span = info_span!("parameter", parameter = %d.param, desired = %d.desired);
+                    self.act(&roll, d, now).instrument(span).await;
+                }
+            }
+            Write::CancelStack => self.cancel(&mut decided.stack).await,
+            Write::Version => {
+                if let Some((d, Some(template))) = decided.version.as_mut() {
+                    if let Some(Action::UpdateStack(update)) = d.action.clone() {
+                        let template = template.clone();
+                        self.update_version(d, update, template, &mut decided.stack, observed, now)
+                            .await;
+                    }
+                }
+            }
+            Write::StackParameters => {
+                self.update_stack_parameters(&mut decided.stack, observed, now)
+                    .await
+            }
+        }
+    }
+
+    /// Publishes every decision (a standby's writes said to be the holder's) and reports
+    /// each parameter's phase.
+    fn record(
+        &mut self,
+        decided: Decided,
+        standby: Option<&str>,
+        now: SystemTime,
+        report: &mut Report,
+    ) -> Vec<Decision> {
+        let Decided {
+            relabel,
+            stack,
+            version,
+            held,
+        } = decided;
+        let stack_writes =
+            |d: &Decision| stack.cancel.is_some() || stack.changes.contains_key(&d.param);
+        let mut decisions = Vec::new();
+        for mut d in relabel.into_iter() {
+            if let Some(m) = standby.filter(|_| d.action.is_some()) {
+                standing_by(&mut d, m);
+            }
+            decisions.push(d);
+        }
+        for mut d in stack.decisions.clone() {
+            if let Some(m) = standby.filter(|_| stack_writes(&d)) {
+                standing_by(&mut d, m);
+            }
+            decisions.push(d);
+        }
+        if let Some((mut d, _)) = version {
+            if let Some(m) = standby.filter(|_| d.action.is_some()) {
+                standing_by(&mut d, m);
+            }
+            decisions.push(d);
+        }
+        decisions.extend(held);
+        for d in &decisions {
+            self.publish(d, now);
+            report.phases.insert(d.param.clone(), d.phase);
+        }
+        decisions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{RollPurpose, RollTo, StackUpdate};
+
+    fn decision(param: &str, action: Option<Action>) -> Decision {
+        Decision {
+            param: param.into(),
+            desired: "Yes".into(),
+            observed: None,
+            phase: Phase::Progressing,
+            reason: "Test",
+            message: String::new(),
+            drift: true,
+            action,
+            pending: Vec::new(),
+            services: Vec::new(),
+        }
+    }
+
+    fn roll() -> Roll {
+        Roll {
+            service: "ServiceWebApi".into(),
+            service_name: "convox-web".into(),
+            cluster: "convox-Cluster".into(),
+            from_task_definition: "arn:td:1".into(),
+            to: RollTo::Relabelled,
+            label: "rack.ECSExec".into(),
+            value: "Yes".into(),
+            purpose: RollPurpose::Change,
+        }
+    }
+
+    fn update() -> Action {
+        Action::UpdateStack(StackUpdate {
+            from: Some("1".into()),
+            to: "2".into(),
+            downgrade: false,
+            reuse_template: false,
+            parameters: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn at_most_one_write_in_a_fixed_order() {
+        let template = || {
+            Some(TemplateRef {
+                version: crate::model::RackVersion::parse("20260418101514").expect("version"),
+                location: crate::templates::TemplateLocation::Url(
+                    "https://example.com/rack.json".into(),
+                ),
+            })
+        };
+        let stack = |cancel: bool, changes: bool| StackPlan {
+            cancel: cancel.then(|| "failing".into()),
+            changes: if changes {
+                [("ApiCount".to_string(), "3".to_string())].into()
+            } else {
+                Default::default()
+            },
+            ..StackPlan::default()
+        };
+        let cases = vec![
+            ("nothing to write", None, stack(false, false), None, None),
+            (
+                "a relabel roll first",
+                Some(decision("ECSExec", Some(Action::Roll(roll())))),
+                stack(true, true),
+                Some((decision("Version", Some(update())), template())),
+                Some(Write::Roll(roll())),
+            ),
+            (
+                "then a cancel",
+                Some(decision("ECSExec", None)),
+                stack(true, true),
+                Some((decision("Version", Some(update())), template())),
+                Some(Write::CancelStack),
+            ),
+            (
+                "then the version",
+                None,
+                stack(false, true),
+                Some((decision("Version", Some(update())), template())),
+                Some(Write::Version),
+            ),
+            (
+                "a version without its template is no write",
+                None,
+                stack(false, false),
+                Some((decision("Version", Some(update())), None)),
+                None,
+            ),
+            (
+                "then the parameters",
+                None,
+                stack(false, true),
+                Some((decision("Version", None), template())),
+                Some(Write::StackParameters),
+            ),
+        ];
+        for (name, relabel, stack, version, want) in cases {
+            let d = Decided {
+                relabel,
+                stack,
+                version,
+                held: Vec::new(),
+            };
+            assert_eq!(choose_write(&d), want, "{name}");
+        }
+    }
+}
