@@ -123,15 +123,30 @@ impl SimApps {
             next: 0,
         };
         if generated > 0 {
-            b.instances(&[("i-0", Some("1.89.1"))]);
-            for i in 0..generated {
-                let uniform = |n| svc(n, true, (0..3).map(|_| ec2(true, "i-0")).collect());
-                let name = format!("app{i:03}");
-                let services = vec![uniform("web"), uniform("worker"), uniform("cron")];
-                b.app(&name, 2, SimRole::Allows, services, &[]);
-            }
-            return apps;
+            b.uniform(generated);
+        } else {
+            b.demo();
         }
+        apps
+    }
+}
+
+struct Builder<'a> {
+    rack: &'a str,
+    region: &'a str,
+    cluster: &'a str,
+    apps: &'a mut SimApps,
+    next: u64,
+}
+
+impl Builder<'_> {
+    fn arn(&self, kind: &str, rest: &str) -> String {
+        format!("arn:aws:ecs:{}:{ACCOUNT}:{kind}/{rest}", self.region)
+    }
+
+    /// The demo apps: every path and reason.
+    fn demo(&mut self) {
+        let b = self;
         b.instances(&[
             ("i-new", Some("1.89.1")),
             ("i-old", Some("1.48.0")),
@@ -194,21 +209,17 @@ impl SimApps {
         let mut sync = svc("sync", true, ready());
         sync.credentials = true;
         b.app("uploads", 2, SimRole::Allows, vec![files, sync], &[]);
-        apps
     }
-}
 
-struct Builder<'a> {
-    rack: &'a str,
-    region: &'a str,
-    cluster: &'a str,
-    apps: &'a mut SimApps,
-    next: u64,
-}
-
-impl Builder<'_> {
-    fn arn(&self, kind: &str, rest: &str) -> String {
-        format!("arn:aws:ecs:{}:{ACCOUNT}:{kind}/{rest}", self.region)
+    /// `n` uniform apps of 3 services with 3 tasks each, all ready for ECS Exec.
+    fn uniform(&mut self, n: usize) {
+        self.instances(&[("i-0", Some("1.89.1"))]);
+        for i in 0..n {
+            let uniform = |n| svc(n, true, (0..3).map(|_| ec2(true, "i-0")).collect());
+            let name = format!("app{i:03}");
+            let services = vec![uniform("web"), uniform("worker"), uniform("cron")];
+            self.app(&name, 2, SimRole::Allows, services, &[]);
+        }
     }
 
     fn instances(&mut self, agents: &[(&str, Option<&str>)]) {
