@@ -21,6 +21,10 @@ use crate::lease::{standby_message, Lease};
 use crate::memory::Memory;
 use crate::metrics::Metrics;
 pub use crate::model::Trigger;
+
+/// A version's template and the parameters it declares (`None`: the stack runs it already),
+/// or why it could not be read.
+type Target = Result<(Option<TemplateRef>, BTreeSet<String>), String>;
 use crate::model::{
     ObservedRack, RackVersion, Requirement, ServiceTarget, StackState, ECS_EXEC, MANAGED_PARAMS,
     VERSION_PARAM,
@@ -273,24 +277,39 @@ impl Reconciler {
 
     /// The desired state without the changes whose requirements do not hold, and the
     /// decisions for those (`Blocked` or `Waiting`, nothing written).
-    async fn hold_unmet(
+    fn hold_unmet(
         &self,
         desired: &DesiredParams,
         observed: &ObservedRack,
+        checks: &BTreeMap<String, requirements::Check>,
     ) -> (DesiredParams, Vec<Decision>) {
         let mut kept = desired.clone();
         let mut held = Vec::new();
         for (key, value) in &desired.values {
-            let Some(req) = requirements::needed(key, value, observed) else {
+            let Some(check) = checks.get(key) else {
                 continue;
             };
-            let check = self.check(req, observed).await;
-            if let Some(d) = requirements::hold(key, value, &check, observed) {
+            if let Some(d) = requirements::hold(key, value, check, observed) {
                 kept.values.remove(key);
                 held.push(d);
             }
         }
         (kept, held)
+    }
+
+    /// The requirements of the desired values that would change, checked (each a read).
+    async fn check_requirements(
+        &self,
+        desired: &DesiredParams,
+        observed: &ObservedRack,
+    ) -> BTreeMap<String, requirements::Check> {
+        let mut out = BTreeMap::new();
+        for (key, value) in &desired.values {
+            if let Some(req) = requirements::needed(key, value, observed) {
+                out.insert(key.clone(), self.check(req, observed).await);
+            }
+        }
+        out
     }
 
     async fn check(&self, req: Requirement, observed: &ObservedRack) -> requirements::Check {
@@ -362,9 +381,8 @@ impl Reconciler {
                 .plan_stack_params(&BTreeMap::new(), &observed, &owner, now)
                 .failing;
             let update = (&owner, failing);
-            let (d, _) = self
-                .version_decision(version, &observed, &ecs, update, now)
-                .await;
+            let target = self.version_target(version, &observed).await;
+            let (d, _) = self.version_decision(version, target, &observed, &ecs, update, now);
             decisions.push(d);
         }
         Ok((observed, decisions))
@@ -379,7 +397,8 @@ impl Reconciler {
         let Some(desired) = self.desired.clone() else {
             return Ok((observed, Vec::new()));
         };
-        let (desired, held) = self.hold_unmet(&desired, &observed).await;
+        let checks = self.check_requirements(&desired, &observed).await;
+        let (desired, held) = self.hold_unmet(&desired, &observed, &checks);
         let (relabel, stack_desired) = self.split_by_method(&desired, &observed);
         let mut decisions: Vec<Decision> = relabel
             .map(|value| {
@@ -585,25 +604,32 @@ impl Reconciler {
         Ok((template, declared))
     }
 
-    /// The version planner's decision (and the target template), reading the template and,
-    /// after a failed update of ours, the stack events. Writes nothing.
-    async fn version_decision(
+    /// The template a version change would update to, and the parameters it declares (a
+    /// read, once per version); nothing when the stack runs the version already.
+    pub(super) async fn version_target(
         &mut self,
         version: RackVersion,
+        observed: &ObservedRack,
+    ) -> Target {
+        let stack = &observed.stack;
+        if stack.version() == Some(version) && stack.state() == StackState::Stable {
+            return Ok((None, BTreeSet::new()));
+        }
+        self.target(version)
+            .await
+            .map(|(t, declared)| (Some(t), declared))
+    }
+
+    /// The version planner's decision (and the target template). Reads and writes nothing.
+    fn version_decision(
+        &mut self,
+        version: RackVersion,
+        target: Target,
         observed: &ObservedRack,
         ecs: &EcsExecState,
         (owner, failing): (&plan::Ownership, Option<String>),
         now: SystemTime,
     ) -> (Decision, Option<TemplateRef>) {
-        let stack = &observed.stack;
-        let settled = stack.version() == Some(version) && stack.state() == StackState::Stable;
-        let target = if settled {
-            Ok((None, BTreeSet::new()))
-        } else {
-            self.target(version)
-                .await
-                .map(|(t, declared)| (Some(t), declared))
-        };
         let (template, declared) = match target {
             Ok(t) => t,
             Err(e) => {

@@ -193,17 +193,15 @@ impl Reconciler {
 
     /// The version decision and its target template, no write; with the version's backoff
     /// forgotten once it converged.
-    pub(super) async fn plan_version_change(
+    pub(super) fn plan_version_change(
         &mut self,
-        version: RackVersion,
+        (version, target): (RackVersion, super::Target),
         observed: &ObservedRack,
         ecs: &EcsExecState,
         update: (&Ownership, Option<String>),
         now: SystemTime,
     ) -> (Decision, Option<TemplateRef>) {
-        let (d, template) = self
-            .version_decision(version, observed, ecs, update, now)
-            .await;
+        let (d, template) = self.version_decision(version, target, observed, ecs, update, now);
         self.account_failure(&d, now);
         if d.phase == Phase::Converged {
             mem_of(&mut self.memory, VERSION_PARAM).reset_backoff();

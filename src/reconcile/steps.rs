@@ -1,16 +1,19 @@
-//! One reconcile after the rack was observed: **decide** (every decision, with the writes
-//! they would make), **choose** the one write of the run ([`choose_write`], pure; none on a
-//! standby, which decides as the holder would), **act** (that write, through the rack, under
-//! the fence when there is a lease), **record** (publish every decision: status, metrics).
+//! One reconcile after the rack was observed: **gather** the reads a decision needs beyond the
+//! look (the requirements of changes, a target version's template, why the controller's last
+//! update failed), **decide** (every decision with the write it would make; reads and writes
+//! nothing), **choose** the one write of the run ([`choose_write`], pure; none on a standby,
+//! which decides as the holder would), **act** (that write, through the rack, under the fence
+//! when there is a lease), **record** (publish every decision: status, metrics).
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use tracing::{info_span, Instrument};
 
 use super::{hold_for_rollback, mem_of, standing_by, Reconciler, Report};
-use crate::model::{ManagedParam, ObservedRack, ECS_EXEC};
+use crate::model::{ManagedParam, ObservedRack, RackVersion, ECS_EXEC};
 use crate::params::DesiredParams;
-use crate::plan::{self, Action, Decision, Phase, Roll, ServiceState, StackPlan};
+use crate::plan::{self, requirements, Action, Decision, Phase, Roll, ServiceState, StackPlan};
 use crate::templates::TemplateRef;
 
 /// What one reconcile decided: the relabelled parameter's decision, the stack's plan (its
@@ -21,6 +24,14 @@ pub(super) struct Decided {
     pub stack: StackPlan,
     pub version: Option<(Decision, Option<TemplateRef>)>,
     pub held: Vec<Decision>,
+}
+
+/// What a decision needs read beyond the look.
+pub(super) struct Gathered {
+    /// The requirement of each desired value that would change, checked.
+    pub checks: BTreeMap<String, requirements::Check>,
+    /// The target version and its template.
+    pub target: Option<(RackVersion, super::Target)>,
 }
 
 /// The one write a reconcile makes.
@@ -62,7 +73,8 @@ impl Reconciler {
         now: SystemTime,
         report: &mut Report,
     ) -> Vec<Decision> {
-        let mut decided = self.decide(desired, observed, now).await;
+        let gathered = self.gather(desired, observed).await;
+        let mut decided = self.decide(desired, observed, gathered, now);
         let standby = self.standby().await;
         let write = choose_write(&decided).filter(|_| standby.is_none());
         report.acted = write.is_some();
@@ -72,29 +84,40 @@ impl Reconciler {
         self.record(decided, standby.as_deref(), now, report)
     }
 
-    /// Every decision of this run, nothing written: requirements held back, the relabelled
-    /// parameter, the stack's parameters (and whether to cancel its update), the version.
-    async fn decide(
+    /// The reads a decision needs beyond the look; why the controller's last update failed
+    /// goes into its memory (read once per failure).
+    async fn gather(&mut self, desired: &DesiredParams, observed: &ObservedRack) -> Gathered {
+        let checks = self.check_requirements(desired, observed).await;
+        let owner = self.ownership(observed);
+        self.read_failure_reason(observed, &owner).await;
+        let target = match desired.version {
+            Some(v) => Some((v, self.version_target(v, observed).await)),
+            None => None,
+        };
+        Gathered { checks, target }
+    }
+
+    /// Every decision of this run, from what was observed and gathered; reads and writes
+    /// nothing: requirements held back, the relabelled parameter, the stack's parameters (and
+    /// whether to cancel its update), the version.
+    fn decide(
         &mut self,
         desired: &DesiredParams,
         observed: &ObservedRack,
+        gathered: Gathered,
         now: SystemTime,
     ) -> Decided {
-        let (desired, held) = self.hold_unmet(desired, observed).await;
+        let (desired, held) = self.hold_unmet(desired, observed, &gathered.checks);
         let (relabel, stack_desired) = self.split_by_method(&desired, observed);
         let relabel = relabel.map(|value| self.plan_param(&ECS_EXEC, &value, observed, now));
         let owner = self.ownership(observed);
-        self.read_failure_reason(observed, &owner).await;
         let mut stack = self.plan_stack_params(&stack_desired, observed, &owner, now);
         let ecs = self.ecs_exec_state(observed);
         let update = (&owner, stack.failing.clone());
-        let mut version = match desired.version {
-            Some(v) => Some(
-                self.plan_version_change(v, observed, &ecs, update, now)
-                    .await,
-            ),
-            None => None,
-        };
+        let mut version = gathered
+            .target
+            .filter(|_| desired.version.is_some())
+            .map(|target| self.plan_version_change(target, observed, &ecs, update, now));
         let version_decision = version.as_ref().map(|(d, _)| d);
         self.settle_stack_attempt(&stack, version_decision, (observed, &owner), now);
         // Undoing a change fails too, wherever it shows: nothing more is written until it
