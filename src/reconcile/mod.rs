@@ -460,20 +460,19 @@ impl Reconciler {
         self.params_error.as_ref()
     }
 
-    fn context(&mut self, param: &'static str, now: SystemTime) -> PlanContext {
-        let mem = mem_of(&mut self.memory, param);
-        while mem
+    fn context(&self, param: &'static str, now: SystemTime) -> PlanContext {
+        let empty = Memory::default();
+        let mem = self.memory.get(param).unwrap_or(&empty);
+        let recent = mem
             .corrections
-            .front()
-            .is_some_and(|t| now.duration_since(*t).unwrap_or_default() >= HOUR)
-        {
-            mem.corrections.pop_front();
-        }
+            .iter()
+            .filter(|t| now.duration_since(**t).unwrap_or_default() < HOUR)
+            .count();
         PlanContext {
             now,
             rollout_timeout: self.settings.rollout_timeout,
             last_converged: mem.last_converged.clone(),
-            corrections_last_hour: mem.corrections.len() as u32,
+            corrections_last_hour: recent as u32,
             max_corrections_per_hour: self.settings.max_corrections_per_hour,
             retry_not_before: mem.retry_not_before,
             writes_not_before: self
@@ -622,7 +621,7 @@ impl Reconciler {
 
     /// The version planner's decision (and the target template). Reads and writes nothing.
     fn version_decision(
-        &mut self,
+        &self,
         version: RackVersion,
         target: Target,
         observed: &ObservedRack,
@@ -637,7 +636,8 @@ impl Reconciler {
                 return (d, None);
             }
         };
-        let mem = mem_of(&mut self.memory, VERSION_PARAM);
+        let empty = Memory::default();
+        let mem = self.memory.get(VERSION_PARAM).unwrap_or(&empty);
         let ctx = VersionContext {
             now,
             attempted: self.stack.version,

@@ -109,7 +109,7 @@ impl Reconciler {
 
     /// The stack parameters' decisions, no write.
     pub(super) fn plan_stack_params(
-        &mut self,
+        &self,
         desired: &BTreeMap<String, String>,
         observed: &ObservedRack,
         owner: &Ownership,
@@ -194,19 +194,23 @@ impl Reconciler {
     /// The version decision and its target template, no write; with the version's backoff
     /// forgotten once it converged.
     pub(super) fn plan_version_change(
-        &mut self,
+        &self,
         (version, target): (RackVersion, super::Target),
         observed: &ObservedRack,
         ecs: &EcsExecState,
         update: (&Ownership, Option<String>),
         now: SystemTime,
     ) -> (Decision, Option<TemplateRef>) {
-        let (d, template) = self.version_decision(version, target, observed, ecs, update, now);
-        self.account_failure(&d, now);
+        self.version_decision(version, target, observed, ecs, update, now)
+    }
+
+    /// What the version decision says to keep: a failure counted, the backoff forgotten
+    /// once it converged.
+    pub(super) fn remember_version(&mut self, d: &Decision, now: SystemTime) {
+        self.account_failure(d, now);
         if d.phase == Phase::Converged {
             mem_of(&mut self.memory, VERSION_PARAM).reset_backoff();
         }
-        (d, template)
     }
 
     /// The stack parameters' update: one `UpdateStack` batching every change, on the

@@ -1,7 +1,8 @@
 //! One reconcile after the rack was observed: **gather** the reads a decision needs beyond the
 //! look (the requirements of changes, a target version's template, why the controller's last
 //! update failed), **decide** (every decision with the write it would make; reads and writes
-//! nothing), **choose** the one write of the run ([`choose_write`], pure; none on a standby,
+//! nothing, changes nothing), **remember** what the decisions say (backoffs, settled
+//! rollouts and updates), **choose** the one write of the run ([`choose_write`], pure; none on a standby,
 //! which decides as the holder would), **act** (that write, through the rack, under the fence
 //! when there is a lease), **record** (publish every decision: status, metrics).
 
@@ -75,6 +76,7 @@ impl Reconciler {
     ) -> Vec<Decision> {
         let gathered = self.gather(desired, observed).await;
         let mut decided = self.decide(desired, observed, gathered, now);
+        self.remember(&decided, observed, now);
         let standby = self.standby().await;
         let write = choose_write(&decided).filter(|_| standby.is_none());
         report.acted = write.is_some();
@@ -101,7 +103,7 @@ impl Reconciler {
     /// nothing: requirements held back, the relabelled parameter, the stack's parameters (and
     /// whether to cancel its update), the version.
     fn decide(
-        &mut self,
+        &self,
         desired: &DesiredParams,
         observed: &ObservedRack,
         gathered: Gathered,
@@ -119,7 +121,6 @@ impl Reconciler {
             .filter(|_| desired.version.is_some())
             .map(|target| self.plan_version_change(target, observed, &ecs, update, now));
         let version_decision = version.as_ref().map(|(d, _)| d);
-        self.settle_stack_attempt(&stack, version_decision, (observed, &owner), now);
         // Undoing a change fails too, wherever it shows: nothing more is written until it
         // heals.
         let rollback_failing = relabel
@@ -138,21 +139,45 @@ impl Reconciler {
         }
     }
 
-    /// Plans one relabelled parameter and keeps what its decision says (a rollout settled,
-    /// a failure counted, a value converged).
+    /// Plans one relabelled parameter.
     fn plan_param(
-        &mut self,
+        &self,
         param: &'static ManagedParam,
         value: &str,
         observed: &ObservedRack,
         now: SystemTime,
     ) -> Decision {
         let ctx = self.context(param.name, now);
-        let mut d = plan::plan(param, value, observed, &ctx);
-        let mem = mem_of(&mut self.memory, param.name);
-        if let Some(message) = mem.blocked.clone().filter(|_| d.phase != Phase::Converged) {
-            d = d.blocked("RevisionMismatch", message);
+        let d = plan::plan(param, value, observed, &ctx);
+        let blocked = self.memory.get(param.name).and_then(|m| m.blocked.clone());
+        match blocked.filter(|_| d.phase != Phase::Converged) {
+            Some(message) => d.blocked("RevisionMismatch", message),
+            None => d,
         }
+    }
+
+    /// Keeps what the decisions say, before anything is written: rollouts settled, failures
+    /// counted, values converged, the stack's last update settled, old corrections forgotten.
+    fn remember(&mut self, decided: &Decided, observed: &ObservedRack, now: SystemTime) {
+        if let Some(d) = &decided.relabel {
+            self.remember_param(d, now);
+        }
+        if let Some((d, _)) = &decided.version {
+            self.remember_version(d, now);
+        }
+        let owner = self.ownership(observed);
+        let version = decided.version.as_ref().map(|(d, _)| d);
+        self.settle_stack_attempt(&decided.stack, version, (observed, &owner), now);
+        for mem in self.memory.values_mut() {
+            let hour = std::time::Duration::from_secs(3600);
+            mem.corrections
+                .retain(|t| now.duration_since(*t).unwrap_or_default() < hour);
+        }
+    }
+
+    /// What a relabelled parameter's decision says to keep.
+    fn remember_param(&mut self, d: &Decision, now: SystemTime) {
+        let mem = mem_of(&mut self.memory, &d.param);
         for s in d
             .services
             .iter()
@@ -160,14 +185,13 @@ impl Reconciler {
         {
             mem.rolled_to.remove(&s.service);
         }
-        self.account_failure(&d, now);
+        self.account_failure(d, now);
         if d.phase == Phase::Converged {
-            let mem = mem_of(&mut self.memory, param.name);
-            mem.last_converged = Some(value.to_string());
+            let mem = mem_of(&mut self.memory, &d.param);
+            mem.last_converged = Some(d.desired.clone());
             mem.reset_backoff();
             mem.failed_services.clear();
         }
-        d
     }
 
     /// Makes the write; its outcome goes into the decisions it belongs to.
