@@ -400,15 +400,19 @@ async fn a_former_holder_cannot_overwrite_its_successors_status_document() {
 async fn a_standby_honours_the_holders_lease_duration() {
     let moto = Moto::start().await;
     let client = create_table(&moto).await;
-    let holder = lease(&client, "a", Timing::for_duration(Duration::from_secs(6)));
-    let short = Timing::for_duration(Duration::from_millis(900));
+    let holder = lease(
+        &client,
+        "a",
+        Timing::for_duration(Duration::from_millis(1500)),
+    );
+    let short = Timing::for_duration(Duration::from_millis(300));
     let standby = lease(&client, "b", short);
     holder.tick().await.expect("a takes the lease");
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let kept = tokio::spawn(holder.clone().keep(stopped));
-    // 4 s: the holder renews every 2 s, so the record never stands still for 6 s, though it
-    // does for far longer than the standby's own 0.9 s.
-    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    // 1.2 s: the holder renews every 0.5 s, so the record never stands still for 1.5 s,
+    // though it does for longer than the standby's own 0.3 s.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
     while tokio::time::Instant::now() < until {
         standby.tick().await.expect("b looks");
         assert!(!standby.is_leader(), "b took the lease from a live holder");
@@ -428,7 +432,7 @@ async fn a_holder_held_between_its_check_and_its_send_writes_nothing_to_moto() {
     let moto = Moto::start().await;
     let client = create_table(&moto).await;
     let fixture = rack_fixture::create(&moto).await;
-    let timing = Timing::for_duration(Duration::from_secs(2));
+    let timing = Timing::for_duration(Duration::from_millis(800));
     let (a, b) = (lease(&client, "a", timing), lease(&client, "b", timing));
     a.tick().await.expect("a looks");
     b.tick().await.expect("b looks");

@@ -168,7 +168,7 @@ impl FencedRack {
             match write.await {
                 // An attempt the fence refused, or one that failed once the lease ran out:
                 // the lease's doing, not AWS's.
-                Err(e) if deadline.passed() => Err(not_leader(format!(
+                Err(e) if fence::lapsed().is_some() => Err(not_leader(format!(
                     "{operation}: the lease (fence {}) ran out while the write was being made ({e}); the next reconcile finds out what happened",
                     fence.fence
                 ))),

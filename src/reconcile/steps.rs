@@ -169,9 +169,8 @@ impl Reconciler {
         let version = decided.version.as_ref().map(|(d, _)| d);
         self.settle_stack_attempt(&decided.stack, version, (observed, &owner), now);
         for mem in self.memory.values_mut() {
-            let hour = std::time::Duration::from_secs(3600);
             mem.corrections
-                .retain(|t| now.duration_since(*t).unwrap_or_default() < hour);
+                .retain(|t| now.duration_since(*t).unwrap_or_default() < super::HOUR);
         }
     }
 
@@ -241,8 +240,13 @@ impl Reconciler {
             version,
             held,
         } = decided;
-        let stack_writes =
-            |d: &Decision| stack.cancel.is_some() || stack.changes.contains_key(&d.param);
+        let StackPlan {
+            decisions: stack_decisions,
+            changes,
+            cancel,
+            ..
+        } = stack;
+        let stack_writes = |d: &Decision| cancel.is_some() || changes.contains_key(&d.param);
         let mut decisions = Vec::new();
         for mut d in relabel.into_iter() {
             if let Some(m) = standby.filter(|_| d.action.is_some()) {
@@ -250,7 +254,7 @@ impl Reconciler {
             }
             decisions.push(d);
         }
-        for mut d in stack.decisions.clone() {
+        for mut d in stack_decisions {
             if let Some(m) = standby.filter(|_| stack_writes(&d)) {
                 standing_by(&mut d, m);
             }
