@@ -29,6 +29,8 @@ fn settings(params: &std::path::Path) -> Settings {
         cluster_resource: "Cluster".into(),
         params_file: rack_reconciler::store::Location::File(params.to_path_buf()),
         status_file: None,
+        history_file: None,
+        history: Default::default(),
         resync: i.resync,
         poll: i.poll,
         jitter: i.jitter,

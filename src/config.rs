@@ -92,6 +92,9 @@ pub struct Config {
     pub lease: Option<LeaseSetting>,
     #[serde(default)]
     pub sim: SimSettings,
+    /// How much of the rack's history is kept (next to the status file).
+    #[serde(default)]
+    pub history: History,
 }
 
 /// `lease: none`, or the lease table.
@@ -226,6 +229,35 @@ impl Default for Backoff {
     }
 }
 
+/// The history's retention: events older than `max_age` are dropped, then the oldest while
+/// the history is larger than `max_bytes`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct History {
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    pub max_bytes: usize,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        let r = crate::history::Retention::default();
+        History {
+            max_age: r.max_age,
+            max_bytes: r.max_bytes,
+        }
+    }
+}
+
+impl History {
+    pub fn retention(&self) -> crate::history::Retention {
+        crate::history::Retention {
+            max_age: self.max_age,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Corrections {
@@ -306,6 +338,11 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         if self.rack.trim().is_empty() {
             return Err("rack: the rack's stack name is required".into());
+        }
+        if self.history.max_age.is_zero() || self.history.max_bytes < 4096 {
+            return Err(
+                "history: max_age must be greater than zero and max_bytes at least 4096".into(),
+            );
         }
         if self.services.is_empty() {
             return Err("services: at least one target service is required".into());
@@ -388,6 +425,11 @@ impl Config {
     pub fn status_path(&self) -> Option<Location> {
         self.status_file.then(|| self.params_file.status())
     }
+
+    /// Where the history goes: next to the status file, when that is enabled.
+    pub fn history_path(&self) -> Option<Location> {
+        self.status_file.then(|| self.params_file.history())
+    }
 }
 
 impl From<&Config> for crate::reconcile::Settings {
@@ -397,6 +439,8 @@ impl From<&Config> for crate::reconcile::Settings {
             cluster_resource: c.cluster_resource.clone(),
             params_file: c.params_file.clone(),
             status_file: c.status_path(),
+            history_file: c.history_path(),
+            history: c.history.retention(),
             resync: c.intervals.resync,
             poll: c.intervals.poll,
             jitter: c.intervals.jitter,

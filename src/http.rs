@@ -1,9 +1,10 @@
-//! HTTP endpoints: `/metrics` (Prometheus text), `/status` (JSON), `/healthz`, `/readyz`.
+//! HTTP endpoints: `/metrics` (Prometheus text), `/status` (JSON), `/events` (the rack's
+//! history, JSON), `/healthz`, `/readyz`.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -12,12 +13,14 @@ use tokio::net::TcpListener;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
+use crate::reconcile::journal::JournalHandle;
 use crate::status::{Status, StatusHandle};
 
 #[derive(Clone)]
 struct AppState {
     status: StatusHandle,
     metrics: Metrics,
+    journal: JournalHandle,
     clock: Clock,
     started: SystemTime,
     /// Older observations make `/readyz` fail and `/status` say `observationStale`.
@@ -34,11 +37,29 @@ impl AppState {
     }
 }
 
-pub fn router(status: StatusHandle, metrics: Metrics, stale_after: Duration) -> Router {
+/// What the endpoints serve.
+#[derive(Clone)]
+pub struct Served {
+    pub status: StatusHandle,
+    pub metrics: Metrics,
+    /// The rack's history, for `/events`.
+    pub journal: JournalHandle,
+    /// Older observations make `/readyz` fail and `/status` say `observationStale`.
+    pub stale_after: Duration,
+}
+
+pub fn router(served: Served) -> Router {
+    let Served {
+        status,
+        metrics,
+        journal,
+        stale_after,
+    } = served;
     let clock = Clock::new();
     let state = AppState {
         status,
         metrics,
+        journal,
         clock,
         started: clock.now(),
         stale_after,
@@ -46,6 +67,7 @@ pub fn router(status: StatusHandle, metrics: Metrics, stale_after: Duration) -> 
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/status", get(status_handler))
+        .route("/events", get(events_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
         .with_state(state)
@@ -54,12 +76,10 @@ pub fn router(status: StatusHandle, metrics: Metrics, stale_after: Duration) -> 
 /// Serves until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
-    status: StatusHandle,
-    metrics: Metrics,
-    stale_after: Duration,
+    served: Served,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(status, metrics, stale_after))
+    axum::serve(listener, router(served))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -77,6 +97,38 @@ async fn metrics_handler(State(s): State<AppState>) -> Response {
 
 async fn status_handler(State(s): State<AppState>) -> Response {
     Json(s.status()).into_response()
+}
+
+/// `/events?since=24h&param=ECSExec`.
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    since: Option<String>,
+    param: Option<String>,
+}
+
+/// The rack's history, oldest first: the lease holder's as it keeps it; a standby's as the
+/// holder last wrote it (read again at each request).
+async fn events_handler(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
+    let now = s.clock.now();
+    let since = match q.since.as_deref().map(|t| crate::history::since(t, now)) {
+        Some(Err(e)) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Some(Ok(t)) => Some(t),
+        None => None,
+    };
+    let standby = s
+        .status
+        .read(|st| st.lease.as_ref().is_some_and(|l| !l.leader));
+    let mut journal = s.journal.lock().await;
+    if standby || !journal.loaded() {
+        if let Err(e) = journal.load(now).await {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the history: {e}\n"),
+            )
+                .into_response();
+        }
+    }
+    Json(journal.select(since, q.param.as_deref())).into_response()
 }
 
 async fn ready_handler(State(s): State<AppState>) -> Response {

@@ -13,6 +13,7 @@
 pub mod clock;
 pub mod config;
 pub mod exec;
+pub mod history;
 pub mod http;
 pub mod lease;
 pub mod logging;

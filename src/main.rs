@@ -127,6 +127,21 @@ enum Command {
         #[arg(long)]
         template: Option<PathBuf>,
     },
+    /// What the rack went through: every change, write, rollout, failure, rollback, drift,
+    /// refused downgrade and lease handover, with when, who and how long; read from where the
+    /// controller keeps it (next to the status file).
+    History {
+        /// Only events since then: a duration back from now (`24h`, `90m`) or a time
+        /// (`2026-12-03T15:00:00Z`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events about this parameter.
+        #[arg(long)]
+        param: Option<String>,
+        /// Print JSON (an array of the events) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show each managed parameter: desired, the stack's value, and its phase.
     Get {
         /// Only this parameter.
@@ -252,6 +267,9 @@ async fn dispatch(cli: Cli) -> Result<u8> {
             template,
         } => set(cfg, &assignments, template.as_deref()).await,
         Command::Get { key } => get(cfg, key.as_deref()).await,
+        Command::History { since, param, json } => {
+            show_history(cfg, since.as_deref(), param.as_deref(), json).await
+        }
         Command::CheckDowngrade { to } => check_downgrade(cfg, &to).await,
         Command::ExecCheck { app, json } => exec_check(cfg, app.as_deref(), json).await,
         Command::Completions { shell } => shell_aid(Some(shell)),

@@ -137,6 +137,10 @@ pub struct Persisted {
     /// The lease fence the document was written under (absent without a lease).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<u64>,
+    /// Running tasks per exec path at the last exec readiness event (the next is a move
+    /// between paths).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exec_paths: BTreeMap<String, usize>,
 }
 
 /// Whether a controller that took the lease with fence `mine` may pick up a status document

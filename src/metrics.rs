@@ -57,6 +57,9 @@ docs! {
     "rack_reconciler_exec_tasks", "gauge", "app, path, reason", "Running app tasks by what `convox exec` would do (path: ecs_exec; docker, Convox's fallback, not audited in CloudTrail; fails, ECS Exec tried and failing; unknown, a fact it needs could not be read) and why, with the fix (reason: none; rack_version_lacks_ecs_exec, update the rack; rack_ecs_exec_no, set ECSExec=Yes; gen1, migrate to Generation 2; service_without_exec, deploy or promote; started_before_enable, restart; readonly_root_filesystem, writable root filesystem; platform_too_old, redeploy on platform LATEST; agent_too_old, update the ECS agent; agent_not_running, restart; credentials_in_environment, remove the AWS keys from the environment; task_role_lacks_ssmmessages, grant ssmmessages to the task role; boundary_blocks_ssmmessages, allow ssmmessages in the permissions boundary; task_role_lacks_kms_decrypt, grant kms:Decrypt on the exec key; task_role_lacks_exec_logging, grant the exec log writes; no_route_to_ssm, NAT route or ssm + ssmmessages endpoints; unknown_task_definition, allow ecs:DescribeTaskDefinition; unknown_platform_version, see the detail; unknown_agent_version, allow ecs:DescribeContainerInstances; unknown_exec_configuration, allow ecs:DescribeClusters; unknown_role_permissions, allow iam:SimulatePrincipalPolicy; unknown_route, allow the ec2:Describe* reads).";
     "rack_reconciler_exec_check_timestamp_seconds", "gauge", "", "Unix time exec readiness last looked at every app of the rack successfully.";
     "rack_reconciler_leader", "gauge", "", "1 while this controller holds the lease and may write; 0 on a standby (always 1 with `lease: none`).";
+    "rack_reconciler_events_total", "counter", "kind", "Events of the rack's history recorded, by kind (desired_changed, desired_invalid, write_made, write_failed, rollout_started, rollout_progress, rollout_completed, rollout_failed, rollback_started, rolled_back, rollout_cancelled, rollback_failing, converged, drift_detected, drift_corrected, stack_changed_outside, downgrade_refused, phase_changed, lease_acquired, lease_lost, lease_taken_over, exec_readiness_changed); the events themselves are at GET /events.";
+    "rack_reconciler_convergence_seconds", "histogram", "parameter, method", "Time from a change of the desired value to the rack holding it, converged, by parameter and method (stack, relabel).";
+    "rack_reconciler_parameter_last_change_timestamp_seconds", "gauge", "parameter", "Unix time the parameter last converged to a new desired value; 0 when not seen.";
     "rack_reconciler_writes_refused_total", "counter", "operation", "Write attempts not sent because the lease they were to be made under had run out by the moment of the attempt (a paused process, a call slower than the lease): each is a write a standby may have superseded.";
 }
 
@@ -101,6 +104,9 @@ struct Inner {
     writes_refused: IntCounterVec,
     exec_tasks: IntGaugeVec,
     exec_checked: prometheus::Gauge,
+    events: IntCounterVec,
+    convergence: HistogramVec,
+    last_change: GaugeVec,
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
@@ -184,6 +190,15 @@ impl Metrics {
             prometheus::Gauge::with_opts(opts("rack_reconciler_exec_check_timestamp_seconds"))
                 .expect("gauge");
         r.register(Box::new(exec_checked.clone())).expect("gauge");
+        let convergence = HistogramVec::new(
+            HistogramOpts::from(opts("rack_reconciler_convergence_seconds")).buckets(vec![
+                10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
+            ]),
+            &labels("rack_reconciler_convergence_seconds"),
+        )
+        .expect("histogram");
+        r.register(Box::new(convergence.clone()))
+            .expect("histogram");
         let inner = Inner {
             drift: register!(r, IntGaugeVec, "rack_reconciler_parameter_drift"),
             drift_start: register!(
@@ -213,6 +228,13 @@ impl Metrics {
             writes_refused: register!(r, IntCounterVec, "rack_reconciler_writes_refused_total"),
             exec_tasks: register!(r, IntGaugeVec, "rack_reconciler_exec_tasks"),
             exec_checked,
+            events: register!(r, IntCounterVec, "rack_reconciler_events_total"),
+            convergence,
+            last_change: register!(
+                r,
+                GaugeVec,
+                "rack_reconciler_parameter_last_change_timestamp_seconds"
+            ),
             registry: r,
         };
         Metrics {
@@ -237,6 +259,32 @@ impl Metrics {
         for op in FENCED_OPERATIONS {
             m.writes_refused.with_label_values(&[*op]);
         }
+        for kind in crate::history::Kind::ALL {
+            m.events.with_label_values(&[kind.as_str()]);
+        }
+    }
+
+    /// An event of the rack's history was recorded.
+    pub fn event(&self, kind: crate::history::Kind) {
+        self.inner.events.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// A change of `param` converged after `took`; the rack changed at `at`.
+    pub fn converged_after(
+        &self,
+        param: &str,
+        method: &str,
+        took: std::time::Duration,
+        at: SystemTime,
+    ) {
+        self.inner
+            .convergence
+            .with_label_values(&[param, method])
+            .observe(took.as_secs_f64());
+        self.inner
+            .last_change
+            .with_label_values(&[param])
+            .set(unix_seconds(at));
     }
 
     /// Records a parameter's state after a reconcile.
@@ -285,6 +333,10 @@ impl Metrics {
             let _ = vec.remove_label_values(&[param]);
         }
         let _ = m.drift_start.remove_label_values(&[param]);
+        let _ = m.last_change.remove_label_values(&[param]);
+        for method in ["stack", "relabel"] {
+            let _ = m.convergence.remove_label_values(&[param, method]);
+        }
         let _ = m.corrections.remove_label_values(&[param]);
         for p in Phase::ALL {
             let _ = m.phase.remove_label_values(&[param, p.as_str()]);
@@ -450,6 +502,12 @@ mod tests {
         )]);
         m.set_exec_tasks(&tasks, SystemTime::now());
         m.write_refused("UpdateService");
+        m.converged_after(
+            "ECSExec",
+            "relabel",
+            std::time::Duration::from_secs(90),
+            SystemTime::now(),
+        );
         let text = m.render();
         for d in METRICS {
             assert!(d.name.starts_with("rack_reconciler_"), "{}", d.name);

@@ -215,6 +215,8 @@ mod tests {
                 pending: Vec::new(),
                 conditions: Vec::new(),
                 last_reconcile: None,
+                change: None,
+                last_change: None,
             }],
             ..Status::default()
         };

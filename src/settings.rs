@@ -90,15 +90,21 @@ impl Location {
 
     /// The status document next to a params document: `params.yaml` → `params.status.json`.
     pub fn status(&self) -> Location {
+        self.sibling(status_file_for)
+    }
+
+    /// The history next to a params document: `params.yaml` → `params.history.jsonl`.
+    pub fn history(&self) -> Location {
+        self.sibling(history_file_for)
+    }
+
+    fn sibling(&self, name: fn(&Path) -> PathBuf) -> Location {
         match self {
-            Location::File(p) => Location::File(status_file_for(p)),
-            Location::S3 { bucket, key } => {
-                let name = status_file_for(Path::new(key));
-                Location::S3 {
-                    bucket: bucket.clone(),
-                    key: name.to_string_lossy().into_owned(),
-                }
-            }
+            Location::File(p) => Location::File(name(p)),
+            Location::S3 { bucket, key } => Location::S3 {
+                bucket: bucket.clone(),
+                key: name(Path::new(key)).to_string_lossy().into_owned(),
+            },
         }
     }
 
@@ -121,11 +127,20 @@ impl fmt::Display for Location {
 
 /// Where the status file of a params file goes: `params.yaml` → `params.status.json`.
 pub fn status_file_for(params: &Path) -> PathBuf {
+    next_to(params, "status.json")
+}
+
+/// Where the history of a params file goes: `params.yaml` → `params.history.jsonl`.
+pub fn history_file_for(params: &Path) -> PathBuf {
+    next_to(params, "history.jsonl")
+}
+
+fn next_to(params: &Path, suffix: &str) -> PathBuf {
     let stem = params
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "params".into());
-    params.with_file_name(format!("{stem}.status.json"))
+    params.with_file_name(format!("{stem}.{suffix}"))
 }
 
 /// A synthetic release, newer than the fixture's, whose template declares `ECSExec`: the

@@ -60,6 +60,12 @@ pub struct ParameterStatus {
     pub pending: Vec<PendingChange>,
     pub conditions: Vec<Condition>,
     pub last_reconcile: Option<String>,
+    /// A change under way (from a new desired value, or a drift) and since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<crate::history::Change>,
+    /// When the parameter last converged to a new desired value (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -171,9 +177,25 @@ impl Status {
             pending: Vec::new(),
             conditions: Vec::new(),
             last_reconcile: None,
+            change: None,
+            last_change: None,
         });
         let last = self.parameters.len() - 1;
         &mut self.parameters[last]
+    }
+
+    /// The change of a parameter under way, and (when one converged now) when it did.
+    pub fn set_change(
+        &mut self,
+        name: &str,
+        change: Option<crate::history::Change>,
+        converged_at: Option<SystemTime>,
+    ) {
+        let p = self.parameter_mut(name);
+        p.change = change;
+        if let Some(at) = converged_at {
+            p.last_change = Some(rfc3339(at));
+        }
     }
 
     /// Records a planner decision (possibly amended by what acting on it did).
@@ -318,6 +340,11 @@ impl StatusHandle {
 
     pub fn get(&self) -> Status {
         self.0.borrow().clone()
+    }
+
+    /// Reads part of the status without copying it all.
+    pub fn read<T>(&self, f: impl FnOnce(&Status) -> T) -> T {
+        f(&self.0.borrow())
     }
 
     pub fn update<T>(&self, f: impl FnOnce(&mut Status) -> T) -> T {

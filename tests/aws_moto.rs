@@ -442,7 +442,7 @@ async fn no_environment_value_reaches_logs_status_or_errors() {
         &metrics.render(),
     );
     assert!(
-        capture.text().contains("registered relabelled revision"),
+        capture.text().contains("the rest as it was"),
         "logs were not captured"
     );
 }

@@ -124,7 +124,9 @@ fn config(dir: &std::path::Path, name: &str, port: u16) -> std::path::PathBuf {
 }
 
 fn writes(log: &str) -> usize {
-    log.matches("rolling service").count()
+    log.lines()
+        .filter(|l| l.contains("event=write_made") && l.contains("reason=UpdateService"))
+        .count()
 }
 
 #[tokio::test]
@@ -155,7 +157,7 @@ async fn two_controllers_one_writer_takeover_and_apply_refused() {
     // Both see the edit; only the holder writes, the standby says it stands by.
     let before = rack_fixture::service_task_definition(&ecs, WEB).await;
     std::fs::write(dir.path().join("params.yaml"), "ECSExec: \"Yes\"\n").expect("edit");
-    first.wait_for("rolling service").await;
+    first.wait_for("reason=UpdateService").await;
     second.wait_for("reason=\"Standby\"").await;
     assert_eq!(writes(&second.log()), 0, "{}", second.log());
     let rolled = rack_fixture::service_task_definition(&ecs, WEB).await;
@@ -167,7 +169,7 @@ async fn two_controllers_one_writer_takeover_and_apply_refused() {
     let first_log = first.kill().await;
     assert!(writes(&first_log) >= 1);
     second.wait_for("lease acquired").await;
-    second.wait_for("rolling service").await;
+    second.wait_for("reason=UpdateService").await;
 
     // A workstation `apply` while the second controller holds the lease writes nothing and
     // says who holds it until when.
@@ -187,7 +189,7 @@ async fn two_controllers_one_writer_takeover_and_apply_refused() {
         "{stdout}"
     );
     assert!(
-        !String::from_utf8_lossy(&out.stderr).contains("rolling service"),
+        !String::from_utf8_lossy(&out.stderr).contains("reason=UpdateService"),
         "apply wrote"
     );
     let (_, second_log) = second.terminate().await;

@@ -46,22 +46,19 @@ async fn start(h: &Harness) -> Running {
     let (stop, stopped) = watch::channel(false);
     let (triggers, rx) = mpsc::channel(1);
     let mut http_stop = stopped.clone();
-    let server = tokio::spawn({
-        let status = status.clone();
-        async move {
-            let shutdown = async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            };
-            rack_reconciler::http::serve(
-                listener,
-                status,
-                metrics,
-                Duration::from_secs(600),
-                shutdown,
-            )
+    let served = rack_reconciler::http::Served {
+        status: status.clone(),
+        metrics,
+        journal: rec.journal(),
+        stale_after: Duration::from_secs(600),
+    };
+    let server = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        };
+        rack_reconciler::http::serve(listener, served, shutdown)
             .await
             .expect("serve");
-        }
     });
     let exec = rack_reconciler::exec::watch::ExecWatch::new(
         h.sim.clone(),

@@ -32,7 +32,7 @@ async fn no_secret_of_the_rack_reaches_trace_logs_status_or_the_status_file() {
     let mut controller = Binary::run(&config, &moto.endpoint, &[("RUST_LOG", "trace")]);
 
     // Wait until the controller says the monitor service rolls to the relabelled revision.
-    controller.wait_for("rolling service").await;
+    controller.wait_for("reason=UpdateService").await;
     let now = rack_fixture::service_task_definition(&ecs, rack_fixture::MONITOR).await;
     assert_ne!(
         now, rack.monitor_task_definition,
@@ -49,7 +49,7 @@ async fn no_secret_of_the_rack_reaches_trace_logs_status_or_the_status_file() {
         std::fs::read_to_string(dir.path().join("params.status.json")).expect("status file");
 
     assert!(
-        logs.contains("registered relabelled revision"),
+        logs.contains("the rest as it was"),
         "the run did relabel"
     );
     assert!(

@@ -14,15 +14,15 @@ pub(crate) async fn run(cfg: Config) -> Result<u8> {
         listen = %cfg.listen, "rack-reconciler starting"
     );
     let mut http_shutdown = shutdown.clone();
-    let server = tokio::spawn(rack_reconciler::http::serve(
-        listener,
-        rec.status(),
-        rec.metrics(),
-        cfg.timeouts.observation_stale,
-        async move {
-            let _ = http_shutdown.wait_for(|stop| *stop).await;
-        },
-    ));
+    let served = rack_reconciler::http::Served {
+        status: rec.status(),
+        metrics: rec.metrics(),
+        journal: rec.journal(),
+        stale_after: cfg.timeouts.observation_stale,
+    };
+    let server = tokio::spawn(rack_reconciler::http::serve(listener, served, async move {
+        let _ = http_shutdown.wait_for(|stop| *stop).await;
+    }));
     let (tx, rx) = mpsc::channel(1);
     let _watcher = match &cfg.params_file {
         Location::File(path) => Some(rack_reconciler::watch::watch_params(

@@ -316,6 +316,8 @@ struct Inner {
 /// A controller's handle on the lease; clones share it.
 #[derive(Clone)]
 pub struct Lease {
+    /// This controller's name in the lease.
+    me: Arc<str>,
     inner: Arc<Mutex<Inner>>,
     view: watch::Receiver<LeaseView>,
     timing: Timing,
@@ -332,7 +334,9 @@ impl std::fmt::Debug for Lease {
 impl Lease {
     pub fn new(store: Arc<dyn LeaseStore>, me: impl Into<String>, timing: Timing) -> Self {
         let (tx, rx) = watch::channel(LeaseView::default());
+        let me: String = me.into();
         Lease {
+            me: me.as_str().into(),
             inner: Arc::new(Mutex::new(Inner {
                 elector: Elector::new(me, timing.duration),
                 store,
@@ -342,6 +346,11 @@ impl Lease {
             view: rx,
             timing,
         }
+    }
+
+    /// This controller's name in the lease.
+    pub fn me(&self) -> &str {
+        &self.me
     }
 
     /// Every change of what this controller knows of the lease.

@@ -65,6 +65,7 @@ impl Reconciler {
 
     pub(super) fn reject(&mut self, e: ParamsError) {
         if self.params_error.as_ref() != Some(&e) {
+            self.note_desired_invalid(&e);
             self.metrics.params_error(e.kind());
             if self.desired.is_some() {
                 warn!(error = %e, "params file rejected; keeping the last valid desired state");
@@ -117,19 +118,21 @@ impl Reconciler {
 
     /// A new desired value is a new intent: forget the backoff and convergence of the old.
     pub(super) fn forget_changed_intents(&mut self, desired: &DesiredParams, now: SystemTime) {
-        let mut changed = false;
+        let mut changes = Vec::new();
         for (name, value) in intents(desired) {
             let mem = mem_of(&mut self.memory, &name);
             if mem.desired.as_deref() != Some(value.as_str()) {
-                if mem.desired.is_some() {
-                    info!(parameter = %name, from = ?mem.desired, to = %value, "desired value changed");
-                }
-                mem.new_intent(Some(value), now);
-                changed = true;
+                let from = mem.desired.clone();
+                mem.new_intent(Some(value.clone()), now);
+                changes.push((name, from, value));
             }
         }
-        if changed {
-            self.status.update(|s| s.controller.generation += 1);
+        if !changes.is_empty() {
+            let generation = self.status.update(|s| {
+                s.controller.generation += 1;
+                s.controller.generation
+            });
+            self.note_desired_changed(&changes, generation);
         }
     }
 }

@@ -13,6 +13,8 @@ use crate::status::Status;
 use crate::store::{Fetch, Location, Store, StoreError};
 
 pub struct StatusDocument {
+    /// What the document is, for errors: `status document`, `history`.
+    what: &'static str,
     at: Location,
     store: Store,
     /// The version last read or written (an S3 ETag): `None` not read yet, `Some(None)`
@@ -29,7 +31,13 @@ pub fn fence_of(text: &str) -> Option<u64> {
 
 impl StatusDocument {
     pub fn new(at: Location, store: Store) -> Self {
+        Self::named("status document", at, store)
+    }
+
+    /// A document other than the status, `what` naming it in errors.
+    pub fn named(what: &'static str, at: Location, store: Store) -> Self {
         StatusDocument {
+            what,
             at,
             store,
             version: None,
@@ -65,6 +73,31 @@ impl StatusDocument {
         body: &str,
         under: Option<(Fence, &Metrics)>,
     ) -> Result<(), String> {
+        let at = self.at.clone();
+        self.write_over(body, under, |theirs, mine| {
+            let written = theirs.and_then(fence_of);
+            if written.is_some_and(|w| w > mine) {
+                return Err(format!(
+                    "status document {at}: written under fence {}, newer than this controller's {mine}: another controller is the writer now; not overwriting it",
+                    written.unwrap_or_default()
+                ));
+            }
+            warn!(status = %at, written = ?written, fence = mine,
+                "the status document was changed by another writer (under an older fence, or none): overwriting it");
+            Ok(body.to_string())
+        })
+        .await
+    }
+
+    /// Writes `body` as [`Self::write`] does; when someone else wrote the document since it
+    /// was last seen, `rebase` is given what they wrote (and this controller's fence) and
+    /// returns what to write over it instead, or why nothing may be written.
+    pub async fn write_over(
+        &mut self,
+        body: &str,
+        under: Option<(Fence, &Metrics)>,
+        rebase: impl FnOnce(Option<&str>, u64) -> Result<String, String>,
+    ) -> Result<(), String> {
         let Some((f, metrics)) = under else {
             let version = self.store.write(&self.at, body).await;
             return self.remember(version);
@@ -74,10 +107,20 @@ impl StatusDocument {
             let version = fence::scoped(f, metrics.clone(), self.store.write(&self.at, body)).await;
             return self.remember(version);
         }
-        fence::scoped(f, metrics.clone(), self.write_over_seen(body, f.fence)).await
+        fence::scoped(
+            f,
+            metrics.clone(),
+            self.write_over_seen(body, f.fence, rebase),
+        )
+        .await
     }
 
-    async fn write_over_seen(&mut self, body: &str, mine: u64) -> Result<(), String> {
+    async fn write_over_seen(
+        &mut self,
+        body: &str,
+        mine: u64,
+        rebase: impl FnOnce(Option<&str>, u64) -> Result<String, String>,
+    ) -> Result<(), String> {
         if self.version.is_none() {
             self.read().await.map_err(|e| self.failed(e))?;
         }
@@ -90,22 +133,13 @@ impl StatusDocument {
             Err(StoreError::Conflict { .. }) => {}
             other => return self.remember(other),
         }
-        // Written by someone else since: whose is it?
+        // Written by someone else since: what is there now?
         let theirs = self.read().await.map_err(|e| self.failed(e))?;
-        let written = theirs.as_deref().and_then(fence_of);
-        if written.is_some_and(|w| w > mine) {
-            return Err(format!(
-                "status document {}: written under fence {}, newer than this controller's {mine}: another controller is the writer now; not overwriting it",
-                self.at,
-                written.unwrap_or_default()
-            ));
-        }
-        warn!(status = %self.at, written = ?written, fence = mine,
-            "the status document was changed by another writer (under an older fence, or none): overwriting it");
+        let body = rebase(theirs.as_deref(), mine)?;
         let seen = self.version.clone().flatten();
         let version = self
             .store
-            .write_if_unchanged(&self.at, body, seen.as_deref())
+            .write_if_unchanged(&self.at, &body, seen.as_deref())
             .await;
         self.remember(version)
     }
@@ -125,6 +159,6 @@ impl StatusDocument {
     }
 
     fn failed(&self, e: StoreError) -> String {
-        format!("status document {}: {e}", self.at)
+        format!("{} {}: {e}", self.what, self.at)
     }
 }

@@ -42,6 +42,7 @@ use crate::status::{LeaseStatus, ParamsFileStatus, Status, StatusHandle};
 use crate::store::{Fetch, Location, Store};
 use crate::templates::{TemplateRef, TemplateSource};
 use document::StatusDocument;
+use journal::{Journal, JournalHandle};
 use stack::StackMemory;
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -82,6 +83,10 @@ pub struct Settings {
     pub methods: BTreeMap<String, Method>,
     /// A CloudFormation service role stack updates run with.
     pub stack_role: Option<String>,
+    /// The history next to the status document, if kept.
+    pub history_file: Option<Location>,
+    /// How much history is kept.
+    pub history: crate::history::Retention,
 }
 
 /// What one reconcile run found and did.
@@ -137,6 +142,8 @@ pub struct VersionCheck {
 
 mod desired;
 pub mod document;
+mod events;
+pub mod journal;
 mod observe;
 mod persist;
 mod rollout;
@@ -184,6 +191,18 @@ pub struct Reconciler {
     params_etag: Option<String>,
     /// What requirements of values are checked against (the rack's VPC).
     exec: Option<Arc<dyn ExecSource>>,
+    /// The rack's history, kept next to the status document.
+    journal: JournalHandle,
+    /// This controller's name in its events (its name in the lease, when there is one).
+    holder: String,
+    /// The lease fence this controller holds, while it holds it.
+    fence: Option<u64>,
+    /// The other holder of the lease last seen, while this controller stood by.
+    other_holder: Option<String>,
+    /// The events of this run, recorded at its end.
+    events: Vec<crate::history::Event>,
+    /// The fence the controller's documents were last written under.
+    held: Option<crate::lease::Fence>,
 }
 
 impl Reconciler {
@@ -227,7 +246,19 @@ impl Reconciler {
             leading: false,
             params_etag: None,
             exec: None,
+            journal: Journal::new(None, Store::local(), Default::default()).handle(),
+            holder: crate::lease::default_holder(),
+            fence: None,
+            other_holder: None,
+            events: Vec::new(),
+            held: None,
         };
+        rec.journal = Journal::new(
+            rec.settings.history_file.clone(),
+            Store::local(),
+            rec.settings.history,
+        )
+        .handle();
         rec.document = rec
             .settings
             .status_file
@@ -249,6 +280,12 @@ impl Reconciler {
             .status_file
             .clone()
             .map(|at| StatusDocument::new(at, store.clone()));
+        self.journal = Journal::new(
+            self.settings.history_file.clone(),
+            store.clone(),
+            self.settings.history,
+        )
+        .handle();
         self.store = store;
         if let Some(Location::S3 { .. }) = &self.settings.status_file {
             self.restore_from_store(None).await;
@@ -259,6 +296,7 @@ impl Reconciler {
     /// Makes this controller write only while it holds `lease`; its writes must go through
     /// a [`crate::rack::fenced::FencedRack`] on the same lease.
     pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.holder = lease.me().to_string();
         self.lease = Some(lease);
         self
     }
@@ -331,8 +369,11 @@ impl Reconciler {
         self.metrics.set_leader(view.leader);
         self.status
             .update(|s| s.lease = Some(LeaseStatus::from(&view)));
+        self.lease_events(&view);
         if view.leader && !self.leading {
             self.restore_from_store(Some(view.fence)).await;
+            // The history goes on from what the previous holder wrote.
+            self.journal.lock().await.reload();
             // Claim the document under this controller's fence before anything else is
             // written: a former holder's late write of it is then refused by its condition.
             self.last_written = None;
@@ -497,6 +538,7 @@ impl Reconciler {
             Ok(report) => report,
             Err(_) => self.deadline_exceeded(deadline).await,
         };
+        self.commit_events().await;
         self.metrics.reconciled(report.result, started);
         report
     }

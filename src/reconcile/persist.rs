@@ -121,6 +121,7 @@ impl Reconciler {
             ),
             None => None,
         };
+        self.held = fence;
         self.status
             .update(|s| s.controller.fence = fence.map(|f| f.fence));
         let status = self.status.get();

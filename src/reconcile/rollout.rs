@@ -59,7 +59,18 @@ impl Reconciler {
             .await
         {
             Ok(()) => {
-                info!(service = %roll.service, task_definition = %arn, purpose = ?roll.purpose, "rolling service");
+                let what = match roll.purpose {
+                    RollPurpose::Undo => "back to its previous revision",
+                    RollPurpose::Change => "to the desired value",
+                    RollPurpose::Correction => "to correct a drift",
+                };
+                let message = format!("UpdateService {} → {arn} ({what})", roll.service_name);
+                self.note_write("UpdateService", &[d.param.as_str()], message)
+                    .detail
+                    .extend([
+                        ("service".to_string(), roll.service.clone()),
+                        ("taskDefinition".to_string(), arn.clone()),
+                    ]);
                 self.rolled(roll, &arn, d, now);
             }
             Err(e) => {
@@ -131,11 +142,19 @@ impl Reconciler {
                 roll.label, roll.value
             );
             mem.blocked = Some(message.clone());
-            *d = d.clone().blocked("RevisionMismatch", message);
+            *d = d.clone().blocked("RevisionMismatch", message.clone());
+            self.note_write_failed(
+                "RegisterTaskDefinition",
+                &[roll.label.trim_start_matches("rack.")],
+                "RevisionMismatch",
+                &message,
+            );
             return;
         }
         let what = format!("rolling {} to {}={}", roll.service, roll.label, roll.value);
         write_failed(mem, (backoff, self.settings.backoff_max, now), e, d, &what);
+        let (reason, message) = (d.reason, d.message.clone());
+        self.note_write_failed("UpdateService", &[d.param.as_str()], reason, &message);
     }
 
     /// The revision a roll points the service at: an existing one, or a relabelled copy of
@@ -152,8 +171,17 @@ impl Reconciler {
         if reused {
             info!(service = %roll.service, task_definition = %arn, "reusing a revision registered earlier");
         } else {
-            info!(service = %roll.service, from = %roll.from_task_definition, task_definition = %arn,
-                label = %roll.label, value = %roll.value, "registered relabelled revision");
+            let message = format!(
+                "RegisterTaskDefinition {arn}: {} with {}={}, the rest as it was",
+                roll.from_task_definition, roll.label, roll.value
+            );
+            let param = roll.label.trim_start_matches("rack.").to_string();
+            self.note_write("RegisterTaskDefinition", &[param.as_str()], message)
+                .detail
+                .extend([
+                    ("service".to_string(), roll.service.clone()),
+                    ("taskDefinition".to_string(), arn.clone()),
+                ]);
         }
         Ok(arn)
     }

@@ -264,12 +264,26 @@ impl Reconciler {
                     .cancel
                     .as_ref()
                     .map(|why| format!("cancelled by the controller: {why}"));
-                info!(reason = ?stack.cancel, token = ?self.stack.token,
-                    "cancelled the controller's failing stack update");
+                let token = self.stack.token.clone().unwrap_or_default();
+                let params: Vec<String> = stack.decisions.iter().map(|d| d.param.clone()).collect();
+                let why = stack.cancel.clone().unwrap_or_default();
+                let e = self
+                    .event(
+                        crate::history::Kind::RolloutCancelled,
+                        "CancelUpdateStack",
+                        format!("cancelled the controller's failing stack update (token {token}): {why}"),
+                    )
+                    .params(params)
+                    .detail("token", token);
+                self.note(e);
                 self.write_status_file().await;
             }
             Err(e) => {
-                warn!(error = %e, "cancelling the stack update failed");
+                let params: Vec<&str> = stack.decisions.iter().map(|d| d.param.as_str()).collect();
+                let message =
+                    format!("cancelling the controller's failing stack update failed: {e}");
+                let reason = super::not_a_failure(&e).map_or("ActionFailed", |(r, _)| r);
+                self.note_write_failed("CancelUpdateStack", &params, reason, &message);
                 for d in &mut stack.decisions {
                     d.message = format!(
                         "{}; cancelling it failed (retried next run): {e}",
@@ -324,10 +338,17 @@ impl Reconciler {
             Ok(outcome) => {
                 if outcome == StackUpdateOutcome::Started {
                     self.metrics.stack_update_started();
+                    let carried: BTreeMap<String, String> = stack
+                        .changes
+                        .iter()
+                        .filter(|(k, _)| update.parameters.iter().any(|p| &p.key == *k))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    self.note_stack_update(&carried, Some(&update));
                 }
                 info!(from = ?update.from, to = %update.to, downgrade = update.downgrade,
                     parameters = update.parameters.len(), ?outcome, token = ?self.stack.token,
-                    "stack update started");
+                    "stack update sent");
             }
             Err(e) => self.update_failed(d, &e, now),
         }
@@ -342,8 +363,7 @@ impl Reconciler {
         let (reason, message, retrying) = match result {
             Ok(StackUpdateOutcome::Started) => {
                 self.metrics.stack_update_started();
-                let changed: Vec<&String> = stack.changes.keys().collect();
-                info!(parameters = ?changed, token = ?self.stack.token, "stack update started");
+                self.note_stack_update(&stack.changes, None);
                 return;
             }
             // The stack reads differently from what CloudFormation holds (a spelling it
@@ -387,6 +407,34 @@ impl Reconciler {
                 humantime::format_duration(round(delay))
             );
         }
+        let params: Vec<&str> = stack.changes.keys().map(String::as_str).collect();
+        self.note_write_failed("UpdateStack", &params, reason, &message);
+    }
+
+    /// The event of an `UpdateStack` that started: its token, what it changes.
+    fn note_stack_update(
+        &mut self,
+        changes: &BTreeMap<String, String>,
+        version: Option<&StackUpdate>,
+    ) {
+        let token = self.stack.token.clone().unwrap_or_default();
+        let mut params: Vec<&str> = changes.keys().map(String::as_str).collect();
+        let mut what: Vec<String> = changes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if let Some(u) = version {
+            params.insert(0, VERSION_PARAM);
+            what.insert(
+                0,
+                format!(
+                    "version {} → {}",
+                    u.from.as_deref().unwrap_or("unknown"),
+                    u.to
+                ),
+            );
+        }
+        let message = format!("UpdateStack: {} (token {token})", what.join(", "));
+        self.note_write("UpdateStack", &params, message)
+            .detail
+            .insert("token".into(), token);
     }
 
     fn update_failed(&mut self, d: &mut Decision, e: &RackError, now: SystemTime) {
@@ -394,6 +442,8 @@ impl Reconciler {
         let mem = mem_of(&mut self.memory, VERSION_PARAM);
         let what = format!("updating the stack to version {}", d.desired);
         write_failed(mem, (builder, self.settings.backoff_max, now), e, d, &what);
+        let (reason, message) = (d.reason, d.message.clone());
+        self.note_write_failed("UpdateStack", &[VERSION_PARAM], reason, &message);
     }
 
     /// One `UpdateStack` (`template` absent keeps the stack's template), with a fresh token

@@ -4,7 +4,8 @@
 //! nothing, changes nothing), **remember** what the decisions say (backoffs, settled
 //! rollouts and updates), **choose** the one write of the run ([`choose_write`], pure; none on a standby,
 //! which decides as the holder would), **act** (that write, through the rack, under the fence
-//! when there is a lease), **record** (publish every decision: status, metrics).
+//! when there is a lease), **record** (publish every decision: status, metrics, and the
+//! events it means for the rack's history).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -247,6 +248,7 @@ impl Reconciler {
             ..
         } = stack;
         let stack_writes = |d: &Decision| cancel.is_some() || changes.contains_key(&d.param);
+        let relabelled = relabel.as_ref().map(|d| d.param.clone());
         let mut decisions = Vec::new();
         for mut d in relabel.into_iter() {
             if let Some(m) = standby.filter(|_| d.action.is_some()) {
@@ -268,9 +270,17 @@ impl Reconciler {
         }
         decisions.extend(held);
         for d in &decisions {
+            let method = match relabelled.as_deref() == Some(d.param.as_str()) {
+                true => "relabel",
+                false => "stack",
+            };
+            let (change, converged_at) = self.derive_events(d, method, now);
             self.publish(d, now);
+            self.status
+                .update(|s| s.set_change(&d.param, change, converged_at));
             report.phases.insert(d.param.clone(), d.phase);
         }
+        self.exec_events();
         decisions
     }
 }

@@ -1,0 +1,278 @@
+//! The loop's events ([`crate::history`]): what each step notes as it goes, what the
+//! decisions mean against what was recorded of each parameter before, and, at the end of
+//! the run, every event logged at INFO and kept (by the lease holder, or with no lease) in
+//! the history next to the status document.
+
+use super::*;
+use crate::history::{self, Actor, Cause, Event, Kind, Seen};
+use crate::lease::{Fence, LeaseView};
+use crate::status::ParameterStatus;
+
+impl Reconciler {
+    /// This controller, as the actor of its events.
+    pub(super) fn me(&self) -> Actor {
+        Actor::Controller {
+            holder: self.holder.clone(),
+            fence: self.fence,
+        }
+    }
+
+    /// Notes an event of this run; it is recorded at the run's end.
+    pub(super) fn note(&mut self, e: Event) {
+        self.events.push(e);
+    }
+
+    /// An event of this controller's, now.
+    pub(super) fn event(&self, kind: Kind, reason: &str, message: String) -> Event {
+        Event::new(self.clock.now(), kind, reason, message, self.me())
+    }
+
+    /// The history the loop keeps (for `GET /events`).
+    pub fn journal(&self) -> journal::JournalHandle {
+        self.journal.clone()
+    }
+
+    /// Notes what `d` means for the history against what the status recorded of the
+    /// parameter before (call before publishing `d`), and returns the change it leaves under
+    /// way and whether one converged; a converged change of the desired value is measured.
+    pub(super) fn derive_events(
+        &mut self,
+        d: &Decision,
+        method: &str,
+        now: SystemTime,
+    ) -> (Option<history::Change>, Option<SystemTime>) {
+        let prev = self.status.read(|s| s.parameter(&d.param).map(seen));
+        let derived = history::derive(prev.as_ref(), d, now, &self.me());
+        self.events.extend(derived.events);
+        let converged_at = match derived.converged {
+            Some((change, took)) if change.cause == Cause::Desired => {
+                self.metrics.converged_after(&d.param, method, took, now);
+                Some(now)
+            }
+            _ => None,
+        };
+        (derived.change, converged_at)
+    }
+
+    /// The desired values that changed (`from` absent: newly managed), as one event.
+    pub(super) fn note_desired_changed(
+        &mut self,
+        changes: &[(String, Option<String>, String)],
+        generation: u64,
+    ) {
+        if changes.is_empty() {
+            return;
+        }
+        let message = changes
+            .iter()
+            .map(|(k, from, to)| match from {
+                Some(from) => format!("{k}: {from} → {to}"),
+                None => format!("{k}: {to} (newly managed)"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut e = self
+            .event(
+                Kind::DesiredChanged,
+                "DesiredChanged",
+                format!("params file {}: {message}", self.settings.params_file),
+            )
+            .params(changes.iter().map(|(k, _, _)| k.clone()))
+            .detail("generation", generation);
+        if let Some(etag) = &self.params_etag {
+            e = e.detail("etag", etag);
+        }
+        self.note(e);
+    }
+
+    /// The params file was refused (once per distinct error).
+    pub(super) fn note_desired_invalid(&mut self, e: &ParamsError) {
+        let kept = if self.desired.is_some() {
+            "the last valid desired state is kept"
+        } else {
+            "there is no valid desired state yet: nothing is changed"
+        };
+        let event = self
+            .event(
+                Kind::DesiredInvalid,
+                "ParamsInvalid",
+                format!("{e}; {kept}"),
+            )
+            .detail("error", e.kind());
+        self.note(event);
+    }
+
+    /// A write was made.
+    pub(super) fn note_write(
+        &mut self,
+        operation: &str,
+        params: &[&str],
+        message: String,
+    ) -> &mut Event {
+        let e = self
+            .event(Kind::WriteMade, operation, message)
+            .params(params.iter().copied());
+        self.events.push(e);
+        let last = self.events.len() - 1;
+        &mut self.events[last]
+    }
+
+    /// A write failed (a write the lease or a condition refused is no failure: nothing).
+    pub(super) fn note_write_failed(
+        &mut self,
+        operation: &str,
+        params: &[&str],
+        d_reason: &str,
+        message: &str,
+    ) {
+        if matches!(d_reason, "Standby" | "ChangedSinceObserved") {
+            return;
+        }
+        let e = self
+            .event(Kind::WriteFailed, operation, message.to_string())
+            .params(params.iter().copied());
+        self.note(e);
+    }
+
+    /// The lease changed hands since the last look.
+    pub(super) fn lease_events(&mut self, view: &LeaseView) {
+        match (self.leading, view.leader) {
+            (false, true) => {
+                self.fence = Some(view.fence);
+                let (kind, message) = match self.other_holder.take() {
+                    Some(other) => (
+                        Kind::LeaseTakenOver,
+                        format!(
+                            "took the lease over from {other}, whose lease lapsed (fence {})",
+                            view.fence
+                        ),
+                    ),
+                    None => (
+                        Kind::LeaseAcquired,
+                        format!("acquired the lease (fence {})", view.fence),
+                    ),
+                };
+                let e = self
+                    .event(kind, "LeaseHeld", message)
+                    .detail("fence", view.fence);
+                self.note(e);
+            }
+            (true, false) => {
+                let e = self.event(
+                    Kind::LeaseLost,
+                    "LeaseLost",
+                    format!("lost the lease: {}", standby_message(view)),
+                );
+                self.note(e);
+                self.fence = None;
+                self.other_holder = self.other(view);
+            }
+            (false, false) => self.other_holder = self.other(view).or(self.other_holder.take()),
+            (true, true) => self.fence = Some(view.fence),
+        }
+    }
+
+    /// The other controller that holds the lease, if one does.
+    fn other(&self, view: &LeaseView) -> Option<String> {
+        view.holder
+            .clone()
+            .filter(|h| !h.is_empty() && *h != self.holder)
+    }
+
+    /// Tasks moved between exec paths since the last exec readiness event.
+    pub(super) fn exec_events(&mut self) {
+        let paths = self.status.read(|s| {
+            let exec = s.exec.as_ref().filter(|e| e.error.is_none())?;
+            (exec.paths != s.controller.exec_paths)
+                .then(|| (exec.paths.clone(), s.controller.exec_paths.clone()))
+        });
+        let Some((now_paths, before)) = paths else {
+            return;
+        };
+        let moved: Vec<String> = now_paths
+            .keys()
+            .chain(before.keys())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|path| {
+                let (a, b) = (
+                    before.get(path).copied().unwrap_or(0),
+                    now_paths.get(path).copied().unwrap_or(0),
+                );
+                (a != b).then(|| format!("{path} {a} → {b}"))
+            })
+            .collect();
+        let mut e = self.event(
+            Kind::ExecReadinessChanged,
+            "ExecPathsChanged",
+            format!("running tasks by exec path: {}", moved.join(", ")),
+        );
+        e = e.param(ECS_EXEC.name);
+        for (path, n) in &now_paths {
+            e = e.detail(path, n);
+        }
+        self.note(e);
+        self.status.update(|s| s.controller.exec_paths = now_paths);
+    }
+
+    /// Records the events of this run: each an INFO log line and a count; kept in the history
+    /// and written (one write at most) by the lease holder, or with no lease. A standby's are
+    /// only logged: the holder keeps the rack's history.
+    pub(super) async fn commit_events(&mut self) {
+        let events = std::mem::take(&mut self.events);
+        let keep = self.lease.is_none() || self.leading;
+        let now = self.clock.now();
+        let journal = self.journal.clone();
+        let mut journal = journal.lock().await;
+        for mut e in events {
+            if let Actor::Controller { fence, .. } = &mut e.actor {
+                *fence = self.fence.or(*fence);
+            }
+            self.metrics.event(e.kind);
+            journal::log_event(&e);
+            if keep {
+                journal.keep(e, now);
+            }
+        }
+        if !keep || !journal.has_unsaved() {
+            return;
+        }
+        let fence = match self.write_fence().await {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "not writing the history: not the lease holder");
+                return;
+            }
+        };
+        let under = fence.map(|f| (f, &self.metrics));
+        if let Err(e) = journal.flush(under, now).await {
+            warn!(error = %e, "cannot write the history; it is written with the next event");
+        }
+    }
+
+    /// The fence a write of the controller's documents is made under: the one its last
+    /// write took, while good, else the lease renewed now. None without a lease.
+    pub(super) async fn write_fence(&mut self) -> Result<Option<Fence>, String> {
+        let Some(lease) = &self.lease else {
+            return Ok(None);
+        };
+        if let Some(f) = self.held.filter(|f| !f.deadline.passed()) {
+            return Ok(Some(f));
+        }
+        let f = lease.fence().await.map_err(|e| e.to_string())?;
+        self.held = Some(f);
+        Ok(Some(f))
+    }
+}
+
+/// What the status recorded of a parameter, as the history compares it.
+fn seen(p: &ParameterStatus) -> Seen {
+    Seen {
+        desired: p.desired.clone(),
+        phase: p.phase,
+        reason: p.reason.clone(),
+        drift: p.drift,
+        services: p.services.clone(),
+        change: p.change.clone(),
+    }
+}
