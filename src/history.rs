@@ -271,18 +271,35 @@ pub struct Seen {
 /// What a decision means for the history.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Derived {
+    /// What the decision found: a failure, a rollback, a drift, a refusal, another phase.
+    /// They come before the run's write, which answers them.
     pub events: Vec<Event>,
+    /// What followed from it: rollouts started, progressing, completed, and the change
+    /// converged. They come after the run's write, which may have started them.
+    pub later: Vec<Event>,
     /// The change under way after this decision.
     pub change: Option<Change>,
     /// The change that converged with this decision, and how long it took.
     pub converged: Option<(Change, Duration)>,
 }
 
-/// Reasons of someone else's change of the rack.
+/// What a decision is judged in besides what was recorded before it.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub now: SystemTime,
+    /// This controller.
+    pub me: Actor,
+    /// The stack is updating under this controller's token (its update, or the rollback of
+    /// it): what moves on the rack meanwhile is the controller's doing, not a drift.
+    pub own_update: bool,
+}
+
+/// Reasons of someone else's change of the rack (unless the stack update is the
+/// controller's own).
 const OUTSIDE: [&str; 3] = ["StackUpdating", "StackUpdateOwnerUnknown", "ServiceBusy"];
 
 /// The event a new reason of a decision is, if it is one of its own.
-fn kind_of_reason(reason: &str) -> Option<Kind> {
+fn kind_of_reason(reason: &str, own_update: bool) -> Option<Kind> {
     Some(match reason {
         "RolloutFailed" | "RolloutTimedOut" | "StackUpdateFailing" | "ServiceStuck" => {
             Kind::RolloutFailed
@@ -291,7 +308,7 @@ fn kind_of_reason(reason: &str) -> Option<Kind> {
         "RolloutReverted" | "StackUpdateRolledBack" => Kind::RolledBack,
         crate::plan::hold::ROLLBACK_FAILING | "RollbackStuck" => Kind::RollbackFailing,
         "DowngradeBlocked" | "DowngradeWaiting" => Kind::DowngradeRefused,
-        "StackUpdating" | "StackUpdateOwnerUnknown" => Kind::StackChangedOutside,
+        "StackUpdating" | "StackUpdateOwnerUnknown" if !own_update => Kind::StackChangedOutside,
         _ => return None,
     })
 }
@@ -306,8 +323,9 @@ const QUIET: [&str; 5] = [
 ];
 
 /// The events `d` means after `prev` (what was recorded of the parameter before; `None`: not
-/// managed before), with the change it leaves under way. `me` is this controller.
-pub fn derive(prev: Option<&Seen>, d: &Decision, now: SystemTime, me: &Actor) -> Derived {
+/// managed before), with the change it leaves under way.
+pub fn derive(prev: Option<&Seen>, d: &Decision, ctx: &Context) -> Derived {
+    let now = ctx.now;
     let mut out = Derived {
         change: prev.and_then(|p| p.change.clone()),
         ..Derived::default()
@@ -319,24 +337,16 @@ pub fn derive(prev: Option<&Seen>, d: &Decision, now: SystemTime, me: &Actor) ->
             to: d.desired.clone(),
             cause: Cause::Desired,
         });
-    } else if let Some(p) = prev {
-        drift(p, d, now, &mut out);
+    } else if !ctx.own_update {
+        drift(d, now, &mut out);
     }
-    let actor = if OUTSIDE.contains(&d.reason) {
-        Actor::Outside
-    } else {
-        me.clone()
+    let actor = match OUTSIDE.contains(&d.reason) && !ctx.own_update {
+        true => Actor::Outside,
+        false => ctx.me.clone(),
     };
-    let seen_services = prev.map(|p| p.services.as_slice()).unwrap_or_default();
-    for s in &d.services {
-        let before = seen_services.iter().find(|p| p.service == s.service);
-        if let Some(e) = service_event(before, s, now, &actor) {
-            out.events.push(e.param(&d.param));
-        }
-    }
     let new_reason = prev.is_none_or(|p| p.reason != d.reason);
     let new_phase = prev.is_none_or(|p| p.phase != d.phase);
-    if let Some(kind) = kind_of_reason(d.reason).filter(|_| new_reason) {
+    if let Some(kind) = kind_of_reason(d.reason, ctx.own_update).filter(|_| new_reason) {
         let mut e = Event::new(now, kind, d.reason, d.message.clone(), actor.clone());
         if kind == Kind::RolledBack {
             if let Some(took) = out.change.as_ref().and_then(|c| c.elapsed(now)) {
@@ -344,23 +354,31 @@ pub fn derive(prev: Option<&Seen>, d: &Decision, now: SystemTime, me: &Actor) ->
             }
         }
         out.events.push(e.param(&d.param));
-    } else if new_phase
+    } else if (new_phase || new_reason)
         && !matches!(d.phase, Phase::Converged | Phase::Progressing)
         && !QUIET.contains(&d.reason)
     {
         let message = format!("{}: {}", d.phase, d.message);
-        out.events
-            .push(Event::new(now, Kind::PhaseChanged, d.reason, message, actor).param(&d.param));
+        out.events.push(
+            Event::new(now, Kind::PhaseChanged, d.reason, message, actor.clone()).param(&d.param),
+        );
+    }
+    let seen_services = prev.map(|p| p.services.as_slice()).unwrap_or_default();
+    for s in &d.services {
+        let before = seen_services.iter().find(|p| p.service == s.service);
+        if let Some(e) = service_event(before, s, now, &actor) {
+            out.later.push(e.param(&d.param));
+        }
     }
     if d.phase == Phase::Converged {
-        converged(d, now, me, &mut out);
+        converged(d, now, &ctx.me, &mut out);
     }
     out
 }
 
-/// A converged value that the rack no longer holds.
-fn drift(p: &Seen, d: &Decision, now: SystemTime, out: &mut Derived) {
-    if p.phase != Phase::Converged || !d.drift || out.change.is_some() {
+/// A value the rack held (no change of it under way) that it no longer holds.
+fn drift(d: &Decision, now: SystemTime, out: &mut Derived) {
+    if !d.drift || out.change.is_some() {
         return;
     }
     let observed = d.observed.as_deref().unwrap_or("mixed values");
@@ -394,9 +412,9 @@ fn converged(d: &Decision, now: SystemTime, me: &Actor, out: &mut Derived) {
         "{}={} {what} after {}",
         d.param,
         d.desired,
-        humantime::format_duration(took)
+        humantime::format_duration(Duration::from_secs(took.as_secs()))
     );
-    out.events.push(
+    out.later.push(
         Event::new(now, kind, d.reason, message, me.clone())
             .param(&d.param)
             .took(took),
@@ -561,6 +579,29 @@ impl Log {
     pub fn newest_fence(&self) -> Option<u64> {
         self.events().filter_map(|e| e.actor.fence()).max()
     }
+}
+
+/// Events of one run that say the same of several parameters (a stack update someone else
+/// started, seen by each) as one event naming them all.
+pub fn coalesce(events: Vec<Event>) -> Vec<Event> {
+    let mut out: Vec<Event> = Vec::with_capacity(events.len());
+    for e in events {
+        let same = out.iter_mut().find(|o| {
+            (o.kind, &o.reason, &o.message, &o.actor, &o.detail)
+                == (e.kind, &e.reason, &e.message, &e.actor, &e.detail)
+        });
+        match same {
+            Some(o) => {
+                for p in e.params {
+                    if !o.params.contains(&p) {
+                        o.params.push(p);
+                    }
+                }
+            }
+            None => out.push(e),
+        }
+    }
+    out
 }
 
 /// The start of a query's window: a duration back from `now` (`24h`, `90m`) or an RFC 3339

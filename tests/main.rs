@@ -29,6 +29,7 @@ mod sim_cost;
 mod sim_exec;
 mod sim_faults;
 mod sim_hard_moments;
+mod sim_history;
 mod sim_lease;
 mod sim_restart;
 mod sim_stack;

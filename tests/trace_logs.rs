@@ -48,10 +48,7 @@ async fn no_secret_of_the_rack_reaches_trace_logs_status_or_the_status_file() {
     let status_file =
         std::fs::read_to_string(dir.path().join("params.status.json")).expect("status file");
 
-    assert!(
-        logs.contains("the rest as it was"),
-        "the run did relabel"
-    );
+    assert!(logs.contains("the rest as it was"), "the run did relabel");
     assert!(
         logs.contains("DEBUG") || logs.contains("TRACE"),
         "verbose logging was on"

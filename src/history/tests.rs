@@ -59,8 +59,16 @@ fn change(since: u64, cause: Cause) -> Change {
     }
 }
 
+fn ctx(now: SystemTime) -> Context {
+    Context {
+        now,
+        me: me(),
+        own_update: false,
+    }
+}
+
 fn kinds(d: &Derived) -> Vec<Kind> {
-    d.events.iter().map(|e| e.kind).collect()
+    d.events.iter().chain(&d.later).map(|e| e.kind).collect()
 }
 
 #[test]
@@ -133,18 +141,18 @@ fn a_change_from_intent_to_converged() {
     // The desired value changes: a change begins.
     let mut now = 10;
     for (name, d, want) in steps {
-        let out = derive(Some(&prev), &d, t(now), &me());
+        let out = derive(Some(&prev), &d, &ctx(t(now)));
         assert_eq!(kinds(&out), want, "{name}");
         if name == "completed and converged" {
             let (c, took) = out.converged.clone().expect("converged");
             assert_eq!((c.cause, took), (Cause::Desired, Duration::from_secs(40)));
             assert_eq!(
-                out.events[0].duration_seconds,
+                out.later[0].duration_seconds,
                 Some(50),
                 "since the deployment began"
             );
             assert_eq!(
-                out.events[1].duration_seconds,
+                out.later[1].duration_seconds,
                 Some(40),
                 "since the desired change"
             );
@@ -176,7 +184,7 @@ fn reasons_that_are_events_of_their_own() {
     let prev = seen_of(&before, Some(change(0, Cause::Desired)));
     for (reason, phase, kind) in cases {
         let d = decision(phase, reason, Vec::new());
-        let out = derive(Some(&prev), &d, t(60), &me());
+        let out = derive(Some(&prev), &d, &ctx(t(60)));
         assert_eq!(kinds(&out), vec![kind], "{reason}");
         let outside = kind == Kind::StackChangedOutside;
         assert_eq!(out.events[0].actor == Actor::Outside, outside, "{reason}");
@@ -185,14 +193,13 @@ fn reasons_that_are_events_of_their_own() {
             "{reason}: the change is still under way"
         );
         // The same reason again is no new event.
-        let again = derive(Some(&seen_of(&d, out.change.clone())), &d, t(70), &me());
+        let again = derive(Some(&seen_of(&d, out.change.clone())), &d, &ctx(t(70)));
         assert!(again.events.is_empty(), "{reason} again");
     }
     let rolled_back = derive(
         Some(&prev),
         &decision(Phase::Failed, "RolloutReverted", Vec::new()),
-        t(60),
-        &me(),
+        &ctx(t(60)),
     );
     assert_eq!(rolled_back.events[0].duration_seconds, Some(60));
 }
@@ -210,8 +217,7 @@ fn quiet_reasons_and_known_phases_are_no_event() {
         let out = derive(
             Some(&prev),
             &decision(phase, reason, Vec::new()),
-            t(1),
-            &me(),
+            &ctx(t(1)),
         );
         assert!(out.events.is_empty(), "{reason}: {:?}", kinds(&out));
     }
@@ -223,31 +229,30 @@ fn a_drift_is_detected_outside_and_corrected_by_the_controller() {
     let mut drifted = decision(Phase::Progressing, "RollingOut", Vec::new());
     drifted.drift = true;
     drifted.observed = Some("No".into());
-    let out = derive(Some(&seen_of(&converged, None)), &drifted, t(100), &me());
+    let out = derive(Some(&seen_of(&converged, None)), &drifted, &ctx(t(100)));
     assert_eq!(kinds(&out), vec![Kind::DriftDetected]);
     assert_eq!(out.events[0].actor, Actor::Outside);
     assert_eq!(out.change.as_ref().map(|c| c.cause), Some(Cause::Drift));
     let back = derive(
         Some(&seen_of(&drifted, out.change)),
         &converged,
-        t(160),
-        &me(),
+        &ctx(t(160)),
     );
     assert_eq!(kinds(&back), vec![Kind::DriftCorrected]);
-    assert_eq!(back.events[0].actor, me());
-    assert_eq!(back.events[0].duration_seconds, Some(60));
+    assert_eq!(back.later[0].actor, me());
+    assert_eq!(back.later[0].duration_seconds, Some(60));
     assert_eq!(back.change, None);
 }
 
 #[test]
 fn a_first_look_at_a_converged_value_is_no_change() {
     let d = decision(Phase::Converged, "Converged", Vec::new());
-    let out = derive(None, &d, t(0), &me());
+    let out = derive(None, &d, &ctx(t(0)));
     assert!(out.events.is_empty());
     assert_eq!(out.change, None);
     // One that is not there yet begins a change.
     let d = decision(Phase::Progressing, "UpdatingStack", Vec::new());
-    let out = derive(None, &d, t(0), &me());
+    let out = derive(None, &d, &ctx(t(0)));
     assert_eq!(out.change.map(|c| c.cause), Some(Cause::Desired));
 }
 
@@ -261,8 +266,7 @@ fn a_change_survives_a_restart_through_what_was_recorded() {
     let out = derive(
         Some(&prev),
         &decision(Phase::Converged, "Converged", Vec::new()),
-        t(90),
-        &me(),
+        &ctx(t(90)),
     );
     assert_eq!(
         out.converged.map(|(_, took)| took),
@@ -381,4 +385,63 @@ fn select_by_time_and_parameter() {
     assert_eq!(select(log.events(), Some(t(5)), None).len(), 2);
     assert_eq!(select(log.events(), None, Some("ECSExec")).len(), 2);
     assert_eq!(select(log.events(), Some(t(5)), Some("ECSExec")).len(), 1);
+}
+
+#[test]
+fn the_same_event_of_several_parameters_is_one() {
+    let outside = |param: &str| {
+        Event::new(
+            t(0),
+            Kind::StackChangedOutside,
+            "StackUpdating",
+            "stack updating".into(),
+            Actor::Outside,
+        )
+        .param(param)
+    };
+    let events = vec![
+        outside("ECSExec"),
+        event(0, Kind::WriteMade, 1),
+        outside("ApiCount"),
+    ];
+    let out = coalesce(events);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        out[0].params,
+        vec!["ECSExec".to_string(), "ApiCount".to_string()]
+    );
+}
+
+#[test]
+fn during_the_controllers_own_update_nothing_is_outside_or_a_drift() {
+    let converged = decision(Phase::Converged, "Converged", Vec::new());
+    let mut waiting = decision(
+        Phase::Waiting,
+        "StackUpdating",
+        vec![service(ServiceState::RollingOut, 0, 1)],
+    );
+    waiting.drift = true;
+    let own = Context {
+        own_update: true,
+        ..ctx(t(10))
+    };
+    let out = derive(Some(&seen_of(&converged, None)), &waiting, &own);
+    assert_eq!(kinds(&out), vec![Kind::PhaseChanged, Kind::RolloutStarted]);
+    assert!(out.events.iter().chain(&out.later).all(|e| e.actor == me()));
+    assert_eq!(out.change, None, "no drift");
+    // Someone else's: outside, and a drift.
+    let theirs = derive(Some(&seen_of(&converged, None)), &waiting, &ctx(t(10)));
+    assert_eq!(
+        kinds(&theirs),
+        vec![
+            Kind::DriftDetected,
+            Kind::StackChangedOutside,
+            Kind::RolloutStarted
+        ]
+    );
+    assert!(theirs
+        .events
+        .iter()
+        .chain(&theirs.later)
+        .all(|e| e.actor == Actor::Outside));
 }

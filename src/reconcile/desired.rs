@@ -106,7 +106,7 @@ impl Reconciler {
                 before != s.parameters.len()
             });
             if was_shown {
-                info!(parameter = %name, "no longer in the params file: not managed any more");
+                self.note_unmanaged(name);
             }
             self.memory.remove(name);
             self.metrics.remove_parameter(name);

@@ -32,26 +32,38 @@ impl Reconciler {
         self.journal.clone()
     }
 
-    /// Notes what `d` means for the history against what the status recorded of the
-    /// parameter before (call before publishing `d`), and returns the change it leaves under
-    /// way and whether one converged; a converged change of the desired value is measured.
+    /// What `d` means for the history against what the status recorded of the parameter
+    /// before (call before publishing `d`): its events, and the change it leaves under way
+    /// and whether one converged; a converged change of the desired value is measured.
     pub(super) fn derive_events(
         &mut self,
         d: &Decision,
         method: &str,
+        own_update: bool,
         now: SystemTime,
-    ) -> (Option<history::Change>, Option<SystemTime>) {
+    ) -> history::Derived {
         let prev = self.status.read(|s| s.parameter(&d.param).map(seen));
-        let derived = history::derive(prev.as_ref(), d, now, &self.me());
-        self.events.extend(derived.events);
-        let converged_at = match derived.converged {
-            Some((change, took)) if change.cause == Cause::Desired => {
-                self.metrics.converged_after(&d.param, method, took, now);
-                Some(now)
-            }
-            _ => None,
+        let ctx = history::Context {
+            now,
+            me: self.me(),
+            own_update,
         };
-        (derived.change, converged_at)
+        let derived = history::derive(prev.as_ref(), d, &ctx);
+        if let Some((change, took)) = &derived.converged {
+            if change.cause == Cause::Desired {
+                self.metrics.converged_after(&d.param, method, *took, now);
+            }
+        }
+        derived
+    }
+
+    /// The run's events in the order they happened: what the decisions found, then the
+    /// write that answered them, then what followed.
+    pub(super) fn note_run(&mut self, found: Vec<Event>, later: Vec<Event>) {
+        let written = std::mem::take(&mut self.written);
+        self.events.extend(found);
+        self.events.extend(written);
+        self.events.extend(later);
     }
 
     /// The desired values that changed (`from` absent: newly managed), as one event.
@@ -85,6 +97,21 @@ impl Reconciler {
         self.note(e);
     }
 
+    /// A parameter left the params file: no longer managed.
+    pub(super) fn note_unmanaged(&mut self, name: &str) {
+        let e = self
+            .event(
+                Kind::DesiredChanged,
+                "NotManaged",
+                format!(
+                    "params file {}: {name} removed: not managed any more",
+                    self.settings.params_file
+                ),
+            )
+            .param(name);
+        self.note(e);
+    }
+
     /// The params file was refused (once per distinct error).
     pub(super) fn note_desired_invalid(&mut self, e: &ParamsError) {
         let kept = if self.desired.is_some() {
@@ -112,9 +139,9 @@ impl Reconciler {
         let e = self
             .event(Kind::WriteMade, operation, message)
             .params(params.iter().copied());
-        self.events.push(e);
-        let last = self.events.len() - 1;
-        &mut self.events[last]
+        self.written.push(e);
+        let last = self.written.len() - 1;
+        &mut self.written[last]
     }
 
     /// A write failed (a write the lease or a condition refused is no failure: nothing).
@@ -131,7 +158,7 @@ impl Reconciler {
         let e = self
             .event(Kind::WriteFailed, operation, message.to_string())
             .params(params.iter().copied());
-        self.note(e);
+        self.written.push(e);
     }
 
     /// The lease changed hands since the last look.
@@ -219,7 +246,10 @@ impl Reconciler {
     /// and written (one write at most) by the lease holder, or with no lease. A standby's are
     /// only logged: the holder keeps the rack's history.
     pub(super) async fn commit_events(&mut self) {
-        let events = std::mem::take(&mut self.events);
+        let mut events = std::mem::take(&mut self.events);
+        // Writes of a run that recorded nothing (it timed out, say) are not lost.
+        events.append(&mut self.written);
+        let events = history::coalesce(events);
         let keep = self.lease.is_none() || self.leading;
         let now = self.clock.now();
         let journal = self.journal.clone();

@@ -201,6 +201,8 @@ pub struct Reconciler {
     other_holder: Option<String>,
     /// The events of this run, recorded at its end.
     events: Vec<crate::history::Event>,
+    /// The events of this run's write, placed after what the decisions found.
+    written: Vec<crate::history::Event>,
     /// The fence the controller's documents were last written under.
     held: Option<crate::lease::Fence>,
 }
@@ -251,6 +253,7 @@ impl Reconciler {
             fence: None,
             other_holder: None,
             events: Vec::new(),
+            written: Vec::new(),
             held: None,
         };
         rec.journal = Journal::new(

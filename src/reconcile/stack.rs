@@ -265,7 +265,7 @@ impl Reconciler {
                     .as_ref()
                     .map(|why| format!("cancelled by the controller: {why}"));
                 let token = self.stack.token.clone().unwrap_or_default();
-                let params: Vec<String> = stack.decisions.iter().map(|d| d.param.clone()).collect();
+                let params = self.update_params();
                 let why = stack.cancel.clone().unwrap_or_default();
                 let e = self
                     .event(
@@ -275,7 +275,7 @@ impl Reconciler {
                     )
                     .params(params)
                     .detail("token", token);
-                self.note(e);
+                self.written.push(e);
                 self.write_status_file().await;
             }
             Err(e) => {
@@ -409,6 +409,15 @@ impl Reconciler {
         }
         let params: Vec<&str> = stack.changes.keys().map(String::as_str).collect();
         self.note_write_failed("UpdateStack", &params, reason, &message);
+    }
+
+    /// The parameters the controller's stack update carries (its version first).
+    fn update_params(&self) -> Vec<String> {
+        let version = self.stack.version.map(|_| VERSION_PARAM.to_string());
+        version
+            .into_iter()
+            .chain(self.stack.attempted.keys().cloned())
+            .collect()
     }
 
     /// The event of an `UpdateStack` that started: its token, what it changes.

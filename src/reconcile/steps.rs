@@ -22,6 +22,8 @@ use crate::templates::TemplateRef;
 /// parameters, and a cancel), the version's decision with the template it would update to,
 /// and the changes held back by an unmet requirement.
 pub(super) struct Decided {
+    /// The stack is updating under the controller's token.
+    pub own_update: bool,
     pub relabel: Option<Decision>,
     pub stack: StackPlan,
     pub version: Option<(Decision, Option<TemplateRef>)>,
@@ -133,6 +135,8 @@ impl Reconciler {
             hold_for_rollback(&mut stack, version.as_mut().map(|(d, _)| d));
         }
         Decided {
+            own_update: owner.is_ours()
+                && observed.stack.state() == crate::model::StackState::InProgress,
             relabel,
             stack,
             version,
@@ -236,6 +240,7 @@ impl Reconciler {
         report: &mut Report,
     ) -> Vec<Decision> {
         let Decided {
+            own_update,
             relabel,
             stack,
             version,
@@ -269,17 +274,25 @@ impl Reconciler {
             decisions.push(d);
         }
         decisions.extend(held);
+        let (mut found, mut later) = (Vec::new(), Vec::new());
         for d in &decisions {
             let method = match relabelled.as_deref() == Some(d.param.as_str()) {
                 true => "relabel",
                 false => "stack",
             };
-            let (change, converged_at) = self.derive_events(d, method, now);
+            let derived = self.derive_events(d, method, own_update, now);
+            found.extend(derived.events);
+            later.extend(derived.later);
+            let converged_at = derived
+                .converged
+                .filter(|(c, _)| c.cause == crate::history::Cause::Desired)
+                .map(|_| now);
             self.publish(d, now);
             self.status
-                .update(|s| s.set_change(&d.param, change, converged_at));
+                .update(|s| s.set_change(&d.param, derived.change, converged_at));
             report.phases.insert(d.param.clone(), d.phase);
         }
+        self.note_run(found, later);
         self.exec_events();
         decisions
     }
@@ -387,6 +400,7 @@ mod tests {
         ];
         for (name, relabel, stack, version, want) in cases {
             let d = Decided {
+                own_update: false,
                 relabel,
                 stack,
                 version,
