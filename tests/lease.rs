@@ -474,3 +474,110 @@ async fn a_holder_held_between_its_check_and_its_send_writes_nothing_to_moto() {
         metrics.render()
     );
 }
+
+/// The history in S3 is written under the holder's fence, over the version it last saw: a
+/// successor appends to what its predecessor wrote, a paused former holder's late events
+/// are refused once its successor wrote under a newer fence, and past its lease nothing
+/// goes out.
+#[tokio::test]
+async fn the_history_in_s3_is_written_under_the_fence_and_appended_to() {
+    use rack_reconciler::history::{Actor, Event, Kind};
+    use rack_reconciler::reconcile::journal::Journal;
+    let moto = Moto::start().await;
+    let sdk = moto.sdk_config(&moto.endpoint).await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    s3.create_bucket()
+        .bucket("convox-settings-1abc")
+        .send()
+        .await
+        .expect("bucket");
+    let metrics = Metrics::new();
+    let store = rack_reconciler::store::Store::with_s3(s3.clone(), metrics.clone());
+    let at = rack_reconciler::store::Location::S3 {
+        bucket: "convox-settings-1abc".into(),
+        key: "rack-reconciler/params.history.jsonl".into(),
+    };
+    let now = std::time::SystemTime::now();
+    let event = |holder: &str, fence: u64, kind: Kind| {
+        let actor = Actor::Controller {
+            holder: holder.into(),
+            fence: Some(fence),
+        };
+        Event::new(now, kind, "Test", format!("{holder} {kind}"), actor)
+    };
+    let live = |fence: u64| rack_reconciler::lease::Fence {
+        fence,
+        deadline: rack_reconciler::lease::Deadline::after(
+            tokio::time::Instant::now(),
+            std::time::SystemTime::now(),
+            Duration::from_secs(30),
+        ),
+    };
+    let journal = || Journal::new(Some(at.clone()), store.clone(), Default::default());
+    let stored = || async {
+        let mut reader = journal();
+        reader.load(now).await.expect("read");
+        reader
+            .select(None, None)
+            .into_iter()
+            .map(|e| e.message)
+            .collect::<Vec<_>>()
+    };
+
+    let mut a = journal();
+    a.keep(event("a", 1, Kind::LeaseAcquired), now);
+    a.flush(Some((live(1), &metrics)), now).await.expect("a writes");
+    a.keep(event("a", 1, Kind::WriteMade), now);
+    a.flush(Some((live(1), &metrics)), now).await.expect("a appends");
+
+    // b takes over and appends to a's history.
+    let mut b = journal();
+    b.keep(event("b", 2, Kind::LeaseTakenOver), now);
+    b.flush(Some((live(2), &metrics)), now).await.expect("b appends");
+    assert_eq!(
+        stored().await,
+        vec!["a lease_acquired", "a write_made", "b lease_taken_over"]
+    );
+
+    // a, resumed with a lease it still believes in: its write over the version it saw is
+    // refused by the condition, and what it finds there carries a newer fence.
+    a.keep(event("a", 1, Kind::RolloutStarted), now);
+    let refused = a
+        .flush(Some((live(1), &metrics)), now)
+        .await
+        .expect_err("a wrote after its successor");
+    assert!(refused.contains("fence 2, newer than this controller's 1"), "{refused}");
+    assert_eq!(stored().await.len(), 3, "nothing of a's was written");
+
+    // A copy written without a fence (by hand) since b's write: b appends to it.
+    let mut by_hand = Journal::new(Some(at.clone()), store.clone(), Default::default());
+    by_hand.load(now).await.expect("read");
+    by_hand.keep(event("operator", 0, Kind::PhaseChanged), now);
+    by_hand.flush(None, now).await.expect("written by hand");
+    b.keep(event("b", 2, Kind::WriteMade), now);
+    b.flush(Some((live(2), &metrics)), now).await.expect("b appends to it");
+    assert_eq!(
+        stored().await,
+        vec![
+            "a lease_acquired",
+            "a write_made",
+            "b lease_taken_over",
+            "operator phase_changed",
+            "b write_made"
+        ]
+    );
+
+    // Past its lease, b's next write does not go out at all; the event waits for the next.
+    b.keep(event("b", 2, Kind::Converged), now);
+    assert!(b.flush(Some((lapsed_fence(2), &metrics)), now).await.is_err());
+    assert_eq!(stored().await.len(), 5);
+    assert!(metrics
+        .render()
+        .contains(r#"rack_reconciler_writes_refused_total{operation="PutObject"} 1"#));
+    b.flush(Some((live(2), &metrics)), now).await.expect("then written");
+    assert_eq!(stored().await.last().map(String::as_str), Some("b converged"));
+}
