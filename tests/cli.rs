@@ -335,3 +335,80 @@ fn exec_check_shows_every_task_and_the_plugin_and_exits_0_only_when_every_task_i
         "{out}"
     );
 }
+
+/// `GET path` on 127.0.0.1:`port` (HTTP/1.0, no client crate): the status code and body.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+#[test]
+fn history_shows_what_apply_did_and_run_serves_it_at_events() {
+    use rack_reconciler::history::{Event, Kind};
+    let r = rack("", "ECSExec: \"Yes\"\n");
+    let (code, out) = run(&r.config, &["apply"]);
+    assert_eq!(code, 0, "{out}");
+
+    let (code, out) = run(&r.config, &["history"]);
+    assert_eq!(code, 0, "{out}");
+    for needle in ["TIME", "EVENT", "desired_changed", "write_made", "UpdateStack", "converged"] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+    let (code, out) = run(&r.config, &["history", "--json", "--param", "ECSExec", "--since", "1h"]);
+    assert_eq!(code, 0, "{out}");
+    let events: Vec<Event> = serde_json::from_str(&out).expect("the documented JSON");
+    assert!(events.iter().all(|e| e.concerns("ECSExec")), "{out}");
+    let converged = events.iter().find(|e| e.kind == Kind::Converged).expect("converged");
+    assert!(converged.duration_seconds.is_some(), "{out}");
+    let (code, out) = run(&r.config, &["history", "--since", "yesterday-ish"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("expected a duration back from now"), "{out}");
+
+    // `run` (a new process, on a simulated rack of its own) serves the same history at
+    // /events, and goes on with it.
+    let port: u16 = std::fs::read_to_string(&r.config)
+        .expect("config")
+        .lines()
+        .find_map(|l| l.strip_prefix("listen: 127.0.0.1:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("port");
+    std::fs::write(r.dir.path().join("params.yaml"), "ECSExec: \"No\"\n").expect("params");
+    let mut controller = Command::new(env!("CARGO_BIN_EXE_rack-reconciler"))
+        .arg("--config")
+        .arg(&r.config)
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run");
+    let mut served = Vec::new();
+    for _ in 0..200 {
+        if let Some((200, body)) = http_get(port, "/events?param=ECSExec") {
+            served = serde_json::from_str::<Vec<Event>>(&body).expect("JSON events");
+            if served.iter().any(|e| e.message.contains("ECSExec: Yes → No")) {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let bad = http_get(port, "/events?since=soon");
+    let _ = controller.kill();
+    let _ = controller.wait();
+    assert_eq!(
+        &served[..events.len()],
+        &events[..],
+        "the history apply wrote, then what run did"
+    );
+    let edit = &served[events.len()];
+    assert_eq!(edit.kind, Kind::DesiredChanged, "{served:#?}");
+    assert!(edit.message.contains("ECSExec: Yes → No"), "{served:#?}");
+    assert_eq!(bad.map(|(code, _)| code), Some(400));
+}
