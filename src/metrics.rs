@@ -59,7 +59,7 @@ docs! {
     "rack_reconciler_leader", "gauge", "", "1 while this controller holds the lease and may write; 0 on a standby (always 1 with `lease: none`).";
     "rack_reconciler_events_total", "counter", "kind", "Events of the rack's history recorded, by kind (desired_changed, desired_invalid, write_made, write_failed, rollout_started, rollout_progress, rollout_completed, rollout_failed, rollback_started, rolled_back, rollout_cancelled, rollback_failing, converged, drift_detected, drift_corrected, stack_changed_outside, downgrade_refused, phase_changed, lease_acquired, lease_lost, lease_taken_over, exec_readiness_changed); the events themselves are at GET /events.";
     "rack_reconciler_convergence_seconds", "histogram", "parameter, method", "Time from a change of the desired value to the rack holding it, converged, by parameter and method (stack, relabel).";
-    "rack_reconciler_parameter_last_change_timestamp_seconds", "gauge", "parameter", "Unix time the parameter last converged to a new desired value; 0 when not seen.";
+    "rack_reconciler_parameter_last_change_timestamp_seconds", "gauge", "parameter", "Unix time the parameter last converged to a new desired value (absent until one has, as the status document recorded it).";
     "rack_reconciler_writes_refused_total", "counter", "operation", "Write attempts not sent because the lease they were to be made under had run out by the moment of the attempt (a paused process, a call slower than the lease): each is a write a standby may have superseded.";
 }
 
@@ -267,6 +267,14 @@ impl Metrics {
     /// An event of the rack's history was recorded.
     pub fn event(&self, kind: crate::history::Kind) {
         self.inner.events.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// `param` last converged to a new desired value at `at` (as the status document says).
+    pub fn set_last_change(&self, param: &str, at: SystemTime) {
+        self.inner
+            .last_change
+            .with_label_values(&[param])
+            .set(unix_seconds(at));
     }
 
     /// A change of `param` converged after `took`; the rack changed at `at`.

@@ -62,6 +62,9 @@ fn the_dashboard_asks_for_its_data_source_and_covers_what_is_exported() {
         "rack_reconciler_aws_api_calls_total",
         "rack_reconciler_params_file_valid",
         "rack_reconciler_rollback_failing",
+        "rack_reconciler_events_total",
+        "rack_reconciler_convergence_seconds",
+        "rack_reconciler_parameter_last_change_timestamp_seconds",
     ] {
         assert!(all.contains(metric), "no panel shows {metric}");
     }

@@ -78,6 +78,10 @@ impl Reconciler {
         }
         // The desired values it had: the same file read again is not a new generation.
         for p in &previous.parameters {
+            let last_change = p.last_change.as_deref();
+            if let Some(at) = last_change.and_then(|t| humantime::parse_rfc3339_weak(t).ok()) {
+                self.metrics.set_last_change(&p.name, at);
+            }
             if let Some(desired) = &p.desired {
                 let mem = mem_of(&mut self.memory, &p.name);
                 mem.desired.get_or_insert_with(|| desired.clone());
