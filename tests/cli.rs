@@ -359,14 +359,27 @@ fn history_shows_what_apply_did_and_run_serves_it_at_events() {
 
     let (code, out) = run(&r.config, &["history"]);
     assert_eq!(code, 0, "{out}");
-    for needle in ["TIME", "EVENT", "desired_changed", "write_made", "UpdateStack", "converged"] {
+    for needle in [
+        "TIME",
+        "EVENT",
+        "desired_changed",
+        "write_made",
+        "UpdateStack",
+        "converged",
+    ] {
         assert!(out.contains(needle), "{needle}: {out}");
     }
-    let (code, out) = run(&r.config, &["history", "--json", "--param", "ECSExec", "--since", "1h"]);
+    let (code, out) = run(
+        &r.config,
+        &["history", "--json", "--param", "ECSExec", "--since", "1h"],
+    );
     assert_eq!(code, 0, "{out}");
     let events: Vec<Event> = serde_json::from_str(&out).expect("the documented JSON");
     assert!(events.iter().all(|e| e.concerns("ECSExec")), "{out}");
-    let converged = events.iter().find(|e| e.kind == Kind::Converged).expect("converged");
+    let converged = events
+        .iter()
+        .find(|e| e.kind == Kind::Converged)
+        .expect("converged");
     assert!(converged.duration_seconds.is_some(), "{out}");
     let (code, out) = run(&r.config, &["history", "--since", "yesterday-ish"]);
     assert_eq!(code, 1, "{out}");
@@ -393,7 +406,10 @@ fn history_shows_what_apply_did_and_run_serves_it_at_events() {
     for _ in 0..200 {
         if let Some((200, body)) = http_get(port, "/events?param=ECSExec") {
             served = serde_json::from_str::<Vec<Event>>(&body).expect("JSON events");
-            if served.iter().any(|e| e.message.contains("ECSExec: Yes → No")) {
+            if served
+                .iter()
+                .any(|e| e.message.contains("ECSExec: Yes → No"))
+            {
                 break;
             }
         }

@@ -530,14 +530,20 @@ async fn the_history_in_s3_is_written_under_the_fence_and_appended_to() {
 
     let mut a = journal();
     a.keep(event("a", 1, Kind::LeaseAcquired), now);
-    a.flush(Some((live(1), &metrics)), now).await.expect("a writes");
+    a.flush(Some((live(1), &metrics)), now)
+        .await
+        .expect("a writes");
     a.keep(event("a", 1, Kind::WriteMade), now);
-    a.flush(Some((live(1), &metrics)), now).await.expect("a appends");
+    a.flush(Some((live(1), &metrics)), now)
+        .await
+        .expect("a appends");
 
     // b takes over and appends to a's history.
     let mut b = journal();
     b.keep(event("b", 2, Kind::LeaseTakenOver), now);
-    b.flush(Some((live(2), &metrics)), now).await.expect("b appends");
+    b.flush(Some((live(2), &metrics)), now)
+        .await
+        .expect("b appends");
     assert_eq!(
         stored().await,
         vec!["a lease_acquired", "a write_made", "b lease_taken_over"]
@@ -550,7 +556,10 @@ async fn the_history_in_s3_is_written_under_the_fence_and_appended_to() {
         .flush(Some((live(1), &metrics)), now)
         .await
         .expect_err("a wrote after its successor");
-    assert!(refused.contains("fence 2, newer than this controller's 1"), "{refused}");
+    assert!(
+        refused.contains("fence 2, newer than this controller's 1"),
+        "{refused}"
+    );
     assert_eq!(stored().await.len(), 3, "nothing of a's was written");
 
     // A copy written without a fence (by hand) since b's write: b appends to it.
@@ -559,7 +568,9 @@ async fn the_history_in_s3_is_written_under_the_fence_and_appended_to() {
     by_hand.keep(event("operator", 0, Kind::PhaseChanged), now);
     by_hand.flush(None, now).await.expect("written by hand");
     b.keep(event("b", 2, Kind::WriteMade), now);
-    b.flush(Some((live(2), &metrics)), now).await.expect("b appends to it");
+    b.flush(Some((live(2), &metrics)), now)
+        .await
+        .expect("b appends to it");
     assert_eq!(
         stored().await,
         vec![
@@ -573,11 +584,19 @@ async fn the_history_in_s3_is_written_under_the_fence_and_appended_to() {
 
     // Past its lease, b's next write does not go out at all; the event waits for the next.
     b.keep(event("b", 2, Kind::Converged), now);
-    assert!(b.flush(Some((lapsed_fence(2), &metrics)), now).await.is_err());
+    assert!(b
+        .flush(Some((lapsed_fence(2), &metrics)), now)
+        .await
+        .is_err());
     assert_eq!(stored().await.len(), 5);
     assert!(metrics
         .render()
         .contains(r#"rack_reconciler_writes_refused_total{operation="PutObject"} 1"#));
-    b.flush(Some((live(2), &metrics)), now).await.expect("then written");
-    assert_eq!(stored().await.last().map(String::as_str), Some("b converged"));
+    b.flush(Some((live(2), &metrics)), now)
+        .await
+        .expect("then written");
+    assert_eq!(
+        stored().await.last().map(String::as_str),
+        Some("b converged")
+    );
 }
