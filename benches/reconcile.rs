@@ -90,20 +90,25 @@ fn ecs_exec(r: &rack_reconciler::reconcile::Report) -> Option<Phase> {
 /// two reads of every look, and the polls (looks that wrote nothing, before convergence):
 /// how many, and how many of them made only the two reads.
 struct ChangeCost {
+    /// Every call of the change, the looks' included.
+    all: Calls,
     beyond: Calls,
     looks: u64,
     polls: u64,
     bare_polls: u64,
     simulated: Duration,
+    /// Events recorded, and writes of the history.
+    events: usize,
+    history_writes: u64,
 }
 
-async fn change_cost(version: &str) -> ChangeCost {
+async fn change_cost(version: &str, tune: fn(&mut Settings)) -> ChangeCost {
     let dir = tempfile::tempdir().expect("tempdir");
     let Setup {
         sim,
         mut rec,
         params,
-    } = setup(dir.path(), version, SimSettings::default(), |_| {});
+    } = setup(dir.path(), version, SimSettings::default(), tune);
     rec.reconcile(Trigger::Startup).await;
     std::fs::write(&params, "ECSExec: \"Yes\"\n").expect("params");
     let start = tokio::time::Instant::now();
@@ -132,13 +137,83 @@ async fn change_cost(version: &str) -> ChangeCost {
         }
     }
     beyond.retain(|_, n| *n > 0);
+    let journal = rec.journal();
+    let journal = journal.lock().await;
     ChangeCost {
+        all: sim.calls_since(&before),
         beyond,
         looks,
         polls,
         bare_polls,
         simulated: start.elapsed(),
+        events: journal.len(),
+        history_writes: journal.writes(),
     }
+}
+
+/// The status document and the history next to the params file (as `status_file: true`).
+fn with_history(s: &mut Settings) {
+    if let rack_reconciler::store::Location::File(p) = &s.params_file {
+        let at = rack_reconciler::store::Location::File(p.clone());
+        s.status_file = Some(at.status());
+        s.history_file = Some(at.history());
+    }
+}
+
+/// In a process of its own (`--history-rss N`): the loop flipping `ECSExec` whenever it has
+/// converged, with the status document and the history kept, for `n` reconciles on a paused
+/// clock; then the events recorded, the history's size, and the process's peak RSS.
+fn history_rss(n: u64) {
+    paused().block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Setup {
+            mut rec, params, ..
+        } = setup(
+            dir.path(),
+            RELABEL_RELEASE,
+            SimSettings::default(),
+            with_history,
+        );
+        let mut value = "No";
+        let mut trigger = Trigger::Startup;
+        for _ in 0..n {
+            let r = rec.reconcile(trigger).await;
+            trigger = Trigger::Timer;
+            if ecs_exec(&r) == Some(Phase::Converged) {
+                value = if value == "No" { "Yes" } else { "No" };
+                std::fs::write(&params, format!("ECSExec: \"{value}\"\n")).expect("params");
+                trigger = Trigger::ParamsChanged;
+            }
+            tokio::time::sleep(r.next.min(Duration::from_secs(5))).await;
+        }
+        let events = rec
+            .metrics()
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("rack_reconciler_events_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+        let journal = rec.journal();
+        let journal = journal.lock().await;
+        println!(
+            "{} {} {} {}",
+            events as u64,
+            journal.bytes(),
+            journal.writes(),
+            peak_rss_kib()
+        );
+    });
+}
+
+fn history_rss_in_child(n: u64) -> [u64; 4] {
+    let exe = std::env::current_exe().expect("current exe");
+    let out = std::process::Command::new(exe)
+        .args(["--bench", "--history-rss", &n.to_string()])
+        .output()
+        .expect("run the history measurement");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|x| x.parse().unwrap_or(0));
+    [(); 4].map(|_| it.next().unwrap_or(0))
 }
 
 /// Calls in one idle hour of a converged rack at the default intervals (paused clock).
@@ -285,6 +360,13 @@ fn main() {
             .unwrap_or(10_000);
         return run_rss(n);
     }
+    if let Some(i) = args.iter().position(|a| a == "--history-rss") {
+        let n = args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        return history_rss(n);
+    }
     let mut rows: Vec<(String, String)> = Vec::new();
 
     // 1. Calls, at the default intervals, on tokio's paused clock.
@@ -293,7 +375,7 @@ fn main() {
         ("relabel", RELABEL_RELEASE),
         ("stack update", SIM_ECSEXEC_VERSION),
     ] {
-        let c = rt.block_on(change_cost(version));
+        let c = rt.block_on(change_cost(version, |_| {}));
         rows.push((
             format!("AWS calls per service change, beyond the looks ({path}, No→Yes, 2 services)"),
             format!(
@@ -312,6 +394,23 @@ fn main() {
             ),
         ));
     }
+    // The history costs no AWS call: the same change with it kept makes the same calls.
+    let (without, with) = (
+        rt.block_on(change_cost(RELABEL_RELEASE, |_| {})),
+        rt.block_on(change_cost(RELABEL_RELEASE, with_history)),
+    );
+    rows.push((
+        "AWS calls of a change with the history kept (relabel, No→Yes)".into(),
+        format!(
+            "{} ({} without it: {}); {} events in {} looks, written {} times (at most once a look, only by looks that recorded one)",
+            total(&with.all),
+            total(&without.all),
+            if with.all == without.all { "the same calls" } else { "DIFFERENT calls" },
+            with.events,
+            with.looks,
+            with.history_writes
+        ),
+    ));
     let (idle, looks) = rt.block_on(idle_hour());
     rows.push((
         "AWS calls per idle hour (converged, `resync: 5m` ±10%)".into(),
@@ -336,6 +435,19 @@ fn main() {
     rows.push((
         format!("peak RSS of `run` after {reconciles} reconciles (sim, in a process of its own)"),
         format!("{:.1} MiB", peak as f64 / 1024.0),
+    ));
+
+    // 3b. Memory with the history kept: the loop changing ECSExec back and forth.
+    let [e1, _, _, rss1] = history_rss_in_child(2_000);
+    let [e10, bytes, writes, rss10] = history_rss_in_child(10_000);
+    rows.push((
+        "peak RSS with the history kept, ECSExec flipped whenever converged (sim, paused clock)".into(),
+        format!(
+            "{:.1} MiB after 2,000 reconciles ({e1} events), {:.1} MiB after 10,000 ({e10} events, {writes} writes; the history kept: {} KiB, bounded by `history.max_bytes`)",
+            rss1 as f64 / 1024.0,
+            rss10 as f64 / 1024.0,
+            bytes / 1024
+        ),
     ));
 
     // 4. Speed of a converged look and of the planner, on the real clock.

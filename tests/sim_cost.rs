@@ -226,3 +226,32 @@ async fn polls_follow_the_rollout_and_see_its_end_within_two_seconds() {
     // can be running.
     assert!(gaps.iter().any(|g| *g > Duration::from_secs(2)), "{gaps:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn probe_cold_apply() {
+    for (name, stack, web_only) in [
+        ("relabel web", false, true),
+        ("relabel both", false, false),
+        ("stack", true, false),
+    ] {
+        let h = if stack {
+            Harness::stack_first("ECSExec: \"Yes\"\n", SimSettings::default())
+        } else {
+            Harness::new("ECSExec: \"Yes\"\n")
+        };
+        let mut s = defaults(&h);
+        if web_only {
+            s.targets.truncate(1);
+        }
+        let mut rec = h.reconciler_with(s);
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        let r = rec.apply(stopped, 5).await;
+        eprintln!(
+            "{name}: {:?} {:?} total {}",
+            r.phases,
+            h.sim.call_counts(),
+            h.sim.call_counts().values().sum::<u64>()
+        );
+    }
+    panic!("probe");
+}

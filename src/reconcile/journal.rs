@@ -32,6 +32,8 @@ pub struct Journal {
     /// Where it is kept (none: in memory only, with the status file turned off).
     doc: Option<StatusDocument>,
     retention: Retention,
+    /// Writes made.
+    writes: u64,
 }
 
 impl Journal {
@@ -42,6 +44,7 @@ impl Journal {
             loaded: at.is_none(),
             doc: at.map(|at| StatusDocument::named("history", at, store)),
             retention,
+            writes: 0,
         }
     }
 
@@ -134,6 +137,7 @@ impl Journal {
                     self.log = log;
                 }
                 self.unsaved.clear();
+                self.writes += 1;
                 Ok(())
             }
             Err(e) => {
@@ -161,6 +165,16 @@ impl Journal {
 
     pub fn len(&self) -> usize {
         self.log.len()
+    }
+
+    /// The writes of the history made so far.
+    pub fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// The size of the history kept (JSON Lines, bytes).
+    pub fn bytes(&self) -> usize {
+        self.log.bytes()
     }
 
     pub fn is_empty(&self) -> bool {
