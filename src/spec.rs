@@ -24,6 +24,8 @@ pub struct ParamDecl {
     pub max_value: Option<f64>,
     pub no_echo: bool,
     pub constraint_description: Option<String>,
+    /// Only the name is known (the template was not read): every value is refused.
+    pub unread: bool,
 }
 
 /// Why a value does not fit a declaration: what is allowed, for the operator.
@@ -40,6 +42,11 @@ impl ParamDecl {
     pub fn check(&self, value: &str) -> Result<(), Misfit> {
         if self.no_echo {
             return Err(Misfit::Secret);
+        }
+        if self.unread {
+            return Err(Misfit::Constraint(
+                "a value the rack's template allows (its declaration was not read)".into(),
+            ));
         }
         if self.kind == "Number" {
             return self.check_number(value).map_err(Misfit::Constraint);
@@ -158,6 +165,32 @@ impl Declarations {
         Ok(out)
     }
 
+    /// What the stack's parameter names tell without the template body: each name is
+    /// declared; `known` (name, allowed values) are checked against those values, every other
+    /// parameter's values are refused (read the template to check them).
+    pub fn of_names<'a>(
+        names: impl IntoIterator<Item = &'a String>,
+        known: &[(&str, &[&str])],
+    ) -> Declarations {
+        let params = names
+            .into_iter()
+            .map(|name| {
+                let allowed = known.iter().find(|(k, _)| k == name).map(|(_, a)| *a);
+                let decl = ParamDecl {
+                    name: name.clone(),
+                    kind: "String".into(),
+                    allowed_values: allowed
+                        .map(|a| a.iter().map(|v| v.to_string()).collect())
+                        .unwrap_or_default(),
+                    unread: allowed.is_none(),
+                    ..ParamDecl::default()
+                };
+                (name.clone(), decl)
+            })
+            .collect();
+        Declarations { params }
+    }
+
     pub fn get(&self, name: &str) -> Option<&ParamDecl> {
         self.params.get(name)
     }
@@ -203,6 +236,7 @@ fn declaration(name: &str, v: &Value) -> ParamDecl {
         max_value: number("MaxValue"),
         no_echo: text("NoEcho").is_some_and(|s| s.eq_ignore_ascii_case("true")),
         constraint_description: text("ConstraintDescription"),
+        unread: false,
     }
 }
 

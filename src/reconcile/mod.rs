@@ -409,8 +409,19 @@ impl Reconciler {
             .without_max_times()
     }
 
-    /// Observes everything the planner needs (see [`Observer`]).
+    /// Observes everything the planner needs (see [`Observer`]), told what the params file
+    /// asks of the managed labels.
     pub async fn observe(&mut self) -> Result<ObservedRack, RackError> {
+        let wanted = self
+            .candidate
+            .as_ref()
+            .or(self.desired.as_ref())
+            .and_then(|d| d.get(&ECS_EXEC).map(|v| (&ECS_EXEC, v.to_string())));
+        self.observer.want(wanted);
+        let file = self.candidate.as_ref().or(self.desired.as_ref());
+        let unknown = |k: &String| crate::model::managed_param(k).is_none();
+        self.observer
+            .need_template(file.is_none_or(|d| d.values.keys().any(unknown)));
         self.observer.observe(self.clock.now()).await
     }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::model::{
-    ObservedRack, ObservedService, ServiceSnapshot, ServiceTarget, StackSnapshot, StackState,
-    TaskDefinitionInfo, UpdateEvents, UpdateToken,
+    ManagedParam, ObservedRack, ObservedService, ServiceSnapshot, ServiceTarget, StackSnapshot,
+    StackState, TaskDefinitionInfo, UpdateEvents, UpdateToken, MANAGED_PARAMS,
 };
 use crate::plan::reads::{self, TaskMemory, TaskNeed};
 use crate::rack::{Rack, RackError};
@@ -60,8 +60,11 @@ pub struct Observer {
     targets: Vec<ServiceTarget>,
     cluster_resource: String,
     located: Option<Located>,
-    /// The running template's declarations, with the stack they were read of.
-    declared: Option<(Seen, Declarations)>,
+    /// The running template's declarations, with the stack they were read of, and whether
+    /// they were read from its body (or only from the stack's parameter names).
+    declared: Option<(Seen, Declarations, bool)>,
+    /// The params file holds a parameter whose values only the template body can check.
+    template_needed: bool,
     revisions: HashMap<String, TaskDefinitionInfo>,
     /// Revisions in the order first read, to let go of the oldest unused ones.
     read_order: Vec<String>,
@@ -70,6 +73,9 @@ pub struct Observer {
     /// What the events told of the stack's latest update, by the stack's last update time
     /// (one update, one token: read once, and once more when it starts rolling back).
     update: Option<(Option<String>, UpdateEvents)>,
+    /// The value of a managed label the params file asks for: a service whose revision does
+    /// not hold it has not converged whatever its tasks run, so they are not listed.
+    wanted: Option<(&'static ManagedParam, String)>,
 }
 
 impl Observer {
@@ -84,15 +90,29 @@ impl Observer {
             read_order: Vec::new(),
             tasks: BTreeMap::new(),
             update: None,
+            wanted: None,
+            template_needed: true,
         }
+    }
+
+    /// Whether the params file holds a parameter only the template body can check (any but
+    /// the managed ones, whose values are known): without one, the template is not read.
+    pub fn need_template(&mut self, needed: bool) {
+        self.template_needed = needed;
+    }
+
+    /// The value of a managed label the params file asks for (`None`: none, or not known):
+    /// the tasks of a settled service whose revision lacks it are not listed.
+    pub fn want(&mut self, wanted: Option<(&'static ManagedParam, String)>) {
+        self.wanted = wanted;
     }
 
     /// Observes everything the planner needs.
     pub async fn observe(&mut self, now: SystemTime) -> Result<ObservedRack, RackError> {
-        let (stack, located, mut services) = self.stack_and_services().await?;
+        let (stack, located, services) = self.stack_and_services().await?;
+        let mut services = self.label(services).await?;
         self.read_tasks(&located.cluster, &mut services, now)
             .await?;
-        let services = self.label(services).await?;
         let declared = self.declarations(&stack).await?;
         let update = self.update_events(&stack).await;
         Ok(ObservedRack {
@@ -243,44 +263,62 @@ impl Observer {
     }
 
     /// Fills in each service's tasks: read in one batch where the deployments cannot decide,
-    /// taken from a standing proof otherwise.
+    /// taken from a standing proof otherwise; not listed for a settled service whose revision
+    /// lacks the wanted value (it is to change, whatever its tasks run).
     async fn read_tasks(
         &mut self,
         cluster: &str,
-        services: &mut [ServiceSnapshot],
+        services: &mut [ObservedService],
         now: SystemTime,
     ) -> Result<(), RackError> {
-        let needs: Vec<TaskNeed> = self
-            .targets
+        let needs: Vec<TaskNeed> = services
             .iter()
-            .zip(services.iter())
-            .map(|(t, s)| {
-                let memory = self.tasks.get(&t.service).cloned().unwrap_or_default();
-                reads::task_need(s, &memory, now)
+            .map(|s| {
+                let memory = self
+                    .tasks
+                    .get(&s.target.service)
+                    .cloned()
+                    .unwrap_or_default();
+                match reads::task_need(&s.service, &memory, now) {
+                    TaskNeed::Read {
+                        running: true,
+                        stopped: false,
+                    } if self.lacks(s) => TaskNeed::Known(Default::default()),
+                    need => need,
+                }
             })
             .collect();
         let asked: Vec<(usize, _)> = needs
             .iter()
             .enumerate()
-            .filter_map(|(i, n)| reads::task_read(&services[i].name, n).map(|r| (i, r)))
+            .filter_map(|(i, n)| reads::task_read(&services[i].service.name, n).map(|r| (i, r)))
             .collect();
         if !asked.is_empty() {
             let reads: Vec<_> = asked.iter().map(|(_, r)| r.clone()).collect();
             let found = self.rack.service_tasks(cluster, &reads).await?;
             for ((i, _), tasks) in asked.iter().zip(found) {
-                services[*i].tasks = tasks.running;
-                services[*i].stopped = tasks.stopped;
+                services[*i].service.tasks = tasks.running;
+                services[*i].service.stopped = tasks.stopped;
             }
         }
-        for ((target, service), need) in self.targets.iter().zip(services.iter_mut()).zip(&needs) {
+        for (s, need) in services.iter_mut().zip(&needs) {
             if let TaskNeed::Known(known) = need {
-                service.tasks = known.running.clone();
-                service.stopped = known.stopped.clone();
+                s.service.tasks = known.running.clone();
+                s.service.stopped = known.stopped.clone();
             }
-            let memory = self.tasks.entry(target.service.clone()).or_default();
-            reads::remember(memory, service, need, now);
+            let memory = self.tasks.entry(s.target.service.clone()).or_default();
+            reads::remember(memory, &s.service, need, now);
         }
         Ok(())
+    }
+
+    /// The service's primary revision does not hold the wanted value.
+    fn lacks(&self, s: &ObservedService) -> bool {
+        let Some((param, value)) = &self.wanted else {
+            return false;
+        };
+        let primary = s.service.primary();
+        primary.is_some_and(|p| s.value_in(&p.task_definition, param) != Some(value.as_str()))
     }
 
     /// Each service with the managed labels of every revision it references, each revision
@@ -339,15 +377,24 @@ impl Observer {
     }
 
     /// What the running template declares, read again once the stack has settled after a
-    /// change.
+    /// change; from the stack's parameter names alone while the params file holds nothing
+    /// else to check.
     async fn declarations(&mut self, stack: &StackSnapshot) -> Result<Declarations, RackError> {
-        if let Some((seen, declared)) = &self.declared {
-            if !seen.outdated(stack) {
+        if let Some((seen, declared, read)) = &self.declared {
+            if !seen.outdated(stack) && (*read || !self.template_needed) {
                 return Ok(declared.clone());
             }
         }
+        if !self.template_needed {
+            // The stack's parameters are the ones its template declares.
+            let known: Vec<(&str, &[&str])> =
+                MANAGED_PARAMS.iter().map(|p| (p.name, p.allowed)).collect();
+            let declared = Declarations::of_names(stack.parameters.keys(), &known);
+            self.declared = Some((Seen::of(stack), declared.clone(), false));
+            return Ok(declared);
+        }
         let declared = self.rack.stack_declarations().await?;
-        self.declared = Some((Seen::of(stack), declared.clone()));
+        self.declared = Some((Seen::of(stack), declared.clone(), true));
         Ok(declared)
     }
 }
