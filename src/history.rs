@@ -134,13 +134,15 @@ pub enum Actor {
     },
     /// Not the controller: a stack update without its token, a label changed out of band.
     Outside,
+    /// Not known: a stack update whose owner could not be read.
+    Unknown,
 }
 
 impl Actor {
     pub fn fence(&self) -> Option<u64> {
         match self {
             Actor::Controller { fence, .. } => *fence,
-            Actor::Outside => None,
+            Actor::Outside | Actor::Unknown => None,
         }
     }
 }
@@ -157,6 +159,7 @@ impl std::fmt::Display for Actor {
                 fence: None,
             } => f.write_str(holder),
             Actor::Outside => f.write_str("outside the controller"),
+            Actor::Unknown => f.write_str("not known"),
         }
     }
 }
@@ -248,6 +251,9 @@ pub struct Change {
     pub since: String,
     pub to: String,
     pub cause: Cause,
+    /// The controller wrote for it (else the rack came to the value by itself or by hand).
+    #[serde(default)]
+    pub by_controller: bool,
 }
 
 impl Change {
@@ -257,14 +263,20 @@ impl Change {
     }
 }
 
-/// What was last recorded of a parameter: the decision before this one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the history last recorded of a parameter: the decision before this one, as its
+/// events were derived (kept in the status document, so a restart goes on from it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Seen {
     pub desired: Option<String>,
     pub phase: Phase,
     pub reason: String,
+    #[serde(default)]
     pub drift: bool,
+    #[serde(default)]
     pub services: Vec<ServiceProgress>,
+    /// A change under way (from a new desired value, or a drift) and since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<Change>,
 }
 
@@ -281,6 +293,8 @@ pub struct Derived {
     pub change: Option<Change>,
     /// The change that converged with this decision, and how long it took.
     pub converged: Option<(Change, Duration)>,
+    /// What to record of the parameter for the next decision.
+    pub seen: Option<Seen>,
 }
 
 /// What a decision is judged in besides what was recorded before it.
@@ -296,7 +310,11 @@ pub struct Context {
 
 /// Reasons of someone else's change of the rack (unless the stack update is the
 /// controller's own).
-const OUTSIDE: [&str; 3] = ["StackUpdating", "StackUpdateOwnerUnknown", "ServiceBusy"];
+const OUTSIDE: [&str; 2] = ["StackUpdating", "ServiceBusy"];
+
+/// Reasons that say the controller did not write now, not a new state of the rack: the
+/// recorded reason stays, so what it was is not reported again once they pass.
+const NOT_WRITTEN: [&str; 2] = ["Standby", "ChangedSinceObserved"];
 
 /// The event a new reason of a decision is, if it is one of its own.
 fn kind_of_reason(reason: &str, own_update: bool) -> Option<Kind> {
@@ -308,7 +326,7 @@ fn kind_of_reason(reason: &str, own_update: bool) -> Option<Kind> {
         "RolloutReverted" | "StackUpdateRolledBack" => Kind::RolledBack,
         crate::plan::hold::ROLLBACK_FAILING | "RollbackStuck" => Kind::RollbackFailing,
         "DowngradeBlocked" | "DowngradeWaiting" => Kind::DowngradeRefused,
-        "StackUpdating" | "StackUpdateOwnerUnknown" if !own_update => Kind::StackChangedOutside,
+        "StackUpdating" if !own_update => Kind::StackChangedOutside,
         _ => return None,
     })
 }
@@ -336,13 +354,17 @@ pub fn derive(prev: Option<&Seen>, d: &Decision, ctx: &Context) -> Derived {
             since: crate::clock::rfc3339(now),
             to: d.desired.clone(),
             cause: Cause::Desired,
+            by_controller: false,
         });
     } else if !ctx.own_update {
         drift(d, now, &mut out);
     }
-    let actor = match OUTSIDE.contains(&d.reason) && !ctx.own_update {
-        true => Actor::Outside,
-        false => ctx.me.clone(),
+    let actor = if d.reason == "StackUpdateOwnerUnknown" {
+        Actor::Unknown
+    } else if OUTSIDE.contains(&d.reason) && !ctx.own_update {
+        Actor::Outside
+    } else {
+        ctx.me.clone()
     };
     let new_reason = prev.is_none_or(|p| p.reason != d.reason);
     let new_phase = prev.is_none_or(|p| p.phase != d.phase);
@@ -373,7 +395,22 @@ pub fn derive(prev: Option<&Seen>, d: &Decision, ctx: &Context) -> Derived {
     if d.phase == Phase::Converged {
         converged(d, now, &ctx.me, &mut out);
     }
+    out.seen = Some(record(prev, d, out.change.clone()));
     out
+}
+
+/// What to record of `d` for the next decision; a write not made now (a standby, a
+/// condition) keeps the reason and phase recorded before.
+fn record(prev: Option<&Seen>, d: &Decision, change: Option<Change>) -> Seen {
+    let kept = prev.filter(|_| NOT_WRITTEN.contains(&d.reason));
+    Seen {
+        desired: Some(d.desired.clone()),
+        phase: kept.map_or(d.phase, |p| p.phase),
+        reason: kept.map_or_else(|| d.reason.to_string(), |p| p.reason.clone()),
+        drift: d.drift,
+        services: d.services.clone(),
+        change,
+    }
 }
 
 /// A value the rack held (no change of it under way) that it no longer holds.
@@ -395,6 +432,7 @@ fn drift(d: &Decision, now: SystemTime, out: &mut Derived) {
         since: crate::clock::rfc3339(now),
         to: d.desired.clone(),
         cause: Cause::Drift,
+        by_controller: false,
     });
 }
 
@@ -414,8 +452,13 @@ fn converged(d: &Decision, now: SystemTime, me: &Actor, out: &mut Derived) {
         d.desired,
         humantime::format_duration(Duration::from_secs(took.as_secs()))
     );
+    // The rack came to the value without a write of the controller's: by hand, or by itself.
+    let actor = match change.by_controller {
+        true => me.clone(),
+        false => Actor::Outside,
+    };
     out.later.push(
-        Event::new(now, kind, d.reason, message, me.clone())
+        Event::new(now, kind, d.reason, message, actor)
             .param(&d.param)
             .took(took),
     );
@@ -573,6 +616,12 @@ impl Log {
 
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Whether `e` is among the log's newest events (an event written already, by a write
+    /// whose answer was lost).
+    pub fn has_recent(&self, e: &Event, within: usize) -> bool {
+        self.events().rev().take(within).any(|x| x == e)
     }
 
     /// The newest fence any controller wrote an event under.

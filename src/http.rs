@@ -118,14 +118,25 @@ async fn events_handler(State(s): State<AppState>, Query(q): Query<EventsQuery>)
     let standby = s
         .status
         .read(|st| st.lease.as_ref().is_some_and(|l| !l.leader));
+    let unavailable = |e: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the history: {e}\n"),
+        )
+            .into_response()
+    };
+    if standby {
+        // Read as the holder wrote it, without holding up this controller's loop.
+        let mut reader = s.journal.lock().await.reader();
+        if let Err(e) = reader.load(now).await {
+            return unavailable(e);
+        }
+        return Json(reader.select(since, q.param.as_deref())).into_response();
+    }
     let mut journal = s.journal.lock().await;
-    if standby || !journal.loaded() {
+    if !journal.loaded() {
         if let Err(e) = journal.load(now).await {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot read the history: {e}\n"),
-            )
-                .into_response();
+            return unavailable(e);
         }
     }
     Json(journal.select(since, q.param.as_deref())).into_response()

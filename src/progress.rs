@@ -215,7 +215,7 @@ mod tests {
                 pending: Vec::new(),
                 conditions: Vec::new(),
                 last_reconcile: None,
-                change: None,
+                recorded: None,
                 last_change: None,
             }],
             ..Status::default()

@@ -60,9 +60,10 @@ pub struct ParameterStatus {
     pub pending: Vec<PendingChange>,
     pub conditions: Vec<Condition>,
     pub last_reconcile: Option<String>,
-    /// A change under way (from a new desired value, or a drift) and since when.
+    /// What the history last recorded of the parameter, with the change under way (from a
+    /// new desired value, or a drift) and since when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub change: Option<crate::history::Change>,
+    pub recorded: Option<crate::history::Seen>,
     /// When the parameter last converged to a new desired value (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change: Option<String>,
@@ -177,22 +178,22 @@ impl Status {
             pending: Vec::new(),
             conditions: Vec::new(),
             last_reconcile: None,
-            change: None,
+            recorded: None,
             last_change: None,
         });
         let last = self.parameters.len() - 1;
         &mut self.parameters[last]
     }
 
-    /// The change of a parameter under way, and (when one converged now) when it did.
-    pub fn set_change(
+    /// What the history recorded of a parameter, and (when a change converged now) when.
+    pub fn set_recorded(
         &mut self,
         name: &str,
-        change: Option<crate::history::Change>,
+        recorded: Option<crate::history::Seen>,
         converged_at: Option<SystemTime>,
     ) {
         let p = self.parameter_mut(name);
-        p.change = change;
+        p.recorded = recorded;
         if let Some(at) = converged_at {
             p.last_change = Some(rfc3339(at));
         }

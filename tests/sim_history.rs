@@ -45,7 +45,7 @@ fn story(events: &[Event]) -> Vec<(Kind, String)> {
 fn holder(e: &Event) -> Option<(&str, Option<u64>)> {
     match &e.actor {
         Actor::Controller { holder, fence } => Some((holder.as_str(), *fence)),
-        Actor::Outside => None,
+        Actor::Outside | Actor::Unknown => None,
     }
 }
 

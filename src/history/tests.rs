@@ -56,6 +56,7 @@ fn change(since: u64, cause: Cause) -> Change {
         since: crate::clock::rfc3339(t(since)),
         to: "Yes".into(),
         cause,
+        by_controller: true,
     }
 }
 
@@ -177,6 +178,11 @@ fn reasons_that_are_events_of_their_own() {
         ("DowngradeBlocked", Phase::Blocked, Kind::DowngradeRefused),
         ("DowngradeWaiting", Phase::Blocked, Kind::DowngradeRefused),
         ("StackUpdating", Phase::Waiting, Kind::StackChangedOutside),
+        (
+            "StackUpdateOwnerUnknown",
+            Phase::Waiting,
+            Kind::PhaseChanged,
+        ),
         ("NotDeclared", Phase::Blocked, Kind::PhaseChanged),
         ("CorrectionsCapped", Phase::Blocked, Kind::PhaseChanged),
     ];
@@ -186,14 +192,18 @@ fn reasons_that_are_events_of_their_own() {
         let d = decision(phase, reason, Vec::new());
         let out = derive(Some(&prev), &d, &ctx(t(60)));
         assert_eq!(kinds(&out), vec![kind], "{reason}");
-        let outside = kind == Kind::StackChangedOutside;
-        assert_eq!(out.events[0].actor == Actor::Outside, outside, "{reason}");
+        let want = match reason {
+            "StackUpdating" => Actor::Outside,
+            "StackUpdateOwnerUnknown" => Actor::Unknown,
+            _ => me(),
+        };
+        assert_eq!(out.events[0].actor, want, "{reason}");
         assert_eq!(
             out.change, prev.change,
             "{reason}: the change is still under way"
         );
         // The same reason again is no new event.
-        let again = derive(Some(&seen_of(&d, out.change.clone())), &d, &ctx(t(70)));
+        let again = derive(out.seen.as_ref(), &d, &ctx(t(70)));
         assert!(again.events.is_empty(), "{reason} again");
     }
     let rolled_back = derive(
@@ -233,8 +243,11 @@ fn a_drift_is_detected_outside_and_corrected_by_the_controller() {
     assert_eq!(kinds(&out), vec![Kind::DriftDetected]);
     assert_eq!(out.events[0].actor, Actor::Outside);
     assert_eq!(out.change.as_ref().map(|c| c.cause), Some(Cause::Drift));
+    // The controller wrote to correct it (the loop marks the change so).
+    let mut corrected = out.change.clone().expect("change");
+    corrected.by_controller = true;
     let back = derive(
-        Some(&seen_of(&drifted, out.change)),
+        Some(&seen_of(&drifted, Some(corrected))),
         &converged,
         &ctx(t(160)),
     );
@@ -444,4 +457,50 @@ fn during_the_controllers_own_update_nothing_is_outside_or_a_drift() {
         .iter()
         .chain(&theirs.later)
         .all(|e| e.actor == Actor::Outside));
+}
+
+#[test]
+fn a_write_not_made_now_does_not_make_what_was_found_new_again() {
+    let failed = decision(Phase::Failed, "RolloutFailed", Vec::new());
+    let prev = seen_of(&failed, Some(change(0, Cause::Desired)));
+    let standby = decision(Phase::Waiting, "Standby", Vec::new());
+    let out = derive(Some(&prev), &standby, &ctx(t(10)));
+    assert!(out.events.is_empty(), "{:?}", kinds(&out));
+    let kept = out.seen.expect("seen");
+    assert_eq!(
+        (kept.phase, kept.reason.as_str()),
+        (Phase::Failed, "RolloutFailed")
+    );
+    let again = derive(Some(&kept), &failed, &ctx(t(20)));
+    assert!(
+        again.events.is_empty(),
+        "reported once: {:?}",
+        kinds(&again)
+    );
+}
+
+#[test]
+fn a_value_the_rack_came_to_without_a_write_is_not_the_controllers() {
+    let mut by_hand = change(0, Cause::Desired);
+    by_hand.by_controller = false;
+    let prev = seen_of(
+        &decision(Phase::Failed, "BackingOff", Vec::new()),
+        Some(by_hand),
+    );
+    let out = derive(
+        Some(&prev),
+        &decision(Phase::Converged, "Converged", Vec::new()),
+        &ctx(t(30)),
+    );
+    assert_eq!(kinds(&out), vec![Kind::Converged]);
+    assert_eq!(out.later[0].actor, Actor::Outside);
+}
+
+#[test]
+fn an_event_written_already_is_not_appended_again() {
+    let mut log = Log::default();
+    let e = event(0, Kind::WriteMade, 1);
+    log.push(e.clone());
+    assert!(log.has_recent(&e, 4));
+    assert!(!log.has_recent(&event(1, Kind::WriteMade, 1), 4));
 }

@@ -4,9 +4,8 @@
 //! the history next to the status document.
 
 use super::*;
-use crate::history::{self, Actor, Cause, Event, Kind, Seen};
+use crate::history::{self, Actor, Cause, Event, Kind};
 use crate::lease::{Fence, LeaseView};
-use crate::status::ParameterStatus;
 
 impl Reconciler {
     /// This controller, as the actor of its events.
@@ -32,25 +31,34 @@ impl Reconciler {
         self.journal.clone()
     }
 
-    /// What `d` means for the history against what the status recorded of the parameter
-    /// before (call before publishing `d`): its events, and the change it leaves under way
-    /// and whether one converged; a converged change of the desired value is measured.
+    /// What `d` means for the history against what was recorded of the parameter before
+    /// (its events, what to record now, a change converged); a change of the desired value
+    /// that converged is measured, on the lease holder.
     pub(super) fn derive_events(
         &mut self,
         d: &Decision,
-        method: &str,
-        own_update: bool,
+        (method, own_update, standby): (&str, bool, bool),
         now: SystemTime,
     ) -> history::Derived {
-        let prev = self.status.read(|s| s.parameter(&d.param).map(seen));
+        let prev = self
+            .status
+            .read(|s| s.parameter(&d.param).and_then(|p| p.recorded.clone()));
         let ctx = history::Context {
             now,
             me: self.me(),
             own_update,
         };
-        let derived = history::derive(prev.as_ref(), d, &ctx);
+        let mut derived = history::derive(prev.as_ref(), d, &ctx);
+        // A write of this run for the parameter: the change is the controller's doing.
+        let wrote = self
+            .written
+            .iter()
+            .any(|e| e.kind == Kind::WriteMade && e.concerns(&d.param));
+        if let Some(change) = derived.seen.as_mut().and_then(|s| s.change.as_mut()) {
+            change.by_controller |= wrote;
+        }
         if let Some((change, took)) = &derived.converged {
-            if change.cause == Cause::Desired {
+            if change.cause == Cause::Desired && !standby {
                 self.metrics.converged_after(&d.param, method, *took, now);
             }
         }
@@ -112,8 +120,13 @@ impl Reconciler {
         self.note(e);
     }
 
-    /// The params file was refused (once per distinct error).
+    /// The params file was refused (once per distinct error; not again after a restart that
+    /// finds the same error the status document recorded).
     pub(super) fn note_desired_invalid(&mut self, e: &ParamsError) {
+        let recorded = self.status.read(|s| s.params_file.error.clone());
+        if recorded.as_deref() == Some(e.to_string().as_str()) {
+            return;
+        }
         let kept = if self.desired.is_some() {
             "the last valid desired state is kept"
         } else {
@@ -194,8 +207,19 @@ impl Reconciler {
                 self.fence = None;
                 self.other_holder = self.other(view);
             }
-            (false, false) => self.other_holder = self.other(view).or(self.other_holder.take()),
-            (true, true) => self.fence = Some(view.fence),
+            // The holder seen last (none once it released the lease).
+            (false, false) => self.other_holder = self.other(view),
+            // Held on: the same fence; lost and taken again between two looks: a new one.
+            (true, true) => {
+                if self.fence != Some(view.fence) {
+                    let message = format!("acquired the lease again (fence {})", view.fence);
+                    self.fence = Some(view.fence);
+                    let e = self
+                        .event(Kind::LeaseAcquired, "LeaseHeld", message)
+                        .detail("fence", view.fence);
+                    self.note(e);
+                }
+            }
         }
     }
 
@@ -254,17 +278,24 @@ impl Reconciler {
         let now = self.clock.now();
         let journal = self.journal.clone();
         let mut journal = journal.lock().await;
+        if !keep {
+            // A standby sees what the holder does; the holder records it. Shown at debug only,
+            // not counted, and nothing of its own is kept for a later write.
+            for e in &events {
+                tracing::debug!(event = %e.kind, parameters = %e.params.join(","), "{}", e.message);
+            }
+            journal.discard_unsaved();
+            return;
+        }
         for mut e in events {
             if let Actor::Controller { fence, .. } = &mut e.actor {
                 *fence = self.fence.or(*fence);
             }
             self.metrics.event(e.kind);
             journal::log_event(&e);
-            if keep {
-                journal.keep(e, now);
-            }
+            journal.keep(e, now);
         }
-        if !keep || !journal.has_unsaved() {
+        if !journal.has_unsaved() {
             return;
         }
         let fence = match self.write_fence().await {
@@ -292,17 +323,5 @@ impl Reconciler {
         let f = lease.fence().await.map_err(|e| e.to_string())?;
         self.held = Some(f);
         Ok(Some(f))
-    }
-}
-
-/// What the status recorded of a parameter, as the history compares it.
-fn seen(p: &ParameterStatus) -> Seen {
-    Seen {
-        desired: p.desired.clone(),
-        phase: p.phase,
-        reason: p.reason.clone(),
-        drift: p.drift,
-        services: p.services.clone(),
-        change: p.change.clone(),
     }
 }

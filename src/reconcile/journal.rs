@@ -31,6 +31,11 @@ pub struct Journal {
     loaded: bool,
     /// Where it is kept (none: in memory only, with the status file turned off).
     doc: Option<StatusDocument>,
+    /// What it is read and written through.
+    store: Store,
+    /// The newest fence any stored event was written under, as last read or written: a
+    /// newer one than this controller's means another controller is the writer now.
+    stored_fence: Option<u64>,
     retention: Retention,
     /// Writes made.
     writes: u64,
@@ -42,10 +47,24 @@ impl Journal {
             log: Log::default(),
             unsaved: Vec::new(),
             loaded: at.is_none(),
-            doc: at.map(|at| StatusDocument::named("history", at, store)),
+            doc: at.map(|at| StatusDocument::named("history", at, store.clone())),
+            store,
+            stored_fence: None,
             retention,
             writes: 0,
         }
+    }
+
+    /// A journal on the same stored history with nothing of this one's: to read it without
+    /// holding this one.
+    pub fn reader(&self) -> Journal {
+        Journal::new(self.location().cloned(), self.store.clone(), self.retention)
+    }
+
+    /// Forgets the events recorded and not written: this controller is no longer the
+    /// writer (they were logged).
+    pub fn discard_unsaved(&mut self) {
+        self.unsaved.clear();
     }
 
     pub fn handle(self) -> JournalHandle {
@@ -80,11 +99,10 @@ impl Journal {
         let text = doc.read().await.map_err(|e| failed(doc.location(), e))?;
         let (mut log, skipped) = Log::parse(text.as_deref().unwrap_or_default());
         if skipped > 0 {
-            warn!(history = %doc.location(), lines = skipped, "skipped lines of the history that are not events");
+            warn!(history = %doc.location(), lines = skipped, "skipped lines of the history that are not events (written by another version?); they are dropped at the next write");
         }
-        for e in &self.unsaved {
-            log.push(e.clone());
-        }
+        self.stored_fence = log.newest_fence();
+        append_new(&mut log, &self.unsaved);
         log.prune(self.retention, now);
         self.log = log;
         self.loaded = true;
@@ -109,20 +127,30 @@ impl Journal {
         if !self.loaded {
             self.load(now).await?;
         }
+        let mine = under.map(|(f, _)| f.fence);
+        if let (Some(mine), Some(stored)) = (mine, self.stored_fence) {
+            if stored > mine {
+                self.unsaved.clear();
+                self.loaded = false;
+                return Err(format!(
+                    "history: events were written under fence {stored}, newer than this controller's {mine}: another controller is the writer now; not writing (the events were logged)"
+                ));
+            }
+        }
         self.log.prune(self.retention, now);
         let body = self.log.to_text();
         let (unsaved, retention) = (&self.unsaved, self.retention);
         let mut rebased = None;
+        let mut superseded = false;
         let rebase = |theirs: Option<&str>, mine: u64| {
             let (mut log, _) = Log::parse(theirs.unwrap_or_default());
             if let Some(newer) = log.newest_fence().filter(|f| *f > mine) {
+                superseded = true;
                 return Err(format!(
                     "history: events were written under fence {newer}, newer than this controller's {mine}: another controller is the writer now; not writing"
                 ));
             }
-            for e in unsaved {
-                log.push(e.clone());
-            }
+            append_new(&mut log, unsaved);
             log.prune(retention, now);
             let text = log.to_text();
             rebased = Some(log);
@@ -138,11 +166,17 @@ impl Journal {
                 }
                 self.unsaved.clear();
                 self.writes += 1;
+                self.stored_fence = self.stored_fence.max(mine);
                 Ok(())
             }
             Err(e) => {
                 // Not known what is stored now: read it again before the next write.
                 self.loaded = false;
+                if superseded {
+                    // Another controller writes the history now: these events are its
+                    // to record (they were logged here).
+                    self.unsaved.clear();
+                }
                 Err(e)
             }
         }
@@ -179,6 +213,17 @@ impl Journal {
 
     pub fn is_empty(&self) -> bool {
         self.log.is_empty()
+    }
+}
+
+/// Appends the events not already among the log's newest (written by a write whose answer
+/// was lost, and read back).
+fn append_new(log: &mut Log, events: &[Event]) {
+    let within = events.len() + 8;
+    for e in events {
+        if !log.has_recent(e, within) {
+            log.push(e.clone());
+        }
     }
 }
 

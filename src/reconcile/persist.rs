@@ -97,6 +97,8 @@ impl Reconciler {
         self.status.update(|s| {
             s.parameters = previous.parameters;
             s.controller = controller;
+            // The params file's last error: the same refusal is not a new event.
+            s.params_file.error = previous.params_file.error;
         });
     }
 

@@ -280,7 +280,7 @@ impl Reconciler {
                 true => "relabel",
                 false => "stack",
             };
-            let derived = self.derive_events(d, method, own_update, now);
+            let derived = self.derive_events(d, (method, own_update, standby.is_some()), now);
             found.extend(derived.events);
             later.extend(derived.later);
             let converged_at = derived
@@ -289,7 +289,7 @@ impl Reconciler {
                 .map(|_| now);
             self.publish(d, now);
             self.status
-                .update(|s| s.set_change(&d.param, derived.change, converged_at));
+                .update(|s| s.set_recorded(&d.param, derived.seen, converged_at));
             report.phases.insert(d.param.clone(), d.phase);
         }
         self.note_run(found, later);
