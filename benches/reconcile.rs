@@ -216,6 +216,96 @@ fn history_rss_in_child(n: u64) -> [u64; 4] {
     [(); 4].map(|_| it.next().unwrap_or(0))
 }
 
+/// A cold `apply` of `ECSExec=Yes` on a fresh controller (nothing cached, nothing written
+/// down), to the end: every call, and the looks it made. `web_only`: the web service alone
+/// is managed (`services` in the config).
+async fn cold_apply(version: &str, web_only: bool) -> (Calls, usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Setup {
+        sim,
+        mut rec,
+        params,
+    } = setup(dir.path(), version, SimSettings::default(), |s| {
+        s.status_file = None;
+    });
+    if web_only {
+        // Rebuilt with the web service alone.
+        let mut s = settings(&params);
+        s.targets.truncate(1);
+        let metrics = Metrics::new();
+        sim.set_metrics(metrics.clone());
+        rec = Reconciler::new(sim.clone(), s, metrics, StatusHandle::default());
+    }
+    std::fs::write(&params, "ECSExec: \"Yes\"\n").expect("params");
+    let before = sim.call_counts();
+    let mut looks = 0;
+    let mut trigger = Trigger::Startup;
+    loop {
+        let r = rec.reconcile(trigger).await;
+        trigger = Trigger::Timer;
+        looks += 1;
+        if r.is_final() || looks > 1000 {
+            break;
+        }
+        tokio::time::sleep(r.next).await;
+    }
+    let mut calls = sim.calls_since(&before);
+    calls.retain(|_, n| *n > 0);
+    (calls, looks)
+}
+
+/// The peak RSS (KiB) of the release binary running `args` on the simulated rack with
+/// `sim` settings: sampled from `/proc` until it exits, or stopped (SIGTERM) after `stop`.
+fn binary_rss(args: &[&str], sim: &str, params: &str, stop: Option<Duration>) -> u64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let config = dir.path().join("rack-reconciler.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "backend: sim\nrack: convox\nparams_file: params.yaml\nlisten: 127.0.0.1:{port}\n\
+             intervals:\n  exec_check: 2s\nsim:\n{sim}"
+        ),
+    )
+    .expect("config");
+    std::fs::write(dir.path().join("params.yaml"), params).expect("params");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rack-reconciler"))
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run the binary");
+    let status = format!("/proc/{}/status", child.id());
+    let started = Instant::now();
+    let mut peak = 0;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status) {
+            let hwm = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok());
+            peak = peak.max(hwm.unwrap_or(0));
+        }
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        if stop.is_some_and(|d| started.elapsed() >= d) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    peak
+}
+
 /// Calls in one idle hour of a converged rack at the default intervals (paused clock).
 async fn idle_hour() -> (Calls, u64) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -417,6 +507,25 @@ fn main() {
         format!("{} ({looks} looks: {})", total(&idle), list(&idle)),
     ));
 
+    // 1b. A cold `apply` (a new process: nothing cached), by path.
+    for (name, version, web_only) in [
+        ("relabel, web service only", RELABEL_RELEASE, true),
+        ("relabel, both services", RELABEL_RELEASE, false),
+        ("stack update, both services", SIM_ECSEXEC_VERSION, false),
+    ] {
+        let (calls, looks) = rt.block_on(cold_apply(version, web_only));
+        let polls = looks.saturating_sub(2);
+        rows.push((
+            format!("AWS calls of a cold `apply` of ECSExec=Yes ({name}; tasks start in 20 s)"),
+            format!(
+                "{} in all, {} of them the two reads of {polls} polls between the first look and the last ({})",
+                total(&calls),
+                2 * polls,
+                list(&calls)
+            ),
+        ));
+    }
+
     // 2. Edit → first write on the real clock.
     let mut lat = edit_to_first_write(100);
     lat.sort();
@@ -437,13 +546,35 @@ fn main() {
         format!("{:.1} MiB", peak as f64 / 1024.0),
     ));
 
+    // 3a. Memory of the release binary, per command, on the simulated rack.
+    let apply = binary_rss(
+        &["apply", "--no-progress"],
+        "  version: \"20260418101514\"\n  task_start: 2s\n",
+        "ECSExec: \"Yes\"\n",
+        None,
+    );
+    rows.push((
+        "peak RSS of `apply` (release binary, relabel path, sim)".into(),
+        format!("{:.1} MiB", apply as f64 / 1024.0),
+    ));
+    let run = binary_rss(
+        &["run"],
+        "  apps: 200\n  task_start: 2s\n",
+        "ECSExec: \"Yes\"\n",
+        Some(Duration::from_secs(30)),
+    );
+    rows.push((
+        "peak RSS of `run` with exec readiness every 2 s on a rack of 200 apps (release binary, sim, 30 s, ECSExec changed)".into(),
+        format!("{:.1} MiB", run as f64 / 1024.0),
+    ));
+
     // 3b. Memory with the history kept: the loop changing ECSExec back and forth.
-    let [e1, _, _, rss1] = history_rss_in_child(2_000);
+    let [e1, _, _, rss1] = history_rss_in_child(4_000);
     let [e10, bytes, writes, rss10] = history_rss_in_child(10_000);
     rows.push((
         "peak RSS with the history kept, ECSExec flipped whenever converged (sim, paused clock)".into(),
         format!(
-            "{:.1} MiB after 2,000 reconciles ({e1} events), {:.1} MiB after 10,000 ({e10} events, {writes} writes; the history kept: {} KiB, bounded by `history.max_bytes`)",
+            "{:.1} MiB after 4,000 reconciles ({e1} events), {:.1} MiB after 10,000 ({e10} events, {writes} writes; the history kept: {} KiB, bounded by `history.max_bytes`)",
             rss1 as f64 / 1024.0,
             rss10 as f64 / 1024.0,
             bytes / 1024

@@ -159,7 +159,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread: the controller waits on AWS, not on the CPU, and every thread more costs
+    // its stack and its own malloc arena (a few MiB of the peak RSS).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
