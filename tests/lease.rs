@@ -561,6 +561,15 @@ async fn the_history_in_s3_is_written_under_the_fence_and_appended_to() {
         "{refused}"
     );
     assert_eq!(stored().await.len(), 3, "nothing of a's was written");
+    // And at its next write too: it reads the history again, and still finds it is not the
+    // writer.
+    a.keep(event("a", 1, Kind::RolloutProgress), now);
+    let again = a
+        .flush(Some((live(1), &metrics)), now)
+        .await
+        .expect_err("a wrote at its second attempt");
+    assert!(again.contains("newer than this controller's 1"), "{again}");
+    assert_eq!(stored().await.len(), 3, "still nothing of a's");
 
     // A copy written without a fence (by hand) since b's write: b appends to it.
     let mut by_hand = Journal::new(Some(at.clone()), store.clone(), Default::default());

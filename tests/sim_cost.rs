@@ -226,3 +226,91 @@ async fn polls_follow_the_rollout_and_see_its_end_within_two_seconds() {
     // can be running.
     assert!(gaps.iter().any(|g| *g > Duration::from_secs(2)), "{gaps:?}");
 }
+
+/// A cold `apply` of `ECSExec=Yes` (a new process: nothing cached, nothing written down) on
+/// a rack whose API services are `targets`: every call to the end, and the looks it made.
+async fn cold_apply(h: &Harness, web_only: bool) -> (Calls, u64) {
+    let mut s = defaults(h);
+    if web_only {
+        s.targets.truncate(1);
+    }
+    let mut rec = h.reconciler_with(s);
+    let (_stop, stopped) = tokio::sync::watch::channel(false);
+    let before = h.sim.call_counts();
+    let report = rec.apply(stopped, 5).await;
+    assert_eq!(ecs_exec(&report), Some(Phase::Converged));
+    let mut all = h.sim.calls_since(&before);
+    all.retain(|_, n| *n > 0);
+    let looks = all.get("DescribeStacks").copied().unwrap_or(0);
+    assert_eq!(all.get("DescribeServices").copied(), Some(looks), "{all:?}");
+    (all, looks)
+}
+
+/// Everything but the two reads every look makes.
+fn beyond(mut all: Calls) -> Calls {
+    for op in LOOK {
+        all.remove(op);
+    }
+    all
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_apply_reads_only_what_its_decision_needs() {
+    // The relabel path, the web service alone: the stack's resources (two pages of the real
+    // template's 148), the running revision described, the family's revisions listed (a copy
+    // is reused, not registered twice), the copy registered, the service pointed at it; the
+    // tasks listed once, at the end, to prove every task runs it. Not read: the tasks before
+    // the roll (the service is to change whatever they run), the template (the stack's
+    // parameter names say it does not declare ECSExec).
+    let h = Harness::new("ECSExec: \"Yes\"\n");
+    let (all, looks) = cold_apply(&h, true).await;
+    assert_eq!(
+        beyond(all),
+        calls(&[
+            ("ListStackResources", 2),
+            ("DescribeTaskDefinition", 1),
+            ("ListTaskDefinitions", 1),
+            ("RegisterTaskDefinition", 1),
+            ("UpdateService", 1),
+            ("ListTasks", 1),
+            ("DescribeTasks", 1),
+        ])
+    );
+    // The first look, 10 polls paced by the rollout (tasks start in 20 s), the last look.
+    assert_eq!(looks, 12);
+
+    // Both services, one after the other: the same per service, the resources once.
+    let h = Harness::new("ECSExec: \"Yes\"\n");
+    let (all, looks) = cold_apply(&h, false).await;
+    assert_eq!(
+        beyond(all),
+        calls(&[
+            ("ListStackResources", 2),
+            ("DescribeTaskDefinition", 2),
+            ("ListTaskDefinitions", 2),
+            ("RegisterTaskDefinition", 2),
+            ("UpdateService", 2),
+            ("ListTasks", 2),
+            ("DescribeTasks", 2),
+        ])
+    );
+    assert_eq!(looks, 18);
+
+    // The stack path: one UpdateStack; whose the update is, read once from its events; the
+    // resources again and the revisions CloudFormation registered once it has settled; the
+    // tasks of both services listed once at the end (one DescribeTasks for both).
+    let h = Harness::stack_first("ECSExec: \"Yes\"\n", SimSettings::default());
+    let (all, looks) = cold_apply(&h, false).await;
+    assert_eq!(
+        beyond(all),
+        calls(&[
+            ("ListStackResources", 4),
+            ("DescribeTaskDefinition", 4),
+            ("UpdateStack", 1),
+            ("DescribeStackEvents", 1),
+            ("ListTasks", 2),
+            ("DescribeTasks", 1),
+        ])
+    );
+    assert_eq!(looks, 25);
+}
