@@ -206,14 +206,8 @@ fn history_rss(n: u64) {
 }
 
 fn history_rss_in_child(n: u64) -> [u64; 4] {
-    let exe = std::env::current_exe().expect("current exe");
-    let out = std::process::Command::new(exe)
-        .args(["--bench", "--history-rss", &n.to_string()])
-        .output()
-        .expect("run the history measurement");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text.split_whitespace().map(|x| x.parse().unwrap_or(0));
-    [(); 4].map(|_| it.next().unwrap_or(0))
+    let out = in_child("--history-rss", n);
+    [0, 1, 2, 3].map(|i| out.get(i).copied().unwrap_or(0))
 }
 
 /// A cold `apply` of `ECSExec=Yes` on a fresh controller (nothing cached, nothing written
@@ -426,14 +420,24 @@ fn run_rss(n: u64) {
 }
 
 fn run_rss_in_child(n: u64) -> (u64, u64) {
+    let out = in_child("--run-rss", n);
+    (
+        out.first().copied().unwrap_or(0),
+        out.get(1).copied().unwrap_or(0),
+    )
+}
+
+/// This benchmark again, in a process of its own, with `flag n`: the numbers it prints.
+fn in_child(flag: &str, n: u64) -> Vec<u64> {
     let exe = std::env::current_exe().expect("current exe");
     let out = std::process::Command::new(exe)
-        .args(["--bench", "--run-rss", &n.to_string()])
+        .args(["--bench", flag, &n.to_string()])
         .output()
-        .expect("run the RSS measurement");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut it = text.split_whitespace().map(|x| x.parse().unwrap_or(0));
-    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+        .expect("run the measurement in a process of its own");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect()
 }
 
 fn main() {

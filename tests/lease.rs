@@ -313,13 +313,11 @@ async fn an_attempt_past_the_lease_never_reaches_aws() {
     .expect("a live fence writes");
 }
 
-/// The status document in S3 is written over the version its writer last saw, carrying its
-/// fence: a paused former holder cannot overwrite its successor's, and says why.
-#[tokio::test]
-async fn a_former_holder_cannot_overwrite_its_successors_status_document() {
-    use rack_reconciler::reconcile::document::{fence_of, StatusDocument};
-    use rack_reconciler::status::Status;
-    let moto = Moto::start().await;
+/// The rack's `Settings` bucket in moto.
+const SETTINGS_BUCKET: &str = "convox-settings-1abc";
+
+/// A store on a new `Settings` bucket in moto, and the metrics it counts into.
+async fn settings_bucket(moto: &Moto) -> (rack_reconciler::store::Store, Metrics) {
     let sdk = moto.sdk_config(&moto.endpoint).await;
     let s3 = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&sdk)
@@ -327,14 +325,27 @@ async fn a_former_holder_cannot_overwrite_its_successors_status_document() {
             .build(),
     );
     s3.create_bucket()
-        .bucket("convox-settings-1abc")
+        .bucket(SETTINGS_BUCKET)
         .send()
         .await
         .expect("bucket");
     let metrics = Metrics::new();
-    let store = rack_reconciler::store::Store::with_s3(s3, metrics.clone());
+    (
+        rack_reconciler::store::Store::with_s3(s3, metrics.clone()),
+        metrics,
+    )
+}
+
+/// The status document in S3 is written over the version its writer last saw, carrying its
+/// fence: a paused former holder cannot overwrite its successor's, and says why.
+#[tokio::test]
+async fn a_former_holder_cannot_overwrite_its_successors_status_document() {
+    use rack_reconciler::reconcile::document::{fence_of, StatusDocument};
+    use rack_reconciler::status::Status;
+    let moto = Moto::start().await;
+    let (store, metrics) = settings_bucket(&moto).await;
     let at = rack_reconciler::store::Location::S3 {
-        bucket: "convox-settings-1abc".into(),
+        bucket: SETTINGS_BUCKET.into(),
         key: "rack-reconciler/params.status.json".into(),
     };
     let body = |fence: u64| {
@@ -484,21 +495,9 @@ async fn the_history_in_s3_is_written_under_the_fence_and_appended_to() {
     use rack_reconciler::history::{Actor, Event, Kind};
     use rack_reconciler::reconcile::journal::Journal;
     let moto = Moto::start().await;
-    let sdk = moto.sdk_config(&moto.endpoint).await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
-    s3.create_bucket()
-        .bucket("convox-settings-1abc")
-        .send()
-        .await
-        .expect("bucket");
-    let metrics = Metrics::new();
-    let store = rack_reconciler::store::Store::with_s3(s3.clone(), metrics.clone());
+    let (store, metrics) = settings_bucket(&moto).await;
     let at = rack_reconciler::store::Location::S3 {
-        bucket: "convox-settings-1abc".into(),
+        bucket: SETTINGS_BUCKET.into(),
         key: "rack-reconciler/params.history.jsonl".into(),
     };
     let now = std::time::SystemTime::now();

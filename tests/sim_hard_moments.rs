@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use common::{drive, param, run_for, Harness, RELABEL_RELEASE};
 use rack_reconciler::lease::Timing;
-use rack_reconciler::model::{RackVersion, StackParameter};
+use rack_reconciler::model::RackVersion;
 use rack_reconciler::plan::Phase;
 use rack_reconciler::rack::sim::{SimSettings, SIM_ECSEXEC_VERSION};
-use rack_reconciler::rack::{Rack, StackUpdateRequest};
 use rack_reconciler::reconcile::{Reconciler, Report, Trigger};
 use rack_reconciler::templates::TemplateSource;
 
@@ -179,27 +178,13 @@ async fn someone_elses_failing_update_is_waited_for_and_never_cancelled() {
     // An operator's `convox rack update`: no ClientRequestToken.
     let version = RackVersion::parse(RELABEL_RELEASE).expect("version");
     let template = TemplateSource::default().locate(version).expect("template");
-    let request = StackUpdateRequest {
-        template: Some(template),
-        parameters: h
-            .sim
-            .stack_parameters()
-            .into_keys()
-            // The target release does not declare ECSExec.
-            .filter(|key| key != "ECSExec")
-            .map(|key| StackParameter {
-                value: (key == "Version").then(|| RELABEL_RELEASE.to_string()),
-                key,
-            })
-            .collect(),
-        capabilities: vec!["CAPABILITY_IAM".into()],
-        token: String::new(),
-        role_arn: None,
-    };
-    h.sim
-        .update_stack(&request)
-        .await
-        .expect("operator's update");
+    // The target release does not declare ECSExec.
+    common::operator_update(&h, Some(template), |key| match key {
+        "ECSExec" => None,
+        "Version" => Some(Some(RELABEL_RELEASE.to_string())),
+        _ => Some(None),
+    })
+    .await;
 
     run_for(&mut rec, Duration::from_secs(20 * 60)).await;
     assert_eq!(h.sim.calls("CancelUpdateStack"), 0, "never cancelled");

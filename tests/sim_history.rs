@@ -10,9 +10,7 @@ use std::time::Duration;
 use common::{drive, param, run_for, Harness, RELABEL_RELEASE};
 use rack_reconciler::history::{Actor, Event, Kind, Log, Retention};
 use rack_reconciler::lease::Timing;
-use rack_reconciler::model::StackParameter;
 use rack_reconciler::rack::sim::SimSettings;
-use rack_reconciler::rack::{Rack, StackUpdateRequest};
 use rack_reconciler::reconcile::Reconciler;
 
 /// A rack on the release that declares `ECSExec` (`No`), whose older public release's API
@@ -51,25 +49,10 @@ fn holder(e: &Event) -> Option<(&str, Option<u64>)> {
 
 /// Someone else's stack update (no token): `ECSExec=Yes`.
 async fn operator_sets_ecs_exec(h: &Harness) {
-    let request = StackUpdateRequest {
-        template: None,
-        parameters: h
-            .sim
-            .stack_parameters()
-            .into_keys()
-            .map(|key| StackParameter {
-                value: (key == "ECSExec").then(|| "Yes".to_string()),
-                key,
-            })
-            .collect(),
-        capabilities: vec!["CAPABILITY_IAM".into()],
-        token: String::new(),
-        role_arn: None,
-    };
-    h.sim
-        .update_stack(&request)
-        .await
-        .expect("operator's update");
+    common::operator_update(h, None, |key| {
+        Some((key == "ECSExec").then(|| "Yes".to_string()))
+    })
+    .await;
 }
 
 async fn until(rec: &mut Reconciler, name: &'static str, reason: &'static str) {

@@ -211,6 +211,35 @@ pub async fn run_for(rec: &mut Reconciler, span: Duration) -> Vec<Report> {
     reports
 }
 
+/// Someone else's stack update, as the convox CLI makes it (no `ClientRequestToken`), to
+/// `template` (`None`: the stack's own): each stack parameter as `value` says (`None`: left
+/// out; `Some(None)`: its previous value).
+pub async fn operator_update(
+    h: &Harness,
+    template: Option<rack_reconciler::templates::TemplateRef>,
+    value: impl Fn(&str) -> Option<Option<String>>,
+) {
+    use rack_reconciler::rack::Rack;
+    let request = rack_reconciler::rack::StackUpdateRequest {
+        template,
+        parameters: h
+            .sim
+            .stack_parameters()
+            .into_keys()
+            .filter_map(|key| {
+                value(&key).map(|value| rack_reconciler::model::StackParameter { key, value })
+            })
+            .collect(),
+        capabilities: vec!["CAPABILITY_IAM".into()],
+        token: String::new(),
+        role_arn: None,
+    };
+    h.sim
+        .update_stack(&request)
+        .await
+        .expect("operator's update");
+}
+
 /// A condition for [`drive`]: the status shows `reason` for `param`.
 pub fn shows_reason(
     rec: &Reconciler,
