@@ -250,6 +250,15 @@ impl Default for History {
 }
 
 impl History {
+    fn check(&self) -> Result<(), String> {
+        if self.max_age.is_zero() || self.max_bytes < 4096 {
+            return Err(
+                "history: max_age must be greater than zero and max_bytes at least 4096".into(),
+            );
+        }
+        Ok(())
+    }
+
     pub fn retention(&self) -> crate::history::Retention {
         crate::history::Retention {
             max_age: self.max_age,
@@ -339,11 +348,7 @@ impl Config {
         if self.rack.trim().is_empty() {
             return Err("rack: the rack's stack name is required".into());
         }
-        if self.history.max_age.is_zero() || self.history.max_bytes < 4096 {
-            return Err(
-                "history: max_age must be greater than zero and max_bytes at least 4096".into(),
-            );
-        }
+        self.history.check()?;
         if self.services.is_empty() {
             return Err("services: at least one target service is required".into());
         }

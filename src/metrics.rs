@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::plan::Phase;
@@ -93,7 +93,7 @@ struct Inner {
     rollback_failing: IntGaugeVec,
     reconciles: IntCounterVec,
     reconcile_duration: HistogramVec,
-    last_reconcile: prometheus::Gauge,
+    last_reconcile: Gauge,
     last_observation: prometheus::Gauge,
     params_valid: IntGauge,
     params_errors: IntCounterVec,
@@ -135,6 +135,27 @@ fn labels(name: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// A documented metric without labels, registered.
+fn single<M>(r: &Registry, name: &str, make: fn(Opts) -> prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let m = make(opts(name)).expect(name);
+    r.register(Box::new(m.clone())).expect(name);
+    m
+}
+
+/// A documented histogram with `buckets`, registered.
+fn histogram(r: &Registry, name: &str, buckets: Vec<f64>) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::from(opts(name)).buckets(buckets),
+        &labels(name),
+    )
+    .expect("histogram");
+    r.register(Box::new(h.clone())).expect("histogram");
+    h
+}
+
 macro_rules! register {
     ($registry:expr, $ty:ident, $name:literal) => {{
         let m = $ty::new(opts($name), &labels($name)).expect($name);
@@ -155,50 +176,6 @@ impl Metrics {
         let r = Registry::new();
         let build = register!(r, IntGaugeVec, "rack_reconciler_build_info");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let duration = HistogramVec::new(
-            HistogramOpts::from(opts("rack_reconciler_reconcile_duration_seconds")).buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &labels("rack_reconciler_reconcile_duration_seconds"),
-        )
-        .expect("histogram");
-        r.register(Box::new(duration.clone())).expect("histogram");
-        let last =
-            prometheus::Gauge::with_opts(opts("rack_reconciler_last_reconcile_timestamp_seconds"))
-                .expect("gauge");
-        r.register(Box::new(last.clone())).expect("gauge");
-        let observed = prometheus::Gauge::with_opts(opts(
-            "rack_reconciler_last_successful_observation_timestamp_seconds",
-        ))
-        .expect("gauge");
-        r.register(Box::new(observed.clone())).expect("gauge");
-        let valid = IntGauge::with_opts(opts("rack_reconciler_params_file_valid")).expect("gauge");
-        r.register(Box::new(valid.clone())).expect("gauge");
-        let downgrade_blocked =
-            IntGauge::with_opts(opts("rack_reconciler_downgrade_blocked")).expect("gauge");
-        r.register(Box::new(downgrade_blocked.clone()))
-            .expect("gauge");
-        let stack_updates =
-            prometheus::IntCounter::with_opts(opts("rack_reconciler_stack_updates_started_total"))
-                .expect("counter");
-        r.register(Box::new(stack_updates.clone()))
-            .expect("counter");
-        let leader = IntGauge::with_opts(opts("rack_reconciler_leader")).expect("gauge");
-        r.register(Box::new(leader.clone())).expect("gauge");
-        leader.set(1);
-        let exec_checked =
-            prometheus::Gauge::with_opts(opts("rack_reconciler_exec_check_timestamp_seconds"))
-                .expect("gauge");
-        r.register(Box::new(exec_checked.clone())).expect("gauge");
-        let convergence = HistogramVec::new(
-            HistogramOpts::from(opts("rack_reconciler_convergence_seconds")).buckets(vec![
-                10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
-            ]),
-            &labels("rack_reconciler_convergence_seconds"),
-        )
-        .expect("histogram");
-        r.register(Box::new(convergence.clone()))
-            .expect("histogram");
         let inner = Inner {
             drift: register!(r, IntGaugeVec, "rack_reconciler_parameter_drift"),
             drift_start: register!(
@@ -216,20 +193,48 @@ impl Metrics {
             corrections_capped: register!(r, IntGaugeVec, "rack_reconciler_corrections_capped"),
             rollback_failing: register!(r, IntGaugeVec, "rack_reconciler_rollback_failing"),
             reconciles: register!(r, IntCounterVec, "rack_reconciler_reconcile_total"),
-            reconcile_duration: duration,
-            last_reconcile: last,
-            last_observation: observed,
-            params_valid: valid,
-            downgrade_blocked,
-            stack_updates,
+            reconcile_duration: histogram(
+                &r,
+                "rack_reconciler_reconcile_duration_seconds",
+                vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ],
+            ),
+            last_reconcile: single(
+                &r,
+                "rack_reconciler_last_reconcile_timestamp_seconds",
+                Gauge::with_opts,
+            ),
+            last_observation: single(
+                &r,
+                "rack_reconciler_last_successful_observation_timestamp_seconds",
+                Gauge::with_opts,
+            ),
+            params_valid: single(&r, "rack_reconciler_params_file_valid", IntGauge::with_opts),
+            downgrade_blocked: single(&r, "rack_reconciler_downgrade_blocked", IntGauge::with_opts),
+            stack_updates: single(
+                &r,
+                "rack_reconciler_stack_updates_started_total",
+                IntCounter::with_opts,
+            ),
             params_errors: register!(r, IntCounterVec, "rack_reconciler_params_file_errors_total"),
             api_calls: register!(r, IntCounterVec, "rack_reconciler_aws_api_calls_total"),
-            leader,
+            leader: single(&r, "rack_reconciler_leader", IntGauge::with_opts),
             writes_refused: register!(r, IntCounterVec, "rack_reconciler_writes_refused_total"),
             exec_tasks: register!(r, IntGaugeVec, "rack_reconciler_exec_tasks"),
-            exec_checked,
+            exec_checked: single(
+                &r,
+                "rack_reconciler_exec_check_timestamp_seconds",
+                Gauge::with_opts,
+            ),
             events: register!(r, IntCounterVec, "rack_reconciler_events_total"),
-            convergence,
+            convergence: histogram(
+                &r,
+                "rack_reconciler_convergence_seconds",
+                vec![
+                    10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
+                ],
+            ),
             last_change: register!(
                 r,
                 GaugeVec,
@@ -237,6 +242,8 @@ impl Metrics {
             ),
             registry: r,
         };
+        // Always 1 without a lease.
+        inner.leader.set(1);
         Metrics {
             inner: Arc::new(inner),
         }

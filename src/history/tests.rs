@@ -72,10 +72,10 @@ fn kinds(d: &Derived) -> Vec<Kind> {
     d.events.iter().chain(&d.later).map(|e| e.kind).collect()
 }
 
-#[test]
-fn a_change_from_intent_to_converged() {
+/// A rollout followed look by look: each decision and the events it means.
+fn rollout_steps() -> Vec<(&'static str, Decision, Vec<Kind>)> {
     use Kind::*;
-    let steps: Vec<(&str, Decision, Vec<Kind>)> = vec![
+    vec![
         (
             "rolling starts",
             decision(
@@ -130,7 +130,12 @@ fn a_change_from_intent_to_converged() {
             ),
             vec![],
         ),
-    ];
+    ]
+}
+
+#[test]
+fn a_change_from_intent_to_converged() {
+    let steps = rollout_steps();
     let mut prev = Seen {
         desired: Some("No".into()),
         phase: Phase::Converged,
