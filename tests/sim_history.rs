@@ -281,3 +281,22 @@ async fn the_history_is_bounded_by_its_retention() {
     assert!(now.duration_since(oldest).unwrap_or_default() <= Duration::from_secs(3600));
     assert_eq!(events.first().map(|e| e.kind), Some(Kind::DesiredChanged));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_holder_keeps_what_a_run_that_decided_nothing_found() {
+    // A params file refused at the first look, under a lease: the holder keeps the event,
+    // with its fence, though the run never got to decide.
+    let h = Harness::stack_first("ECSExec: \"Maybe\"\n", SimSettings::default());
+    let timing = Timing::for_duration(Duration::from_secs(30));
+    let (la, _lb) = common::two_leases(timing).await;
+    let mut a = h.leased(&la);
+    drive(&mut a, 1, |_| true).await;
+    let events = stored(&h);
+    assert_eq!(story(&events), vec![(Kind::DesiredInvalid, String::new())]);
+    assert_eq!(holder(&events[0]), Some(("a", Some(1))));
+    assert!(
+        events[0].message.contains("ECSExec"),
+        "{}",
+        events[0].message
+    );
+}

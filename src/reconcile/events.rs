@@ -274,7 +274,15 @@ impl Reconciler {
         // Writes of a run that recorded nothing (it timed out, say) are not lost.
         events.append(&mut self.written);
         let events = history::coalesce(events);
-        let keep = self.lease.is_none() || self.leading;
+        // Whether this controller holds the lease now: a run that decided nothing (the rack
+        // unobservable, the params file refused) did not look at it on the way.
+        let held = self
+            .lease
+            .as_ref()
+            .map(|l| l.view())
+            .map(|v| (v.leader, v.fence));
+        let keep = held.is_none_or(|(leader, _)| leader);
+        let holding = held.filter(|(leader, _)| *leader).map(|(_, fence)| fence);
         let now = self.clock.now();
         let journal = self.journal.clone();
         let mut journal = journal.lock().await;
@@ -289,7 +297,7 @@ impl Reconciler {
         }
         for mut e in events {
             if let Actor::Controller { fence, .. } = &mut e.actor {
-                *fence = self.fence.or(*fence);
+                *fence = holding.or(*fence);
             }
             self.metrics.event(e.kind);
             journal::log_event(&e);
