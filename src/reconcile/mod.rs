@@ -763,6 +763,7 @@ fn significant(s: &Status) -> String {
                 p.phase,
                 &p.reason,
                 &p.services,
+                &p.recorded,
             )
         })
         .collect();
