@@ -312,9 +312,10 @@ pub struct Context {
 /// controller's own).
 const OUTSIDE: [&str; 2] = ["StackUpdating", "ServiceBusy"];
 
-/// Reasons that say the controller did not write now, not a new state of the rack: the
-/// recorded reason stays, so what it was is not reported again once they pass.
-const NOT_WRITTEN: [&str; 2] = ["Standby", "ChangedSinceObserved"];
+/// Reasons that say the controller did not write now (a standby, a condition: see
+/// `reconcile::not_a_failure`), not a new state of the rack: the recorded reason stays, so
+/// what it was is not reported again once they pass; nor is the write a failure.
+pub const NOT_WRITTEN: [&str; 2] = ["Standby", "ChangedSinceObserved"];
 
 /// The event a new reason of a decision is, if it is one of its own.
 fn kind_of_reason(reason: &str, own_update: bool) -> Option<Kind> {

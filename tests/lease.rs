@@ -251,6 +251,18 @@ async fn a_resent_write_that_had_landed_is_not_a_lost_lease() {
 }
 
 /// A fence whose lease ran out a moment ago, as a process resumed after a pause holds one.
+/// A fence whose lease is good for another 30 s.
+fn live_fence(fence: u64) -> rack_reconciler::lease::Fence {
+    rack_reconciler::lease::Fence {
+        fence,
+        deadline: rack_reconciler::lease::Deadline::after(
+            tokio::time::Instant::now(),
+            std::time::SystemTime::now(),
+            Duration::from_secs(30),
+        ),
+    }
+}
+
 fn lapsed_fence(fence: u64) -> rack_reconciler::lease::Fence {
     use rack_reconciler::lease::{Deadline, Fence};
     let past = Duration::from_secs(1);
@@ -296,14 +308,7 @@ async fn an_attempt_past_the_lease_never_reaches_aws() {
         "{text}"
     );
     // Under a live fence the same call goes through.
-    let live = rack_reconciler::lease::Fence {
-        fence: 5,
-        deadline: rack_reconciler::lease::Deadline::after(
-            tokio::time::Instant::now(),
-            std::time::SystemTime::now(),
-            Duration::from_secs(30),
-        ),
-    };
+    let live = live_fence(5);
     fence::scoped(
         live,
         metrics.clone(),
@@ -353,17 +358,7 @@ async fn a_former_holder_cannot_overwrite_its_successors_status_document() {
         s.controller.fence = Some(fence);
         serde_json::to_string(&s).expect("json")
     };
-    let live = |fence: u64| {
-        let f = rack_reconciler::lease::Fence {
-            fence,
-            deadline: rack_reconciler::lease::Deadline::after(
-                tokio::time::Instant::now(),
-                std::time::SystemTime::now(),
-                Duration::from_secs(30),
-            ),
-        };
-        Some((f, &metrics))
-    };
+    let live = |fence: u64| Some((live_fence(fence), &metrics));
     let mut a = StatusDocument::new(at.clone(), store.clone());
     let mut b = StatusDocument::new(at.clone(), store.clone());
     a.write(&body(1), live(1)).await.expect("a writes first");
@@ -508,14 +503,7 @@ async fn the_history_in_s3_is_written_under_the_fence_and_appended_to() {
         };
         Event::new(now, kind, "Test", format!("{holder} {kind}"), actor)
     };
-    let live = |fence: u64| rack_reconciler::lease::Fence {
-        fence,
-        deadline: rack_reconciler::lease::Deadline::after(
-            tokio::time::Instant::now(),
-            std::time::SystemTime::now(),
-            Duration::from_secs(30),
-        ),
-    };
+    let live = live_fence;
     let journal = || Journal::new(Some(at.clone()), store.clone(), Default::default());
     let stored = || async {
         let mut reader = journal();

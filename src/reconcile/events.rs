@@ -80,9 +80,6 @@ impl Reconciler {
         changes: &[(String, Option<String>, String)],
         generation: u64,
     ) {
-        if changes.is_empty() {
-            return;
-        }
         let message = changes
             .iter()
             .map(|(k, from, to)| match from {
@@ -165,7 +162,7 @@ impl Reconciler {
         d_reason: &str,
         message: &str,
     ) {
-        if matches!(d_reason, "Standby" | "ChangedSinceObserved") {
+        if history::NOT_WRITTEN.contains(&d_reason) {
             return;
         }
         let e = self
