@@ -434,8 +434,11 @@ pub struct ObservedRack {
     /// What the stack's running template declares about its parameters.
     pub declared: crate::spec::Declarations,
     pub cluster: String,
-    /// The stack's resources: logical id → physical id.
-    pub resources: BTreeMap<String, String>,
+    /// A light look, between the looks of a rollout: only the services were read, and the
+    /// stack, its template and its events are as the last look read them. Its decisions may
+    /// report progress; anything else (a write, a claim that a change converged or failed)
+    /// waits for the stack read again ([`crate::plan::reads::light_look_stands`]).
+    pub light: bool,
     /// In target order (web first).
     pub services: Vec<ObservedService>,
     /// Who started the stack's latest update, when it is under way, rolled back or broken.
@@ -538,7 +541,8 @@ impl FailureWalk {
     }
 }
 
-/// Why a reconcile runs. Only for logs: a run does the same whatever the trigger.
+/// Why a reconcile runs: for logs, and only a run on a timer may look lightly (see
+/// [`crate::reconcile::Observer::observe`]); otherwise a run does the same whatever the trigger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     Startup,

@@ -18,7 +18,7 @@ use common::rack_fixture::{self, CLUSTER, MONITOR, SECRETS, STACK, WEB};
 use rack_reconciler::metrics::Metrics;
 use rack_reconciler::model::ServiceTarget;
 use rack_reconciler::rack::aws::AwsRack;
-use rack_reconciler::rack::Rack;
+use rack_reconciler::rack::{Rack, RackError};
 use rack_reconciler::reconcile::{Reconciler, Trigger};
 use rack_reconciler::status::{Status, StatusHandle};
 
@@ -156,14 +156,19 @@ async fn discovers_a_rack_created_with_cloudformation() {
         "{} parameters",
         stack.parameters.len()
     );
-    let resources = aws.stack_resources().await.expect("stack resources");
-    assert_eq!(resources.get("Cluster").map(String::as_str), Some(CLUSTER));
-    let web = resources.get("ServiceWebApi").expect("web service").clone();
-    let monitor = resources
-        .get("ServiceMonitorApi")
-        .expect("monitor service")
-        .clone();
+    let found = |logical: &'static str| aws.stack_resource(logical);
+    assert_eq!(found("Cluster").await.as_deref(), Ok(CLUSTER));
+    let web = found("ServiceWebApi").await.expect("web service");
+    let monitor = found("ServiceMonitorApi").await.expect("monitor service");
     assert!(web.ends_with(WEB) && monitor.ends_with(MONITOR));
+    assert!(
+        matches!(
+            found("ServiceNoSuch").await,
+            Err(RackError::MissingResource { ref logical, .. }) if logical == "ServiceNoSuch"
+        ),
+        "a resource the stack lacks is named as missing: {:?}",
+        found("ServiceNoSuch").await
+    );
 
     let services = aws
         .describe_services(CLUSTER, &[web, monitor])

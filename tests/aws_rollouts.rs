@@ -8,9 +8,9 @@ use crate::common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use aws_sdk_cloudformation::operation::describe_stack_resource::DescribeStackResourceOutput;
 use aws_sdk_cloudformation::operation::describe_stacks::DescribeStacksOutput;
-use aws_sdk_cloudformation::operation::list_stack_resources::ListStackResourcesOutput;
-use aws_sdk_cloudformation::types::{Stack, StackResourceSummary, StackStatus};
+use aws_sdk_cloudformation::types::{Stack, StackResourceDetail, StackStatus};
 use aws_sdk_ecs::operation::describe_services::DescribeServicesOutput;
 use aws_sdk_ecs::operation::describe_task_definition::DescribeTaskDefinitionOutput;
 use aws_sdk_ecs::operation::describe_tasks::DescribeTasksOutput;
@@ -179,21 +179,26 @@ fn mocked_with(initial: Scenario, faults: Faults) -> Mocked {
             )
             .build()
     });
-    let resources = mock!(aws_sdk_cloudformation::Client::list_stack_resources)
-        .then_compute_output(|_| {
-            let r = |logical: &str, physical: &str| {
-                StackResourceSummary::builder()
-                    .logical_resource_id(logical)
-                    .physical_resource_id(physical)
-                    .resource_type("AWS::ECS::Service")
-                    .last_updated_timestamp(DateTime::from_secs(0))
-                    .resource_status(aws_sdk_cloudformation::types::ResourceStatus::CreateComplete)
-                    .build()
+    let resources = mock!(aws_sdk_cloudformation::Client::describe_stack_resource)
+        .then_compute_output(|input| {
+            let logical = input.logical_resource_id().unwrap_or_default();
+            let physical = match logical {
+                "Cluster" => CLUSTER,
+                "ServiceWebApi" => WEB_ARN,
+                _ => MON_ARN,
             };
-            ListStackResourcesOutput::builder()
-                .stack_resource_summaries(r("Cluster", CLUSTER))
-                .stack_resource_summaries(r("ServiceWebApi", WEB_ARN))
-                .stack_resource_summaries(r("ServiceMonitorApi", MON_ARN))
+            DescribeStackResourceOutput::builder()
+                .stack_resource_detail(
+                    StackResourceDetail::builder()
+                        .logical_resource_id(logical)
+                        .physical_resource_id(physical)
+                        .resource_type("AWS::ECS::Service")
+                        .last_updated_timestamp(DateTime::from_secs(0))
+                        .resource_status(
+                            aws_sdk_cloudformation::types::ResourceStatus::CreateComplete,
+                        )
+                        .build(),
+                )
                 .build()
         });
     // The running template: the 2026 release, which does not declare ECSExec (relabel path).

@@ -5,7 +5,6 @@
 
 use crate::common;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,8 +45,8 @@ impl Rack for Hanging {
         }
         self.sim.describe_services(cluster, services).await
     }
-    async fn stack_resources(&self) -> Result<BTreeMap<String, String>, RackError> {
-        self.sim.stack_resources().await
+    async fn stack_resource(&self, logical: &str) -> Result<String, RackError> {
+        self.sim.stack_resource(logical).await
     }
     async fn service_tasks(
         &self,

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 
 use rack_reconciler::rack::sim::{SimRack, SimSettings};
-use rack_reconciler::rack::Rack;
 use serde_json::Value;
 
 const ACCOUNT: &str = "123456789012";
@@ -93,7 +92,7 @@ fn allowed(policy: &Value, action: &str, resource: &str, context: &[(&str, &str)
 #[tokio::test(start_paused = true)]
 async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond() {
     let sim = SimRack::new(SimSettings::default());
-    let resources = sim.stack_resources().await.expect("resources");
+    let resources = sim.resources();
     let cluster = resources["Cluster"].clone();
     let web = resources["ServiceWebApi"].clone();
     let monitor = resources["ServiceMonitorApi"].clone();
@@ -122,7 +121,7 @@ async fn the_policy_admits_every_call_on_a_real_shaped_rack_and_nothing_beyond()
 
     let calls: Vec<Call> = vec![
         ("cloudformation:DescribeStacks", &stack_arn, vec![]),
-        ("cloudformation:ListStackResources", &stack_arn, vec![]),
+        ("cloudformation:DescribeStackResource", &stack_arn, vec![]),
         ("cloudformation:DescribeStackEvents", &stack_arn, vec![]),
         ("cloudformation:UpdateStack", &stack_arn, vec![]),
         ("cloudformation:GetTemplateSummary", "*", vec![]),

@@ -12,9 +12,6 @@ use rack_reconciler::plan::Phase;
 use rack_reconciler::rack::sim::{Calls, SimRack, SimSettings};
 use rack_reconciler::reconcile::{Reconciler, Report, Settings, Trigger};
 
-/// The two reads every look makes.
-const LOOK: &[&str] = &["DescribeStacks", "DescribeServices"];
-
 fn calls(pairs: &[(&'static str, u64)]) -> Calls {
     pairs.iter().copied().collect()
 }
@@ -57,12 +54,13 @@ impl Change {
         total
     }
 
-    /// Everything but the two reads of every look.
+    /// Everything but the reads of the looks (the services at every one, the stack at all
+    /// but the light ones).
     fn beyond_looks(&self) -> Calls {
         let mut total = self.total();
-        for op in LOOK {
-            assert_eq!(total.remove(op), Some(self.looks.len() as u64), "{op}");
-        }
+        let looks = self.looks.len() as u64;
+        assert_eq!(total.remove("DescribeServices"), Some(looks));
+        assert!(total.remove("DescribeStacks").is_some_and(|n| n <= looks));
         total
     }
 }
@@ -139,23 +137,77 @@ async fn a_relabel_costs_five_calls_per_service_beyond_its_looks() {
             ("DescribeTasks", 2),
         ])
     );
-    // Every look that wrote nothing, before the last, is a poll of the two reads alone: the
-    // tasks are listed in the looks that see a rollout end (which roll the monitor next, or
-    // end the change).
+    // Every look that wrote nothing, before the last, is a light poll: the services alone
+    // (the rollouts are the controller's, on a settled stack). The looks that write, and the
+    // last, which says the change converged, read the stack first; the tasks are listed in
+    // the looks that see a rollout end (which roll the monitor next, or end the change).
     let (last, before_last) = change.looks.split_last().expect("looks");
     let polls: Vec<_> = before_last.iter().filter(|(_, _, r)| !r.acted).collect();
     for (at, c, _) in &polls {
-        assert_eq!(
-            *c,
-            calls(&[("DescribeStacks", 1), ("DescribeServices", 1)]),
-            "look at {at:?}"
-        );
+        assert_eq!(*c, calls(&[("DescribeServices", 1)]), "look at {at:?}");
     }
     assert!(polls.len() >= 5, "{} polls", polls.len());
+    for (at, c, r) in change.looks.iter().filter(|(_, _, r)| r.acted) {
+        assert_eq!(
+            c.get("DescribeStacks"),
+            Some(&1),
+            "the write at {at:?} read the stack: {r:?}"
+        );
+    }
     assert!(
-        last.1.contains_key("ListTasks"),
-        "the end is proven by a listing"
+        last.1.contains_key("ListTasks") && last.1.contains_key("DescribeStacks"),
+        "the end is proven by a listing and the stack read again: {:?}",
+        last.1
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_light_poll_claims_and_writes_nothing_the_stack_has_not_confirmed() {
+    let h = Harness::new("ECSExec: \"No\"\n");
+    let mut rec = warmed(&h).await;
+    h.write_params("ECSExec: \"Yes\"\n");
+    let r = rec.reconcile(Trigger::ParamsChanged).await;
+    assert!(r.acted, "the web service rolled");
+    let_pass(r.next).await;
+    let before = h.sim.call_counts();
+    let r = rec.reconcile(Trigger::Timer).await;
+    assert_eq!(
+        h.sim.calls_since(&before),
+        calls(&[("DescribeServices", 1)])
+    );
+    // Someone starts a stack update while the web service rolls; the light polls do not
+    // see it, but the look that sees the rollout end reads the stack before it rolls the
+    // monitor or says anything new.
+    h.sim
+        .set_stack_status("UPDATE_IN_PROGRESS", Some(Duration::from_secs(120)));
+    let updating = tokio::time::Instant::now();
+    let mut next = r.next;
+    let mut ended = None;
+    while updating.elapsed() + next < Duration::from_secs(110) {
+        let_pass(next).await;
+        let before = h.sim.call_counts();
+        let r = rec.reconcile(Trigger::Timer).await;
+        let c = h.sim.calls_since(&before);
+        assert!(
+            !r.acted,
+            "nothing written while someone updates the stack: {c:?}"
+        );
+        assert_ne!(ecs_exec(&r), Some(Phase::Converged));
+        if c.contains_key("ListTasks") && ended.is_none() {
+            assert!(
+                c.contains_key("DescribeStacks"),
+                "the end seen with the stack read: {c:?}"
+            );
+            ended = Some(ecs_exec(&r));
+        }
+        next = r.next;
+    }
+    assert_eq!(
+        ended,
+        Some(Some(Phase::Waiting)),
+        "waits for the stack update"
+    );
+    assert_eq!(h.sim.updates().len(), 1, "the monitor waits");
 }
 
 #[tokio::test(start_paused = true)]
@@ -163,8 +215,8 @@ async fn a_stack_update_costs_at_most_five_calls_per_service_beyond_its_looks() 
     let h = Harness::stack_first("ECSExec: \"No\"\n", SimSettings::default());
     let mut rec = warmed(&h).await;
     let change = change_to(&h, &mut rec, "Yes").await;
-    // One UpdateStack for both services; the stack's resources (two pages of the real
-    // template's 148) read again once it has settled (not its template: a params file of
+    // One UpdateStack for both services; where the services are (`DescribeStackResource`
+    // for each) read again once it has settled (not its template: a params file of
     // ECSExec alone needs only the stack's parameter names); the revisions
     // CloudFormation registered described once each; each service's tasks listed once at the
     // end (both end together: one DescribeTasks); whose the update is read once from the
@@ -174,12 +226,15 @@ async fn a_stack_update_costs_at_most_five_calls_per_service_beyond_its_looks() 
         calls(&[
             ("UpdateStack", 1),
             ("DescribeStackEvents", 1),
-            ("ListStackResources", 2),
+            ("DescribeStackResource", 2),
             ("DescribeTaskDefinition", 2),
             ("ListTasks", 2),
             ("DescribeTasks", 1),
         ])
     );
+    // While CloudFormation updates the stack, every look reads it.
+    let stack_reads = change.total().get("DescribeStacks").copied();
+    assert_eq!(stack_reads, Some(change.looks.len() as u64));
 }
 
 #[tokio::test(start_paused = true)]
@@ -228,7 +283,8 @@ async fn polls_follow_the_rollout_and_see_its_end_within_two_seconds() {
 }
 
 /// A cold `apply` of `ECSExec=Yes` (a new process: nothing cached, nothing written down) on
-/// a rack whose API services are `targets`: every call to the end, and the looks it made.
+/// a rack whose API services are `targets`: every call to the end, and the looks it made
+/// (each reads the services once).
 async fn cold_apply(h: &Harness, web_only: bool) -> (Calls, u64) {
     let mut s = defaults(h);
     if web_only {
@@ -241,33 +297,63 @@ async fn cold_apply(h: &Harness, web_only: bool) -> (Calls, u64) {
     assert_eq!(ecs_exec(&report), Some(Phase::Converged));
     let mut all = h.sim.calls_since(&before);
     all.retain(|_, n| *n > 0);
-    let looks = all.get("DescribeStacks").copied().unwrap_or(0);
-    assert_eq!(all.get("DescribeServices").copied(), Some(looks), "{all:?}");
+    let looks = all.get("DescribeServices").copied().unwrap_or(0);
     (all, looks)
 }
 
-/// Everything but the two reads every look makes.
+/// Everything but the services read at every look.
 fn beyond(mut all: Calls) -> Calls {
-    for op in LOOK {
-        all.remove(op);
-    }
+    all.remove("DescribeServices");
     all
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_cold_apply_reads_only_what_its_decision_needs() {
-    // The relabel path, the web service alone: the stack's resources (two pages of the real
-    // template's 148), the running revision described, the family's revisions listed (a copy
-    // is reused, not registered twice), the copy registered, the service pointed at it; the
-    // tasks listed once, at the end, to prove every task runs it. Not read: the tasks before
-    // the roll (the service is to change whatever they run), the template (the stack's
-    // parameter names say it does not declare ECSExec).
+    // The relabel path, the web service alone, its new tasks starting at once: the stack,
+    // where the web service is (the cluster is the stack's `Cluster` output), the service
+    // and its running revision; the family's revisions listed (a copy is reused, not
+    // registered twice), the copy registered, the service pointed at it. A second later the
+    // rollout has ended: the services, the tasks listed to prove every task runs the copy,
+    // and the stack read again before saying so. Not read: the tasks before the roll (the
+    // service is to change whatever they run), the template (the stack's parameter names
+    // say it does not declare ECSExec). 11 calls.
+    let at_once = SimSettings {
+        task_start: Duration::ZERO,
+        ..SimSettings::default()
+    };
+    let h = Harness::with_sim("ECSExec: \"Yes\"\n", at_once);
+    let (all, looks) = cold_apply(&h, true).await;
+    let first = [
+        ("DescribeStacks", 1),
+        ("DescribeStackResource", 1),
+        ("DescribeServices", 1),
+        ("DescribeTaskDefinition", 1),
+        ("ListTaskDefinitions", 1),
+        ("RegisterTaskDefinition", 1),
+        ("UpdateService", 1),
+    ];
+    let last = [
+        ("DescribeServices", 1),
+        ("ListTasks", 1),
+        ("DescribeTasks", 1),
+        ("DescribeStacks", 1),
+    ];
+    let mut want = calls(&first);
+    for (op, n) in last {
+        *want.entry(op).or_default() += n;
+    }
+    assert_eq!(all, want);
+    assert_eq!((looks, all.values().sum::<u64>()), (2, 11));
+
+    // Tasks that start in 20 s: the same, and in between 10 light polls (the services
+    // alone) that see the end within 2 s; the stack is read by the first look and the last.
     let h = Harness::new("ECSExec: \"Yes\"\n");
     let (all, looks) = cold_apply(&h, true).await;
     assert_eq!(
         beyond(all),
         calls(&[
-            ("ListStackResources", 2),
+            ("DescribeStacks", 2),
+            ("DescribeStackResource", 1),
             ("DescribeTaskDefinition", 1),
             ("ListTaskDefinitions", 1),
             ("RegisterTaskDefinition", 1),
@@ -276,16 +362,17 @@ async fn a_cold_apply_reads_only_what_its_decision_needs() {
             ("DescribeTasks", 1),
         ])
     );
-    // The first look, 10 polls paced by the rollout (tasks start in 20 s), the last look.
     assert_eq!(looks, 12);
 
-    // Both services, one after the other: the same per service, the resources once.
+    // Both services, one after the other: the same per service; the stack read again
+    // before the monitor is rolled.
     let h = Harness::new("ECSExec: \"Yes\"\n");
     let (all, looks) = cold_apply(&h, false).await;
     assert_eq!(
         beyond(all),
         calls(&[
-            ("ListStackResources", 2),
+            ("DescribeStacks", 3),
+            ("DescribeStackResource", 2),
             ("DescribeTaskDefinition", 2),
             ("ListTaskDefinitions", 2),
             ("RegisterTaskDefinition", 2),
@@ -297,14 +384,16 @@ async fn a_cold_apply_reads_only_what_its_decision_needs() {
     assert_eq!(looks, 18);
 
     // The stack path: one UpdateStack; whose the update is, read once from its events; the
-    // resources again and the revisions CloudFormation registered once it has settled; the
-    // tasks of both services listed once at the end (one DescribeTasks for both).
+    // services located again and the revisions CloudFormation registered once it has
+    // settled; the tasks of both services listed once at the end (one DescribeTasks for
+    // both). Every look reads the stack, which CloudFormation is updating.
     let h = Harness::stack_first("ECSExec: \"Yes\"\n", SimSettings::default());
     let (all, looks) = cold_apply(&h, false).await;
     assert_eq!(
         beyond(all),
         calls(&[
-            ("ListStackResources", 4),
+            ("DescribeStacks", 25),
+            ("DescribeStackResource", 4),
             ("DescribeTaskDefinition", 4),
             ("UpdateStack", 1),
             ("DescribeStackEvents", 1),

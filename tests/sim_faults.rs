@@ -209,7 +209,7 @@ async fn a_stuck_rollout_of_ours_is_undone_at_its_timeout() {
 #[tokio::test(start_paused = true)]
 async fn someone_elses_stuck_rollout_times_out_without_writes_or_fast_polling() {
     let h = Harness::new("ECSExec: \"Yes\"\n");
-    let resources = h.sim.stack_resources().await.expect("resources");
+    let resources = h.sim.resources();
     let (cluster, service, base) = (
         resources["Cluster"].clone(),
         resources["ServiceWebApi"].clone(),

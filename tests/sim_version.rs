@@ -235,9 +235,7 @@ async fn unmanaged_ecs_exec_with_a_foreign_yes_to_no_rollout_refuses_until_every
     // The rack runs Yes; someone (not this controller) rolls the web service to No, and the
     // params file asks only for an older version.
     let h = Harness::with_sim(&format!("Version: \"{OLD}\"\n"), running_yes());
-    let resources = rack_reconciler::rack::Rack::stack_resources(h.sim.as_ref())
-        .await
-        .expect("resources");
+    let resources = h.sim.resources();
     let (cluster, web, monitor) = (
         resources["Cluster"].clone(),
         resources["ServiceWebApi"].clone(),

@@ -209,3 +209,61 @@ pub(crate) fn why(failure: Option<&str>) -> String {
 pub(crate) fn round_secs(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
+
+/// Whether the decisions of a light look (the services read, the stack as an earlier look
+/// read it) stand: none writes, and each says of its parameter what the last look said (its
+/// phase and reason, `before`). Anything new (a write, a change converged, failed or
+/// waiting) is decided again once the stack has been read.
+pub fn light_look_stands<'a>(
+    decisions: impl IntoIterator<Item = &'a Decision>,
+    writes: bool,
+    before: impl Fn(&str) -> Option<(Phase, String)>,
+) -> bool {
+    !writes
+        && decisions.into_iter().all(|d| {
+            d.action.is_none()
+                && before(&d.param)
+                    .is_some_and(|(phase, reason)| phase == d.phase && reason == d.reason)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(param: &str, phase: Phase, reason: &'static str) -> Decision {
+        Decision {
+            param: param.into(),
+            desired: "Yes".into(),
+            observed: None,
+            phase,
+            reason,
+            message: String::new(),
+            drift: false,
+            action: None,
+            pending: Vec::new(),
+            services: Vec::new(),
+        }
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn a_light_look_stands_only_when_it_writes_nothing_and_says_nothing_new() {
+        let rolling = || decision("ECSExec", Phase::Progressing, "RollingOut");
+        let before = |p: &str| (p == "ECSExec").then(|| (Phase::Progressing, "RollingOut".to_string()));
+        let cases: Vec<(&str, Decision, bool, bool)> = vec![
+            ("the same progress", rolling(), false, true),
+            ("a write chosen", rolling(), true, false),
+            ("converged now", decision("ECSExec", Phase::Converged, "Converged"), false, false),
+            ("failed now", decision("ECSExec", Phase::Failed, "RolloutFailed"), false, false),
+            ("another reason", decision("ECSExec", Phase::Progressing, "Settling"), false, false),
+            ("a parameter not decided before", decision("ApiCount", Phase::Progressing, "RollingOut"), false, false),
+        ];
+        for (name, d, writes, stands) in cases {
+            assert_eq!(light_look_stands([&d], writes, before), stands, "{name}");
+        }
+        let mut acting = rolling();
+        acting.action = Some(Action::CancelStackUpdate);
+        assert!(!light_look_stands([&acting], false, before), "a decision with an action");
+    }
+}

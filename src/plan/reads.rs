@@ -10,7 +10,8 @@
 use std::time::{Duration, SystemTime};
 
 use crate::model::{
-    Deployment, RolloutState, ServiceSnapshot, ServiceTasks, StoppedTask, TaskRead, TaskSnapshot,
+    Deployment, RolloutState, ServiceSnapshot, ServiceTasks, StackSnapshot, StackState,
+    StoppedTask, TaskRead, TaskSnapshot,
 };
 
 /// A rollout running this long has its stopped tasks read even without failed tasks.
@@ -22,6 +23,32 @@ pub const STOPPED_EVERY: Duration = Duration::from_secs(30);
 pub const FAST: Duration = Duration::from_secs(1);
 /// The longest pause while the end of a rollout may be near: the end is seen within it.
 pub const END_WITHIN: Duration = Duration::from_secs(2);
+
+/// The longest a light look goes on from the stack as an earlier look read it.
+pub const STACK_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether a service is moving: its primary deployment rolls, or another deployment is
+/// still listed (draining, or rolled back from).
+pub fn moving(s: &ServiceSnapshot) -> bool {
+    s.primary().is_some_and(Deployment::rolling) || s.others().next().is_some()
+}
+
+/// Whether the next look may be light, reading the services only: while a service the last
+/// look saw moving rolls on, on a stack that look found settled (`*_COMPLETE`) and read
+/// less than [`STACK_EVERY`] ago. Its decisions stand only as far as
+/// [`crate::plan::light_look_stands`] says.
+pub fn light_look(
+    stack: &StackSnapshot,
+    read_at: SystemTime,
+    moved: bool,
+    now: SystemTime,
+) -> bool {
+    let age = now.duration_since(read_at).unwrap_or(Duration::MAX);
+    moved
+        && stack.state() == StackState::Stable
+        && stack.status.ends_with("_COMPLETE")
+        && age < STACK_EVERY
+}
 
 /// What the observer remembers of a service between looks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -194,7 +221,7 @@ pub fn poll_delay(
     max: Duration,
 ) -> Option<Duration> {
     let primary = s.primary()?;
-    if !primary.rolling() && s.others().next().is_none() {
+    if !moving(s) {
         return None;
     }
     let ceiling = max.max(FAST);

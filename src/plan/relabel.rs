@@ -806,7 +806,7 @@ mod tests {
                 parameters: BTreeMap::new(),
             },
             cluster: "convox-Cluster-1".into(),
-            resources: Default::default(),
+            light: false,
             services: vec![web, mon],
             update_token: Default::default(),
             rollback_since: None,

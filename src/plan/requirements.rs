@@ -108,7 +108,7 @@ mod tests {
                 last_updated: None,
             },
             cluster: "c".into(),
-            resources: Default::default(),
+            light: false,
             services: Vec::new(),
             update_token: Default::default(),
             rollback_since: None,

@@ -321,7 +321,7 @@ mod tests {
                 last_updated: None,
             },
             cluster: "convox-Cluster-1".into(),
-            resources: Default::default(),
+            light: false,
             services: Vec::new(),
             update_token: Default::default(),
             rollback_since: None,

@@ -224,7 +224,7 @@ mod version_tests {
                 ]),
             },
             cluster: "c".into(),
-            resources: Default::default(),
+            light: false,
             services: Vec::new(),
             update_token: Default::default(),
             rollback_since: None,

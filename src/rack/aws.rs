@@ -8,7 +8,7 @@
 //! AWS calls but never formats them: no `Debug` of an SDK task definition type reaches a log,
 //! an error or the status.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
@@ -128,6 +128,13 @@ impl AwsRack {
     }
 
     /// Runs one AWS call, counting it and mapping its error.
+    fn missing(&self, logical: &str) -> RackError {
+        RackError::MissingResource {
+            stack: self.stack.clone(),
+            logical: logical.to_string(),
+        }
+    }
+
     async fn call<T, E, F>(
         &self,
         service: &'static str,
@@ -217,36 +224,33 @@ impl Rack for AwsRack {
         })
     }
 
-    async fn stack_resources(&self) -> Result<BTreeMap<String, String>, RackError> {
-        // ListStackResources pages through every resource; DescribeStackResources stops at
-        // 100.
-        let mut resources = BTreeMap::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .call(
-                    "cloudformation",
-                    "ListStackResources",
-                    &self.stack,
-                    self.cfn
-                        .list_stack_resources()
-                        .stack_name(&self.stack)
-                        .set_next_token(token.clone())
-                        .send(),
-                )
-                .await?;
-            for r in page.stack_resource_summaries.unwrap_or_default() {
-                if let (Some(logical), Some(physical)) =
-                    (r.logical_resource_id, r.physical_resource_id)
+    async fn stack_resource(&self, logical: &str) -> Result<String, RackError> {
+        let out = self
+            .call(
+                "cloudformation",
+                "DescribeStackResource",
+                &self.stack,
+                self.cfn
+                    .describe_stack_resource()
+                    .stack_name(&self.stack)
+                    .logical_resource_id(logical)
+                    .send(),
+            )
+            .await
+            .map_err(|e| match e {
+                // "Resource X does not exist for stack Y" (a stack that does not exist is
+                // "Stack with id Y does not exist").
+                RackError::Api { ref message, .. }
+                    if message.contains(" does not exist for stack") =>
                 {
-                    resources.insert(logical, physical);
+                    self.missing(logical)
                 }
-            }
-            token = page.next_token;
-            if token.is_none() {
-                return Ok(resources);
-            }
-        }
+                e => e,
+            })?;
+        out.stack_resource_detail
+            .and_then(|d| d.physical_resource_id)
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| self.missing(logical))
     }
 
     async fn describe_services(
@@ -636,7 +640,7 @@ mod policy_tests {
             }
         }
         let mut wanted = called_operations();
-        assert_eq!(wanted.len(), 36, "{wanted:?}");
+        assert_eq!(wanted.len(), 37, "{wanted:?}");
         wanted.insert("iam:PassRole".into());
         wanted.insert("ecs:TagResource".into());
         // S3 encrypts and decrypts the Settings bucket's objects with the rack's KMS key.

@@ -208,8 +208,8 @@ impl Rack for FencedRack {
         Ok(snapshots)
     }
 
-    async fn stack_resources(&self) -> Result<BTreeMap<String, String>, RackError> {
-        self.inner.stack_resources().await
+    async fn stack_resource(&self, logical: &str) -> Result<String, RackError> {
+        self.inner.stack_resource(logical).await
     }
 
     async fn service_tasks(

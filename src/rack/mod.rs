@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use thiserror::Error;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::model::{
     ServiceSnapshot, ServiceTasks, StackParameter, StackSnapshot, TaskDefinitionInfo, TaskRead,
@@ -28,10 +28,10 @@ pub trait Rack: Send + Sync {
     /// The stack's status, parameters, outputs and last update (`DescribeStacks`).
     async fn describe_stack(&self) -> Result<StackSnapshot, RackError>;
 
-    /// Logical → physical ids of the stack's resources (`ListStackResources`, page by page).
-    /// They change only with the stack, so callers keep them until `last_updated` or the
-    /// stack's state does.
-    async fn stack_resources(&self) -> Result<BTreeMap<String, String>, RackError>;
+    /// The physical id of the stack's resource `logical` (`DescribeStackResource`);
+    /// [`RackError::MissingResource`] when the stack has none. Physical ids change only with
+    /// the stack, so callers keep them until `last_updated` or the stack's state does.
+    async fn stack_resource(&self, logical: &str) -> Result<String, RackError>;
 
     /// The named services of the cluster with their deployments (`DescribeServices`, 10 per
     /// call). Their tasks are left empty: see [`Rack::service_tasks`].

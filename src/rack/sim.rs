@@ -52,13 +52,11 @@ pub use fixture::{
 
 const FIXTURE: &str = include_str!("sim_rack.json");
 const ACCOUNT: &str = "123456789012";
-/// Resources of the public rack template (`template_resources` in the facts): the sim lists
-/// only those the controller reads, but pages as the real stack does.
-const TEMPLATE_RESOURCES: usize = 148;
 /// The AWS operations the simulated rack answers, by name.
 pub const OPERATIONS: &[&str] = &[
     "DescribeStacks",
     "ListStackResources",
+    "DescribeStackResource",
     "DescribeStackEvents",
     "GetTemplate",
     "GetTemplateSummary",
@@ -542,6 +540,11 @@ impl SimRack {
             .map(|x| x.snapshot(&self.clock))
     }
 
+    /// The stack's resources, logical id → physical id (no call counted).
+    pub fn resources(&self) -> BTreeMap<String, String> {
+        self.lock().resources()
+    }
+
     /// The stack's physical id of a logical resource.
     pub fn resource(&self, logical: &str) -> Option<String> {
         self.lock().resources().get(logical).cloned()
@@ -855,7 +858,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_rollout_replaces_tasks_over_time_and_completes() {
         let sim = SimRack::new(SimSettings::default());
-        let resources = sim.stack_resources().await.expect("resources");
+        let resources = sim.resources();
         let cluster = resources["Cluster"].clone();
         let web = resources["ServiceWebApi"].clone();
         let base = resources["ApiWebTasks"].clone();
@@ -920,7 +923,7 @@ mod tests {
             ..SimSettings::default()
         });
         sim.inject_rollout_fault(RolloutFault::FailToStart);
-        let resources = sim.stack_resources().await.expect("resources");
+        let resources = sim.resources();
         let (cluster, web, base) = (
             resources["Cluster"].clone(),
             resources["ServiceWebApi"].clone(),

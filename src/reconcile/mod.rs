@@ -412,7 +412,7 @@ impl Reconciler {
 
     /// Observes everything the planner needs (see [`Observer`]), told what the params file
     /// asks of the managed labels.
-    pub async fn observe(&mut self) -> Result<ObservedRack, RackError> {
+    pub async fn observe(&mut self, light: bool) -> Result<ObservedRack, RackError> {
         let wanted = self
             .candidate
             .as_ref()
@@ -423,7 +423,7 @@ impl Reconciler {
         let unknown = |k: &String| crate::model::managed_param(k).is_none();
         self.observer
             .need_template(file.is_none_or(|d| d.values.keys().any(unknown)));
-        self.observer.observe(self.clock.now()).await
+        self.observer.observe(self.clock.now(), light).await
     }
 
     /// The desired state and the planner's decisions, without acting (for `plan`).
@@ -447,7 +447,7 @@ impl Reconciler {
     /// The managed parameters' decisions (not the version's), without acting.
     async fn preview_params(&mut self) -> Result<(ObservedRack, Vec<Decision>), RackError> {
         self.reload_params().await;
-        let observed = self.observe().await?;
+        let observed = self.observe(false).await?;
         self.accept(&observed.declared);
         let now = self.clock.now();
         let Some(desired) = self.desired.clone() else {
@@ -516,7 +516,11 @@ impl Reconciler {
         let span = info_span!("reconcile", trigger = trigger.as_str());
         let started = std::time::Instant::now();
         let deadline = self.settings.reconcile_timeout;
-        let run = tokio::time::timeout(deadline, self.reconcile_inner().instrument(span)).await;
+        // Only a look on a timer may be light: a trigger (a params change, the lease) always
+        // reads the stack.
+        let light = trigger == Trigger::Timer;
+        let run = tokio::time::timeout(deadline, self.reconcile_inner(light).instrument(span));
+        let run = run.await;
         let report = match run {
             Ok(report) => report,
             Err(_) => self.deadline_exceeded(deadline).await,
@@ -526,7 +530,7 @@ impl Reconciler {
         report
     }
 
-    async fn reconcile_inner(&mut self) -> Report {
+    async fn reconcile_inner(&mut self, light: bool) -> Report {
         self.reload_params().await;
         let now = self.clock.now();
         let mut report = Report {
@@ -542,7 +546,7 @@ impl Reconciler {
         if self.desired.is_none() && self.candidate.is_none() {
             return self.no_desired_state(now, report).await;
         }
-        let observed = match self.observe().await {
+        let observed = match self.observe(light).await {
             Ok(o) => o,
             Err(e) => {
                 let shown = self.shown_while_unobservable();
@@ -559,9 +563,16 @@ impl Reconciler {
         self.forget_unmanaged(&desired);
         self.observed_ok(&observed, now);
 
-        let decisions = self
-            .decide_act_record(&desired, &observed, now, &mut report)
-            .await;
+        let (observed, decisions) = match self
+            .decide_on_whole(&desired, observed, now, &mut report)
+            .await
+        {
+            Ok(done) => done,
+            Err(e) => {
+                let shown = self.shown_while_unobservable();
+                return self.unobservable(e, &shown, now, report).await;
+            }
+        };
         report.result = report.worst().map(phase_result).unwrap_or("converged");
         report.retrying = self
             .memory

@@ -2,6 +2,9 @@
 //! (`DescribeStacks` and `DescribeServices`, at the same time); the stack's resources and its
 //! template again only once the stack has settled after a change, each task definition
 //! revision once, and tasks only where the deployments cannot decide ([`crate::plan::reads`]).
+//! While a service rolls on a settled stack, a look may be light: the services only, the
+//! stack as the last look read it ([`reads::light_look`]); [`Observer::complete`] reads the
+//! stack when the decisions of such a look need it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -44,14 +47,22 @@ impl Seen {
     }
 }
 
-/// Where the target services are: the stack's resources, the cluster and the service names.
+/// Where the target services are: the cluster and the service names.
 #[derive(Debug, Clone)]
 struct Located {
-    /// The stack when they were listed.
+    /// The stack when they were read.
     seen: Seen,
-    resources: BTreeMap<String, String>,
     cluster: String,
     names: Vec<String>,
+}
+
+/// What the last look that read the stack found of it: what a light look goes on from.
+#[derive(Debug, Clone)]
+struct StackRead {
+    stack: StackSnapshot,
+    at: SystemTime,
+    declared: Declarations,
+    update: UpdateEvents,
 }
 
 /// Reads what the planner needs and remembers what does not change between looks.
@@ -76,6 +87,10 @@ pub struct Observer {
     /// The value of a managed label the params file asks for: a service whose revision does
     /// not hold it has not converged whatever its tasks run, so they are not listed.
     wanted: Option<(&'static ManagedParam, String)>,
+    /// The stack as the last look that read it found it.
+    stack_read: Option<StackRead>,
+    /// The last look saw a target service moving (rolling, or another deployment listed).
+    moved: bool,
 }
 
 impl Observer {
@@ -92,6 +107,8 @@ impl Observer {
             update: None,
             wanted: None,
             template_needed: true,
+            stack_read: None,
+            moved: false,
         }
     }
 
@@ -107,22 +124,122 @@ impl Observer {
         self.wanted = wanted;
     }
 
-    /// Observes everything the planner needs.
-    pub async fn observe(&mut self, now: SystemTime) -> Result<ObservedRack, RackError> {
+    /// A service was just pointed at another revision (`UpdateService`): it rolls, though
+    /// the look that decided it saw it still.
+    pub fn rolling(&mut self) {
+        self.moved = true;
+    }
+
+    /// Observes everything the planner needs; only the services when `light` allows it and
+    /// [`reads::light_look`] says so (the observation says it is light).
+    pub async fn observe(
+        &mut self,
+        now: SystemTime,
+        light: bool,
+    ) -> Result<ObservedRack, RackError> {
+        if light {
+            if let Some(observed) = self.light(now).await? {
+                return Ok(observed);
+            }
+        }
         let (stack, located, services) = self.stack_and_services().await?;
+        let services = self.services(&located.cluster, services, now).await?;
+        self.with_stack(stack, located.cluster, services, now).await
+    }
+
+    /// A light look made whole: the stack read, and with it what the look left as the last
+    /// look read it. The services stand when the stack is as that look found it.
+    pub async fn complete(
+        &mut self,
+        observed: ObservedRack,
+        now: SystemTime,
+    ) -> Result<ObservedRack, RackError> {
+        if !observed.light {
+            return Ok(observed);
+        }
+        let stack = self.rack.describe_stack().await?;
+        let same = self
+            .stack_read
+            .as_ref()
+            .is_some_and(|r| Seen::of(&r.stack) == Seen::of(&stack));
+        if same {
+            return self
+                .with_stack(stack, observed.cluster, observed.services, now)
+                .await;
+        }
+        let (stack, located, services) = self.relocate(stack, None).await?;
+        let services = self.services(&located.cluster, services, now).await?;
+        self.with_stack(stack, located.cluster, services, now).await
+    }
+
+    /// The services only, when the last look allows a light one: `None` when it does not, or
+    /// when a service is not where it was (a look reads the stack then).
+    async fn light(&mut self, now: SystemTime) -> Result<Option<ObservedRack>, RackError> {
+        let (Some(read), Some(located)) = (self.stack_read.clone(), self.located.clone()) else {
+            return Ok(None);
+        };
+        if !reads::light_look(&read.stack, read.at, self.moved, now) {
+            return Ok(None);
+        }
+        let services = match self
+            .rack
+            .describe_services(&located.cluster, &located.names)
+            .await
+        {
+            Ok(services) if services.iter().all(|s| s.status == "ACTIVE") => services,
+            Ok(_) | Err(RackError::ServiceNotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let services = self.services(&located.cluster, services, now).await?;
+        Ok(Some(ObservedRack {
+            declared: read.declared,
+            stack: read.stack,
+            cluster: located.cluster,
+            services,
+            update_token: read.update.token,
+            rollback_since: read.update.rollback_since,
+            light: true,
+        }))
+    }
+
+    /// The services with their revisions' labels and the tasks this look needs.
+    async fn services(
+        &mut self,
+        cluster: &str,
+        services: Vec<ServiceSnapshot>,
+        now: SystemTime,
+    ) -> Result<Vec<ObservedService>, RackError> {
         let mut services = self.label(services).await?;
-        self.read_tasks(&located.cluster, &mut services, now)
-            .await?;
+        self.read_tasks(cluster, &mut services, now).await?;
+        self.moved = services.iter().any(|s| reads::moving(&s.service));
+        Ok(services)
+    }
+
+    /// The observation of a look that read `stack`: with what its template declares and who
+    /// started its latest update.
+    async fn with_stack(
+        &mut self,
+        stack: StackSnapshot,
+        cluster: String,
+        services: Vec<ObservedService>,
+        now: SystemTime,
+    ) -> Result<ObservedRack, RackError> {
         let declared = self.declarations(&stack).await?;
         let update = self.update_events(&stack).await;
+        self.stack_read = Some(StackRead {
+            stack: stack.clone(),
+            at: now,
+            declared: declared.clone(),
+            update: update.clone(),
+        });
         Ok(ObservedRack {
             declared,
             stack,
-            cluster: located.cluster,
-            resources: located.resources,
+            cluster,
             services,
             update_token: update.token,
             rollback_since: update.rollback_since,
+            light: false,
         })
     }
 
@@ -236,27 +353,20 @@ impl Observer {
         Ok((stack, located, services))
     }
 
-    /// The cluster and target services among the stack's resources (`ListStackResources`).
+    /// The cluster and the target services: the cluster from the stack's output of the same
+    /// name as its resource when there is one (the rack template's `Cluster` output is
+    /// `Ref: Cluster`), each service and otherwise the cluster from `DescribeStackResource`.
     async fn locate(&self, stack: &StackSnapshot) -> Result<Located, RackError> {
-        let resources = self.rack.stack_resources().await?;
-        let find = |logical: &str| {
-            resources
-                .get(logical)
-                .cloned()
-                .ok_or_else(|| RackError::MissingResource {
-                    stack: stack.name.clone(),
-                    logical: logical.to_string(),
-                })
+        let cluster = match stack.outputs.get(&self.cluster_resource) {
+            Some(name) if !name.is_empty() => name.clone(),
+            _ => self.rack.stack_resource(&self.cluster_resource).await?,
         };
-        let cluster = find(&self.cluster_resource)?;
-        let names = self
-            .targets
-            .iter()
-            .map(|t| find(&t.service))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut names = Vec::with_capacity(self.targets.len());
+        for t in &self.targets {
+            names.push(self.rack.stack_resource(&t.service).await?);
+        }
         Ok(Located {
             seen: Seen::of(stack),
-            resources,
             cluster,
             names,
         })

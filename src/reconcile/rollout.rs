@@ -71,6 +71,7 @@ impl Reconciler {
                         ("service".to_string(), roll.service.clone()),
                         ("taskDefinition".to_string(), arn.clone()),
                     ]);
+                self.observer.rolling();
                 self.rolled(roll, &arn, d, now);
             }
             Err(e) => {

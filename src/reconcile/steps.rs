@@ -16,6 +16,7 @@ use super::{hold_for_rollback, mem_of, standing_by, Reconciler, Report};
 use crate::model::{ManagedParam, ObservedRack, RackVersion, ECS_EXEC};
 use crate::params::DesiredParams;
 use crate::plan::{self, requirements, Action, Decision, Phase, Roll, ServiceState, StackPlan};
+use crate::rack::RackError;
 use crate::templates::TemplateRef;
 
 /// What one reconcile decided: the relabelled parameter's decision, the stack's plan (its
@@ -69,16 +70,40 @@ pub(super) fn choose_write(d: &Decided) -> Option<Write> {
 }
 
 impl Reconciler {
-    /// Decides, makes the one write (not on a standby), and records every decision.
-    pub(super) async fn decide_act_record(
+    /// [`Self::decide_act_record`] on `observed`, or, when it is a light look whose
+    /// decisions do not stand, on the look made whole (the stack read).
+    pub(super) async fn decide_on_whole(
+        &mut self,
+        desired: &DesiredParams,
+        observed: ObservedRack,
+        now: SystemTime,
+        report: &mut Report,
+    ) -> Result<(ObservedRack, Vec<Decision>), RackError> {
+        // Boxed: a reconcile's future is large, and it holds this one twice.
+        let decided = Box::pin(self.decide_act_record(desired, &observed, now, report)).await;
+        if let Some(decisions) = decided {
+            return Ok((observed, decisions));
+        }
+        let observed = self.observer.complete(observed, now).await?;
+        let decided = Box::pin(self.decide_act_record(desired, &observed, now, report)).await;
+        Ok((observed, decided.unwrap_or_default()))
+    }
+
+    /// Decides, makes the one write (not on a standby), and records every decision; `None`
+    /// (nothing kept, written or recorded) when `observed` is a light look whose decisions
+    /// do not stand ([`plan::light_look_stands`]).
+    async fn decide_act_record(
         &mut self,
         desired: &DesiredParams,
         observed: &ObservedRack,
         now: SystemTime,
         report: &mut Report,
-    ) -> Vec<Decision> {
+    ) -> Option<Vec<Decision>> {
         let gathered = self.gather(desired, observed).await;
         let mut decided = self.decide(desired, observed, gathered, now);
+        if observed.light && !self.stands(&decided) {
+            return None;
+        }
         self.remember(&decided, observed, now);
         let standby = self.standby().await;
         let write = choose_write(&decided).filter(|_| standby.is_none());
@@ -86,7 +111,22 @@ impl Reconciler {
         if let Some(w) = write {
             self.act_on(w, &mut decided, observed, now).await;
         }
-        self.record(decided, standby.as_deref(), now, report)
+        Some(self.record(decided, standby.as_deref(), now, report))
+    }
+
+    /// Whether decisions of a light look stand: no write, each as the last look recorded it.
+    fn stands(&self, decided: &Decided) -> bool {
+        let before = |param: &str| {
+            self.status.read(|s| {
+                let seen = s.parameter(param)?.recorded.as_ref()?;
+                Some((seen.phase, seen.reason.clone()))
+            })
+        };
+        let decisions = (decided.relabel.iter())
+            .chain(&decided.stack.decisions)
+            .chain(decided.version.as_ref().map(|(d, _)| d))
+            .chain(&decided.held);
+        plan::light_look_stands(decisions, choose_write(decided).is_some(), before)
     }
 
     /// The reads a decision needs beyond the look; why the controller's last update failed

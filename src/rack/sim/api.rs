@@ -23,14 +23,17 @@ impl Rack for SimRack {
         })
     }
 
-    async fn stack_resources(&self) -> Result<BTreeMap<String, String>, RackError> {
+    async fn stack_resource(&self, logical: &str) -> Result<String, RackError> {
         let mut s = self.lock();
         let name = s.settings.rack.clone();
-        // One page per 100 resources.
-        for _ in 0..TEMPLATE_RESOURCES.div_ceil(100) {
-            self.call(&mut s, "cloudformation", "ListStackResources", &name)?;
-        }
-        Ok(s.resources())
+        self.call(&mut s, "cloudformation", "DescribeStackResource", &name)?;
+        s.resources()
+            .get(logical)
+            .cloned()
+            .ok_or_else(|| RackError::MissingResource {
+                stack: name,
+                logical: logical.to_string(),
+            })
     }
 
     async fn describe_services(
