@@ -1,7 +1,8 @@
 //! Finds every app task of the rack and the facts exec readiness is judged on, with as few
 //! calls as the batch limits allow: the region's stacks page by page (the rack's own among
-//! them), `DescribeServices` 10 at a time, the cluster's running tasks listed once and
-//! described 100 at a time (service tasks and `convox run` tasks alike), container instances
+//! them), `DescribeServices` 10 at a time, the cluster's running tasks listed page by page
+//! and each page described as it arrives, 100 at a time (service tasks and `convox run` tasks
+//! alike), container instances
 //! 100 at a time, each task definition once ever (revisions are immutable), each task role once
 //! per look. Facts that cannot change the verdict are not fetched: nothing past the stacks and
 //! tasks while the rack cannot use ECS Exec, nothing past the task where a fallback case
@@ -14,10 +15,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::SystemTime;
 
-use super::enrich::{enrich, Candidate};
+use super::enrich::{enrich, Candidate, TaskSite};
 use super::network::{route, Network, Route, Target};
 use super::source::{ExecSource, ServiceFacts, StackFacts, TaskDefinitionFacts, TaskInfo};
-use super::{evaluate, fallback, Fact, Launch, RackFacts, ServiceExec, TaskFacts, Verdict};
+use super::{evaluate, fallback, Fact, Grants, Launch, RackFacts, ServiceExec, TaskFacts, Verdict};
 use crate::model::ECS_EXEC;
 use crate::rack::RackError;
 
@@ -82,8 +83,41 @@ impl Discovery {
         only_app: Option<&str>,
         now: SystemTime,
     ) -> Result<Readiness, RackError> {
-        let stacks = all_stacks(src).await?;
+        let stacks = rack_stacks(src, rack).await?;
         let (cluster, mut facts) = rack_facts(&stacks, rack)?;
+        let apps = self.apps(src, stacks, rack, only_app).await;
+        let tasks = app_tasks(src, &cluster, rack, &apps).await?;
+        let (judged, notes) = self.judge(src, &cluster, &mut facts, &apps, tasks).await;
+        let known: BTreeSet<&str> = apps.iter().map(|a| a.stack.as_str()).collect();
+        self.stack_services
+            .retain(|k, _| known.contains(k.as_str()));
+        let verdicts = judged.into_iter().map(|f| evaluate(&facts, &f)).collect();
+        Ok(Readiness {
+            checked_at: now,
+            rack: facts,
+            apps: apps
+                .into_iter()
+                .map(|a| {
+                    let info = AppInfo {
+                        generation: a.generation,
+                        error: a.error,
+                    };
+                    (a.name, info)
+                })
+                .collect(),
+            verdicts,
+            notes,
+        })
+    }
+
+    /// The rack's apps among `stacks` (or only `only_app`), with their services.
+    async fn apps(
+        &mut self,
+        src: &dyn ExecSource,
+        stacks: Vec<StackFacts>,
+        rack: &str,
+        only_app: Option<&str>,
+    ) -> Vec<App> {
         let mut apps = Vec::new();
         for s in stacks.iter().filter(|s| is_app_of(s, rack)) {
             let name = app_name(s, rack);
@@ -101,52 +135,34 @@ impl Discovery {
                 });
             }
         }
-        let tasks = app_tasks(src, &cluster, rack, &apps).await?;
-        let (verdicts, notes) = self.judge(src, &cluster, &mut facts, &apps, &tasks).await;
-        self.forget_unused(&apps, &tasks);
-        Ok(Readiness {
-            checked_at: now,
-            rack: facts,
-            apps: apps
-                .iter()
-                .map(|a| {
-                    let info = AppInfo {
-                        generation: a.generation,
-                        error: a.error.clone(),
-                    };
-                    (a.name.clone(), info)
-                })
-                .collect(),
-            verdicts,
-            notes,
-        })
+        apps
     }
 
-    /// Each task's verdict: the fallback cases from the task and its service; the rest read
-    /// only for the tasks that would try ECS Exec.
+    /// Each task's facts, to judge it on: the fallback cases from the task and its
+    /// service; the rest read only for the tasks that would try ECS Exec. What `DescribeTasks`
+    /// said moves into the facts; only where each task runs is kept aside for the reads.
     async fn judge(
         &mut self,
         src: &dyn ExecSource,
         cluster: &str,
         rack: &mut RackFacts,
         apps: &[App],
-        tasks: &[AppTask<'_>],
-    ) -> (Vec<Verdict>, Vec<String>) {
+        tasks: Vec<AppTask<'_>>,
+    ) -> (Vec<TaskFacts>, Vec<String>) {
         let usable = rack.declares_ecs_exec && rack.ecs_exec;
         let services = if usable {
-            describe_services(src, cluster, apps, tasks).await
+            describe_services(src, cluster, apps, &tasks).await
         } else {
             BTreeMap::new()
         };
-        let mut facts: Vec<TaskFacts> = tasks.iter().map(|t| task_facts(t, &services)).collect();
+        let (mut facts, sites): (Vec<TaskFacts>, Vec<TaskSite>) =
+            tasks.into_iter().map(|t| task_facts(t, &services)).unzip();
+        drop(services);
         let mut candidates: Vec<Candidate<'_>> = facts
             .iter_mut()
-            .zip(tasks)
+            .zip(&sites)
             .filter(|(f, _)| fallback(rack, f).is_none())
-            .map(|(facts, t)| Candidate {
-                facts,
-                info: &t.task,
-            })
+            .map(|(facts, info)| Candidate { facts, info })
             .collect();
         let notes = enrich(
             src,
@@ -156,21 +172,12 @@ impl Discovery {
             &mut candidates,
         )
         .await;
-        let verdicts = facts.iter().map(|f| evaluate(rack, f)).collect();
-        (verdicts, notes)
-    }
-
-    /// Keeps only what the tasks and apps still use.
-    fn forget_unused(&mut self, apps: &[App], tasks: &[AppTask<'_>]) {
-        let used: BTreeSet<&str> = tasks
-            .iter()
-            .map(|t| t.task.task_definition.as_str())
-            .collect();
+        drop(candidates);
+        // Task definitions are kept while some task uses them.
+        let used: BTreeSet<&str> = sites.iter().map(|t| t.task_definition.as_str()).collect();
         self.task_definitions
             .retain(|arn, _| used.contains(arn.as_str()));
-        let known: BTreeSet<&str> = apps.iter().map(|a| a.stack.as_str()).collect();
-        self.stack_services
-            .retain(|k, _| known.contains(k.as_str()));
+        (facts, notes)
     }
 
     /// The services of an app stack: its `Service*Service` outputs (Generation 2), else its
@@ -285,12 +292,17 @@ fn rack_facts(stacks: &[StackFacts], rack: &str) -> Result<(String, RackFacts), 
     Ok((cluster, facts))
 }
 
-async fn all_stacks(src: &dyn ExecSource) -> Result<Vec<StackFacts>, RackError> {
+/// The rack's own stack and its app stacks, from the region's stacks page by page (the
+/// others are let go as each page arrives).
+async fn rack_stacks(src: &dyn ExecSource, rack: &str) -> Result<Vec<StackFacts>, RackError> {
     let mut out = Vec::new();
     let mut next = None;
     loop {
         let (page, token) = src.stacks(next).await?;
-        out.extend(page);
+        out.extend(
+            page.into_iter()
+                .filter(|s| (s.name == rack && !s.nested) || is_app_of(s, rack)),
+        );
         match token {
             Some(t) => next = Some(t),
             None => return Ok(out),
@@ -341,6 +353,58 @@ struct AppTask<'a> {
     task: TaskInfo,
 }
 
+/// Who a task belongs to: the app service whose group it carries, or the app whose
+/// `convox run` started it from one of the app's task definitions.
+struct Owners<'r, 'a> {
+    rack: &'r str,
+    by_service: HashMap<String, (&'a App, &'a Service)>,
+    by_app: HashMap<String, &'a App>,
+}
+
+impl<'r, 'a> Owners<'r, 'a> {
+    fn of(rack: &'r str, apps: &'a [App]) -> Self {
+        let mut owners = Owners {
+            rack,
+            by_service: HashMap::new(),
+            by_app: HashMap::new(),
+        };
+        for a in apps {
+            owners.by_app.insert(format!("convox.{}", a.name), a);
+            for s in &a.services {
+                owners
+                    .by_service
+                    .insert(format!("service:{}", s.ecs_name), (a, s));
+            }
+        }
+        owners
+    }
+
+    /// The task as an app's, when it runs and an app owns it.
+    fn of_task(&self, t: TaskInfo) -> Option<AppTask<'a>> {
+        let (app, service, ecs_name) = match (&t.group, &t.started_by) {
+            (Some(g), _) if self.by_service.contains_key(g) => self
+                .by_service
+                .get(g)
+                .map(|(a, s)| (*a, s.shown.clone(), s.ecs_name.clone()))?,
+            (_, Some(s)) => self
+                .by_app
+                .get(s)
+                .filter(|a| {
+                    let prefix = format!("{}-{}-", self.rack, a.name);
+                    family(&t.task_definition).starts_with(&prefix)
+                })
+                .map(|a| (*a, "run".to_string(), String::new()))?,
+            _ => return None,
+        };
+        (t.last_status == "RUNNING").then_some(AppTask {
+            app,
+            service,
+            ecs_name,
+            task: t,
+        })
+    }
+}
+
 /// The cluster's running tasks that belong to an app: a task of one of its services, or a
 /// one-off task (`startedBy` `convox.APP`, shown as service `run`).
 async fn app_tasks<'a>(
@@ -349,65 +413,42 @@ async fn app_tasks<'a>(
     rack: &str,
     apps: &'a [App],
 ) -> Result<Vec<AppTask<'a>>, RackError> {
-    let mut by_service = HashMap::new();
-    let mut by_app = HashMap::new();
-    for a in apps {
-        by_app.insert(format!("convox.{}", a.name), a);
-        for s in &a.services {
-            by_service.insert(format!("service:{}", s.ecs_name), (a, s));
-        }
-    }
-    let mut arns = Vec::new();
+    let owner = Owners::of(rack, apps);
+    // Each page of the listing (100 tasks, as many as one `DescribeTasks` takes) is described
+    // as it arrives: only one page of ARNs is held at a time.
+    let mut out = Vec::new();
     let mut next = None;
     loop {
         let (page, token) = src.list_tasks(cluster, next).await?;
-        arns.extend(page);
+        for chunk in page.chunks(TASKS_PER_CALL) {
+            for t in src.tasks(cluster, chunk).await? {
+                if let Some(owned) = owner.of_task(t) {
+                    out.push(owned);
+                }
+            }
+        }
         match token {
             Some(t) => next = Some(t),
             None => break,
         }
     }
-    let mut out = Vec::new();
-    for chunk in arns.chunks(TASKS_PER_CALL) {
-        for t in src.tasks(cluster, chunk).await? {
-            let owner = match (&t.group, &t.started_by) {
-                (Some(g), _) if by_service.contains_key(g) => by_service
-                    .get(g)
-                    .map(|(a, s)| (*a, s.shown.clone(), s.ecs_name.clone())),
-                (_, Some(s)) => by_app
-                    .get(s)
-                    .filter(|a| {
-                        family(&t.task_definition).starts_with(&format!("{rack}-{}-", a.name))
-                    })
-                    .map(|a| (*a, "run".to_string(), String::new())),
-                _ => None,
-            };
-            if t.last_status != "RUNNING" {
-                continue;
-            }
-            if let Some((app, shown, ecs_name)) = owner {
-                out.push(AppTask {
-                    app,
-                    service: shown,
-                    ecs_name,
-                    task: t,
-                });
-            }
-        }
-    }
-    out.sort_by(|a, b| {
+    // Task ARNs are unique: an unstable sort (in place) gives the one order.
+    out.sort_unstable_by(|a, b| {
         (&a.app.name, &a.service, &a.task.arn).cmp(&(&b.app.name, &b.service, &b.task.arn))
     });
     Ok(out)
 }
 
-/// What the task itself says; the facts past it start unknown ("not read") until
-/// [`enrich`] reads them.
-fn task_facts(at: &AppTask<'_>, services: &BTreeMap<String, Fact<ServiceFacts>>) -> TaskFacts {
-    let t = &at.task;
+/// What the task itself says (moved out of it), and where it runs; the facts past it start
+/// unknown ("not read") until [`enrich`] reads them.
+fn task_facts(
+    at: AppTask<'_>,
+    services: &BTreeMap<String, Fact<ServiceFacts>>,
+) -> (TaskFacts, TaskSite) {
+    let t = at.task;
     let launch = if t.launch_type == "FARGATE" {
         Launch::Fargate {
-            platform_version: t.platform_version.clone(),
+            platform_version: t.platform_version,
         }
     } else {
         Launch::Ec2 {
@@ -421,20 +462,27 @@ fn task_facts(at: &AppTask<'_>, services: &BTreeMap<String, Fact<ServiceFacts>>)
         Some(Fact::Unknown(why)) => ServiceExec::Unknown(why.clone()),
         None => ServiceExec::Unknown("the service was not described".into()),
     };
-    TaskFacts {
+    let facts = TaskFacts {
         app: at.app.name.clone(),
         generation: at.app.generation,
-        service: at.service.clone(),
+        service: at.service,
         task: last_part(&t.arn),
         exec_enabled: t.exec_enabled,
         service_exec,
         launch,
-        exec_agent: t.exec_agent.clone(),
+        exec_agent: t.exec_agent,
         definition: Fact::Unknown("not read".into()),
-        override_credentials: t.override_credentials.clone(),
-        grants: BTreeMap::new(),
+        override_credentials: t.override_credentials,
+        grants: Grants::default(),
         route: Fact::Unknown("not read".into()),
-    }
+    };
+    let site = TaskSite {
+        task_definition: t.task_definition,
+        container_instance: t.container_instance,
+        network_interface: t.network_interface,
+        role_override: t.role_override,
+    };
+    (facts, site)
 }
 
 fn param_yes(s: &StackFacts, name: &str) -> bool {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::network::{task_route, TaskNetwork, Vpcs};
 use super::permissions::{needs, services, Access, ExecConfig, Grant, Need};
-use super::source::{ExecSource, InstanceFacts, TaskDefinitionFacts, TaskInfo};
+use super::source::{ExecSource, InstanceFacts, TaskDefinitionFacts};
 use super::{Definition, Fact, Launch, RackFacts, TaskFacts};
 use crate::rack::RackError;
 
@@ -16,10 +16,22 @@ use crate::rack::RackError;
 /// (at most) 100 ids at a time here.
 pub const IDS_PER_CALL: usize = 100;
 
-/// One task to enrich: its facts and what `DescribeTasks` said.
+/// Where a task runs and what it runs, as `DescribeTasks` said: what is read past the task
+/// starts from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskSite {
+    pub task_definition: String,
+    pub container_instance: Option<String>,
+    /// The task's own network interface (`awsvpc`).
+    pub network_interface: Option<String>,
+    /// The task role the task was started with in place of its task definition's.
+    pub role_override: Option<String>,
+}
+
+/// One task to enrich: its facts and where it runs.
 pub struct Candidate<'a> {
     pub facts: &'a mut TaskFacts,
-    pub info: &'a TaskInfo,
+    pub info: &'a TaskSite,
 }
 
 /// What a failed read makes unknown.
@@ -264,7 +276,7 @@ async fn routes(
 }
 
 /// The EC2 instance of an EC2 task, from its container instance.
-fn host(instances: &BTreeMap<String, Fact<InstanceFacts>>, t: &TaskInfo) -> Option<Fact<String>> {
+fn host(instances: &BTreeMap<String, Fact<InstanceFacts>>, t: &TaskSite) -> Option<Fact<String>> {
     let arn = t.container_instance.as_ref()?;
     Some(match instances.get(arn) {
         Some(Fact::Known(i)) => match &i.ec2_instance {

@@ -174,6 +174,48 @@ pub struct Definition {
     pub credentials: Vec<String>,
 }
 
+/// A task role's answer to each need, held in place (one per [`Need`]): thousands of tasks
+/// are judged at a look, and a map would allocate for each.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Grants([Option<Fact<Grant>>; 3]);
+
+impl Grants {
+    fn slot(need: Need) -> usize {
+        match need {
+            Need::Ssmmessages => 0,
+            Need::KmsDecrypt => 1,
+            Need::ExecLogging => 2,
+        }
+    }
+
+    pub fn insert(&mut self, need: Need, answer: Fact<Grant>) {
+        self.0[Self::slot(need)] = Some(answer);
+    }
+
+    pub fn get(&self, need: &Need) -> Option<&Fact<Grant>> {
+        self.0[Self::slot(*need)].as_ref()
+    }
+
+    pub fn contains_key(&self, need: &Need) -> bool {
+        self.get(need).is_some()
+    }
+
+    /// The answers given, in the order of [`Need`].
+    pub fn values(&self) -> impl Iterator<Item = &Fact<Grant>> {
+        self.0.iter().flatten()
+    }
+}
+
+impl FromIterator<(Need, Fact<Grant>)> for Grants {
+    fn from_iter<I: IntoIterator<Item = (Need, Fact<Grant>)>>(answers: I) -> Self {
+        let mut grants = Grants::default();
+        for (need, answer) in answers {
+            grants.insert(need, answer);
+        }
+        grants
+    }
+}
+
 /// What is known of one task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskFacts {
@@ -194,7 +236,7 @@ pub struct TaskFacts {
     /// Containers whose overrides (a `convox run`) set AWS access keys.
     pub override_credentials: Vec<String>,
     /// The task role's answer to each need of the cluster.
-    pub grants: BTreeMap<Need, Fact<Grant>>,
+    pub grants: Grants,
     pub route: Fact<Reach>,
 }
 

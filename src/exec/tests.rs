@@ -14,7 +14,7 @@ fn ready_task() -> TaskFacts {
         exec_agent: Some(("RUNNING".into(), None)),
         definition: Fact::Known(Definition::default()),
         override_credentials: Vec::new(),
-        grants: BTreeMap::from([(Need::Ssmmessages, Fact::Known(Grant::Allowed))]),
+        grants: Grants::from_iter([(Need::Ssmmessages, Fact::Known(Grant::Allowed))]),
         route: Fact::Known(Reach::Reachable("ssm via NAT nat-1".into())),
     }
 }

@@ -51,15 +51,124 @@ enum SimRole {
 /// What the apps are made of.
 #[derive(Default)]
 pub(super) struct SimApps {
-    stacks: Vec<StackFacts>,
+    /// The app stacks and their services' nested stacks, in the order `DescribeStacks` lists
+    /// them.
+    stacks: Vec<SimStack>,
+    /// The tags of each app, which its nested stacks carry too.
+    tag_sets: Vec<BTreeMap<String, String>>,
     /// Services of stacks without service outputs (Generation 1), by stack.
     resources: BTreeMap<String, Vec<String>>,
     services: BTreeMap<String, ServiceFacts>,
-    tasks: Vec<TaskInfo>,
+    /// The running tasks, kept small (a benchmark's rack has thousands): what
+    /// `DescribeTasks` shows of one is made when it is asked for ([`SimApps::info`]).
+    tasks: Vec<SimTask>,
+    /// Task definition ARNs and service names the tasks refer to by index.
+    definitions: Vec<String>,
+    service_names: Vec<String>,
+    app_names: Vec<String>,
+    region: String,
+    cluster: String,
     task_definitions: BTreeMap<String, TaskDefinitionFacts>,
     roles: BTreeMap<String, SimRole>,
     /// Container instance ARN → agent version (none: not reported), EC2 instance id.
     instances: BTreeMap<String, (Option<String>, String)>,
+}
+
+/// An app stack, or a service's nested stack (named, with the tags of `tag_sets[tags]`).
+enum SimStack {
+    App(StackFacts),
+    Nested { name: String, tags: usize },
+}
+
+impl SimApps {
+    /// What `DescribeStacks` shows of `s`.
+    fn stack(&self, s: &SimStack) -> StackFacts {
+        match s {
+            SimStack::App(facts) => facts.clone(),
+            SimStack::Nested { name, tags } => StackFacts {
+                name: name.clone(),
+                nested: true,
+                tags: self.tag_sets[*tags].clone(),
+                ..StackFacts::default()
+            },
+        }
+    }
+}
+
+/// A running task: its number (its id and ARN), its task definition, the service that
+/// started it (else the app whose `convox run` did), and how it runs.
+struct SimTask {
+    number: u64,
+    definition: usize,
+    service: Option<usize>,
+    run_of: Option<usize>,
+    how: Task<'static>,
+}
+
+/// A task's id from its number.
+fn task_id(number: u64) -> String {
+    format!("{:032x}", 0xa11_0000_u64 + number)
+}
+
+impl SimApps {
+    fn task_arn(&self, number: u64) -> String {
+        let (region, cluster) = (&self.region, &self.cluster);
+        format!(
+            "arn:aws:ecs:{region}:{ACCOUNT}:task/{cluster}/{}",
+            task_id(number)
+        )
+    }
+
+    /// The task `arn` names, if it is one of the cluster's.
+    fn task(&self, arn: &str) -> Option<&SimTask> {
+        let id = arn.rsplit('/').next()?;
+        let number = u64::from_str_radix(id, 16).ok()?.checked_sub(0xa11_0000)?;
+        let t = self
+            .tasks
+            .get(usize::try_from(number).ok()?.checked_sub(1)?)?;
+        (self.task_arn(t.number) == arn).then_some(t)
+    }
+
+    /// What `DescribeTasks` shows of `t`.
+    fn info(&self, t: &SimTask) -> TaskInfo {
+        let how = t.how;
+        let id = task_id(t.number);
+        let instance = how.platform.is_none().then(|| {
+            let (region, cluster) = (&self.region, &self.cluster);
+            format!(
+                "arn:aws:ecs:{region}:{ACCOUNT}:container-instance/{cluster}/{}",
+                how.instance
+            )
+        });
+        let started_by = match t.run_of {
+            Some(app) => format!("convox.{}", self.app_names[app]),
+            None => "ecs-svc/1234567890".into(),
+        };
+        TaskInfo {
+            arn: self.task_arn(t.number),
+            started_by: Some(started_by),
+            group: t
+                .service
+                .map(|s| format!("service:{}", self.service_names[s])),
+            task_definition: self.definitions[t.definition].clone(),
+            last_status: "RUNNING".into(),
+            exec_enabled: how.exec,
+            launch_type: if how.platform.is_some() {
+                "FARGATE"
+            } else {
+                "EC2"
+            }
+            .into(),
+            platform_version: how.platform.map(str::to_string),
+            network_interface: how.platform.map(|_| format!("eni-{id}")),
+            container_instance: instance,
+            exec_agent: how
+                .agent
+                .map(|(s, r)| (s.to_string(), r.map(str::to_string))),
+            override_credentials: Vec::new(),
+            role_override: None,
+        }
+    }
 }
 
 /// One service of a demo app: name, service has enableExecuteCommand, its tasks, and its
@@ -84,6 +193,7 @@ fn svc<'a>(name: &'a str, exec: bool, tasks: Vec<Task<'a>>) -> Svc<'a> {
 
 /// One task: exec enabled, launch (`None`: EC2 on the instance, else a Fargate platform),
 /// container instance, managed agent status and reason.
+#[derive(Clone, Copy)]
 struct Task<'a> {
     exec: bool,
     platform: Option<&'a str>,
@@ -114,7 +224,11 @@ fn fargate<'a>(platform: &'a str, agent: Option<(&'a str, Option<&'a str>)>) -> 
 impl SimApps {
     /// The demo apps, or `generated` uniform ones.
     pub(super) fn new(rack: &str, region: &str, cluster: &str, generated: usize) -> SimApps {
-        let mut apps = SimApps::default();
+        let mut apps = SimApps {
+            region: region.to_string(),
+            cluster: cluster.to_string(),
+            ..SimApps::default()
+        };
         let mut b = Builder {
             rack,
             region,
@@ -238,8 +352,8 @@ impl Builder<'_> {
         name: &str,
         generation: u8,
         role_kind: SimRole,
-        services: Vec<Svc>,
-        runs: &[Task],
+        services: Vec<Svc<'static>>,
+        runs: &[Task<'static>],
     ) {
         let stack = format!("{}-{name}", self.rack);
         let role = format!("arn:aws:iam::{ACCOUNT}:role/convox/{stack}-ServiceRole");
@@ -258,6 +372,8 @@ impl Builder<'_> {
         if generation >= 2 {
             facts.tags.insert("Generation".into(), "2".into());
         }
+        let tags = self.apps.tag_sets.len();
+        self.apps.tag_sets.push(facts.tags.clone());
         for svc in &services {
             let nested = format!("{stack}-Service{}-{:04}", capitalized(svc.name), self.next);
             let service_name = format!("{nested}-Service-1");
@@ -266,12 +382,8 @@ impl Builder<'_> {
                 let key = format!("Service{}Service", capitalized(svc.name));
                 facts.outputs.insert(key, arn.clone());
                 // Each service is a nested stack, with the app's tags.
-                self.apps.stacks.push(StackFacts {
-                    name: nested,
-                    nested: true,
-                    tags: facts.tags.clone(),
-                    ..StackFacts::default()
-                });
+                let nested = SimStack::Nested { name: nested, tags };
+                self.apps.stacks.push(nested);
             } else {
                 self.apps
                     .resources
@@ -289,7 +401,7 @@ impl Builder<'_> {
             );
             let td = self.task_definition(&format!("{stack}-{}", svc.name), &role, svc);
             for t in &svc.tasks {
-                self.task(t, &td, Some(format!("service:{service_name}")), None);
+                self.task(*t, &td, Some(&service_name), None);
             }
         }
         let td = self.task_definition(
@@ -298,9 +410,9 @@ impl Builder<'_> {
             &svc("console", true, vec![]),
         );
         for t in runs {
-            self.task(t, &td, None, Some(format!("convox.{name}")));
+            self.task(*t, &td, None, Some(name));
         }
-        self.apps.stacks.push(facts);
+        self.apps.stacks.push(SimStack::App(facts));
     }
 
     fn task_definition(&mut self, family: &str, role: &str, svc: &Svc) -> String {
@@ -324,36 +436,25 @@ impl Builder<'_> {
         arn
     }
 
-    fn task(&mut self, t: &Task, td: &str, group: Option<String>, started_by: Option<String>) {
+    fn task(&mut self, how: Task<'static>, td: &str, service: Option<&str>, run_of: Option<&str>) {
         self.next += 1;
-        let id = format!("{:032x}", 0xa11_0000_u64 + self.next);
-        let instance = (t.platform.is_none()).then(|| {
-            self.arn(
-                "container-instance",
-                &format!("{}/{}", self.cluster, t.instance),
-            )
-        });
-        let info = TaskInfo {
-            arn: self.arn("task", &format!("{}/{id}", self.cluster)),
-            started_by: started_by.or(Some("ecs-svc/1234567890".into())),
-            group,
-            task_definition: td.to_string(),
-            last_status: "RUNNING".into(),
-            exec_enabled: t.exec,
-            launch_type: if t.platform.is_some() {
-                "FARGATE"
-            } else {
-                "EC2"
-            }
-            .into(),
-            platform_version: t.platform.map(str::to_string),
-            network_interface: t.platform.map(|_| format!("eni-{id}")),
-            container_instance: instance,
-            exec_agent: t.agent.map(|(s, r)| (s.to_string(), r.map(str::to_string))),
-            override_credentials: Vec::new(),
-            role_override: None,
+        let index =
+            |names: &mut Vec<String>, name: &str| match names.iter().rposition(|n| n == name) {
+                Some(i) => i,
+                None => {
+                    names.push(name.to_string());
+                    names.len() - 1
+                }
+            };
+        let apps = &mut *self.apps;
+        let task = SimTask {
+            number: self.next,
+            definition: index(&mut apps.definitions, td),
+            service: service.map(|s| index(&mut apps.service_names, s)),
+            run_of: run_of.map(|a| index(&mut apps.app_names, a)),
+            how,
         };
-        self.apps.tasks.push(info);
+        apps.tasks.push(task);
     }
 }
 
@@ -364,11 +465,15 @@ fn capitalized(s: &str) -> String {
         .unwrap_or_default()
 }
 
-fn page<T: Clone>(items: &[T], next: Option<String>, size: usize) -> (Vec<T>, Option<String>) {
-    let start: usize = next.and_then(|n| n.parse().ok()).unwrap_or(0);
-    let end = (start + size).min(items.len());
-    let rest = (end < items.len()).then(|| end.to_string());
-    (items.get(start..end).unwrap_or_default().to_vec(), rest)
+/// One page of `len` items from the token `next`: the range, and the next token.
+fn page_range(
+    len: usize,
+    next: Option<String>,
+    size: usize,
+) -> (std::ops::Range<usize>, Option<String>) {
+    let start: usize = next.and_then(|n| n.parse().ok()).unwrap_or(0).min(len);
+    let end = (start + size).min(len);
+    (start..end, (end < len).then(|| end.to_string()))
 }
 
 #[async_trait]
@@ -388,10 +493,15 @@ impl ExecSource for SimRack {
             outputs: s.outputs(),
             ..StackFacts::default()
         };
-        let all: Vec<StackFacts> = std::iter::once(rack)
-            .chain(s.apps.stacks.iter().cloned())
+        // The rack's own stack first, then the apps' (only the page asked for is copied).
+        let (range, rest) = page_range(s.apps.stacks.len() + 1, next, STACKS_PER_PAGE);
+        let page = range
+            .map(|i| match i {
+                0 => rack.clone(),
+                i => s.apps.stack(&s.apps.stacks[i - 1]),
+            })
             .collect();
-        Ok(page(&all, next, STACKS_PER_PAGE))
+        Ok((page, rest))
     }
 
     async fn stack_services(&self, stack: &str) -> Result<Vec<String>, RackError> {
@@ -420,18 +530,21 @@ impl ExecSource for SimRack {
     ) -> Result<(Vec<String>, Option<String>), RackError> {
         let mut s = self.lock();
         self.call(&mut s, "ecs", "ListTasks", cluster)?;
-        let arns: Vec<String> = s.apps.tasks.iter().map(|t| t.arn.clone()).collect();
-        Ok(page(&arns, next, TASKS_PER_PAGE))
+        let (range, rest) = page_range(s.apps.tasks.len(), next, TASKS_PER_PAGE);
+        let arns = s.apps.tasks[range]
+            .iter()
+            .map(|t| s.apps.task_arn(t.number))
+            .collect();
+        Ok((arns, rest))
     }
 
     async fn tasks(&self, cluster: &str, arns: &[String]) -> Result<Vec<TaskInfo>, RackError> {
         let mut s = self.lock();
         self.call(&mut s, "ecs", "DescribeTasks", cluster)?;
-        Ok(s.apps
-            .tasks
+        Ok(arns
             .iter()
-            .filter(|t| arns.contains(&t.arn))
-            .cloned()
+            .filter_map(|a| s.apps.task(a))
+            .map(|t| s.apps.info(t))
             .collect())
     }
 
