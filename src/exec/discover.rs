@@ -139,30 +139,29 @@ impl Discovery {
     }
 
     /// Each task's facts, to judge it on: the fallback cases from the task and its
-    /// service; the rest read only for the tasks that would try ECS Exec. What `DescribeTasks`
-    /// said moves into the facts; only where each task runs is kept aside for the reads.
+    /// service (whether it starts tasks with ECS Exec now, read only when the rack can use
+    /// it); the rest read only for the tasks that would try ECS Exec.
     async fn judge(
         &mut self,
         src: &dyn ExecSource,
         cluster: &str,
         rack: &mut RackFacts,
         apps: &[App],
-        tasks: Vec<AppTask<'_>>,
+        mut tasks: Vec<Judged>,
     ) -> (Vec<TaskFacts>, Vec<String>) {
-        let usable = rack.declares_ecs_exec && rack.ecs_exec;
-        let services = if usable {
-            describe_services(src, cluster, apps, &tasks).await
-        } else {
-            BTreeMap::new()
-        };
-        let (mut facts, sites): (Vec<TaskFacts>, Vec<TaskSite>) =
-            tasks.into_iter().map(|t| task_facts(t, &services)).unzip();
-        drop(services);
-        let mut candidates: Vec<Candidate<'_>> = facts
+        if rack.declares_ecs_exec && rack.ecs_exec {
+            let services = describe_services(src, cluster, apps, &tasks).await;
+            for t in &mut tasks {
+                t.facts.service_exec = service_exec(&t.facts, &t.site, &services);
+            }
+        }
+        let mut candidates: Vec<Candidate<'_>> = tasks
             .iter_mut()
-            .zip(&sites)
-            .filter(|(f, _)| fallback(rack, f).is_none())
-            .map(|(facts, info)| Candidate { facts, info })
+            .filter(|t| fallback(rack, &t.facts).is_none())
+            .map(|t| Candidate {
+                facts: &mut t.facts,
+                info: &t.site,
+            })
             .collect();
         let notes = enrich(
             src,
@@ -174,10 +173,12 @@ impl Discovery {
         .await;
         drop(candidates);
         // Task definitions are kept while some task uses them.
-        let used: BTreeSet<&str> = sites.iter().map(|t| t.task_definition.as_str()).collect();
+        let used: BTreeSet<&str> = (tasks.iter())
+            .map(|t| t.site.task_definition.as_str())
+            .collect();
         self.task_definitions
             .retain(|arn, _| used.contains(arn.as_str()));
-        (facts, notes)
+        (tasks.into_iter().map(|t| t.facts).collect(), notes)
     }
 
     /// The services of an app stack: its `Service*Service` outputs (Generation 2), else its
@@ -317,12 +318,12 @@ async fn describe_services(
     src: &dyn ExecSource,
     cluster: &str,
     apps: &[App],
-    tasks: &[AppTask<'_>],
+    tasks: &[Judged],
 ) -> BTreeMap<String, Fact<ServiceFacts>> {
     let wanted: BTreeSet<&str> = tasks
         .iter()
-        .filter(|t| !t.task.exec_enabled && t.app.generation >= 2)
-        .map(|t| t.ecs_name.as_str())
+        .filter(|t| !t.facts.exec_enabled && t.facts.generation >= 2)
+        .map(|t| t.site.ecs_service.as_str())
         .collect();
     let services: Vec<&Service> = apps
         .iter()
@@ -344,13 +345,11 @@ async fn describe_services(
     out
 }
 
-/// A running task of an app: the service as Convox names it (`run` for a one-off task) and
-/// as ECS does.
-struct AppTask<'a> {
-    app: &'a App,
-    service: String,
-    ecs_name: String,
-    task: TaskInfo,
+/// A running task of an app: what it says of itself (its facts, to be judged on), and where
+/// it runs (what is read past it starts from there).
+struct Judged {
+    facts: TaskFacts,
+    site: TaskSite,
 }
 
 /// Who a task belongs to: the app service whose group it carries, or the app whose
@@ -380,8 +379,8 @@ impl<'r, 'a> Owners<'r, 'a> {
     }
 
     /// The task as an app's, when it runs and an app owns it.
-    fn of_task(&self, t: TaskInfo) -> Option<AppTask<'a>> {
-        let (app, service, ecs_name) = match (&t.group, &t.started_by) {
+    fn of_task(&self, t: TaskInfo) -> Option<Judged> {
+        let (app, service, ecs_service) = match (&t.group, &t.started_by) {
             (Some(g), _) if self.by_service.contains_key(g) => self
                 .by_service
                 .get(g)
@@ -396,23 +395,18 @@ impl<'r, 'a> Owners<'r, 'a> {
                 .map(|a| (*a, "run".to_string(), String::new()))?,
             _ => return None,
         };
-        (t.last_status == "RUNNING").then_some(AppTask {
-            app,
-            service,
-            ecs_name,
-            task: t,
-        })
+        (t.last_status == "RUNNING").then(|| judged(t, app, service, ecs_service))
     }
 }
 
 /// The cluster's running tasks that belong to an app: a task of one of its services, or a
 /// one-off task (`startedBy` `convox.APP`, shown as service `run`).
-async fn app_tasks<'a>(
+async fn app_tasks(
     src: &dyn ExecSource,
     cluster: &str,
     rack: &str,
-    apps: &'a [App],
-) -> Result<Vec<AppTask<'a>>, RackError> {
+    apps: &[App],
+) -> Result<Vec<Judged>, RackError> {
     let owner = Owners::of(rack, apps);
     // Each page of the listing (100 tasks, as many as one `DescribeTasks` takes) is described
     // as it arrives: only one page of ARNs is held at a time.
@@ -432,20 +426,17 @@ async fn app_tasks<'a>(
             None => break,
         }
     }
-    // Task ARNs are unique: an unstable sort (in place) gives the one order.
+    // Task ids are unique in the cluster: an unstable sort (in place) gives the one order.
     out.sort_unstable_by(|a, b| {
-        (&a.app.name, &a.service, &a.task.arn).cmp(&(&b.app.name, &b.service, &b.task.arn))
+        let (a, b) = (&a.facts, &b.facts);
+        (&a.app, &a.service, &a.task).cmp(&(&b.app, &b.service, &b.task))
     });
     Ok(out)
 }
 
 /// What the task itself says (moved out of it), and where it runs; the facts past it start
-/// unknown ("not read") until [`enrich`] reads them.
-fn task_facts(
-    at: AppTask<'_>,
-    services: &BTreeMap<String, Fact<ServiceFacts>>,
-) -> (TaskFacts, TaskSite) {
-    let t = at.task;
+/// unknown ("not read") until [`enrich`] reads them, its service's among them.
+fn judged(t: TaskInfo, app: &App, service: String, ecs_service: String) -> Judged {
     let launch = if t.launch_type == "FARGATE" {
         Launch::Fargate {
             platform_version: t.platform_version,
@@ -455,17 +446,14 @@ fn task_facts(
             agent_version: Fact::Unknown("not read".into()),
         }
     };
-    let service_exec = match services.get(&at.ecs_name) {
-        _ if at.service == "run" => ServiceExec::OneOff,
-        Some(Fact::Known(s)) if s.exec_enabled => ServiceExec::Yes,
-        Some(Fact::Known(_)) => ServiceExec::No,
-        Some(Fact::Unknown(why)) => ServiceExec::Unknown(why.clone()),
-        None => ServiceExec::Unknown("the service was not described".into()),
+    let service_exec = match service.as_str() {
+        "run" => ServiceExec::OneOff,
+        _ => ServiceExec::Unknown("the service was not described".into()),
     };
     let facts = TaskFacts {
-        app: at.app.name.clone(),
-        generation: at.app.generation,
-        service: at.service,
+        app: app.name.clone(),
+        generation: app.generation,
+        service,
         task: last_part(&t.arn),
         exec_enabled: t.exec_enabled,
         service_exec,
@@ -477,12 +465,28 @@ fn task_facts(
         route: Fact::Unknown("not read".into()),
     };
     let site = TaskSite {
+        ecs_service,
         task_definition: t.task_definition,
         container_instance: t.container_instance,
         network_interface: t.network_interface,
         role_override: t.role_override,
     };
-    (facts, site)
+    Judged { facts, site }
+}
+
+/// Whether the task's service starts tasks with ECS Exec now, from `services` as described.
+fn service_exec(
+    facts: &TaskFacts,
+    site: &TaskSite,
+    services: &BTreeMap<String, Fact<ServiceFacts>>,
+) -> ServiceExec {
+    match services.get(&site.ecs_service) {
+        _ if facts.service == "run" => ServiceExec::OneOff,
+        Some(Fact::Known(s)) if s.exec_enabled => ServiceExec::Yes,
+        Some(Fact::Known(_)) => ServiceExec::No,
+        Some(Fact::Unknown(why)) => ServiceExec::Unknown(why.clone()),
+        None => ServiceExec::Unknown("the service was not described".into()),
+    }
 }
 
 fn param_yes(s: &StackFacts, name: &str) -> bool {

@@ -20,6 +20,8 @@ pub const IDS_PER_CALL: usize = 100;
 /// starts from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskSite {
+    /// The ECS service that started it (empty for a one-off task).
+    pub ecs_service: String,
     pub task_definition: String,
     pub container_instance: Option<String>,
     /// The task's own network interface (`awsvpc`).
