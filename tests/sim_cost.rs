@@ -211,6 +211,27 @@ async fn a_light_poll_claims_and_writes_nothing_the_stack_has_not_confirmed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_params_file_that_says_something_new_is_never_looked_at_lightly() {
+    let h = Harness::new("ECSExec: \"No\"\n");
+    let mut rec = warmed(&h).await;
+    h.write_params("ECSExec: \"Yes\"\n");
+    let r = rec.reconcile(Trigger::ParamsChanged).await;
+    assert!(r.acted, "the web service rolled");
+    let_pass(r.next).await;
+    let before = h.sim.call_counts();
+    let r = rec.reconcile(Trigger::Timer).await;
+    assert_eq!(h.sim.calls_since(&before), calls(&[("DescribeServices", 1)]));
+    // The file changes and the next run on a timer reads it (as a poll of an S3 object
+    // does): it is held against the stack as it is now, read in the same look.
+    h.write_params("ECSExec: \"No\"\n");
+    let_pass(r.next).await;
+    let before = h.sim.call_counts();
+    rec.reconcile(Trigger::Timer).await;
+    let c = h.sim.calls_since(&before);
+    assert_eq!(c.get("DescribeStacks"), Some(&1), "{c:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_stack_update_costs_at_most_five_calls_per_service_beyond_its_looks() {
     let h = Harness::stack_first("ECSExec: \"No\"\n", SimSettings::default());
     let mut rec = warmed(&h).await;

@@ -210,20 +210,26 @@ pub(crate) fn round_secs(d: Duration) -> Duration {
     Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
+/// What the last look said of a parameter: its phase, reason and desired value.
+pub type Said = (Phase, String, String);
+
 /// Whether the decisions of a light look (the services read, the stack as an earlier look
-/// read it) stand: none writes, and each says of its parameter what the last look said (its
-/// phase and reason, `before`). Anything new (a write, a change converged, failed or
-/// waiting) is decided again once the stack has been read.
+/// read it) stand: none writes, each is a change in progress, and each says of its
+/// parameter what the last look said (`before`: phase, reason and desired value). Anything
+/// else (a write, a change converged, failed or waiting, a claim that rests on the stack
+/// such as another parameter's convergence) is decided again once the stack has been read.
 pub fn light_look_stands<'a>(
     decisions: impl IntoIterator<Item = &'a Decision>,
     writes: bool,
-    before: impl Fn(&str) -> Option<(Phase, String)>,
+    before: impl Fn(&str) -> Option<Said>,
 ) -> bool {
     !writes
         && decisions.into_iter().all(|d| {
             d.action.is_none()
-                && before(&d.param)
-                    .is_some_and(|(phase, reason)| phase == d.phase && reason == d.reason)
+                && d.phase == Phase::Progressing
+                && before(&d.param).is_some_and(|(phase, reason, desired)| {
+                    phase == d.phase && reason == d.reason && desired == d.desired
+                })
         })
 }
 
@@ -250,14 +256,23 @@ mod tests {
     #[rustfmt::skip]
     fn a_light_look_stands_only_when_it_writes_nothing_and_says_nothing_new() {
         let rolling = || decision("ECSExec", Phase::Progressing, "RollingOut");
-        let before = |p: &str| (p == "ECSExec").then(|| (Phase::Progressing, "RollingOut".to_string()));
+        let said = |phase, reason: &str| Some((phase, reason.to_string(), "Yes".to_string()));
+        let before = |p: &str| match p {
+            "ECSExec" => said(Phase::Progressing, "RollingOut"),
+            "ApiCount" => said(Phase::Converged, "Converged"),
+            _ => None,
+        };
+        let mut other_value = rolling();
+        other_value.desired = "No".into();
         let cases: Vec<(&str, Decision, bool, bool)> = vec![
             ("the same progress", rolling(), false, true),
             ("a write chosen", rolling(), true, false),
             ("converged now", decision("ECSExec", Phase::Converged, "Converged"), false, false),
             ("failed now", decision("ECSExec", Phase::Failed, "RolloutFailed"), false, false),
             ("another reason", decision("ECSExec", Phase::Progressing, "Settling"), false, false),
-            ("a parameter not decided before", decision("ApiCount", Phase::Progressing, "RollingOut"), false, false),
+            ("another desired value", other_value, false, false),
+            ("a parameter not decided before", decision("Version", Phase::Progressing, "RollingOut"), false, false),
+            ("a convergence that rests on the stack", decision("ApiCount", Phase::Converged, "Converged"), false, false),
         ];
         for (name, d, writes, stands) in cases {
             assert_eq!(light_look_stands([&d], writes, before), stands, "{name}");

@@ -239,7 +239,7 @@ impl Rack for AwsRack {
             .await
             .map_err(|e| match e {
                 // "Resource X does not exist for stack Y" (a stack that does not exist is
-                // "Stack with id Y does not exist").
+                // "Stack 'Y' does not exist", left as it is).
                 RackError::Api { ref message, .. }
                     if message.contains(" does not exist for stack") =>
                 {

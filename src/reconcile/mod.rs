@@ -423,6 +423,9 @@ impl Reconciler {
         let unknown = |k: &String| crate::model::managed_param(k).is_none();
         self.observer
             .need_template(file.is_none_or(|d| d.values.keys().any(unknown)));
+        // A params file that says something new is held against the template as the stack
+        // is now: no light look then.
+        let light = light && self.candidate.is_some() && self.candidate == self.desired;
         self.observer.observe(self.clock.now(), light).await
     }
 

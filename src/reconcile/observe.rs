@@ -167,7 +167,18 @@ impl Observer {
                 .with_stack(stack, observed.cluster, observed.services, now)
                 .await;
         }
-        let (stack, located, services) = self.relocate(stack, None).await?;
+        // The stack has changed since: the services are read again, and located again only
+        // once it has settled (as [`Self::stack_and_services`] does).
+        let (stack, located, services) = match self.located.clone() {
+            Some(known) if !known.seen.outdated(&stack) => {
+                let services = self
+                    .rack
+                    .describe_services(&known.cluster, &known.names)
+                    .await;
+                self.where_they_are(stack, known, services).await?
+            }
+            _ => self.relocate(stack, None).await?,
+        };
         let services = self.services(&located.cluster, services, now).await?;
         self.with_stack(stack, located.cluster, services, now).await
     }
@@ -314,7 +325,17 @@ impl Observer {
             self.rack.describe_stack(),
             self.rack.describe_services(&known.cluster, &known.names)
         );
-        let stack = stack?;
+        self.where_they_are(stack?, known, services).await
+    }
+
+    /// The services read where they were `known` to be, when that still holds for `stack`:
+    /// else located anew.
+    async fn where_they_are(
+        &mut self,
+        stack: StackSnapshot,
+        known: Located,
+        services: Result<Vec<ServiceSnapshot>, RackError>,
+    ) -> Result<(StackSnapshot, Located, Vec<ServiceSnapshot>), RackError> {
         match services {
             Ok(services)
                 if !known.seen.outdated(&stack)

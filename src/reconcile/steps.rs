@@ -85,6 +85,7 @@ impl Reconciler {
             return Ok((observed, decisions));
         }
         let observed = self.observer.complete(observed, now).await?;
+        self.observed_ok(&observed, now);
         let decided = Box::pin(self.decide_act_record(desired, &observed, now, report)).await;
         Ok((observed, decided.unwrap_or_default()))
     }
@@ -114,12 +115,13 @@ impl Reconciler {
         Some(self.record(decided, standby.as_deref(), now, report))
     }
 
-    /// Whether decisions of a light look stand: no write, each as the last look recorded it.
+    /// Whether decisions of a light look stand: no write, each a change in progress as the
+    /// last look recorded it.
     fn stands(&self, decided: &Decided) -> bool {
         let before = |param: &str| {
             self.status.read(|s| {
                 let seen = s.parameter(param)?.recorded.as_ref()?;
-                Some((seen.phase, seen.reason.clone()))
+                Some((seen.phase, seen.reason.clone(), seen.desired.clone()?))
             })
         };
         let decisions = (decided.relabel.iter())
