@@ -161,10 +161,10 @@ async fn a_relabel_costs_five_calls_per_service_beyond_its_looks() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_light_poll_claims_and_writes_nothing_the_stack_has_not_confirmed() {
-    let h = Harness::new("ECSExec: \"No\"\n");
-    let mut rec = warmed(&h).await;
+/// A controller whose change of `ECSExec` to `Yes` rolls the web service, after its first
+/// light poll (the services alone): that poll's report.
+async fn polling_lightly(h: &Harness) -> (Reconciler, Report) {
+    let mut rec = warmed(h).await;
     h.write_params("ECSExec: \"Yes\"\n");
     let r = rec.reconcile(Trigger::ParamsChanged).await;
     assert!(r.acted, "the web service rolled");
@@ -175,6 +175,13 @@ async fn a_light_poll_claims_and_writes_nothing_the_stack_has_not_confirmed() {
         h.sim.calls_since(&before),
         calls(&[("DescribeServices", 1)])
     );
+    (rec, r)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_light_poll_claims_and_writes_nothing_the_stack_has_not_confirmed() {
+    let h = Harness::new("ECSExec: \"No\"\n");
+    let (mut rec, r) = polling_lightly(&h).await;
     // Someone starts a stack update while the web service rolls; the light polls do not
     // see it, but the look that sees the rollout end reads the stack before it rolls the
     // monitor or says anything new.
@@ -213,14 +220,7 @@ async fn a_light_poll_claims_and_writes_nothing_the_stack_has_not_confirmed() {
 #[tokio::test(start_paused = true)]
 async fn a_params_file_that_says_something_new_is_never_looked_at_lightly() {
     let h = Harness::new("ECSExec: \"No\"\n");
-    let mut rec = warmed(&h).await;
-    h.write_params("ECSExec: \"Yes\"\n");
-    let r = rec.reconcile(Trigger::ParamsChanged).await;
-    assert!(r.acted, "the web service rolled");
-    let_pass(r.next).await;
-    let before = h.sim.call_counts();
-    let r = rec.reconcile(Trigger::Timer).await;
-    assert_eq!(h.sim.calls_since(&before), calls(&[("DescribeServices", 1)]));
+    let (mut rec, r) = polling_lightly(&h).await;
     // The file changes and the next run on a timer reads it (as a poll of an S3 object
     // does): it is held against the stack as it is now, read in the same look.
     h.write_params("ECSExec: \"No\"\n");
