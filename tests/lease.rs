@@ -74,7 +74,7 @@ async fn a_holder_paused_past_its_lease_writes_nothing() {
     // a's writes go to a rack through the fence.
     let sim = Arc::new(SimRack::new(SimSettings::default()));
     let rack = FencedRack::new(sim.clone(), a.clone(), Metrics::new());
-    let cluster = sim.resource("Cluster").expect("cluster");
+    let cluster = sim.resources().get("Cluster").cloned().expect("cluster");
     let web = sim.service_snapshot("ServiceWebApi").expect("web");
     let (service, td) = (web.name.clone(), web.deployments[0].task_definition.clone());
     rack.update_service(&cluster, &service, &td)

@@ -126,7 +126,12 @@ async fn a_restart_mid_rollout_converges_without_a_new_revision() {
 async fn a_crash_between_register_and_update_reuses_the_revision() {
     let h = Harness::new("ECSExec: \"Yes\"\n");
     // What an earlier run left behind: a registered revision no service uses yet.
-    let base = h.sim.resource("ApiWebTasks").expect("web task definition");
+    let base = h
+        .sim
+        .resources()
+        .get("ApiWebTasks")
+        .cloned()
+        .expect("web task definition");
     let orphan = h
         .sim
         .register_relabelled(&base, "rack.ECSExec", "Yes")

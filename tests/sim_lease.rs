@@ -201,7 +201,7 @@ async fn a_service_or_stack_changed_since_it_was_observed_is_not_written() {
         a
     });
     pause.reached().await;
-    let cluster = h.sim.resource("Cluster").expect("cluster");
+    let cluster = h.sim.resources().get("Cluster").cloned().expect("cluster");
     let web = h.sim.service_snapshot("ServiceWebApi").expect("web");
     let monitor = h
         .sim

@@ -80,7 +80,12 @@ async fn a_restart_right_after_a_failed_rollout_waits_for_the_backoff() {
 #[tokio::test(start_paused = true)]
 async fn a_rollout_started_before_a_restart_is_still_undone_when_it_fails() {
     let h = Harness::with_sim("ECSExec: \"Yes\"\n", non_ha());
-    let original = h.sim.resource("ApiWebTasks").expect("revision");
+    let original = h
+        .sim
+        .resources()
+        .get("ApiWebTasks")
+        .cloned()
+        .expect("revision");
     h.sim.inject_rollout_fault(RolloutFault::FailToStart);
     let mut rec = h.reconciler();
     assert!(rec.reconcile(Trigger::Startup).await.acted, "rolled");

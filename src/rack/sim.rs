@@ -544,11 +544,6 @@ impl SimRack {
     pub fn resources(&self) -> BTreeMap<String, String> {
         self.lock().resources()
     }
-
-    /// The stack's physical id of a logical resource.
-    pub fn resource(&self, logical: &str) -> Option<String> {
-        self.lock().resources().get(logical).cloned()
-    }
 }
 
 /// The stack's parameters at creation: every declared one at its default (`****` for a
