@@ -465,4 +465,29 @@ mod tests {
         let short = poll_delay(&rolling(0), none, at(3), Duration::from_millis(10));
         assert_eq!(short, Some(FAST), "never more than one poll a second");
     }
+
+    #[test]
+    #[rustfmt::skip]
+    fn a_look_is_light_only_while_something_rolls_on_a_settled_stack_read_lately() {
+        let stack = |status: &str| StackSnapshot {
+            name: "convox".into(),
+            status: status.into(),
+            status_reason: None,
+            parameters: Default::default(),
+            outputs: Default::default(),
+            last_updated: Some("1".into()),
+        };
+        let cases = [
+            ("rolling, settled, read 10 s ago", "UPDATE_COMPLETE", true, 10, 20, true),
+            ("after a rollback the stack settled", "UPDATE_ROLLBACK_COMPLETE", true, 10, 20, true),
+            ("nothing moved at the last look", "UPDATE_COMPLETE", false, 10, 20, false),
+            ("the stack updating", "UPDATE_IN_PROGRESS", true, 10, 20, false),
+            ("the stack broken", "UPDATE_ROLLBACK_FAILED", true, 10, 20, false),
+            ("read 30 s ago", "UPDATE_COMPLETE", true, 10, 40, false),
+            ("read after now (the clock stepped back)", "UPDATE_COMPLETE", true, 30, 20, false),
+        ];
+        for (name, status, moved, read, now, light) in cases {
+            assert_eq!(light_look(&stack(status), at(read), moved, at(now)), light, "{name}");
+        }
+    }
 }
