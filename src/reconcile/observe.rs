@@ -56,12 +56,12 @@ struct Located {
     names: Vec<String>,
 }
 
-/// What the last look that read the stack found of it: what a light look goes on from.
+/// What the last look that read the stack found of it, and who started its latest update:
+/// what a light look goes on from (with the declarations kept for that stack).
 #[derive(Debug, Clone)]
 struct StackRead {
     stack: StackSnapshot,
     at: SystemTime,
-    declared: Declarations,
     update: UpdateEvents,
 }
 
@@ -186,7 +186,11 @@ impl Observer {
     /// The services only, when the last look allows a light one: `None` when it does not, or
     /// when a service is not where it was (a look reads the stack then).
     async fn light(&mut self, now: SystemTime) -> Result<Option<ObservedRack>, RackError> {
-        let (Some(read), Some(located)) = (self.stack_read.clone(), self.located.clone()) else {
+        let (Some(read), Some(located), Some((_, declared, _))) = (
+            self.stack_read.clone(),
+            self.located.clone(),
+            self.declared.clone(),
+        ) else {
             return Ok(None);
         };
         if !reads::light_look(&read.stack, read.at, self.moved, now) {
@@ -203,7 +207,7 @@ impl Observer {
         };
         let services = self.services(&located.cluster, services, now).await?;
         Ok(Some(ObservedRack {
-            declared: read.declared,
+            declared,
             stack: read.stack,
             cluster: located.cluster,
             services,
@@ -240,7 +244,6 @@ impl Observer {
         self.stack_read = Some(StackRead {
             stack: stack.clone(),
             at: now,
-            declared: declared.clone(),
             update: update.clone(),
         });
         Ok(ObservedRack {

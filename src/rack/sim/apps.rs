@@ -111,12 +111,14 @@ fn task_id(number: u64) -> String {
 }
 
 impl SimApps {
-    fn task_arn(&self, number: u64) -> String {
+    /// The ARN of the cluster's `kind` (`task`, `service`, `container-instance`) `name`.
+    fn in_cluster(&self, kind: &str, name: &str) -> String {
         let (region, cluster) = (&self.region, &self.cluster);
-        format!(
-            "arn:aws:ecs:{region}:{ACCOUNT}:task/{cluster}/{}",
-            task_id(number)
-        )
+        format!("arn:aws:ecs:{region}:{ACCOUNT}:{kind}/{cluster}/{name}")
+    }
+
+    fn task_arn(&self, number: u64) -> String {
+        self.in_cluster("task", &task_id(number))
     }
 
     /// The task `arn` names, if it is one of the cluster's.
@@ -133,13 +135,8 @@ impl SimApps {
     fn info(&self, t: &SimTask) -> TaskInfo {
         let how = t.how;
         let id = task_id(t.number);
-        let instance = how.platform.is_none().then(|| {
-            let (region, cluster) = (&self.region, &self.cluster);
-            format!(
-                "arn:aws:ecs:{region}:{ACCOUNT}:container-instance/{cluster}/{}",
-                how.instance
-            )
-        });
+        let instance =
+            (how.platform.is_none()).then(|| self.in_cluster("container-instance", how.instance));
         let started_by = match t.run_of {
             Some(app) => format!("convox.{}", self.app_names[app]),
             None => "ecs-svc/1234567890".into(),
@@ -232,7 +229,6 @@ impl SimApps {
         let mut b = Builder {
             rack,
             region,
-            cluster,
             apps: &mut apps,
             next: 0,
         };
@@ -248,16 +244,11 @@ impl SimApps {
 struct Builder<'a> {
     rack: &'a str,
     region: &'a str,
-    cluster: &'a str,
     apps: &'a mut SimApps,
     next: u64,
 }
 
 impl Builder<'_> {
-    fn arn(&self, kind: &str, rest: &str) -> String {
-        format!("arn:aws:ecs:{}:{ACCOUNT}:{kind}/{rest}", self.region)
-    }
-
     /// The demo apps: every path and reason.
     fn demo(&mut self) {
         let b = self;
@@ -338,7 +329,7 @@ impl Builder<'_> {
 
     fn instances(&mut self, agents: &[(&str, Option<&str>)]) {
         for (id, version) in agents {
-            let arn = self.arn("container-instance", &format!("{}/{id}", self.cluster));
+            let arn = self.apps.in_cluster("container-instance", id);
             let ec2 = format!("{id}-0123456789");
             self.apps
                 .instances
@@ -377,7 +368,7 @@ impl Builder<'_> {
         for svc in &services {
             let nested = format!("{stack}-Service{}-{:04}", capitalized(svc.name), self.next);
             let service_name = format!("{nested}-Service-1");
-            let arn = self.arn("service", &format!("{}/{service_name}", self.cluster));
+            let arn = self.apps.in_cluster("service", &service_name);
             if generation >= 2 {
                 let key = format!("Service{}Service", capitalized(svc.name));
                 facts.outputs.insert(key, arn.clone());
